@@ -1,0 +1,350 @@
+//! Argument parsing for every command, on plain byte slices (no Redis types), so it is tested
+//! without a server. Each parser checks the whole line before anything is read or written.
+
+use std::num::NonZeroU64;
+
+use crate::error::Error;
+use crate::gcra::Quota;
+
+pub const CHECK_USAGE: &str = "RL.CHECK key limit window [COST cost] [BURST burst]";
+pub const CHECKALL_USAGE: &str =
+    "RL.CHECKALL numkeys key [key ...] limit window cost burst [limit window cost burst ...]";
+pub const PEEK_USAGE: &str = "RL.PEEK key limit window [BURST burst]";
+pub const REFUND_USAGE: &str = "RL.REFUND key limit window amount [BURST burst]";
+pub const RESET_USAGE: &str = "RL.RESET key";
+pub const THROTTLE_USAGE: &str = "CL.THROTTLE key max_burst count_per_period period [quantity]";
+
+/// Read access to a command line: `get(0)` is the command name, `get(1)` usually the key.
+pub trait Args {
+    fn count(&self) -> usize;
+    fn get(&self, index: usize) -> Option<&[u8]>;
+}
+
+impl Args for [&[u8]] {
+    fn count(&self) -> usize {
+        self.len()
+    }
+    fn get(&self, index: usize) -> Option<&[u8]> {
+        <[&[u8]]>::get(self, index).copied()
+    }
+}
+
+/// A strict decimal `i64`: optional `-`, digits only, no spaces or `+`.
+fn parse_i64(bytes: &[u8]) -> Option<i64> {
+    let (negative, digits) = match bytes.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, bytes),
+    };
+    if digits.is_empty() || digits.len() > 19 {
+        return None;
+    }
+    let mut value: i64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        let digit = i64::from(d - b'0');
+        value = value.checked_mul(10)?;
+        value = if negative { value.checked_sub(digit)? } else { value.checked_add(digit)? };
+    }
+    Some(value)
+}
+
+fn positive(bytes: Option<&[u8]>, name: &'static str) -> Result<NonZeroU64, Error> {
+    bytes
+        .and_then(parse_i64)
+        .and_then(|v| u64::try_from(v).ok())
+        .and_then(NonZeroU64::new)
+        .ok_or(Error::NotPositive { name })
+}
+
+fn non_negative(bytes: Option<&[u8]>, name: &'static str) -> Result<u64, Error> {
+    bytes.and_then(parse_i64).and_then(|v| u64::try_from(v).ok()).ok_or(Error::Negative { name })
+}
+
+/// A parsed `RL.CHECK`/`RL.PEEK`: the quota and the tokens asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CheckRequest {
+    pub quota: Quota,
+    pub cost: u64,
+}
+
+/// The options after `key limit window`, shared by the commands that take them.
+#[derive(Default)]
+struct Options {
+    cost: Option<u64>,
+    burst: Option<NonZeroU64>,
+}
+
+/// Parses `[COST n] [BURST b]` (any order, case-insensitive, each at most once) from
+/// `first` on; `allow_cost` is false for commands that take only BURST.
+fn parse_options<A: Args + ?Sized>(
+    args: &A,
+    first: usize,
+    allow_cost: bool,
+    usage: &'static str,
+) -> Result<Options, Error> {
+    let mut options = Options::default();
+    let mut i = first;
+    while let Some(word) = args.get(i) {
+        let value = args.get(i + 1);
+        if word.eq_ignore_ascii_case(b"COST") && allow_cost {
+            if options.cost.is_some() {
+                return Err(Error::RepeatedOption { option: "COST" });
+            }
+            options.cost = Some(non_negative(Some(value.ok_or(Error::MissingValue { option: "COST" })?), "cost")?);
+        } else if word.eq_ignore_ascii_case(b"BURST") {
+            if options.burst.is_some() {
+                return Err(Error::RepeatedOption { option: "BURST" });
+            }
+            options.burst = Some(positive(Some(value.ok_or(Error::MissingValue { option: "BURST" })?), "burst")?);
+        } else {
+            return Err(Error::UnknownOption { option: String::from_utf8_lossy(word).into_owned(), usage });
+        }
+        i += 2;
+    }
+    Ok(options)
+}
+
+/// `RL.CHECK key limit window [COST cost] [BURST burst]`.
+pub fn parse_check<A: Args + ?Sized>(args: &A) -> Result<CheckRequest, Error> {
+    if args.count() < 4 {
+        return Err(Error::Arity { usage: CHECK_USAGE });
+    }
+    let limit = positive(args.get(2), "limit")?;
+    let window = positive(args.get(3), "window")?;
+    let options = parse_options(args, 4, true, CHECK_USAGE)?;
+    let quota = Quota::new(limit, window, options.burst.unwrap_or(limit))?;
+    Ok(CheckRequest { quota, cost: options.cost.unwrap_or(1) })
+}
+
+/// `RL.PEEK key limit window [BURST burst]`: a cost-1 check that writes nothing.
+pub fn parse_peek<A: Args + ?Sized>(args: &A) -> Result<Quota, Error> {
+    if args.count() < 4 {
+        return Err(Error::Arity { usage: PEEK_USAGE });
+    }
+    let limit = positive(args.get(2), "limit")?;
+    let window = positive(args.get(3), "window")?;
+    let options = parse_options(args, 4, false, PEEK_USAGE)?;
+    Ok(Quota::new(limit, window, options.burst.unwrap_or(limit))?)
+}
+
+/// `RL.REFUND key limit window amount [BURST burst]`: the quota and the amount.
+pub fn parse_refund<A: Args + ?Sized>(args: &A) -> Result<(Quota, u64), Error> {
+    if args.count() < 5 {
+        return Err(Error::Arity { usage: REFUND_USAGE });
+    }
+    let limit = positive(args.get(2), "limit")?;
+    let window = positive(args.get(3), "window")?;
+    let amount = non_negative(args.get(4), "amount")?;
+    let options = parse_options(args, 5, false, REFUND_USAGE)?;
+    Ok((Quota::new(limit, window, options.burst.unwrap_or(limit))?, amount))
+}
+
+/// `RL.RESET key`.
+pub fn parse_reset<A: Args + ?Sized>(args: &A) -> Result<(), Error> {
+    if args.count() == 2 {
+        Ok(())
+    } else {
+        Err(Error::Arity { usage: RESET_USAGE })
+    }
+}
+
+/// RL.CHECKALL's `numkeys`, when it is at least 1 and matches the line: each key takes one
+/// argument and four spec integers, so `argc == 2 + 5 * numkeys`.
+pub fn parse_checkall_numkeys<A: Args + ?Sized>(args: &A) -> Option<usize> {
+    let numkeys = args.get(1).and_then(parse_i64).and_then(|n| usize::try_from(n).ok()).filter(|&n| n >= 1)?;
+    (numkeys.checked_mul(5).and_then(|n| n.checked_add(2)) == Some(args.count())).then_some(numkeys)
+}
+
+/// `RL.CHECKALL numkeys key... spec...`: the number of keys (at `2..2 + numkeys`) and one
+/// request per key, from the four integers `limit window cost burst` after the keys.
+pub fn parse_checkall<A: Args + ?Sized>(args: &A) -> Result<(usize, Vec<CheckRequest>), Error> {
+    if args.count() < 7 {
+        return Err(Error::Arity { usage: CHECKALL_USAGE });
+    }
+    let numkeys = parse_checkall_numkeys(args).ok_or(Error::KeyCount { usage: CHECKALL_USAGE })?;
+    // The same key twice would be charged once while reporting two charges.
+    for i in 2..2 + numkeys {
+        if (i + 1..2 + numkeys).any(|j| args.get(i) == args.get(j)) {
+            return Err(Error::DuplicateKey);
+        }
+    }
+    let mut requests = Vec::with_capacity(numkeys);
+    for k in 0..numkeys {
+        let at = 2 + numkeys + 4 * k;
+        let limit = positive(args.get(at), "limit")?;
+        let window = positive(args.get(at + 1), "window")?;
+        let cost = non_negative(args.get(at + 2), "cost")?;
+        let burst = positive(args.get(at + 3), "burst")?;
+        requests.push(CheckRequest { quota: Quota::new(limit, window, burst)?, cost });
+    }
+    Ok((numkeys, requests))
+}
+
+/// `CL.THROTTLE key max_burst count_per_period period [quantity]`, redis-cell's arguments:
+/// the bucket holds `max_burst + 1` tokens and refills `count_per_period` per `period` seconds.
+pub fn parse_throttle<A: Args + ?Sized>(args: &A) -> Result<CheckRequest, Error> {
+    if !(5..=6).contains(&args.count()) {
+        return Err(Error::Arity { usage: THROTTLE_USAGE });
+    }
+    let max_burst = non_negative(args.get(2), "max_burst")?;
+    let burst =
+        max_burst.checked_add(1).and_then(NonZeroU64::new).ok_or(Error::NotPositive { name: "max_burst + 1" })?;
+    let count = positive(args.get(3), "count_per_period")?;
+    let period = positive(args.get(4), "period")?;
+    let cost = if args.count() == 6 { non_negative(args.get(5), "quantity")? } else { 1 };
+    Ok(CheckRequest { quota: Quota::new(count, period, burst)?, cost })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(words: &str) -> Vec<&[u8]> {
+        words.split(' ').map(str::as_bytes).collect()
+    }
+
+    fn check(words: &str) -> Result<CheckRequest, Error> {
+        parse_check(line(words).as_slice())
+    }
+
+    fn quota(limit: u64, window: u64, burst: u64) -> Quota {
+        let nz = |v| NonZeroU64::new(v).ok_or(Error::Internal);
+        match (nz(limit), nz(window), nz(burst)) {
+            (Ok(l), Ok(w), Ok(b)) => Quota::new(l, w, b).unwrap_or_else(|e| panic!("{e:?}")),
+            _ => panic!("zero in test quota"),
+        }
+    }
+
+    #[test]
+    fn check_defaults_cost_one_and_burst_limit() {
+        assert_eq!(check("RL.CHECK k 10 60"), Ok(CheckRequest { quota: quota(10, 60, 10), cost: 1 }));
+    }
+
+    #[test]
+    fn check_options_in_any_order_and_any_case() {
+        let want = Ok(CheckRequest { quota: quota(10, 60, 20), cost: 3 });
+        assert_eq!(check("RL.CHECK k 10 60 COST 3 BURST 20"), want);
+        assert_eq!(check("RL.CHECK k 10 60 burst 20 cost 3"), want);
+        assert_eq!(check("RL.CHECK k 10 60 BuRsT 20 CoSt 3"), want);
+        assert_eq!(check("RL.CHECK k 10 60 COST 0"), Ok(CheckRequest { quota: quota(10, 60, 10), cost: 0 }));
+    }
+
+    #[test]
+    fn check_rejects_bad_lines() {
+        let cases: &[(&str, Error)] = &[
+            ("RL.CHECK k 10", Error::Arity { usage: CHECK_USAGE }),
+            ("RL.CHECK k 0 60", Error::NotPositive { name: "limit" }),
+            ("RL.CHECK k -1 60", Error::NotPositive { name: "limit" }),
+            ("RL.CHECK k ten 60", Error::NotPositive { name: "limit" }),
+            ("RL.CHECK k 1.5 60", Error::NotPositive { name: "limit" }),
+            ("RL.CHECK k +5 60", Error::NotPositive { name: "limit" }),
+            ("RL.CHECK k 99999999999999999999 60", Error::NotPositive { name: "limit" }),
+            ("RL.CHECK k 10 0", Error::NotPositive { name: "window" }),
+            ("RL.CHECK k 10 60 BURST 0", Error::NotPositive { name: "burst" }),
+            ("RL.CHECK k 10 60 BURST -3", Error::NotPositive { name: "burst" }),
+            ("RL.CHECK k 10 60 COST -1", Error::Negative { name: "cost" }),
+            ("RL.CHECK k 10 60 COST", Error::MissingValue { option: "COST" }),
+            ("RL.CHECK k 10 60 BURST", Error::MissingValue { option: "BURST" }),
+            ("RL.CHECK k 10 60 COST 1 COST 2", Error::RepeatedOption { option: "COST" }),
+            ("RL.CHECK k 10 60 BURST 1 burst 2", Error::RepeatedOption { option: "BURST" }),
+            ("RL.CHECK k 10 60 SPEED 2", Error::UnknownOption { option: "SPEED".into(), usage: CHECK_USAGE }),
+            ("RL.CHECK k 1 9223372036854775807", Error::Math(crate::gcra::MathError::ToleranceTooLarge)),
+        ];
+        for (words, want) in cases {
+            assert_eq!(check(words).as_ref().err(), Some(want), "{words}");
+        }
+    }
+
+    #[test]
+    fn extreme_integers_parse_without_overflow() {
+        assert_eq!(parse_i64(b"9223372036854775807"), Some(i64::MAX));
+        assert_eq!(parse_i64(b"-9223372036854775808"), Some(i64::MIN));
+        assert_eq!(parse_i64(b"9223372036854775808"), None);
+        assert_eq!(parse_i64(b"-"), None);
+        assert_eq!(parse_i64(b""), None);
+        let huge = check("RL.CHECK k 9223372036854775807 1 BURST 9223372036854775807 COST 9223372036854775807");
+        assert!(huge.is_ok(), "{huge:?}");
+    }
+
+    #[test]
+    fn peek_takes_only_burst() {
+        assert_eq!(parse_peek(line("RL.PEEK k 5 10 BURST 7").as_slice()), Ok(quota(5, 10, 7)));
+        assert!(matches!(parse_peek(line("RL.PEEK k 5 10 COST 2").as_slice()), Err(Error::UnknownOption { .. })));
+    }
+
+    #[test]
+    fn refund_needs_an_amount() {
+        assert_eq!(parse_refund(line("RL.REFUND k 5 10 3").as_slice()), Ok((quota(5, 10, 5), 3)));
+        assert_eq!(parse_refund(line("RL.REFUND k 5 10 3 BURST 9").as_slice()), Ok((quota(5, 10, 9), 3)));
+        assert_eq!(parse_refund(line("RL.REFUND k 5 10").as_slice()), Err(Error::Arity { usage: REFUND_USAGE }));
+        assert_eq!(parse_refund(line("RL.REFUND k 5 10 -2").as_slice()), Err(Error::Negative { name: "amount" }));
+    }
+
+    #[test]
+    fn checkall_pairs_keys_with_specs() {
+        let (n, reqs) = parse_checkall(line("RL.CHECKALL 2 a b 10 60 1 10 1000 60 250 2000").as_slice())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(n, 2);
+        assert_eq!(
+            reqs,
+            vec![
+                CheckRequest { quota: quota(10, 60, 10), cost: 1 },
+                CheckRequest { quota: quota(1000, 60, 2000), cost: 250 }
+            ]
+        );
+        for bad in [
+            "RL.CHECKALL 0 a 1 1 1 1",
+            "RL.CHECKALL 2 a 1 1 1 1",
+            "RL.CHECKALL -1 a 1 1 1 1",
+            "RL.CHECKALL x a 1 1 1 1",
+            "RL.CHECKALL 1 a 1 1 1 1 extra",
+            "RL.CHECKALL 9223372036854775807 a 1 1 1 1",
+        ] {
+            assert_eq!(
+                parse_checkall(line(bad).as_slice()).err(),
+                Some(Error::KeyCount { usage: CHECKALL_USAGE }),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            parse_checkall(line("RL.CHECKALL 2 a a 1 1 1 1 1 1 1 1").as_slice()).err(),
+            Some(Error::DuplicateKey)
+        );
+        assert_eq!(
+            parse_checkall(line("RL.CHECKALL 1 a 1 1 -1 1").as_slice()).err(),
+            Some(Error::Negative { name: "cost" })
+        );
+    }
+
+    #[test]
+    fn throttle_uses_redis_cell_arguments() {
+        assert_eq!(
+            parse_throttle(line("CL.THROTTLE k 4 1 1").as_slice()),
+            Ok(CheckRequest { quota: quota(1, 1, 5), cost: 1 })
+        );
+        assert_eq!(
+            parse_throttle(line("CL.THROTTLE k 0 30 60 3").as_slice()),
+            Ok(CheckRequest { quota: quota(30, 60, 1), cost: 3 })
+        );
+        assert_eq!(
+            parse_throttle(line("CL.THROTTLE k 9223372036854775807 1 1").as_slice()).err(),
+            Some(Error::Math(crate::gcra::MathError::ToleranceTooLarge))
+        );
+        assert_eq!(parse_throttle(line("CL.THROTTLE k 4 1").as_slice()), Err(Error::Arity { usage: THROTTLE_USAGE }));
+        assert_eq!(parse_throttle(line("CL.THROTTLE k -1 1 1").as_slice()), Err(Error::Negative { name: "max_burst" }));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn no_command_line_panics(words in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..8), 0..12)) {
+            let line: Vec<&[u8]> = words.iter().map(Vec::as_slice).collect();
+            let _ = parse_check(line.as_slice());
+            let _ = parse_peek(line.as_slice());
+            let _ = parse_refund(line.as_slice());
+            let _ = parse_checkall(line.as_slice());
+            let _ = parse_throttle(line.as_slice());
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! Every way a command can fail. `Display` is the exact wire string, always with a standard
+//! prefix (`ERR`, `WRONGTYPE`), so clients can match on it. Errors are decided before any
+//! write: a command that answers with one of these has changed nothing.
+
+use std::fmt;
+
+use crate::gcra::MathError;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Error {
+    /// Wrong number of arguments; carries the command's usage line.
+    Arity {
+        usage: &'static str,
+    },
+    /// `name` must be an integer >= 1.
+    NotPositive {
+        name: &'static str,
+    },
+    /// `name` must be an integer >= 0.
+    Negative {
+        name: &'static str,
+    },
+    /// An option keyword the command does not know.
+    UnknownOption {
+        option: String,
+        usage: &'static str,
+    },
+    /// An option given twice.
+    RepeatedOption {
+        option: &'static str,
+    },
+    /// An option at the end of the line without its value.
+    MissingValue {
+        option: &'static str,
+    },
+    /// `numkeys` does not match the number of arguments.
+    KeyCount {
+        usage: &'static str,
+    },
+    /// RL.CHECKALL named one key twice.
+    DuplicateKey,
+    /// The key holds a Redis type other than a string.
+    WrongType,
+    /// The key holds a string that is not rate-limiter state.
+    NotLimiterState,
+    Math(MathError),
+    /// A bug caught at the FFI edge instead of aborting Redis.
+    Internal,
+}
+
+impl From<MathError> for Error {
+    fn from(e: MathError) -> Self {
+        Error::Math(e)
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Arity { usage } => write!(f, "ERR wrong number of arguments, usage: {usage}"),
+            Error::NotPositive { name } => write!(f, "ERR {name} must be a positive integer"),
+            Error::Negative { name } => write!(f, "ERR {name} must be a non-negative integer"),
+            Error::UnknownOption { option, usage } => write!(f, "ERR unknown option '{option}', usage: {usage}"),
+            Error::RepeatedOption { option } => write!(f, "ERR option {option} given more than once"),
+            Error::MissingValue { option } => write!(f, "ERR option {option} needs a value"),
+            Error::KeyCount { usage } => {
+                write!(f, "ERR numkeys must be at least 1 and match the keys and specs given, usage: {usage}")
+            }
+            Error::DuplicateKey => f.write_str("ERR RL.CHECKALL keys must be distinct"),
+            Error::WrongType => f.write_str("WRONGTYPE Operation against a key holding the wrong kind of value"),
+            Error::NotLimiterState => f.write_str(
+                "ERR key holds a string that is not rate-limiter state; it was left unchanged (delete it or use another key)",
+            ),
+            Error::Math(MathError::ToleranceTooLarge) => {
+                f.write_str("ERR burst * window / limit must not exceed 100 years")
+            }
+            Error::Math(MathError::StateOutOfRange) => f.write_str("ERR stored rate-limiter state is out of range"),
+            Error::Internal => f.write_str("ERR internal error in the rate-limiter module; nothing was changed"),
+        }
+    }
+}

@@ -1,0 +1,277 @@
+//! The Redis edge: the only file that calls the raw module API. Everything above it works
+//! with byte slices, [`Tat`]s and [`Reply`] values.
+//!
+//! Handlers are `extern "C"` functions wrapped by [`run_command`]: the command body runs
+//! inside `catch_unwind`, computes its whole reply as data, and only then is the reply
+//! written. So a bug that panics becomes one error reply, never an aborted server and never a
+//! half-written reply.
+
+use std::ffi::CStr;
+use std::os::raw::{c_char, c_int, c_long, c_longlong};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::ptr::NonNull;
+
+use redis_module::raw;
+
+use crate::args::Args;
+use crate::error::Error;
+use crate::gcra::Tat;
+use crate::state;
+use crate::stats;
+
+pub type Ctx = *mut raw::RedisModuleCtx;
+pub type Argv = *mut *mut raw::RedisModuleString;
+
+/// The complete answer of a command, built before anything is written to the client.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Reply {
+    Int(i64),
+    Pair([i64; 2]),
+    Five([i64; 5]),
+    /// RL.CHECKALL: `[allowed, retry_after_ms, [row per key]]`.
+    Nested {
+        allowed: i64,
+        retry_after_ms: i64,
+        rows: Vec<[i64; 5]>,
+    },
+}
+
+/// Runs a command body behind the panic guard and writes its reply or error.
+pub fn run_command(ctx: Ctx, argv: Argv, argc: c_int, body: fn(Ctx, &RawArgs) -> Result<Reply, Error>) -> c_int {
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        let args = RawArgs::new(argv, argc);
+        body(ctx, &args)
+    }));
+    match outcome {
+        Ok(Ok(reply)) => write_reply(ctx, &reply),
+        Ok(Err(error)) => {
+            stats::count_error();
+            reply_error(ctx, &error);
+        }
+        Err(_) => {
+            stats::count_error();
+            reply_error(ctx, &Error::Internal);
+        }
+    }
+    raw::REDISMODULE_OK as c_int
+}
+
+fn write_reply(ctx: Ctx, reply: &Reply) {
+    match reply {
+        Reply::Int(v) => reply_int(ctx, *v),
+        Reply::Pair(values) => reply_ints(ctx, values),
+        Reply::Five(values) => reply_ints(ctx, values),
+        Reply::Nested { allowed, retry_after_ms, rows } => {
+            reply_array(ctx, 3);
+            reply_int(ctx, *allowed);
+            reply_int(ctx, *retry_after_ms);
+            reply_array(ctx, rows.len());
+            for row in rows {
+                reply_ints(ctx, row);
+            }
+        }
+    }
+}
+
+fn reply_array(ctx: Ctx, len: usize) {
+    if let Some(f) = unsafe { raw::RedisModule_ReplyWithArray } {
+        unsafe { f(ctx, c_long::try_from(len).unwrap_or(c_long::MAX)) };
+    }
+}
+
+fn reply_int(ctx: Ctx, value: i64) {
+    if let Some(f) = unsafe { raw::RedisModule_ReplyWithLongLong } {
+        unsafe { f(ctx, value as c_longlong) };
+    }
+}
+
+fn reply_ints(ctx: Ctx, values: &[i64]) {
+    reply_array(ctx, values.len());
+    for &v in values {
+        reply_int(ctx, v);
+    }
+}
+
+fn reply_error(ctx: Ctx, error: &Error) {
+    // Error text never contains NUL except from a client's option name: strip those.
+    let text: Vec<u8> = error.to_string().into_bytes().into_iter().filter(|&b| b != 0).chain([0]).collect();
+    if let (Some(f), Ok(text)) = (unsafe { raw::RedisModule_ReplyWithError }, CStr::from_bytes_with_nul(&text)) {
+        unsafe { f(ctx, text.as_ptr()) };
+    }
+}
+
+/// The command line as handed over by Redis, read without copying.
+pub struct RawArgs {
+    argv: Argv,
+    argc: usize,
+}
+
+impl RawArgs {
+    fn new(argv: Argv, argc: c_int) -> Self {
+        let argc = if argv.is_null() { 0 } else { usize::try_from(argc).unwrap_or(0) };
+        RawArgs { argv, argc }
+    }
+
+    /// The Redis string at `index`, for opening keys and replicating without a copy.
+    pub fn redis_string(&self, index: usize) -> Option<NonNull<raw::RedisModuleString>> {
+        if index >= self.argc {
+            return None;
+        }
+        // SAFETY: Redis guarantees `argv` holds `argc` valid strings for the whole call.
+        NonNull::new(unsafe { *self.argv.add(index) })
+    }
+}
+
+impl Args for RawArgs {
+    fn count(&self) -> usize {
+        self.argc
+    }
+
+    fn get(&self, index: usize) -> Option<&[u8]> {
+        let string = self.redis_string(index)?;
+        let f = unsafe { raw::RedisModule_StringPtrLen }?;
+        let mut len = 0usize;
+        // SAFETY: the pointer and length describe the string's bytes, alive during the call.
+        let ptr = unsafe { f(string.as_ptr(), &mut len) };
+        if ptr.is_null() {
+            return None;
+        }
+        Some(unsafe { std::slice::from_raw_parts(ptr.cast::<u8>(), len) })
+    }
+}
+
+/// The server clock in nanoseconds, read once per command: the cached command time where the
+/// server has it (Redis 7.2+, Valkey), so every key in one call, `MULTI` or script sees the same
+/// instant; otherwise the millisecond clock (Redis 7.0).
+pub fn now_nanos() -> u64 {
+    unsafe {
+        if let Some(cached) = raw::RedisModule_CachedMicroseconds {
+            return u64::try_from(cached()).unwrap_or(0).saturating_mul(1_000);
+        }
+        if let Some(millis) = raw::RedisModule_Milliseconds {
+            return u64::try_from(millis()).unwrap_or(0).saturating_mul(1_000_000);
+        }
+    }
+    0
+}
+
+/// An open key, closed on drop.
+pub struct Key {
+    ctx: Ctx,
+    name: NonNull<raw::RedisModuleString>,
+    key: *mut raw::RedisModuleKey,
+}
+
+impl Key {
+    /// Opens `name` for reading, and for writing unless `read_only`.
+    pub fn open(ctx: Ctx, name: NonNull<raw::RedisModuleString>, read_only: bool) -> Result<Key, Error> {
+        let mode = if read_only { raw::REDISMODULE_READ } else { raw::REDISMODULE_READ | raw::REDISMODULE_WRITE };
+        let open = unsafe { raw::RedisModule_OpenKey }.ok_or(Error::Internal)?;
+        let key = unsafe { open(ctx, name.as_ptr(), mode as c_int) }.cast::<raw::RedisModuleKey>();
+        if key.is_null() {
+            return Err(Error::Internal);
+        }
+        Ok(Key { ctx, name, key })
+    }
+
+    /// The stored TAT: `None` for a missing key, an error for anything but limiter state.
+    pub fn read_state(&self) -> Result<Option<Tat>, Error> {
+        let key_type = unsafe { raw::RedisModule_KeyType }.map_or(-1, |f| unsafe { f(self.key) });
+        match key_type as isize {
+            raw::REDISMODULE_KEYTYPE_EMPTY => Ok(None),
+            raw::REDISMODULE_KEYTYPE_STRING => {
+                let dma = unsafe { raw::RedisModule_StringDMA }.ok_or(Error::Internal)?;
+                let mut len = 0usize;
+                let ptr = unsafe { dma(self.key, &mut len, raw::REDISMODULE_READ as c_int) };
+                if ptr.is_null() {
+                    return Err(Error::NotLimiterState);
+                }
+                // SAFETY: DMA gives the value's bytes, valid until the key is modified or closed.
+                let bytes = unsafe { std::slice::from_raw_parts(ptr.cast::<u8>(), len) };
+                state::decode(bytes).map(Some).ok_or(Error::NotLimiterState)
+            }
+            _ => Err(Error::WrongType),
+        }
+    }
+
+    /// Stores `tat` with an absolute expiry at the moment the bucket is full again, and
+    /// replicates exactly that effect (`SET key value PXAT ms`) to replicas and the AOF.
+    pub fn write_state(&self, tat: &Tat) -> Result<(), Error> {
+        let encoded = state::encode(tat);
+        let bytes = encoded.as_bytes();
+        let expiry = i64::try_from(tat.expiry_millis()).map_err(|_| Error::Internal)?;
+        unsafe {
+            let create = raw::RedisModule_CreateString.ok_or(Error::Internal)?;
+            let set = raw::RedisModule_StringSet.ok_or(Error::Internal)?;
+            let free = raw::RedisModule_FreeString.ok_or(Error::Internal)?;
+            let value = create(self.ctx, bytes.as_ptr().cast::<c_char>(), bytes.len());
+            if value.is_null() {
+                return Err(Error::Internal);
+            }
+            let status = set(self.key, value);
+            free(self.ctx, value);
+            if status != raw::REDISMODULE_OK as c_int {
+                return Err(Error::Internal);
+            }
+            set_absolute_expiry(self.ctx, self.key, expiry);
+            if let Some(signal) = raw::RedisModule_SignalModifiedKey {
+                signal(self.ctx, self.name.as_ptr());
+            }
+            if let Some(replicate) = raw::RedisModule_Replicate {
+                replicate(
+                    self.ctx,
+                    c"SET".as_ptr(),
+                    c"sbcl".as_ptr(),
+                    self.name.as_ptr(),
+                    bytes.as_ptr().cast::<c_char>(),
+                    bytes.len(),
+                    c"PXAT".as_ptr(),
+                    expiry as c_longlong,
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes the key and replicates `DEL key`.
+    pub fn delete(&self) -> Result<(), Error> {
+        unsafe {
+            let delete = raw::RedisModule_DeleteKey.ok_or(Error::Internal)?;
+            if delete(self.key) != raw::REDISMODULE_OK as c_int {
+                return Err(Error::Internal);
+            }
+            if let Some(signal) = raw::RedisModule_SignalModifiedKey {
+                signal(self.ctx, self.name.as_ptr());
+            }
+            if let Some(replicate) = raw::RedisModule_Replicate {
+                replicate(self.ctx, c"DEL".as_ptr(), c"s".as_ptr(), self.name.as_ptr());
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Key {
+    fn drop(&mut self) {
+        if let Some(close) = unsafe { raw::RedisModule_CloseKey } {
+            unsafe { close(self.key) };
+        }
+    }
+}
+
+/// Sets the key to expire at `expiry_ms` (Unix milliseconds). `SetAbsExpire` exists from
+/// Redis 6.2.2; on older servers a relative expiry from the millisecond clock is the fallback.
+unsafe fn set_absolute_expiry(_ctx: Ctx, key: *mut raw::RedisModuleKey, expiry_ms: i64) {
+    if let Some(set_abs) = raw::RedisModule_SetAbsExpire {
+        set_abs(key, expiry_ms);
+    } else if let (Some(set_rel), Some(millis)) = (raw::RedisModule_SetExpire, raw::RedisModule_Milliseconds) {
+        set_rel(key, expiry_ms.saturating_sub(millis()).max(1));
+    }
+}
+
+/// `numkeys` of an RL.CHECKALL line when it is well formed (`argc == 2 + 5 * numkeys`), else 0:
+/// a malformed line declares no keys and then fails with a usage error when run.
+pub fn checkall_numkeys(argv: Argv, argc: c_int) -> usize {
+    let args = RawArgs::new(argv, argc);
+    crate::args::parse_checkall_numkeys(&args).unwrap_or(0)
+}

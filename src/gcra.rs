@@ -1,0 +1,249 @@
+//! The rate-limit decision: GCRA (the generic cell rate algorithm), pure and exact.
+//!
+//! Vocabulary, after the ATM literature and governor's `gcra.rs`:
+//! - **emission interval**: the time one token takes to refill, `window / limit`.
+//! - **tolerance**: the bucket capacity expressed as time, `burst × emission interval`.
+//! - **TAT** (theoretical arrival time): the moment the bucket will be full again. A key
+//!   whose TAT is at or before `now` has a full bucket; the bucket holds
+//!   `(tolerance - (TAT - now)) / emission interval` tokens.
+//! - A request of `cost` tokens is admitted when `max(TAT, now) + cost × interval - now <=
+//!   tolerance`; admitting it moves the TAT to `max(TAT, now) + cost × interval`.
+//!
+//! Exactness: the emission interval `window × 10^9 / limit` ns is rarely a whole number
+//! (3 per second is 333 333 333.3 ns). Rounding it, as most limiters do, either over-admits
+//! or makes a fresh bucket refuse its last burst token. So all times here are kept in
+//! *scaled* units of `1/limit` ns, where the interval is exactly `window × 10^9` units and a
+//! clock reading `now` ns is exactly `now × limit` units. Products are `u128` and checked; no
+//! floating point anywhere. [`Tat`] is the exact instant in a form the state encoding can
+//! store without knowing the limit.
+//!
+//! Nothing here reads a clock or touches Redis: `now` is an argument.
+
+use std::num::NonZeroU64;
+
+const NANOS_PER_SECOND: u128 = 1_000_000_000;
+const NANOS_PER_MILLI: u128 = 1_000_000;
+
+/// The largest tolerance (`burst × window / limit`) accepted: 100 years. Larger settings are
+/// rejected up front, so every later sum of instants stays far inside `u64` nanoseconds.
+pub const MAX_TOLERANCE_NANOS: u128 = 100 * 365 * 24 * 3600 * NANOS_PER_SECOND;
+
+/// A rate limit: `limit` tokens per `window_secs` seconds, bucket capacity `burst`.
+/// Only constructible with positive values whose tolerance fits [`MAX_TOLERANCE_NANOS`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quota {
+    limit: NonZeroU64,
+    window_secs: NonZeroU64,
+    burst: NonZeroU64,
+    /// The emission interval in scaled units (`window × 10^9`).
+    interval: u128,
+    /// The tolerance in scaled units (`burst × interval`).
+    tolerance: u128,
+}
+
+/// Why a [`Quota`] or a decision could not be made; both are client errors, never panics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MathError {
+    /// `burst × window / limit` is longer than [`MAX_TOLERANCE_NANOS`].
+    ToleranceTooLarge,
+    /// The stored state lies so far in the future that the new state would not fit.
+    StateOutOfRange,
+}
+
+impl Quota {
+    pub fn new(limit: NonZeroU64, window_secs: NonZeroU64, burst: NonZeroU64) -> Result<Self, MathError> {
+        let interval = u128::from(window_secs.get()) * NANOS_PER_SECOND;
+        let tolerance = interval.checked_mul(u128::from(burst.get())).ok_or(MathError::ToleranceTooLarge)?;
+        if tolerance / u128::from(limit.get()) > MAX_TOLERANCE_NANOS {
+            return Err(MathError::ToleranceTooLarge);
+        }
+        Ok(Quota { limit, window_secs, burst, interval, tolerance })
+    }
+
+    pub fn limit(&self) -> u64 {
+        self.limit.get()
+    }
+
+    pub fn window_secs(&self) -> u64 {
+        self.window_secs.get()
+    }
+
+    pub fn burst(&self) -> u64 {
+        self.burst.get()
+    }
+
+    fn scale(&self) -> u128 {
+        u128::from(self.limit.get())
+    }
+
+    /// A clock reading in scaled units.
+    fn scaled_now(&self, now_nanos: u64) -> u128 {
+        u128::from(now_nanos) * self.scale()
+    }
+
+    /// A stored TAT in scaled units. A fraction written under another limit is rounded up:
+    /// off by under a nanosecond, and never in the client's favour.
+    fn scaled_tat(&self, tat: Tat) -> u128 {
+        let scale = self.scale();
+        let fraction = if tat.denominator == self.limit.get() {
+            u128::from(tat.numerator)
+        } else {
+            (u128::from(tat.numerator) * scale).div_ceil(u128::from(tat.denominator.max(1)))
+        };
+        u128::from(tat.nanos) * scale + fraction
+    }
+
+    /// Converts a scaled instant back to a storable [`Tat`].
+    fn tat_from_scaled(&self, scaled: u128) -> Result<Tat, MathError> {
+        let scale = self.scale();
+        // Stored instants stay within i64 so that every reply and expiry fits Redis integers.
+        let nanos = i64::try_from(scaled / scale).map_err(|_| MathError::StateOutOfRange)? as u64;
+        // `scaled % scale < limit`, which is a u64.
+        let numerator = u64::try_from(scaled % scale).map_err(|_| MathError::StateOutOfRange)?;
+        Ok(if numerator == 0 {
+            Tat::from_nanos(nanos)
+        } else {
+            Tat { nanos, numerator, denominator: self.limit.get() }
+        })
+    }
+
+    /// A scaled duration in milliseconds, rounded up (so waiting that long is enough).
+    fn millis_ceil(&self, scaled: u128) -> u64 {
+        let millis = scaled.div_ceil(self.scale() * NANOS_PER_MILLI);
+        u64::try_from(millis).unwrap_or(u64::MAX)
+    }
+
+    /// Whole tokens in the bucket when the TAT is `tat` at `now` (both scaled).
+    fn tokens_left(&self, tat: u128, now: u128) -> u64 {
+        let used = tat.saturating_sub(now);
+        let left = self.tolerance.saturating_sub(used) / self.interval;
+        u64::try_from(left).unwrap_or(u64::MAX).min(self.burst.get())
+    }
+}
+
+/// A theoretical arrival time as stored: `nanos + numerator / denominator` nanoseconds since
+/// the Unix epoch, with `numerator < denominator` (the denominator is the limit that wrote it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tat {
+    pub nanos: u64,
+    pub numerator: u64,
+    pub denominator: u64,
+}
+
+impl Tat {
+    pub fn from_nanos(nanos: u64) -> Self {
+        Tat { nanos, numerator: 0, denominator: 1 }
+    }
+
+    /// The absolute expiry for a key holding this TAT: the first millisecond at or after it,
+    /// when the bucket is full and the key carries no information any more.
+    pub fn expiry_millis(&self) -> u64 {
+        let extra = u64::from(self.numerator > 0);
+        let nanos = u128::from(self.nanos) + u128::from(extra);
+        u64::try_from(nanos.div_ceil(NANOS_PER_MILLI)).unwrap_or(u64::MAX)
+    }
+}
+
+/// When a refused request could be admitted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetryAfter {
+    /// Admitted: no wait.
+    Now,
+    /// Wait at least this many milliseconds (rounded up).
+    Millis(u64),
+    /// The cost exceeds the burst: this request can never be admitted.
+    Never,
+}
+
+/// The outcome of one check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    /// Whole tokens left after this call, in `0..=burst`.
+    pub remaining: u64,
+    pub retry_after: RetryAfter,
+    /// Milliseconds until the bucket is full again (0 if it is), rounded up.
+    pub reset_after_ms: u64,
+    /// The state to store, when the request took tokens; `None` means write nothing.
+    pub new_tat: Option<Tat>,
+}
+
+/// Decides a request of `cost` tokens at `now_nanos`, given the stored TAT (`None`: no key,
+/// a full bucket). `cost == 0` only reports. A clock that went backwards never adds tokens:
+/// the TAT is never moved earlier than stored.
+pub fn decide(quota: &Quota, stored: Option<Tat>, now_nanos: u64, cost: u64) -> Result<Decision, MathError> {
+    let now = quota.scaled_now(now_nanos);
+    let tat = stored.map_or(now, |t| quota.scaled_tat(t)).max(now);
+    let reset_after_ms = quota.millis_ceil(tat - now);
+
+    if cost > quota.burst() {
+        return Ok(Decision {
+            allowed: false,
+            remaining: quota.tokens_left(tat, now),
+            retry_after: RetryAfter::Never,
+            reset_after_ms,
+            new_tat: None,
+        });
+    }
+    // cost <= burst, so the increment is at most the tolerance: no overflow.
+    let new_tat = tat + quota.interval * u128::from(cost);
+    let earliest = new_tat.saturating_sub(quota.tolerance);
+    if earliest > now {
+        return Ok(Decision {
+            allowed: false,
+            remaining: quota.tokens_left(tat, now),
+            retry_after: RetryAfter::Millis(quota.millis_ceil(earliest - now)),
+            reset_after_ms,
+            new_tat: None,
+        });
+    }
+    let write = if cost == 0 { None } else { Some(quota.tat_from_scaled(new_tat)?) };
+    Ok(Decision {
+        allowed: true,
+        remaining: quota.tokens_left(new_tat, now),
+        retry_after: RetryAfter::Now,
+        reset_after_ms: quota.millis_ceil(new_tat - now),
+        new_tat: write,
+    })
+}
+
+/// What a refund does to the stored state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefundWrite {
+    /// Nothing changes (no key, or an amount of 0).
+    Nothing,
+    /// Store this TAT.
+    Store(Tat),
+    /// The bucket is full again: delete the key.
+    Delete,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Refund {
+    pub remaining: u64,
+    pub reset_after_ms: u64,
+    pub write: RefundWrite,
+}
+
+/// Gives `amount` tokens back, never filling the bucket above `burst`.
+pub fn refund(quota: &Quota, stored: Option<Tat>, now_nanos: u64, amount: u64) -> Result<Refund, MathError> {
+    let now = quota.scaled_now(now_nanos);
+    let Some(stored) = stored else {
+        return Ok(Refund { remaining: quota.burst(), reset_after_ms: 0, write: RefundWrite::Nothing });
+    };
+    let tat = quota.scaled_tat(stored).max(now);
+    if amount == 0 {
+        return Ok(Refund {
+            remaining: quota.tokens_left(tat, now),
+            reset_after_ms: quota.millis_ceil(tat - now),
+            write: RefundWrite::Nothing,
+        });
+    }
+    let give_back = quota.interval.saturating_mul(u128::from(amount));
+    let new_tat = tat.saturating_sub(give_back).max(now);
+    let write = if new_tat <= now { RefundWrite::Delete } else { RefundWrite::Store(quota.tat_from_scaled(new_tat)?) };
+    Ok(Refund { remaining: quota.tokens_left(new_tat, now), reset_after_ms: quota.millis_ceil(new_tat - now), write })
+}
+
+#[cfg(test)]
+mod tests;

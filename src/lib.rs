@@ -1,0 +1,111 @@
+//! ml-api-rate-limiter: a Redis module with atomic GCRA rate-limit commands.
+//!
+//! This file is the registration table. The pure parts ([`gcra`], [`state`], [`args`]) know
+//! nothing of Redis; [`ffi`] is the only place that calls the module API; each command in
+//! [`commands`] reads top to bottom.
+
+pub mod args;
+pub mod commands;
+pub mod error;
+pub mod ffi;
+pub mod gcra;
+pub mod state;
+pub mod stats;
+
+use std::ffi::CStr;
+use std::os::raw::c_int;
+
+use redis_module::{raw, redis_module, Context, RedisString, Status};
+
+use crate::ffi::{run_command, Argv, Ctx};
+
+/// The ACL category the commands join where the server can add module categories
+/// (Redis 7.4+, Valkey 8+): `ACL SETUSER gw on >secret ~* +@ratelimit`.
+const ACL_CATEGORY: &CStr = c"ratelimit";
+
+macro_rules! handler {
+    ($name:ident, $body:path) => {
+        extern "C" fn $name(ctx: Ctx, argv: Argv, argc: c_int) -> c_int {
+            run_command(ctx, argv, argc, $body)
+        }
+    };
+}
+
+handler!(rl_check, commands::check::run);
+handler!(rl_checkall, commands::checkall::run);
+handler!(rl_peek, commands::peek::run);
+handler!(rl_refund, commands::refund::run);
+handler!(rl_reset, commands::reset::run);
+handler!(cl_throttle, commands::throttle::run);
+
+/// RL.CHECKALL's keys follow `numkeys`; Redis asks for them (COMMAND GETKEYS, Cluster slot
+/// checks, ACL key patterns) by calling the handler in "keys position request" mode.
+extern "C" fn rl_checkall_entry(ctx: Ctx, argv: Argv, argc: c_int) -> c_int {
+    let is_keys_request = unsafe { raw::RedisModule_IsKeysPositionRequest }.is_some_and(|f| unsafe { f(ctx) } != 0);
+    if !is_keys_request {
+        return rl_checkall(ctx, argv, argc);
+    }
+    let numkeys = ffi::checkall_numkeys(argv, argc);
+    if let Some(key_at) = unsafe { raw::RedisModule_KeyAtPos } {
+        for pos in 2..2 + numkeys {
+            unsafe { key_at(ctx, pos as c_int) };
+        }
+    }
+    raw::REDISMODULE_OK as c_int
+}
+
+type Handler = extern "C" fn(Ctx, Argv, c_int) -> c_int;
+
+/// name, handler, flags, first key, last key, key step.
+const COMMANDS: [(&CStr, Handler, &CStr, c_int, c_int, c_int); 6] = [
+    (c"RL.CHECK", rl_check, c"write deny-oom fast", 1, 1, 1),
+    (c"RL.CHECKALL", rl_checkall_entry, c"write deny-oom fast getkeys-api", 2, 2, 1),
+    (c"RL.PEEK", rl_peek, c"readonly fast", 1, 1, 1),
+    (c"RL.REFUND", rl_refund, c"write deny-oom fast", 1, 1, 1),
+    (c"RL.RESET", rl_reset, c"write fast", 1, 1, 1),
+    (c"CL.THROTTLE", cl_throttle, c"write deny-oom fast", 1, 1, 1),
+];
+
+fn init(ctx: &Context, _args: &[RedisString]) -> Status {
+    let ctx = ctx.ctx;
+    unsafe {
+        // Commands signal the keys they really modify; a refused check must not disturb WATCH.
+        if let Some(set_options) = raw::RedisModule_SetModuleOptions {
+            set_options(ctx, raw::REDISMODULE_OPTION_NO_IMPLICIT_SIGNAL_MODIFIED as c_int);
+        }
+        let with_category = match raw::RedisModule_AddACLCategory {
+            Some(add) => add(ctx, ACL_CATEGORY.as_ptr()) == raw::REDISMODULE_OK as c_int,
+            None => false,
+        };
+        let Some(create) = raw::RedisModule_CreateCommand else { return Status::Err };
+        for (name, handler, flags, first, last, step) in COMMANDS {
+            if create(ctx, name.as_ptr(), Some(handler), flags.as_ptr(), first, last, step)
+                != raw::REDISMODULE_OK as c_int
+            {
+                return Status::Err;
+            }
+            if with_category {
+                if let (Some(get), Some(set_categories)) =
+                    (raw::RedisModule_GetCommand, raw::RedisModule_SetCommandACLCategories)
+                {
+                    let command = get(ctx, name.as_ptr());
+                    if !command.is_null() {
+                        set_categories(command, ACL_CATEGORY.as_ptr());
+                    }
+                }
+            }
+        }
+        if let Some(register_info) = raw::RedisModule_RegisterInfoFunc {
+            register_info(ctx, Some(stats::info));
+        }
+    }
+    Status::Ok
+}
+
+redis_module! {
+    name: "ratelimit",
+    version: 1,
+    allocator: (redis_module::alloc::RedisAlloc, redis_module::alloc::RedisAlloc),
+    data_types: [],
+    init: init,
+}

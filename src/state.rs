@@ -1,0 +1,166 @@
+//! The stored state of one limiter key: a plain Redis string holding its TAT.
+//!
+//! Format (ASCII, no spaces):
+//! - `<nanos>`: the TAT in whole nanoseconds since the Unix epoch, e.g.
+//!   `1764441600123456789`. This is the common case, and Redis keeps it as a compact integer.
+//! - `<nanos>+<numerator>/<denominator>`: the same plus an exact fraction of a nanosecond,
+//!   written when the emission interval (`window / limit`) is not a whole number of
+//!   nanoseconds; the denominator is the limit, e.g. `1764441600333333333+1/3`.
+//!
+//! Numbers are canonical decimals (no sign, no leading zeros) within `i64`, with
+//! `0 < numerator < denominator`. Anything else is not limiter state and is refused, never
+//! overwritten.
+
+use crate::gcra::Tat;
+
+/// Longest encoding: three 19-digit numbers and two separators.
+pub const MAX_ENCODED_LEN: usize = 3 * 19 + 2;
+
+/// Parses a stored value; `None` if it is not limiter state.
+pub fn decode(bytes: &[u8]) -> Option<Tat> {
+    let (nanos, fraction) = match bytes.iter().position(|&b| b == b'+') {
+        Some(plus) => (bytes.get(..plus)?, Some(bytes.get(plus + 1..)?)),
+        None => (bytes, None),
+    };
+    let nanos = parse_canonical(nanos)?;
+    let Some(fraction) = fraction else {
+        return Some(Tat::from_nanos(nanos));
+    };
+    let slash = fraction.iter().position(|&b| b == b'/')?;
+    let numerator = parse_canonical(fraction.get(..slash)?)?;
+    let denominator = parse_canonical(fraction.get(slash + 1..)?)?;
+    (numerator > 0 && numerator < denominator).then_some(Tat { nanos, numerator, denominator })
+}
+
+/// A canonical non-negative decimal that fits `i64`.
+fn parse_canonical(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 19 || (digits.len() > 1 && digits.first() == Some(&b'0')) {
+        return None;
+    }
+    let mut value: u64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        value = value.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
+    }
+    (value <= i64::MAX as u64).then_some(value)
+}
+
+/// An encoded state in a stack buffer: the hot path formats without allocating.
+pub struct Encoded {
+    buf: [u8; MAX_ENCODED_LEN],
+    len: usize,
+}
+
+impl Encoded {
+    pub fn as_bytes(&self) -> &[u8] {
+        self.buf.get(..self.len).unwrap_or(&[])
+    }
+}
+
+pub fn encode(tat: &Tat) -> Encoded {
+    let mut out = Encoded { buf: [0; MAX_ENCODED_LEN], len: 0 };
+    push_decimal(&mut out, tat.nanos);
+    if tat.numerator > 0 {
+        push_byte(&mut out, b'+');
+        push_decimal(&mut out, tat.numerator);
+        push_byte(&mut out, b'/');
+        push_decimal(&mut out, tat.denominator);
+    }
+    out
+}
+
+fn push_byte(out: &mut Encoded, byte: u8) {
+    if let Some(slot) = out.buf.get_mut(out.len) {
+        *slot = byte;
+        out.len += 1;
+    }
+}
+
+fn push_decimal(out: &mut Encoded, mut value: u64) {
+    let mut digits = [0u8; 20];
+    let mut n = 0;
+    loop {
+        if let Some(slot) = digits.get_mut(n) {
+            *slot = b'0' + (value % 10) as u8;
+        }
+        n += 1;
+        value /= 10;
+        if value == 0 || n == digits.len() {
+            break;
+        }
+    }
+    for i in (0..n).rev() {
+        if let Some(&d) = digits.get(i) {
+            push_byte(out, d);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whole_nanoseconds_round_trip_as_a_plain_integer() {
+        let tat = Tat::from_nanos(1_764_441_600_123_456_789);
+        assert_eq!(encode(&tat).as_bytes(), b"1764441600123456789");
+        assert_eq!(decode(b"1764441600123456789"), Some(tat));
+        assert_eq!(decode(b"0"), Some(Tat::from_nanos(0)));
+    }
+
+    #[test]
+    fn fractions_round_trip() {
+        let tat = Tat { nanos: 1_764_441_600_333_333_333, numerator: 1, denominator: 3 };
+        assert_eq!(encode(&tat).as_bytes(), b"1764441600333333333+1/3");
+        assert_eq!(decode(b"1764441600333333333+1/3"), Some(tat));
+        let widest = Tat { nanos: i64::MAX as u64, numerator: i64::MAX as u64 - 1, denominator: i64::MAX as u64 };
+        assert_eq!(encode(&widest).as_bytes().len(), MAX_ENCODED_LEN);
+        assert_eq!(decode(encode(&widest).as_bytes()), Some(widest));
+    }
+
+    #[test]
+    fn foreign_values_are_not_state() {
+        for bad in [
+            &b""[..],
+            b"hello",
+            b"-1",
+            b"+1",
+            b"01",
+            b"1.5",
+            b" 1",
+            b"1 ",
+            b"9223372036854775808", // i64::MAX + 1
+            b"99999999999999999999",
+            b"1+",
+            b"1+1",
+            b"1+1/",
+            b"1+/3",
+            b"1+0/3",
+            b"1+3/3",
+            b"1+4/3",
+            b"1+1/3+1",
+            b"1+1/3/3",
+            b"1+01/3",
+        ] {
+            assert_eq!(decode(bad), None, "{:?} must not decode", String::from_utf8_lossy(bad));
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn every_tat_round_trips(nanos in 0..=i64::MAX as u64, den in 2..=i64::MAX as u64, num_seed: u64) {
+            let plain = Tat::from_nanos(nanos);
+            proptest::prop_assert_eq!(decode(encode(&plain).as_bytes()), Some(plain));
+            let numerator = 1 + num_seed % (den - 1);
+            let exact = Tat { nanos, numerator, denominator: den };
+            proptest::prop_assert_eq!(decode(encode(&exact).as_bytes()), Some(exact));
+        }
+
+        #[test]
+        fn decoding_never_panics(bytes: Vec<u8>) {
+            let _ = decode(&bytes);
+        }
+    }
+}

@@ -159,6 +159,8 @@ pub fn now_nanos() -> u64 {
 pub struct Key {
     ctx: Ctx,
     name: NonNull<raw::RedisModuleString>,
+    /// NULL only for a missing key opened read-only; never written through then (read-only
+    /// keys are never written).
     key: *mut raw::RedisModuleKey,
 }
 
@@ -168,7 +170,8 @@ impl Key {
         let mode = if read_only { raw::REDISMODULE_READ } else { raw::REDISMODULE_READ | raw::REDISMODULE_WRITE };
         let open = unsafe { raw::RedisModule_OpenKey }.ok_or(Error::Internal)?;
         let key = unsafe { open(ctx, name.as_ptr(), mode as c_int) }.cast::<raw::RedisModuleKey>();
-        if key.is_null() {
+        // Opening a missing key read-only gives NULL on Redis 7.0: that is an empty key.
+        if key.is_null() && !read_only {
             return Err(Error::Internal);
         }
         Ok(Key { ctx, name, key })
@@ -176,6 +179,9 @@ impl Key {
 
     /// The stored TAT: `None` for a missing key, an error for anything but limiter state.
     pub fn read_state(&self) -> Result<Option<Tat>, Error> {
+        if self.key.is_null() {
+            return Ok(None);
+        }
         let key_type = unsafe { raw::RedisModule_KeyType }.map_or(-1, |f| unsafe { f(self.key) });
         match key_type as isize {
             raw::REDISMODULE_KEYTYPE_EMPTY => Ok(None),
@@ -197,6 +203,9 @@ impl Key {
     /// Stores `tat` with an absolute expiry at the moment the bucket is full again, and
     /// replicates exactly that effect (`SET key value PXAT ms`) to replicas and the AOF.
     pub fn write_state(&self, tat: &Tat) -> Result<(), Error> {
+        if self.key.is_null() {
+            return Err(Error::Internal);
+        }
         let encoded = state::encode(tat);
         let bytes = encoded.as_bytes();
         let expiry = i64::try_from(tat.expiry_millis()).map_err(|_| Error::Internal)?;
@@ -235,6 +244,9 @@ impl Key {
 
     /// Deletes the key and replicates `DEL key`.
     pub fn delete(&self) -> Result<(), Error> {
+        if self.key.is_null() {
+            return Err(Error::Internal);
+        }
         unsafe {
             let delete = raw::RedisModule_DeleteKey.ok_or(Error::Internal)?;
             if delete(self.key) != raw::REDISMODULE_OK as c_int {
@@ -253,6 +265,9 @@ impl Key {
 
 impl Drop for Key {
     fn drop(&mut self) {
+        if self.key.is_null() {
+            return;
+        }
         if let Some(close) = unsafe { raw::RedisModule_CloseKey } {
             unsafe { close(self.key) };
         }

@@ -37,6 +37,7 @@ handler!(rl_peek, commands::peek::run);
 handler!(rl_refund, commands::refund::run);
 handler!(rl_reset, commands::reset::run);
 handler!(cl_throttle, commands::throttle::run);
+handler!(rl_debug, commands::debug::run);
 
 /// RL.CHECKALL's keys follow `numkeys`; Redis asks for them (COMMAND GETKEYS, Cluster slot
 /// checks, ACL key patterns) by calling the handler in "keys position request" mode.
@@ -66,7 +67,12 @@ const COMMANDS: [(&CStr, Handler, &CStr, c_int, c_int, c_int); 6] = [
     (c"CL.THROTTLE", cl_throttle, c"write deny-oom fast", 1, 1, 1),
 ];
 
-fn init(ctx: &Context, _args: &[RedisString]) -> Status {
+/// `loadmodule librl.so debug-commands` also registers RL.DEBUG, which exists to prove in tests
+/// that the panic guard works; production configs never pass it.
+const DEBUG_COMMANDS_ARG: &str = "debug-commands";
+
+fn init(ctx: &Context, args: &[RedisString]) -> Status {
+    let debug = args.iter().any(|a| a.as_slice().eq_ignore_ascii_case(DEBUG_COMMANDS_ARG.as_bytes()));
     let ctx = ctx.ctx;
     unsafe {
         // Commands signal the keys they really modify; a refused check must not disturb WATCH.
@@ -94,6 +100,9 @@ fn init(ctx: &Context, _args: &[RedisString]) -> Status {
                     }
                 }
             }
+        }
+        if debug && create(ctx, c"RL.DEBUG".as_ptr(), Some(rl_debug), c"readonly".as_ptr(), 0, 0, 0) != raw::REDISMODULE_OK as c_int {
+            return Status::Err;
         }
         if let Some(register_info) = raw::RedisModule_RegisterInfoFunc {
             register_info(ctx, Some(stats::info));

@@ -3,6 +3,7 @@
 
 pub mod check;
 pub mod checkall;
+pub mod debug;
 pub mod peek;
 pub mod refund;
 pub mod reset;

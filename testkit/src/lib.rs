@@ -81,6 +81,7 @@ pub fn free_port() -> u16 {
 pub struct ServerBuilder {
     binary: String,
     with_module: bool,
+    module_args: Vec<String>,
     args: Vec<String>,
 }
 
@@ -88,6 +89,12 @@ impl ServerBuilder {
     /// Start without loading the module (for baselines).
     pub fn without_module(mut self) -> Self {
         self.with_module = false;
+        self
+    }
+
+    /// Arguments passed to the module after its path (`--loadmodule librl.so ARG`).
+    pub fn module_args(mut self, arg: &str) -> Self {
+        self.module_args.push(arg.to_string());
         self
     }
 
@@ -138,7 +145,7 @@ impl RedisServer {
     }
 
     pub fn builder() -> ServerBuilder {
-        ServerBuilder { binary: server_binary(), with_module: true, args: Vec::new() }
+        ServerBuilder { binary: server_binary(), with_module: true, module_args: Vec::new(), args: Vec::new() }
     }
 
     pub fn port(&self) -> u16 {
@@ -243,12 +250,14 @@ impl RedisServer {
         cmd.arg("--port")
             .arg(self.port.to_string())
             .args(["--bind", "127.0.0.1", "--daemonize", "no", "--save", "", "--appendonly", "no"])
+            // Replicas of test servers sync at once instead of after the default 5 s delay.
+            .args(["--repl-diskless-sync-delay", "0"])
             .arg("--dir")
             .arg(dir)
             .arg("--logfile")
             .arg(dir.join("server.log"));
         if self.builder.with_module {
-            cmd.arg("--loadmodule").arg(module_path());
+            cmd.arg("--loadmodule").arg(module_path()).args(&self.builder.module_args);
         }
         cmd.args(&self.builder.args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
         let child = cmd.spawn().unwrap_or_else(|e| {

@@ -1,0 +1,56 @@
+# ml-api-rate-limiter — the commands a newcomer needs.
+#   make demo    build everything and run the gateway demo end to end
+#   make test    install missing system packages, build, run every test (Redis 7.0 and Valkey 8)
+#   make bench   criterion benches and the redis-benchmark comparison (a few minutes)
+
+CARGO ?= cargo
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
+MODULE := $(TARGET_DIR)/release/librl.so
+VALKEY_DIR := .cache/valkey
+VALKEY := $(VALKEY_DIR)/valkey-server
+
+.PHONY: all deps build module test test-redis test-valkey valkey bench bench-smoke demo lint fmt clean
+
+all: build
+
+deps:
+	@bash scripts/install-deps.sh
+
+module: deps
+	$(CARGO) build --release --lib
+
+build: deps
+	$(CARGO) build --release --workspace --lib --bins
+
+valkey: deps
+	@bash scripts/fetch-valkey.sh $(VALKEY_DIR)
+
+# Every test, against Debian's Redis 7.0 and then against Valkey 8.x, plus a smoke run of the
+# benchmarks that proves they execute (no performance assertions in tests).
+test: build valkey test-redis test-valkey bench-smoke
+
+test-redis:
+	RL_SERVER_BIN=redis-server $(CARGO) test --workspace
+
+test-valkey:
+	RL_SERVER_BIN=$(abspath $(VALKEY)) $(CARGO) test -p ml-api-rate-limiter --tests
+
+bench-smoke:
+	@bash scripts/bench.sh --smoke
+
+bench: build
+	$(CARGO) bench -p ml-api-rate-limiter
+	bash scripts/bench.sh
+
+demo: build
+	bash scripts/demo.sh
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+clean:
+	$(CARGO) clean

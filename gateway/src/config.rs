@@ -1,0 +1,512 @@
+//! The gateway's configuration: a TOML file (see `gateway/gateway.toml`, every key documented
+//! there), overridden by command-line flags, checked once into [`Settings`].
+//!
+//! Everything that can be wrong with a setting is reported here, at start, with the key's
+//! name; the request path never meets an invalid value.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::identity::IpNet;
+
+/// The file as written, every key optional (defaults are filled in by [`Settings::resolve`]).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub max_body_bytes: Option<u64>,
+    #[serde(default)]
+    pub upstream: UpstreamFile,
+    #[serde(default)]
+    pub redis: RedisFile,
+    #[serde(default)]
+    pub identity: IdentityFile,
+    #[serde(default, rename = "policy")]
+    pub policies: Vec<PolicyFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamFile {
+    pub url: Option<String>,
+    pub timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisFile {
+    pub url: Option<String>,
+    pub timeout_ms: Option<u64>,
+    pub connect_timeout_ms: Option<u64>,
+    pub key_prefix: Option<String>,
+    pub failure_mode: Option<FailureMode>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityFile {
+    pub api_key_headers: Option<Vec<String>>,
+    pub secret: Option<String>,
+    pub secret_env: Option<String>,
+    pub trusted_proxies: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyFile {
+    pub name: String,
+    #[serde(default)]
+    pub paths: Option<Vec<String>>,
+    pub limit: u64,
+    pub window: u64,
+    pub burst: Option<u64>,
+}
+
+/// What to do with a request when Redis does not answer in time (or answers an error).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureMode {
+    /// Refuse with `503` (the default): no request reaches the model unmetered.
+    #[default]
+    Closed,
+    /// Forward without a limit (and without rate-limit headers), logging a warning.
+    Open,
+}
+
+/// Flags that override the file (`None` leaves the file's value).
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub upstream: Option<String>,
+    pub upstream_timeout_ms: Option<u64>,
+    pub redis_url: Option<String>,
+    pub redis_timeout_ms: Option<u64>,
+    pub key_prefix: Option<String>,
+    pub limit: Option<u64>,
+    pub window: Option<u64>,
+    pub burst: Option<u64>,
+    pub max_body_bytes: Option<u64>,
+    pub trusted_proxies: Vec<String>,
+    pub fail_open: bool,
+}
+
+/// One rate-limit policy: `limit` requests per `window` seconds, bucket of `burst`, applied
+/// to the request paths under any of `paths`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    pub name: String,
+    pub paths: Vec<String>,
+    pub limit: u64,
+    pub window: u64,
+    pub burst: u64,
+}
+
+impl Policy {
+    /// The length of the longest of this policy's prefixes that covers `path`, if any.
+    fn matches(&self, path: &str) -> Option<usize> {
+        self.paths.iter().filter(|p| path_under(path, p)).map(|p| p.len()).max()
+    }
+}
+
+/// `path` is under `prefix` when it equals it, or continues it at a segment boundary:
+/// `/v1` covers `/v1` and `/v1/predict` but not `/v10`; `/` covers everything.
+fn path_under(path: &str, prefix: &str) -> bool {
+    match path.strip_prefix(prefix) {
+        Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    }
+}
+
+/// The checked configuration.
+#[derive(Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub max_body_bytes: u64,
+    pub upstream: Upstream,
+    pub redis: RedisSettings,
+    pub identity: IdentitySettings,
+    pub policies: Vec<Policy>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Upstream {
+    /// `http://host:port`, without a trailing slash.
+    pub origin: String,
+    /// The base path requests are appended to (`""` or `/something`, no trailing slash).
+    pub base_path: String,
+    pub timeout: Duration,
+}
+
+#[derive(Clone)]
+pub struct RedisSettings {
+    pub url: String,
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    pub key_prefix: String,
+    pub failure_mode: FailureMode,
+}
+
+#[derive(Clone)]
+pub struct IdentitySettings {
+    /// Lower-case header names, tried in order; `authorization` takes `Bearer <key>`.
+    pub api_key_headers: Vec<String>,
+    pub secret: Vec<u8>,
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+/// A configuration error, naming the key at fault.
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err<T>(message: impl Into<String>) -> Result<T, ConfigError> {
+    Err(ConfigError(message.into()))
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_UPSTREAM: &str = "http://127.0.0.1:9000";
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/";
+pub const DEFAULT_KEY_PREFIX: &str = "rl:";
+pub const DEFAULT_SECRET_ENV: &str = "GATEWAY_KEY_SECRET";
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
+        Self::parse(&text).map_err(|e| ConfigError(format!("{}: {}", path.display(), e.0)))
+    }
+
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError(e.to_string()))
+    }
+}
+
+impl Settings {
+    /// Applies `overrides` to `file`, fills in defaults and checks everything. `env` looks up
+    /// environment variables (the secret may come from one).
+    pub fn resolve(
+        file: FileConfig,
+        overrides: &Overrides,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let listen_text = overrides.listen.clone().or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.to_string());
+        let listen: SocketAddr = listen_text
+            .parse()
+            .or_else(|_| err(format!("listen: {listen_text:?} is not an address such as 127.0.0.1:8080")))?;
+
+        let max_body_bytes = overrides.max_body_bytes.or(file.max_body_bytes).unwrap_or(1024 * 1024);
+        if max_body_bytes == 0 {
+            return err("max_body_bytes must be at least 1");
+        }
+
+        let upstream_url =
+            overrides.upstream.clone().or(file.upstream.url).unwrap_or_else(|| DEFAULT_UPSTREAM.to_string());
+        let upstream_timeout_ms = overrides.upstream_timeout_ms.or(file.upstream.timeout_ms).unwrap_or(30_000);
+        let upstream = parse_upstream(&upstream_url, positive_ms(upstream_timeout_ms, "upstream.timeout_ms")?)?;
+
+        let redis_url = overrides.redis_url.clone().or(file.redis.url).unwrap_or_else(|| DEFAULT_REDIS_URL.to_string());
+        if !(redis_url.starts_with("redis://") || redis_url.starts_with("rediss://")) {
+            return err(format!("redis.url must start with redis:// or rediss:// (got {})", redact_url(&redis_url)));
+        }
+        let redis = RedisSettings {
+            url: redis_url,
+            timeout: positive_ms(overrides.redis_timeout_ms.or(file.redis.timeout_ms).unwrap_or(250), "redis.timeout_ms")?,
+            connect_timeout: positive_ms(file.redis.connect_timeout_ms.unwrap_or(1000), "redis.connect_timeout_ms")?,
+            key_prefix: overrides
+                .key_prefix
+                .clone()
+                .or(file.redis.key_prefix)
+                .unwrap_or_else(|| DEFAULT_KEY_PREFIX.to_string()),
+            failure_mode: if overrides.fail_open {
+                FailureMode::Open
+            } else {
+                file.redis.failure_mode.unwrap_or_default()
+            },
+        };
+
+        let identity = resolve_identity(file.identity, overrides, env)?;
+        let policies = resolve_policies(file.policies, overrides)?;
+        Ok(Settings { listen, max_body_bytes, upstream, redis, identity, policies })
+    }
+
+    /// The policy for a request path: the one with the longest matching prefix (the first in
+    /// the file on a tie), or `None` when no policy covers the path.
+    pub fn policy_for(&self, path: &str) -> Option<&Policy> {
+        let mut best: Option<(&Policy, usize)> = None;
+        for policy in &self.policies {
+            if let Some(len) = policy.matches(path) {
+                if best.is_none_or(|(_, b)| len > b) {
+                    best = Some((policy, len));
+                }
+            }
+        }
+        best.map(|(p, _)| p)
+    }
+}
+
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings")
+            .field("listen", &self.listen)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("upstream", &self.upstream)
+            .field("redis_url", &redact_url(&self.redis.url))
+            .field("redis_timeout", &self.redis.timeout)
+            .field("key_prefix", &self.redis.key_prefix)
+            .field("failure_mode", &self.redis.failure_mode)
+            .field("api_key_headers", &self.identity.api_key_headers)
+            .field("trusted_proxies", &self.identity.trusted_proxies)
+            .field("policies", &self.policies)
+            .finish_non_exhaustive()
+    }
+}
+
+fn positive_ms(ms: u64, name: &str) -> Result<Duration, ConfigError> {
+    if ms == 0 {
+        return err(format!("{name} must be at least 1"));
+    }
+    Ok(Duration::from_millis(ms))
+}
+
+fn parse_upstream(url: &str, timeout: Duration) -> Result<Upstream, ConfigError> {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return err(format!(
+            "upstream.url must be an http:// URL (got {url:?}); the gateway talks plain HTTP to a model \
+             next to it"
+        ));
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    if authority.is_empty() || authority.contains('@') || path.contains(['?', '#']) {
+        return err(format!("upstream.url {url:?} must look like http://host:port[/base/path]"));
+    }
+    let origin = format!("http://{authority}");
+    origin
+        .parse::<hyper::Uri>()
+        .map_err(|e| ConfigError(format!("upstream.url {url:?} is not a valid URL: {e}")))?;
+    Ok(Upstream { origin, base_path: path.trim_end_matches('/').to_string(), timeout })
+}
+
+fn resolve_identity(
+    file: IdentityFile,
+    overrides: &Overrides,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<IdentitySettings, ConfigError> {
+    let headers = file.api_key_headers.unwrap_or_else(|| vec!["authorization".into(), "x-api-key".into()]);
+    let mut api_key_headers = Vec::with_capacity(headers.len());
+    for h in headers {
+        let lower = h.to_ascii_lowercase();
+        if hyper::header::HeaderName::from_bytes(lower.as_bytes()).is_err() {
+            return err(format!("identity.api_key_headers: {h:?} is not a header name"));
+        }
+        api_key_headers.push(lower);
+    }
+
+    let secret = match (file.secret, file.secret_env) {
+        (Some(_), Some(_)) => return err("identity: set either secret or secret_env, not both"),
+        (Some(secret), None) => secret,
+        (None, name) => {
+            let name = name.unwrap_or_else(|| DEFAULT_SECRET_ENV.to_string());
+            match env(&name) {
+                Some(secret) => secret,
+                None => {
+                    return err(format!(
+                        "no key-hashing secret: set the environment variable {name} (or identity.secret \
+                         in the config file) to a long random string, the same on every gateway instance"
+                    ))
+                }
+            }
+        }
+    };
+    if secret.is_empty() {
+        return err("identity: the key-hashing secret is empty");
+    }
+
+    let mut trusted_proxies = Vec::new();
+    for text in file.trusted_proxies.unwrap_or_default().iter().chain(&overrides.trusted_proxies) {
+        let net = text
+            .parse::<IpNet>()
+            .map_err(|_| ConfigError(format!("identity.trusted_proxies: {text:?} is not an IP or CIDR")))?;
+        trusted_proxies.push(net);
+    }
+    Ok(IdentitySettings { api_key_headers, secret: secret.into_bytes(), trusted_proxies })
+}
+
+fn resolve_policies(files: Vec<PolicyFile>, overrides: &Overrides) -> Result<Vec<Policy>, ConfigError> {
+    let files = if files.is_empty() {
+        match (overrides.limit, overrides.window) {
+            (Some(limit), Some(window)) => {
+                vec![PolicyFile { name: "default".into(), paths: None, limit, window, burst: overrides.burst }]
+            }
+            _ => {
+                return err(
+                    "no rate-limit policy: add a [[policy]] table to the config file or pass --limit and --window",
+                )
+            }
+        }
+    } else {
+        files
+    };
+    let mut policies = Vec::with_capacity(files.len());
+    for f in files {
+        let name = f.name;
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+            return err(format!("policy name {name:?}: use letters, digits, '-', '_' and '.' only"));
+        }
+        if policies.iter().any(|p: &Policy| p.name == name) {
+            return err(format!("policy {name:?} is defined twice"));
+        }
+        let limit = overrides.limit.unwrap_or(f.limit);
+        let window = overrides.window.unwrap_or(f.window);
+        let burst = overrides.burst.or(f.burst).unwrap_or(limit);
+        for (value, key) in [(limit, "limit"), (window, "window"), (burst, "burst")] {
+            if value == 0 || value > i64::MAX as u64 {
+                return err(format!("policy {name:?}: {key} must be a positive integer"));
+            }
+        }
+        let paths = f.paths.unwrap_or_else(|| vec!["/".to_string()]);
+        if paths.is_empty() || paths.iter().any(|p| !p.starts_with('/')) {
+            return err(format!("policy {name:?}: paths must be a non-empty list of paths starting with '/'"));
+        }
+        policies.push(Policy { name, paths, limit, window, burst });
+    }
+    Ok(policies)
+}
+
+/// The URL with its password replaced by `***`, for logs and error messages.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else { return url.to_string() };
+    let after = scheme_end + 3;
+    let rest = &url[after..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    let Some(at) = authority.rfind('@') else { return url.to_string() };
+    let userinfo = &authority[..at];
+    let user = match userinfo.find(':') {
+        Some(colon) => &userinfo[..colon],
+        None => return url.to_string(),
+    };
+    format!("{}{}:***{}", &url[..after], user, &rest[at..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(text: &str) -> Result<Settings, ConfigError> {
+        Settings::resolve(FileConfig::parse(text)?, &Overrides::default(), |_| Some("s3cret".into()))
+    }
+
+    #[test]
+    fn redacts_passwords_only() {
+        assert_eq!(redact_url("redis://user:pw@host:6379/0"), "redis://user:***@host:6379/0");
+        assert_eq!(redact_url("rediss://:pw@host"), "rediss://:***@host");
+        assert_eq!(redact_url("redis://host:6379/"), "redis://host:6379/");
+        assert_eq!(redact_url("redis://user@host/"), "redis://user@host/");
+        assert_eq!(redact_url("redis://u:p@ss@host/"), "redis://u:***@host/");
+    }
+
+    #[test]
+    fn longest_prefix_wins_and_segments_matter() {
+        let s = settings(
+            r#"
+            [[policy]]
+            name = "all"
+            limit = 100
+            window = 60
+            [[policy]]
+            name = "predict"
+            paths = ["/v1/predict"]
+            limit = 10
+            window = 60
+            burst = 5
+            "#,
+        )
+        .unwrap();
+        assert_eq!(s.policy_for("/v1/predict").unwrap().name, "predict");
+        assert_eq!(s.policy_for("/v1/predict/batch").unwrap().name, "predict");
+        assert_eq!(s.policy_for("/v1/predictions").unwrap().name, "all");
+        assert_eq!(s.policy_for("/").unwrap().name, "all");
+        assert_eq!(s.policy_for("/v1/predict").unwrap().burst, 5);
+        assert_eq!(s.policy_for("/other").unwrap().burst, 100);
+    }
+
+    #[test]
+    fn uncovered_paths_have_no_policy() {
+        let s = settings("[[policy]]\nname = \"p\"\npaths = [\"/v1\"]\nlimit = 1\nwindow = 1\n").unwrap();
+        assert!(s.policy_for("/v10").is_none());
+        assert!(s.policy_for("/v1").is_some());
+    }
+
+    #[test]
+    fn rejects_bad_values_with_the_key_name() {
+        let cases = [
+            ("[[policy]]\nname = \"p\"\nlimit = 0\nwindow = 1\n", "limit"),
+            ("[[policy]]\nname = \"p q\"\nlimit = 1\nwindow = 1\n", "policy name"),
+            ("listen = \"nowhere\"\n[[policy]]\nname = \"p\"\nlimit = 1\nwindow = 1\n", "listen"),
+            ("[upstream]\nurl = \"https://x\"\n[[policy]]\nname = \"p\"\nlimit = 1\nwindow = 1\n", "upstream.url"),
+            ("[redis]\nurl = \"http://x\"\n[[policy]]\nname = \"p\"\nlimit = 1\nwindow = 1\n", "redis.url"),
+            ("[identity]\ntrusted_proxies = [\"10.0.0.0/33\"]\n[[policy]]\nname = \"p\"\nlimit = 1\nwindow = 1\n", "trusted"),
+            ("", "no rate-limit policy"),
+            ("bogus = 1\n", "unknown field"),
+        ];
+        for (text, needle) in cases {
+            let e = settings(text).err().unwrap_or_else(|| panic!("{text:?} was accepted"));
+            assert!(e.0.contains(needle), "{text:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let file = FileConfig::parse(
+            "listen = \"127.0.0.1:1\"\n[redis]\nkey_prefix = \"a:\"\n[[policy]]\nname = \"p\"\nlimit = 9\nwindow = 9\n",
+        )
+        .unwrap();
+        let o = Overrides {
+            listen: Some("127.0.0.1:2".into()),
+            key_prefix: Some("b:".into()),
+            limit: Some(3),
+            window: Some(4),
+            fail_open: true,
+            ..Overrides::default()
+        };
+        let s = Settings::resolve(file, &o, |_| Some("x".into())).unwrap();
+        assert_eq!(s.listen.port(), 2);
+        assert_eq!(s.redis.key_prefix, "b:");
+        assert_eq!((s.policies[0].limit, s.policies[0].window, s.policies[0].burst), (3, 4, 3));
+        assert_eq!(s.redis.failure_mode, FailureMode::Open);
+    }
+
+    #[test]
+    fn the_secret_is_required() {
+        let file = FileConfig::parse("[[policy]]\nname = \"p\"\nlimit = 1\nwindow = 1\n").unwrap();
+        let e = Settings::resolve(file, &Overrides::default(), |_| None).err().unwrap();
+        assert!(e.0.contains(DEFAULT_SECRET_ENV), "{e}");
+    }
+
+    #[test]
+    fn upstream_base_path_is_kept() {
+        let u = parse_upstream("http://127.0.0.1:9000/model/", Duration::from_secs(1)).unwrap();
+        assert_eq!((u.origin.as_str(), u.base_path.as_str()), ("http://127.0.0.1:9000", "/model"));
+    }
+
+    #[test]
+    fn the_example_config_parses() {
+        let text = include_str!("../gateway.toml");
+        let s = settings(text).unwrap();
+        assert!(!s.policies.is_empty());
+    }
+}

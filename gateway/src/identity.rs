@@ -1,0 +1,286 @@
+//! Who is asking: an API key from a configured header, else the client's IP address.
+//!
+//! `X-Forwarded-For` is read only when the TCP peer is a trusted proxy; then the client is the
+//! right-most address in the chain that is not itself a trusted proxy. The identity is turned
+//! into a keyed hash (HMAC-SHA256 with the configured secret) before it goes into a Redis key
+//! name, so neither raw API keys nor addresses are stored.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
+
+use hyper::header::{HeaderMap, AUTHORIZATION};
+use ring::hmac;
+
+/// Hex digits of the HMAC kept in the key name (128 bits).
+const HASH_HEX_LEN: usize = 32;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Identity {
+    /// The API key's bytes, as sent.
+    ApiKey(Vec<u8>),
+    Ip(IpAddr),
+}
+
+impl Identity {
+    /// The kind, for logs (the value itself is never logged).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Identity::ApiKey(_) => "api_key",
+            Identity::Ip(_) => "ip",
+        }
+    }
+}
+
+/// An IP network (`10.0.0.0/8`, `::1/128`, or a single address).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl IpNet {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => masked(u32::from(net).into(), 32, self.prefix) == masked(u32::from(ip).into(), 32, self.prefix),
+            (IpAddr::V6(net), IpAddr::V6(ip)) => masked(u128::from(net), 128, self.prefix) == masked(u128::from(ip), 128, self.prefix),
+            _ => false,
+        }
+    }
+}
+
+fn masked(bits: u128, width: u8, prefix: u8) -> u128 {
+    if prefix == 0 {
+        0
+    } else {
+        bits >> (width - prefix)
+    }
+}
+
+/// IPv4-mapped IPv6 addresses (`::ffff:1.2.3.4`) compare as the IPv4 address.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+impl FromStr for IpNet {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr = canonical(addr.trim().parse::<IpAddr>().map_err(|_| ())?);
+        let width = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p.trim().parse::<u8>().map_err(|_| ())?,
+            None => width,
+        };
+        if prefix > width {
+            return Err(());
+        }
+        Ok(IpNet { addr, prefix })
+    }
+}
+
+impl fmt::Debug for IpNet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// Why a request cannot be identified (answered with `400`).
+#[derive(Debug, PartialEq, Eq)]
+pub struct BadForwardedFor;
+
+/// The API key from the first configured header that carries one; `authorization` must hold
+/// `Bearer <key>` (other schemes are skipped).
+pub fn api_key(headers: &HeaderMap, header_names: &[String]) -> Option<Vec<u8>> {
+    for name in header_names {
+        for value in headers.get_all(name.as_str()) {
+            let bytes = value.as_bytes();
+            let key = if name.as_str() == AUTHORIZATION.as_str() { bearer_token(bytes) } else { Some(bytes) };
+            if let Some(key) = key.map(<[u8]>::trim_ascii).filter(|k| !k.is_empty()) {
+                return Some(key.to_vec());
+            }
+        }
+    }
+    None
+}
+
+fn bearer_token(value: &[u8]) -> Option<&[u8]> {
+    let value = value.trim_ascii();
+    let (scheme, rest) = value.split_at_checked(6)?;
+    (scheme.eq_ignore_ascii_case(b"bearer") && rest.first().is_some_and(|b| *b == b' ')).then_some(rest)
+}
+
+/// The client's address: the peer, or, when the peer is a trusted proxy, the right-most
+/// untrusted hop of `X-Forwarded-For` (the left-most entry when every hop is trusted).
+pub fn client_ip(headers: &HeaderMap, peer: SocketAddr, trusted: &[IpNet]) -> Result<IpAddr, BadForwardedFor> {
+    let peer_ip = canonical(peer.ip());
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(peer_ip) {
+        return Ok(peer_ip);
+    }
+    let mut hops = Vec::new();
+    for value in headers.get_all("x-forwarded-for") {
+        let text = value.to_str().map_err(|_| BadForwardedFor)?;
+        for entry in text.split(',') {
+            hops.push(entry.trim());
+        }
+    }
+    let mut client = peer_ip;
+    for hop in hops.iter().rev() {
+        let ip = parse_hop(hop).ok_or(BadForwardedFor)?;
+        client = ip;
+        if !is_trusted(ip) {
+            break;
+        }
+    }
+    Ok(client)
+}
+
+/// `1.2.3.4`, `1.2.3.4:80`, `2001:db8::1` or `[2001:db8::1]:80`.
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    if let Ok(ip) = hop.parse::<IpAddr>() {
+        return Some(canonical(ip));
+    }
+    hop.parse::<SocketAddr>().ok().map(|s| canonical(s.ip()))
+}
+
+/// Identifies a request: its API key, else its client IP.
+pub fn identify(
+    headers: &HeaderMap,
+    peer: SocketAddr,
+    header_names: &[String],
+    trusted: &[IpNet],
+) -> Result<Identity, BadForwardedFor> {
+    match api_key(headers, header_names) {
+        Some(key) => Ok(Identity::ApiKey(key)),
+        None => client_ip(headers, peer, trusted).map(Identity::Ip),
+    }
+}
+
+/// The hashing key, built once from the configured secret.
+#[derive(Clone)]
+pub struct Hasher(hmac::Key);
+
+impl Hasher {
+    pub fn new(secret: &[u8]) -> Self {
+        Hasher(hmac::Key::new(hmac::HMAC_SHA256, secret))
+    }
+
+    /// 32 hex digits of `HMAC-SHA256(secret, kind || 0 || value)`: the same identity always
+    /// maps to the same key on every gateway sharing the secret, and the key name reveals
+    /// nothing about the API key or address.
+    pub fn hash(&self, identity: &Identity) -> String {
+        let mut ctx = hmac::Context::with_key(&self.0);
+        match identity {
+            Identity::ApiKey(key) => {
+                ctx.update(b"key\0");
+                ctx.update(key);
+            }
+            Identity::Ip(ip) => {
+                ctx.update(b"ip\0");
+                ctx.update(ip.to_string().as_bytes());
+            }
+        }
+        let tag = ctx.sign();
+        let mut hex = String::with_capacity(HASH_HEX_LEN);
+        for byte in tag.as_ref().iter().take(HASH_HEX_LEN / 2) {
+            hex.push_str(&format!("{byte:02x}"));
+        }
+        hex
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::header::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, HeaderValue::from_str(value).unwrap());
+        }
+        map
+    }
+
+    fn names() -> Vec<String> {
+        vec!["authorization".into(), "x-api-key".into()]
+    }
+
+    fn nets(list: &[&str]) -> Vec<IpNet> {
+        list.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    fn peer(ip: &str) -> SocketAddr {
+        SocketAddr::new(ip.parse().unwrap(), 4000)
+    }
+
+    #[test]
+    fn bearer_then_x_api_key() {
+        assert_eq!(api_key(&headers(&[("authorization", "Bearer abc")]), &names()), Some(b"abc".to_vec()));
+        assert_eq!(api_key(&headers(&[("authorization", "bearer  abc ")]), &names()), Some(b"abc".to_vec()));
+        assert_eq!(api_key(&headers(&[("x-api-key", "k1")]), &names()), Some(b"k1".to_vec()));
+        let both = headers(&[("authorization", "Basic dXNlcg=="), ("x-api-key", "k2")]);
+        assert_eq!(api_key(&both, &names()), Some(b"k2".to_vec()));
+        assert_eq!(api_key(&headers(&[("authorization", "Bearer ")]), &names()), None);
+        assert_eq!(api_key(&headers(&[("authorization", "Bearerabc")]), &names()), None);
+        assert_eq!(api_key(&headers(&[]), &names()), None);
+    }
+
+    #[test]
+    fn forwarded_for_is_ignored_from_untrusted_peers() {
+        let h = headers(&[("x-forwarded-for", "1.1.1.1")]);
+        assert_eq!(client_ip(&h, peer("203.0.113.9"), &nets(&["10.0.0.0/8"])), Ok("203.0.113.9".parse().unwrap()));
+        assert_eq!(client_ip(&h, peer("203.0.113.9"), &[]), Ok("203.0.113.9".parse().unwrap()));
+    }
+
+    #[test]
+    fn forwarded_for_picks_the_rightmost_untrusted_hop() {
+        let trusted = nets(&["10.0.0.0/8", "127.0.0.1"]);
+        let h = headers(&[("x-forwarded-for", "6.6.6.6, 198.51.100.7, 10.1.2.3")]);
+        assert_eq!(client_ip(&h, peer("127.0.0.1"), &trusted), Ok("198.51.100.7".parse().unwrap()));
+        let split = headers(&[("x-forwarded-for", "6.6.6.6"), ("x-forwarded-for", "198.51.100.7:555")]);
+        assert_eq!(client_ip(&split, peer("10.9.9.9"), &trusted), Ok("198.51.100.7".parse().unwrap()));
+        let all_trusted = headers(&[("x-forwarded-for", "10.0.0.1, 10.0.0.2")]);
+        assert_eq!(client_ip(&all_trusted, peer("10.0.0.3"), &trusted), Ok("10.0.0.1".parse().unwrap()));
+        assert_eq!(client_ip(&headers(&[]), peer("10.0.0.3"), &trusted), Ok("10.0.0.3".parse().unwrap()));
+        let junk = headers(&[("x-forwarded-for", "1.2.3.4, not-an-ip")]);
+        assert_eq!(client_ip(&junk, peer("10.0.0.3"), &trusted), Err(BadForwardedFor));
+        let v6 = headers(&[("x-forwarded-for", "[2001:db8::1]:443")]);
+        assert_eq!(client_ip(&v6, peer("::ffff:10.0.0.3"), &trusted), Ok("2001:db8::1".parse().unwrap()));
+    }
+
+    #[test]
+    fn networks() {
+        let n: IpNet = "10.0.0.0/8".parse().unwrap();
+        assert!(n.contains("10.255.0.1".parse().unwrap()));
+        assert!(!n.contains("11.0.0.1".parse().unwrap()));
+        assert!(n.contains("::ffff:10.0.0.1".parse().unwrap()));
+        let all: IpNet = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains("8.8.8.8".parse().unwrap()));
+        let v6: IpNet = "2001:db8::/32".parse().unwrap();
+        assert!(v6.contains("2001:db8:1::5".parse().unwrap()));
+        assert!(!v6.contains("10.0.0.1".parse().unwrap()));
+        assert!("10.0.0.0/33".parse::<IpNet>().is_err());
+        assert!("nonsense".parse::<IpNet>().is_err());
+    }
+
+    #[test]
+    fn hashes_are_keyed_stable_and_separate_kinds() {
+        let a = Hasher::new(b"secret-a");
+        let b = Hasher::new(b"secret-b");
+        let key = Identity::ApiKey(b"sk-live-123".to_vec());
+        assert_eq!(a.hash(&key), a.hash(&key));
+        assert_eq!(a.hash(&key).len(), 32);
+        assert!(a.hash(&key).bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a.hash(&key), b.hash(&key));
+        assert_ne!(a.hash(&Identity::ApiKey(b"1.2.3.4".to_vec())), a.hash(&Identity::Ip("1.2.3.4".parse().unwrap())));
+    }
+}

@@ -1,0 +1,108 @@
+//! The one Redis round trip per request: `RL.CHECK <prefix><policy>:<identity-hash> limit
+//! window BURST burst`, over a multiplexed connection that reconnects by itself.
+
+use std::fmt;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use crate::config::{redact_url, Policy, RedisSettings};
+
+/// The module's answer to one `RL.CHECK`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    /// Requests that would be admitted right now after this one.
+    pub remaining: u64,
+    /// Milliseconds until this request would be admitted (0 when allowed, -1 never).
+    pub retry_after_ms: i64,
+    /// Milliseconds until the bucket is full again.
+    pub reset_after_ms: u64,
+}
+
+/// Redis did not answer, or answered something other than a decision.
+#[derive(Debug)]
+pub enum LimiterError {
+    Timeout(Duration),
+    Redis(redis::RedisError),
+    Reply(String),
+}
+
+impl fmt::Display for LimiterError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LimiterError::Timeout(d) => write!(f, "redis did not answer within {} ms", d.as_millis()),
+            LimiterError::Redis(e) => write!(f, "redis error: {e}"),
+            LimiterError::Reply(r) => write!(f, "unexpected reply from RL.CHECK: {r}"),
+        }
+    }
+}
+
+impl std::error::Error for LimiterError {}
+
+#[derive(Clone)]
+pub struct Limiter {
+    conn: ConnectionManager,
+    timeout: Duration,
+    prefix: String,
+}
+
+impl Limiter {
+    /// Sets up the connection without waiting for Redis: the gateway starts (and `/readyz`
+    /// reports not ready) while Redis is still coming up.
+    pub fn new(settings: &RedisSettings) -> Result<Self, String> {
+        let client = redis::Client::open(settings.url.as_str())
+            .map_err(|e| format!("redis.url {}: {e}", redact_url(&settings.url)))?;
+        let config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(settings.timeout))
+            .set_connection_timeout(Some(settings.connect_timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|e| format!("redis.url {}: {e}", redact_url(&settings.url)))?;
+        Ok(Limiter { conn, timeout: settings.timeout, prefix: settings.key_prefix.clone() })
+    }
+
+    /// The Redis key for one identity under one policy.
+    pub fn key(&self, policy: &Policy, identity_hash: &str) -> String {
+        format!("{}{}:{}", self.prefix, policy.name, identity_hash)
+    }
+
+    /// Takes one token from the identity's bucket for `policy`.
+    pub async fn check(&self, policy: &Policy, identity_hash: &str) -> Result<Decision, LimiterError> {
+        let mut cmd = redis::cmd("RL.CHECK");
+        cmd.arg(self.key(policy, identity_hash)).arg(policy.limit).arg(policy.window).arg("BURST").arg(policy.burst);
+        let reply: Vec<i64> = self.query(&cmd).await?;
+        match reply.as_slice() {
+            [allowed @ (0 | 1), remaining, retry, reset, _burst] if *remaining >= 0 && *reset >= 0 => Ok(Decision {
+                allowed: *allowed == 1,
+                remaining: *remaining as u64,
+                retry_after_ms: *retry,
+                reset_after_ms: *reset as u64,
+            }),
+            other => Err(LimiterError::Reply(format!("{other:?}"))),
+        }
+    }
+
+    /// Whether Redis answers and has the module: a read-only `RL.PEEK` on a probe key.
+    pub async fn ready(&self) -> Result<(), LimiterError> {
+        let mut cmd = redis::cmd("RL.PEEK");
+        cmd.arg(format!("{}__readyz__", self.prefix)).arg(1).arg(1);
+        let _: Vec<i64> = self.query(&cmd).await?;
+        Ok(())
+    }
+
+    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, LimiterError> {
+        let mut conn = self.conn.clone();
+        match tokio::time::timeout(self.timeout, cmd.query_async::<T>(&mut conn)).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(LimiterError::Redis(e)),
+            Err(_) => Err(LimiterError::Timeout(self.timeout)),
+        }
+    }
+}
+
+/// Whole seconds, rounded up: a client told to wait this long is never early.
+pub fn ceil_secs(ms: u64) -> u64 {
+    ms.div_ceil(1000)
+}

@@ -1,0 +1,185 @@
+//! Every bad input gets a clear error reply, changes nothing, and leaves the server running.
+
+use testkit::redis::{self, Connection, Value};
+use testkit::RedisServer;
+
+/// Sends a raw command line and returns the error text (panics if it succeeded).
+fn error_of(con: &mut Connection, line: &[&[u8]]) -> String {
+    let (name, rest) = line.split_first().unwrap();
+    let result: redis::RedisResult<Value> = redis::cmd(std::str::from_utf8(name).unwrap()).arg(rest).query(con);
+    match result {
+        Err(e) => {
+            let text = format!("{} {}", e.code().unwrap_or(""), e.detail().unwrap_or(""));
+            text.trim().to_string()
+        }
+        Ok(v) => panic!("{:?} should fail, got {v:?}", String::from_utf8_lossy(&line.concat())),
+    }
+}
+
+fn snapshot(con: &mut Connection, key: &str) -> (Option<Vec<u8>>, i64) {
+    let value: Option<Vec<u8>> = redis::cmd("GET").arg(key).query(con).unwrap_or(None);
+    let expiry: i64 = redis::cmd("PEXPIRETIME").arg(key).query(con).unwrap();
+    (value, expiry)
+}
+
+fn words(line: &str) -> Vec<&[u8]> {
+    line.split(' ').map(str::as_bytes).collect()
+}
+
+#[test]
+fn bad_arguments_are_refused_and_change_nothing() {
+    let server = RedisServer::start();
+    let mut con = server.client();
+    let _: Vec<i64> = redis::cmd("RL.CHECK").arg(&["k", "5", "1000", "COST", "2"]).query(&mut con).unwrap();
+    let before = snapshot(&mut con, "k");
+    let cases: &[(&str, &str)] = &[
+        ("RL.CHECK k", "wrong number of arguments"),
+        ("RL.CHECK k 5", "wrong number of arguments"),
+        ("RL.CHECK k 0 1000", "limit must be a positive integer"),
+        ("RL.CHECK k -5 1000", "limit must be a positive integer"),
+        ("RL.CHECK k five 1000", "limit must be a positive integer"),
+        ("RL.CHECK k 5.0 1000", "limit must be a positive integer"),
+        ("RL.CHECK k 99999999999999999999999 1000", "limit must be a positive integer"),
+        ("RL.CHECK k 5 0", "window must be a positive integer"),
+        ("RL.CHECK k 5 -1", "window must be a positive integer"),
+        ("RL.CHECK k 5 1000 BURST 0", "burst must be a positive integer"),
+        ("RL.CHECK k 5 1000 BURST -2", "burst must be a positive integer"),
+        ("RL.CHECK k 5 1000 COST -1", "cost must be a non-negative integer"),
+        ("RL.CHECK k 5 1000 COST x", "cost must be a non-negative integer"),
+        ("RL.CHECK k 5 1000 COST", "option COST needs a value"),
+        ("RL.CHECK k 5 1000 BURST", "option BURST needs a value"),
+        ("RL.CHECK k 5 1000 COST 1 COST 1", "option COST given more than once"),
+        ("RL.CHECK k 5 1000 BURST 5 burst 5", "option BURST given more than once"),
+        ("RL.CHECK k 5 1000 PRIORITY 1", "unknown option 'PRIORITY'"),
+        ("RL.CHECK k 1 9223372036854775807", "must not exceed 100 years"),
+        ("RL.CHECK k 1 1 BURST 9223372036854775807", "must not exceed 100 years"),
+        ("RL.PEEK k 5", "wrong number of arguments"),
+        ("RL.PEEK k 5 1000 COST 1", "unknown option 'COST'"),
+        ("RL.REFUND k 5 1000", "wrong number of arguments"),
+        ("RL.REFUND k 5 1000 -1", "amount must be a non-negative integer"),
+        ("RL.RESET", "wrong number of arguments"),
+        ("RL.RESET k extra", "wrong number of arguments"),
+        ("RL.CHECKALL 1 k", "wrong number of arguments"),
+        ("RL.CHECKALL 0 k 5 1000 1 5", "numkeys must be at least 1"),
+        ("RL.CHECKALL 2 k 5 1000 1 5", "numkeys must be at least 1"),
+        ("RL.CHECKALL 1 k 5 1000 1 5 extra", "numkeys must be at least 1"),
+        ("RL.CHECKALL 1 k 5 1000 -1 5", "cost must be a non-negative integer"),
+        ("RL.CHECKALL 2 k k 5 1000 1 5 5 1000 1 5", "keys must be distinct"),
+        ("CL.THROTTLE k 4 1", "wrong number of arguments"),
+        ("CL.THROTTLE k -1 1 1", "max_burst must be a non-negative integer"),
+        ("CL.THROTTLE k 4 0 1", "count_per_period must be a positive integer"),
+        ("CL.THROTTLE k 4 1 0", "period must be a positive integer"),
+        ("CL.THROTTLE k 4 1 1 -1", "quantity must be a non-negative integer"),
+    ];
+    for (line, expected) in cases {
+        let error = error_of(&mut con, &words(line));
+        assert!(error.starts_with("ERR "), "{line}: standard prefix: {error}");
+        assert!(error.contains(expected), "{line}: {error:?} should mention {expected:?}");
+        assert_eq!(snapshot(&mut con, "k"), before, "{line} changed the key");
+    }
+    let pong: String = redis::cmd("PING").query(&mut con).unwrap();
+    assert_eq!(pong, "PONG");
+    let info: String = redis::cmd("INFO").arg("ratelimit").query(&mut con).unwrap();
+    assert!(info.contains(&format!("ratelimit_errors:{}", cases.len())), "{info}");
+}
+
+#[test]
+fn wrong_type_keys_get_wrongtype_and_survive() {
+    let server = RedisServer::start();
+    let mut con = server.client();
+    let _: () = redis::cmd("RPUSH").arg(&["list", "a", "b"]).query(&mut con).unwrap();
+    let _: () = redis::cmd("HSET").arg(&["hash", "f", "v"]).query(&mut con).unwrap();
+    for key in ["list", "hash"] {
+        for line in [
+            format!("RL.CHECK {key} 5 10"),
+            format!("RL.PEEK {key} 5 10"),
+            format!("RL.REFUND {key} 5 10 1"),
+            format!("RL.RESET {key}"),
+            format!("CL.THROTTLE {key} 4 1 1"),
+            format!("RL.CHECKALL 1 {key} 5 10 1 5"),
+        ] {
+            let error = error_of(&mut con, &words(&line));
+            assert!(error.starts_with("WRONGTYPE"), "{line}: {error}");
+        }
+    }
+    let len: i64 = redis::cmd("LLEN").arg("list").query(&mut con).unwrap();
+    assert_eq!(len, 2);
+    let field: String = redis::cmd("HGET").arg(&["hash", "f"]).query(&mut con).unwrap();
+    assert_eq!(field, "v");
+}
+
+#[test]
+fn strings_that_are_not_limiter_state_are_refused_not_overwritten() {
+    let server = RedisServer::start();
+    let mut con = server.client();
+    let foreign: &[&[u8]] = &[b"hello", b"", b"-5", b"12abc", b"1.5", b"99999999999999999999", b"1+4/3", b"\xff\x00"];
+    for (i, value) in foreign.iter().enumerate() {
+        let key = format!("foreign:{i}");
+        let _: () = redis::cmd("SET").arg(&key).arg(*value).query(&mut con).unwrap();
+        for line in [
+            format!("RL.CHECK {key} 5 10"),
+            format!("RL.CHECK {key} 5 10 COST 0"),
+            format!("RL.PEEK {key} 5 10"),
+            format!("RL.REFUND {key} 5 10 1"),
+            format!("RL.RESET {key}"),
+            format!("CL.THROTTLE {key} 4 1 1"),
+            format!("RL.CHECKALL 1 {key} 5 10 1 5"),
+        ] {
+            let error = error_of(&mut con, &words(&line));
+            assert!(error.contains("not rate-limiter state"), "{line}: {error}");
+        }
+        let stored: Vec<u8> = redis::cmd("GET").arg(&key).query(&mut con).unwrap();
+        assert_eq!(stored, *value, "value of {key} untouched");
+    }
+}
+
+#[test]
+fn checkall_error_on_one_key_charges_no_key() {
+    let server = RedisServer::start();
+    let mut con = server.client();
+    let _: () = redis::cmd("SET").arg(&["{o}:bad", "hello"]).query(&mut con).unwrap();
+    let error = error_of(&mut con, &words("RL.CHECKALL 2 {o}:good {o}:bad 5 10 1 5 5 10 1 5"));
+    assert!(error.contains("not rate-limiter state"), "{error}");
+    let exists: i64 = redis::cmd("EXISTS").arg("{o}:good").query(&mut con).unwrap();
+    assert_eq!(exists, 0, "the good key was not charged");
+}
+
+#[test]
+fn stored_state_far_in_the_future_is_handled_without_overflow() {
+    let server = RedisServer::start();
+    let mut con = server.client();
+    // A TAT at i64::MAX nanoseconds (year 2262): valid state, a long-empty bucket.
+    let _: () = redis::cmd("SET").arg(&["future", "9223372036854775807"]).query(&mut con).unwrap();
+    let reply: Vec<i64> = redis::cmd("RL.CHECK").arg(&["future", "5", "10"]).query(&mut con).unwrap();
+    assert_eq!(reply[..2], [0, 0], "{reply:?}");
+    assert!(reply[2] > 0 && reply[3] > 0);
+    // A refund that cannot fill the bucket writes a state that still fits.
+    let refund: Vec<i64> = redis::cmd("RL.REFUND").arg(&["future", "5", "10", "1"]).query(&mut con).unwrap();
+    assert_eq!(refund[0], 0);
+    // Extreme but valid parameters: a trillion tokens per second.
+    let fast: Vec<i64> = redis::cmd("RL.CHECK")
+        .arg(&["fast", "9223372036854775807", "1", "COST", "9223372036854775807"])
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(fast[0], 1);
+    let pong: String = redis::cmd("PING").query(&mut con).unwrap();
+    assert_eq!(pong, "PONG");
+}
+
+#[test]
+fn a_panic_inside_a_handler_becomes_an_error_reply() {
+    // The module registers RL.DEBUG only when loaded with the debug-commands argument.
+    let server = RedisServer::builder().module_args("debug-commands").start();
+    let mut con = server.client();
+    let error = error_of(&mut con, &words("RL.DEBUG PANIC"));
+    assert!(error.contains("internal error"), "{error}");
+    let pong: String = redis::cmd("PING").query(&mut con).unwrap();
+    assert_eq!(pong, "PONG", "the server survived the panic");
+    let reply: Vec<i64> = redis::cmd("RL.CHECK").arg(&["after", "5", "10"]).query(&mut con).unwrap();
+    assert_eq!(reply[0], 1, "and keeps serving");
+
+    let plain = RedisServer::start();
+    let mut con = plain.client();
+    let error = error_of(&mut con, &words("RL.DEBUG PANIC"));
+    assert!(error.contains("unknown command"), "not registered by default: {error}");
+}

@@ -19,8 +19,13 @@ use crate::gcra::Tat;
 use crate::state;
 use crate::stats;
 
-pub type Ctx = *mut raw::RedisModuleCtx;
+pub type RawCtx = *mut raw::RedisModuleCtx;
 pub type Argv = *mut *mut raw::RedisModuleString;
+
+/// The context of the command being run; only [`run_command`] makes one, from the pointer
+/// Redis hands to the handler, so every use of it is during that command.
+#[derive(Clone, Copy)]
+pub struct Ctx(RawCtx);
 
 /// The complete answer of a command, built before anything is written to the client.
 #[derive(Debug, PartialEq, Eq)]
@@ -37,7 +42,11 @@ pub enum Reply {
 }
 
 /// Runs a command body behind the panic guard and writes its reply or error.
-pub fn run_command(ctx: Ctx, argv: Argv, argc: c_int, body: fn(Ctx, &RawArgs) -> Result<Reply, Error>) -> c_int {
+///
+/// # Safety
+/// `ctx`, `argv` and `argc` must be the arguments Redis passed to a command handler.
+pub unsafe fn run_command(ctx: RawCtx, argv: Argv, argc: c_int, body: fn(Ctx, &RawArgs) -> Result<Reply, Error>) -> c_int {
+    let ctx = Ctx(ctx);
     let outcome = catch_unwind(AssertUnwindSafe(|| {
         let args = RawArgs::new(argv, argc);
         body(ctx, &args)
@@ -75,13 +84,13 @@ fn write_reply(ctx: Ctx, reply: &Reply) {
 
 fn reply_array(ctx: Ctx, len: usize) {
     if let Some(f) = unsafe { raw::RedisModule_ReplyWithArray } {
-        unsafe { f(ctx, c_long::try_from(len).unwrap_or(c_long::MAX)) };
+        unsafe { f(ctx.0, c_long::try_from(len).unwrap_or(c_long::MAX)) };
     }
 }
 
 fn reply_int(ctx: Ctx, value: i64) {
     if let Some(f) = unsafe { raw::RedisModule_ReplyWithLongLong } {
-        unsafe { f(ctx, value as c_longlong) };
+        unsafe { f(ctx.0, value as c_longlong) };
     }
 }
 
@@ -96,7 +105,7 @@ fn reply_error(ctx: Ctx, error: &Error) {
     // Error text never contains NUL except from a client's option name: strip those.
     let text: Vec<u8> = error.to_string().into_bytes().into_iter().filter(|&b| b != 0).chain([0]).collect();
     if let (Some(f), Ok(text)) = (unsafe { raw::RedisModule_ReplyWithError }, CStr::from_bytes_with_nul(&text)) {
-        unsafe { f(ctx, text.as_ptr()) };
+        unsafe { f(ctx.0, text.as_ptr()) };
     }
 }
 
@@ -157,7 +166,7 @@ pub fn now_nanos() -> u64 {
 
 /// An open key, closed on drop.
 pub struct Key {
-    ctx: Ctx,
+    ctx: RawCtx,
     name: NonNull<raw::RedisModuleString>,
     /// NULL only for a missing key opened read-only; never written through then (read-only
     /// keys are never written).
@@ -169,12 +178,12 @@ impl Key {
     pub fn open(ctx: Ctx, name: NonNull<raw::RedisModuleString>, read_only: bool) -> Result<Key, Error> {
         let mode = if read_only { raw::REDISMODULE_READ } else { raw::REDISMODULE_READ | raw::REDISMODULE_WRITE };
         let open = unsafe { raw::RedisModule_OpenKey }.ok_or(Error::Internal)?;
-        let key = unsafe { open(ctx, name.as_ptr(), mode as c_int) }.cast::<raw::RedisModuleKey>();
+        let key = unsafe { open(ctx.0, name.as_ptr(), mode as c_int) }.cast::<raw::RedisModuleKey>();
         // Opening a missing key read-only gives NULL on Redis 7.0: that is an empty key.
         if key.is_null() && !read_only {
             return Err(Error::Internal);
         }
-        Ok(Key { ctx, name, key })
+        Ok(Key { ctx: ctx.0, name, key })
     }
 
     /// The stored TAT: `None` for a missing key, an error for anything but limiter state.
@@ -210,19 +219,8 @@ impl Key {
         let bytes = encoded.as_bytes();
         let expiry = i64::try_from(tat.expiry_millis()).map_err(|_| Error::Internal)?;
         unsafe {
-            let create = raw::RedisModule_CreateString.ok_or(Error::Internal)?;
-            let set = raw::RedisModule_StringSet.ok_or(Error::Internal)?;
-            let free = raw::RedisModule_FreeString.ok_or(Error::Internal)?;
-            let value = create(self.ctx, bytes.as_ptr().cast::<c_char>(), bytes.len());
-            if value.is_null() {
-                return Err(Error::Internal);
-            }
-            let status = set(self.key, value);
-            free(self.ctx, value);
-            if status != raw::REDISMODULE_OK as c_int {
-                return Err(Error::Internal);
-            }
-            set_absolute_expiry(self.ctx, self.key, expiry);
+            self.overwrite_value(bytes)?;
+            set_absolute_expiry(self.key, expiry);
             if let Some(signal) = raw::RedisModule_SignalModifiedKey {
                 signal(self.ctx, self.name.as_ptr());
             }
@@ -239,6 +237,31 @@ impl Key {
                 );
             }
         }
+        Ok(())
+    }
+
+    /// Writes `bytes` as the key's string value in place: the value is updated through DMA,
+    /// resized only when its length changes (rarely: the length of a nanosecond timestamp is
+    /// the same for centuries), so the hot path allocates nothing. A new key is created by
+    /// the resize.
+    unsafe fn overwrite_value(&self, bytes: &[u8]) -> Result<(), Error> {
+        let dma = raw::RedisModule_StringDMA.ok_or(Error::Internal)?;
+        let mode = (raw::REDISMODULE_READ | raw::REDISMODULE_WRITE) as c_int;
+        let mut len = 0usize;
+        // An empty key gives a static empty buffer of length 0: never written, resized first.
+        let mut ptr = dma(self.key, &mut len, mode);
+        if ptr.is_null() || len != bytes.len() {
+            let truncate = raw::RedisModule_StringTruncate.ok_or(Error::Internal)?;
+            if truncate(self.key, bytes.len()) != raw::REDISMODULE_OK as c_int {
+                return Err(Error::Internal);
+            }
+            ptr = dma(self.key, &mut len, mode);
+        }
+        if ptr.is_null() || len != bytes.len() {
+            return Err(Error::Internal);
+        }
+        // SAFETY: DMA gave a writable buffer of exactly `len == bytes.len()` bytes.
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), ptr.cast::<u8>(), len);
         Ok(())
     }
 
@@ -276,7 +299,7 @@ impl Drop for Key {
 
 /// Sets the key to expire at `expiry_ms` (Unix milliseconds). `SetAbsExpire` exists from
 /// Redis 6.2.2; on older servers a relative expiry from the millisecond clock is the fallback.
-unsafe fn set_absolute_expiry(_ctx: Ctx, key: *mut raw::RedisModuleKey, expiry_ms: i64) {
+unsafe fn set_absolute_expiry(key: *mut raw::RedisModuleKey, expiry_ms: i64) {
     if let Some(set_abs) = raw::RedisModule_SetAbsExpire {
         set_abs(key, expiry_ms);
     } else if let (Some(set_rel), Some(millis)) = (raw::RedisModule_SetExpire, raw::RedisModule_Milliseconds) {
@@ -286,7 +309,10 @@ unsafe fn set_absolute_expiry(_ctx: Ctx, key: *mut raw::RedisModuleKey, expiry_m
 
 /// `numkeys` of an RL.CHECKALL line when it is well formed (`argc == 2 + 5 * numkeys`), else 0:
 /// a malformed line declares no keys and then fails with a usage error when run.
-pub fn checkall_numkeys(argv: Argv, argc: c_int) -> usize {
+///
+/// # Safety
+/// `argv` and `argc` must be the arguments Redis passed to the handler.
+pub unsafe fn checkall_numkeys(argv: Argv, argc: c_int) -> usize {
     let args = RawArgs::new(argv, argc);
     crate::args::parse_checkall_numkeys(&args).unwrap_or(0)
 }

@@ -3,6 +3,10 @@
 //! This file is the registration table. The pure parts ([`gcra`], [`state`], [`args`]) know
 //! nothing of Redis; [`ffi`] is the only place that calls the module API; each command in
 //! [`commands`] reads top to bottom.
+//!
+//! A panic inside Redis aborts the server, so module code may not `unwrap`, `expect` or
+//! index where input could reach (tests may).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing))]
 
 pub mod args;
 pub mod commands;
@@ -17,7 +21,7 @@ use std::os::raw::c_int;
 
 use redis_module::{raw, redis_module, Context, RedisString, Status};
 
-use crate::ffi::{run_command, Argv, Ctx};
+use crate::ffi::{run_command, Argv, RawCtx};
 
 /// The ACL category the commands join where the server can add module categories
 /// (Redis 7.4+, Valkey 8+): `ACL SETUSER gw on >secret ~* +@ratelimit`.
@@ -25,8 +29,9 @@ const ACL_CATEGORY: &CStr = c"ratelimit";
 
 macro_rules! handler {
     ($name:ident, $body:path) => {
-        extern "C" fn $name(ctx: Ctx, argv: Argv, argc: c_int) -> c_int {
-            run_command(ctx, argv, argc, $body)
+        extern "C" fn $name(ctx: RawCtx, argv: Argv, argc: c_int) -> c_int {
+            // SAFETY: these are the arguments Redis passes to a command handler.
+            unsafe { run_command(ctx, argv, argc, $body) }
         }
     };
 }
@@ -41,12 +46,13 @@ handler!(rl_debug, commands::debug::run);
 
 /// RL.CHECKALL's keys follow `numkeys`; Redis asks for them (COMMAND GETKEYS, Cluster slot
 /// checks, ACL key patterns) by calling the handler in "keys position request" mode.
-extern "C" fn rl_checkall_entry(ctx: Ctx, argv: Argv, argc: c_int) -> c_int {
+extern "C" fn rl_checkall_entry(ctx: RawCtx, argv: Argv, argc: c_int) -> c_int {
     let is_keys_request = unsafe { raw::RedisModule_IsKeysPositionRequest }.is_some_and(|f| unsafe { f(ctx) } != 0);
     if !is_keys_request {
         return rl_checkall(ctx, argv, argc);
     }
-    let numkeys = ffi::checkall_numkeys(argv, argc);
+    // SAFETY: Redis's own arguments to this handler.
+    let numkeys = unsafe { ffi::checkall_numkeys(argv, argc) };
     if let Some(key_at) = unsafe { raw::RedisModule_KeyAtPos } {
         for pos in 2..2 + numkeys {
             unsafe { key_at(ctx, pos as c_int) };
@@ -55,7 +61,7 @@ extern "C" fn rl_checkall_entry(ctx: Ctx, argv: Argv, argc: c_int) -> c_int {
     raw::REDISMODULE_OK as c_int
 }
 
-type Handler = extern "C" fn(Ctx, Argv, c_int) -> c_int;
+type Handler = extern "C" fn(RawCtx, Argv, c_int) -> c_int;
 
 /// name, handler, flags, first key, last key, key step.
 const COMMANDS: [(&CStr, Handler, &CStr, c_int, c_int, c_int); 6] = [

@@ -36,7 +36,7 @@ pub fn count_reset() {
 
 /// The `INFO` callback: one section named after the module (`INFO ratelimit`), fields
 /// prefixed `ratelimit_` by Redis.
-pub extern "C" fn info(ctx: *mut raw::RedisModuleInfoCtx, _for_crash_report: std::os::raw::c_int) {
+pub(crate) extern "C" fn info(ctx: *mut raw::RedisModuleInfoCtx, _for_crash_report: std::os::raw::c_int) {
     let fields: [(&std::ffi::CStr, &AtomicU64); 6] = [
         (c"calls", &CALLS),
         (c"admitted", &ADMITTED),

@@ -45,7 +45,12 @@ pub enum Reply {
 ///
 /// # Safety
 /// `ctx`, `argv` and `argc` must be the arguments Redis passed to a command handler.
-pub unsafe fn run_command(ctx: RawCtx, argv: Argv, argc: c_int, body: fn(Ctx, &RawArgs) -> Result<Reply, Error>) -> c_int {
+pub unsafe fn run_command(
+    ctx: RawCtx,
+    argv: Argv,
+    argc: c_int,
+    body: fn(Ctx, &RawArgs) -> Result<Reply, Error>,
+) -> c_int {
     let ctx = Ctx(ctx);
     let outcome = catch_unwind(AssertUnwindSafe(|| {
         let args = RawArgs::new(argv, argc);

@@ -54,7 +54,8 @@ impl Quota {
     pub fn new(limit: NonZeroU64, window_secs: NonZeroU64, burst: NonZeroU64) -> Result<Self, MathError> {
         let interval = u128::from(window_secs.get()) * NANOS_PER_SECOND;
         let tolerance = interval.checked_mul(u128::from(burst.get())).ok_or(MathError::ToleranceTooLarge)?;
-        if tolerance / u128::from(limit.get()) > MAX_TOLERANCE_NANOS {
+        // Compared in scaled units, so no rounding lets a fraction of a nanosecond through.
+        if tolerance > MAX_TOLERANCE_NANOS * u128::from(limit.get()) {
             return Err(MathError::ToleranceTooLarge);
         }
         Ok(Quota { limit, window_secs, burst, interval, tolerance })
@@ -185,8 +186,20 @@ pub fn decide(quota: &Quota, stored: Option<Tat>, now_nanos: u64, cost: u64) -> 
             new_tat: None,
         });
     }
-    // cost <= burst, so the increment is at most the tolerance: no overflow.
-    let new_tat = tat + quota.interval * u128::from(cost);
+    if cost == 0 {
+        // A report: always answered, even when a clock step back left the TAT beyond the
+        // tolerance.
+        return Ok(Decision {
+            allowed: true,
+            remaining: quota.tokens_left(tat, now),
+            retry_after: RetryAfter::Now,
+            reset_after_ms,
+            new_tat: None,
+        });
+    }
+    // cost <= burst, so the increment is at most the tolerance; only a TAT near the end of
+    // the u64 clock could overflow, and that is refused like any out-of-range state.
+    let new_tat = tat.checked_add(quota.interval * u128::from(cost)).ok_or(MathError::StateOutOfRange)?;
     let earliest = new_tat.saturating_sub(quota.tolerance);
     if earliest > now {
         return Ok(Decision {
@@ -197,13 +210,12 @@ pub fn decide(quota: &Quota, stored: Option<Tat>, now_nanos: u64, cost: u64) -> 
             new_tat: None,
         });
     }
-    let write = if cost == 0 { None } else { Some(quota.tat_from_scaled(new_tat)?) };
     Ok(Decision {
         allowed: true,
         remaining: quota.tokens_left(new_tat, now),
         retry_after: RetryAfter::Now,
         reset_after_ms: quota.millis_ceil(new_tat - now),
-        new_tat: write,
+        new_tat: Some(quota.tat_from_scaled(new_tat)?),
     })
 }
 

@@ -8,6 +8,7 @@
 //! index where input could reach (tests may).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing))]
 
+mod alloc;
 pub mod args;
 pub mod commands;
 pub mod error;
@@ -107,7 +108,10 @@ fn init(ctx: &Context, args: &[RedisString]) -> Status {
                 }
             }
         }
-        if debug && create(ctx, c"RL.DEBUG".as_ptr(), Some(rl_debug), c"readonly".as_ptr(), 0, 0, 0) != raw::REDISMODULE_OK as c_int {
+        if debug
+            && create(ctx, c"RL.DEBUG".as_ptr(), Some(rl_debug), c"readonly".as_ptr(), 0, 0, 0)
+                != raw::REDISMODULE_OK as c_int
+        {
             return Status::Err;
         }
         if let Some(register_info) = raw::RedisModule_RegisterInfoFunc {
@@ -120,7 +124,7 @@ fn init(ctx: &Context, args: &[RedisString]) -> Status {
 redis_module! {
     name: "ratelimit",
     version: 1,
-    allocator: (redis_module::alloc::RedisAlloc, redis_module::alloc::RedisAlloc),
+    allocator: (alloc::ModuleAlloc, alloc::ModuleAlloc),
     data_types: [],
     init: init,
 }

@@ -7,14 +7,14 @@
 //!   written when the emission interval (`window / limit`) is not a whole number of
 //!   nanoseconds; the denominator is the limit, e.g. `1764441600333333333+1/3`.
 //!
-//! Numbers are canonical decimals (no sign, no leading zeros) within `i64`, with
-//! `0 < numerator < denominator`. Anything else is not limiter state and is refused, never
+//! Numbers are canonical decimals (no sign, no leading zeros); `nanos` fits `i64`, the
+//! fraction's numbers fit `u64`, and `0 < numerator < denominator`. Anything else is not limiter state and is refused, never
 //! overwritten.
 
 use crate::gcra::Tat;
 
-/// Longest encoding: three 19-digit numbers and two separators.
-pub const MAX_ENCODED_LEN: usize = 3 * 19 + 2;
+/// Longest encoding: a 19-digit `nanos`, two 20-digit fraction numbers, two separators.
+pub const MAX_ENCODED_LEN: usize = 19 + 2 * 20 + 2;
 
 /// Parses a stored value; `None` if it is not limiter state.
 pub fn decode(bytes: &[u8]) -> Option<Tat> {
@@ -22,7 +22,7 @@ pub fn decode(bytes: &[u8]) -> Option<Tat> {
         Some(plus) => (bytes.get(..plus)?, Some(bytes.get(plus + 1..)?)),
         None => (bytes, None),
     };
-    let nanos = parse_canonical(nanos)?;
+    let nanos = parse_canonical(nanos).filter(|&n| n <= i64::MAX as u64)?;
     let Some(fraction) = fraction else {
         return Some(Tat::from_nanos(nanos));
     };
@@ -32,9 +32,9 @@ pub fn decode(bytes: &[u8]) -> Option<Tat> {
     (numerator > 0 && numerator < denominator).then_some(Tat { nanos, numerator, denominator })
 }
 
-/// A canonical non-negative decimal that fits `i64`.
+/// A canonical non-negative decimal that fits `u64`.
 fn parse_canonical(digits: &[u8]) -> Option<u64> {
-    if digits.is_empty() || digits.len() > 19 || (digits.len() > 1 && digits.first() == Some(&b'0')) {
+    if digits.is_empty() || digits.len() > 20 || (digits.len() > 1 && digits.first() == Some(&b'0')) {
         return None;
     }
     let mut value: u64 = 0;
@@ -44,7 +44,7 @@ fn parse_canonical(digits: &[u8]) -> Option<u64> {
         }
         value = value.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
     }
-    (value <= i64::MAX as u64).then_some(value)
+    Some(value)
 }
 
 /// An encoded state in a stack buffer: the hot path formats without allocating.
@@ -115,7 +115,7 @@ mod tests {
         let tat = Tat { nanos: 1_764_441_600_333_333_333, numerator: 1, denominator: 3 };
         assert_eq!(encode(&tat).as_bytes(), b"1764441600333333333+1/3");
         assert_eq!(decode(b"1764441600333333333+1/3"), Some(tat));
-        let widest = Tat { nanos: i64::MAX as u64, numerator: i64::MAX as u64 - 1, denominator: i64::MAX as u64 };
+        let widest = Tat { nanos: i64::MAX as u64, numerator: u64::MAX - 1, denominator: u64::MAX };
         assert_eq!(encode(&widest).as_bytes().len(), MAX_ENCODED_LEN);
         assert_eq!(decode(encode(&widest).as_bytes()), Some(widest));
     }
@@ -133,6 +133,7 @@ mod tests {
             b"1 ",
             b"9223372036854775808", // i64::MAX + 1
             b"99999999999999999999",
+            b"1+1/99999999999999999999", // over u64::MAX
             b"1+",
             b"1+1",
             b"1+1/",
@@ -150,7 +151,7 @@ mod tests {
 
     proptest::proptest! {
         #[test]
-        fn every_tat_round_trips(nanos in 0..=i64::MAX as u64, den in 2..=i64::MAX as u64, num_seed: u64) {
+        fn every_tat_round_trips(nanos in 0..=i64::MAX as u64, den in 2..=u64::MAX, num_seed: u64) {
             let plain = Tat::from_nanos(nanos);
             proptest::prop_assert_eq!(decode(encode(&plain).as_bytes()), Some(plain));
             let numerator = 1 + num_seed % (den - 1);

@@ -53,7 +53,8 @@ fn checkall_refused_by_one_limit_charges_none() {
     assert_eq!(state(&mut con, "{o}:rpm"), rpm_before, "first limit untouched");
     assert_eq!(state(&mut con, "{o}:tpm"), tpm_before, "second limit untouched");
     // A cost that can never fit makes the whole call never-admissible.
-    let (allowed, retry, _) = checkall(&mut con, &["2", "{o}:rpm", "{o}:tpm", "10", "60", "1", "10", "1000", "60", "5000", "1000"]);
+    let (allowed, retry, _) =
+        checkall(&mut con, &["2", "{o}:rpm", "{o}:tpm", "10", "60", "1", "10", "1000", "60", "5000", "1000"]);
     assert_eq!((allowed, retry), (0, -1));
 }
 
@@ -62,7 +63,26 @@ fn checkall_declares_its_keys() {
     let server = RedisServer::start();
     let mut con = server.client();
     let keys: Vec<String> = redis::cmd("COMMAND")
-        .arg(&["GETKEYS", "RL.CHECKALL", "3", "a", "b", "c", "1", "1", "1", "1", "1", "1", "1", "1", "1", "1", "1", "1"])
+        .arg(&[
+            "GETKEYS",
+            "RL.CHECKALL",
+            "3",
+            "a",
+            "b",
+            "c",
+            "1",
+            "1",
+            "1",
+            "1",
+            "1",
+            "1",
+            "1",
+            "1",
+            "1",
+            "1",
+            "1",
+            "1",
+        ])
         .query(&mut con)
         .unwrap();
     assert_eq!(keys, vec!["a", "b", "c"]);
@@ -179,7 +199,15 @@ fn acl_user_limited_to_the_rate_limit_commands() {
         vec!["gateway", "on", ">secret", "~rl:*", "+@ratelimit"]
     } else {
         vec![
-            "gateway", "on", ">secret", "~rl:*", "+rl.check", "+rl.checkall", "+rl.peek", "+rl.refund", "+rl.reset",
+            "gateway",
+            "on",
+            ">secret",
+            "~rl:*",
+            "+rl.check",
+            "+rl.checkall",
+            "+rl.peek",
+            "+rl.refund",
+            "+rl.reset",
             "+cl.throttle",
         ]
     };
@@ -189,7 +217,8 @@ fn acl_user_limited_to_the_rate_limit_commands() {
     assert_eq!(ints(&mut gateway, "RL.CHECK", &["rl:user", "5", "10"])[0], 1);
     let denied: redis::RedisResult<Option<String>> = redis::cmd("GET").arg("rl:user").query(&mut gateway);
     assert!(denied.is_err(), "the gateway user can run nothing else");
-    let other_key: redis::RedisResult<Vec<i64>> = redis::cmd("RL.CHECK").arg(&["secret:x", "5", "10"]).query(&mut gateway);
+    let other_key: redis::RedisResult<Vec<i64>> =
+        redis::cmd("RL.CHECK").arg(&["secret:x", "5", "10"]).query(&mut gateway);
     assert!(other_key.is_err(), "nor touch keys outside its pattern");
     if has_category {
         let commands: Vec<String> = redis::cmd("ACL").arg(&["CAT", "ratelimit"]).query(&mut admin).unwrap();

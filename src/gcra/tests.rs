@@ -387,9 +387,15 @@ fn refunds_under_a_fractional_interval_are_exact() {
     let drained = check(&q, None, T0, 5).new_tat;
     assert_eq!(drained, Some(Tat { nanos: T0 + 1_666_666_666, numerator: 2, denominator: 3 }));
     let one = Tat { nanos: T0 + 1_333_333_333, numerator: 1, denominator: 3 };
-    assert_eq!(give_back(&q, drained, T0, 1), Refund { remaining: 1, reset_after_ms: 1334, write: RefundWrite::Store(one) });
+    assert_eq!(
+        give_back(&q, drained, T0, 1),
+        Refund { remaining: 1, reset_after_ms: 1334, write: RefundWrite::Store(one) }
+    );
     let four = Tat { nanos: T0 + 333_333_333, numerator: 1, denominator: 3 };
-    assert_eq!(give_back(&q, drained, T0, 4), Refund { remaining: 4, reset_after_ms: 334, write: RefundWrite::Store(four) });
+    assert_eq!(
+        give_back(&q, drained, T0, 4),
+        Refund { remaining: 4, reset_after_ms: 334, write: RefundWrite::Store(four) }
+    );
     assert_eq!(give_back(&q, drained, T0, 5), Refund { remaining: 5, reset_after_ms: 0, write: RefundWrite::Delete });
     // The refunded token can be taken again, and no more.
     let d = check(&q, Some(one), T0, 1);
@@ -461,7 +467,8 @@ fn quota_rejects_a_tolerance_a_fraction_of_a_nanosecond_over_100_years() {
 fn deciding_at_the_end_of_the_u64_clock_does_not_panic() {
     // An admission there cannot be stored (stored instants stay within i64).
     assert_eq!(decide(&quota(1, 1, 1), None, u64::MAX, 1), Err(MathError::StateOutOfRange));
-    let q = quota(u64::MAX, 1, u64::MAX); // tolerance: one second
+    // A tolerance of one second, in units of 1/u64::MAX ns.
+    let q = quota(u64::MAX, 1, u64::MAX);
     // A stored TAT at the end of the u64 clock, read at 0: refused, and no panic either.
     assert!(matches!(decide(&q, Some(Tat::from_nanos(u64::MAX)), 0, 1), Ok(Decision { allowed: false, .. })));
     // A fresh key at the end of the u64 clock, taking the whole burst.
@@ -821,7 +828,8 @@ proptest::proptest! {
             let ahead = peek(&q, c.after(), latest);
             prop_assert!(back.remaining <= ahead.remaining, "{c:?}: {back:?} at {} vs {ahead:?} at {latest}", c.now);
             if c.reply.allowed {
-                prop_assert!(check(&q, c.stored, latest, c.cost).allowed, "{c:?}: admitted only thanks to the step back");
+                let at_latest = check(&q, c.stored, latest, c.cost);
+                prop_assert!(at_latest.allowed, "{c:?}: admitted only thanks to the step back");
             }
         }
     }

@@ -14,7 +14,7 @@ pub struct ModuleAlloc;
 
 fn inside_redis() -> bool {
     // SAFETY: a plain read of a function pointer Redis sets once, before any command runs.
-    unsafe { raw::RedisModule_Alloc.is_some() }
+    unsafe { raw::RedisModule_Alloc }.is_some()
 }
 
 unsafe impl GlobalAlloc for ModuleAlloc {

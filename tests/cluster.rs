@@ -6,12 +6,24 @@ mod common;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Barrier};
 
-use common::{check, peek, snapshot, stored, wait_for_replicas, Stored};
+use common::{check, snapshot, stored, tokens, Stored};
+use testkit::redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use testkit::redis::{self, cluster::cluster_pipe, Value};
-use testkit::Cluster;
+use testkit::{Cluster, RedisServer};
 
 /// RL.CHECKALL's reply: `[allowed, retry_after_ms, [[allowed, remaining, retry, reset, burst]...]]`.
 type CheckAll = (i64, i64, Vec<[i64; 5]>);
+
+/// `WAIT` sent to `primary` over the cluster connection's own link to it: that link made the
+/// writes, and WAIT waits for the last write of the connection it arrives on.
+fn wait_for_replicas_of(con: &mut redis::cluster::ClusterConnection, primary: &RedisServer, replicas: i64) {
+    let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+        host: "127.0.0.1".to_string(),
+        port: primary.port(),
+    });
+    let acked = con.route_command(redis::cmd("WAIT").arg(replicas).arg(10_000), routing).unwrap();
+    assert_eq!(acked, Value::Int(replicas), "WAIT on {}", primary.port());
+}
 
 #[test]
 fn checks_on_thousands_of_keys_spread_over_all_primaries_and_live_on_their_slot_owner() {
@@ -75,17 +87,11 @@ fn checks_on_thousands_of_keys_spread_over_all_primaries_and_live_on_their_slot_
 fn checkall_with_hash_tagged_keys_is_all_or_nothing_and_other_slots_get_crossslot() {
     let cluster = Cluster::start(3, 0);
     let mut con = cluster.cluster_connection();
-    let (requests, tokens) = ("{tenant:42}:rpm", "{tenant:42}:tpm");
-    assert_eq!(cluster.keyslot(requests), cluster.keyslot(tokens), "one hash tag, one slot");
+    let (rpm, tpm) = ("{tenant:42}:rpm", "{tenant:42}:tpm");
+    assert_eq!(cluster.keyslot(rpm), cluster.keyslot(tpm), "one hash tag, one slot");
 
     let checkall = |con: &mut redis::cluster::ClusterConnection, cost: u64| -> redis::RedisResult<CheckAll> {
-        redis::cmd("RL.CHECKALL")
-            .arg(2)
-            .arg(requests)
-            .arg(tokens)
-            .arg(&[10, 60, 1, 10])
-            .arg(&[1000, 60, cost, 1000])
-            .query(con)
+        redis::cmd("RL.CHECKALL").arg(2).arg(rpm).arg(tpm).arg(&[10, 60, 1, 10]).arg(&[1000, 60, cost, 1000]).query(con)
     };
     assert_eq!(checkall(&mut con, 400).unwrap(), (1, 0, vec![[1, 9, 0, 6000, 10], [1, 600, 0, 24000, 1000]]));
     // 700 tokens do not fit in 600: refused, and the request limit is not charged either.
@@ -93,9 +99,27 @@ fn checkall_with_hash_tagged_keys_is_all_or_nothing_and_other_slots_get_crossslo
     assert_eq!((allowed, rows[0][0], rows[0][1], rows[1][0], rows[1][1]), (0, 1, 9, 0, 600));
     assert_eq!(retry_after, rows[1][2]);
     assert!(retry_after > 0);
-    let owner = cluster.owner_index(requests);
-    assert_eq!(peek(&mut cluster.node(owner).client(), requests, 10, 60, 10)[1], 9);
-    assert_eq!(peek(&mut cluster.node(owner).client(), tokens, 1000, 60, 1000)[1], 600);
+    let owner = cluster.owner_index(rpm);
+    assert_eq!(tokens(&mut cluster.node(owner).client(), rpm, 10, 60, 10), 9);
+    assert_eq!(tokens(&mut cluster.node(owner).client(), tpm, 1000, 60, 1000), 600);
+
+    // The client routes a command it does not know by its first argument, here `numkeys`,
+    // and then follows the server's MOVED. Routing by the first key saves that round trip.
+    let moved = |cluster: &Cluster| -> u64 {
+        let count = |node: &RedisServer| {
+            let errors = common::info_field(&mut node.client(), "errorstats", "errorstat_MOVED");
+            errors.and_then(|v| v.strip_prefix("count=").and_then(|n| n.parse::<u64>().ok())).unwrap_or(0)
+        };
+        cluster.nodes().iter().map(count).sum()
+    };
+    let mut cmd = redis::cmd("RL.CHECKALL");
+    cmd.arg(2).arg(rpm).arg(tpm).arg(&[10, 60, 1, 10]).arg(&[1000, 60, 100, 1000]);
+    let to_owner = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::with_key(rpm, SlotAddr::Master)));
+    assert_ne!(cluster.owner_index("2"), owner, "unrouted, this call would be redirected");
+    let moved_before = moved(&cluster);
+    let reply = redis::from_redis_value::<CheckAll>(con.route_command(&cmd, to_owner).unwrap()).unwrap();
+    assert_eq!((reply.0, reply.2[0][1], reply.2[1][1]), (1, 8, 500));
+    assert_eq!(moved(&cluster), moved_before, "routed straight to the owner");
 
     // Keys in different slots cannot be checked atomically: the server refuses with CROSSSLOT
     // and nothing is written.
@@ -156,7 +180,7 @@ fn limits_hold_exactly_when_many_clients_hit_the_same_keys_through_the_cluster()
     for (k, key) in keys.iter().enumerate() {
         let total: i64 = admitted.iter().map(|per_thread| per_thread[k]).sum();
         assert_eq!(total, 100, "{key}: admitted {total} of {} calls", THREADS * CALLS);
-        assert_eq!(peek(&mut cluster.owner_of(key).client(), key, 100, 3600, 100)[..2], [0, 0]);
+        assert_eq!(tokens(&mut cluster.owner_of(key).client(), key, 100, 3600, 100), 0);
     }
 }
 
@@ -183,7 +207,7 @@ fn cluster_failover_keeps_replicas_identical_and_a_client_that_used_its_burst_li
 
     // Every replica holds exactly its primary's keys, values and expiries.
     for primary in cluster.primary_indices() {
-        wait_for_replicas(&mut cluster.node(primary).client(), 1);
+        wait_for_replicas_of(&mut con, cluster.node(primary), 1);
         let on_primary = snapshot(&mut cluster.node(primary).client());
         assert!(!on_primary.is_empty());
         for replica in cluster.replica_indices(primary) {
@@ -208,6 +232,6 @@ fn cluster_failover_keeps_replicas_identical_and_a_client_that_used_its_burst_li
     let after = check(&mut con, victim, 5, 3600, 1, 5);
     assert_eq!(after[..2], [0, 0], "a failover must not hand out a fresh burst");
     assert!(after[2] > 0 && after[2] <= refused[2], "retry after {} (was {})", after[2], refused[2]);
-    assert_eq!(peek(&mut con, partial, 10, 3600, 10)[1], 7);
+    assert_eq!(tokens(&mut con, partial, 10, 3600, 10), 7);
     assert_eq!(state(&cluster), before, "a refused check writes nothing");
 }

@@ -113,6 +113,9 @@ impl NodeLine {
 /// A node's view of the whole cluster: node id -> line.
 type View = BTreeMap<String, NodeLine>;
 
+/// One node's role in a view: id, is a primary, the primary it follows, its slots.
+type Role<'a> = (&'a str, bool, Option<&'a str>, &'a [(u16, u16)]);
+
 impl Cluster {
     /// `primaries` primaries with `replicas` replicas each, formed and healthy.
     pub fn start(primaries: usize, replicas: usize) -> Cluster {
@@ -331,7 +334,7 @@ impl Cluster {
 }
 
 /// What all nodes must agree on: each node's role, primary and slots (not link details).
-fn roles_and_slots(view: &View) -> Vec<(&str, bool, Option<&str>, &[(u16, u16)])> {
+fn roles_and_slots(view: &View) -> Vec<Role<'_>> {
     view.iter().map(|(id, l)| (id.as_str(), l.is_primary(), l.primary.as_deref(), l.slots.as_slice())).collect()
 }
 

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 pub use redis;
 
 mod cluster;
-pub use cluster::Cluster;
+pub use cluster::{Cluster, ClusterBuilder, SLOTS};
 
 /// How long a server may take to start answering before the harness gives up.
 const START_TIMEOUT: Duration = Duration::from_secs(20);

@@ -34,6 +34,13 @@ pub fn peek(con: &mut impl ConnectionLike, key: &str, limit: u64, window: u64, b
     reply.try_into().unwrap_or_else(|r| panic!("RL.PEEK {key} replied {r:?}"))
 }
 
+/// Whole tokens left in the bucket now, by RL.PEEK (which answers for a cost-1 request:
+/// `remaining` counts the tokens after that request, so it is one less when it would pass).
+pub fn tokens(con: &mut impl ConnectionLike, key: &str, limit: u64, window: u64, burst: u64) -> i64 {
+    let [allowed, remaining, ..] = peek(con, key, limit, window, burst);
+    remaining + allowed
+}
+
 /// What the server holds for one key: the stored value and its absolute expiry in ms
 /// (`PEXPIRETIME`: -1 without expiry, -2 when the key is missing).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,6 +51,9 @@ pub struct Stored {
 
 /// `GET` and `PEXPIRETIME` of each key, in one round trip.
 pub fn stored(con: &mut impl ConnectionLike, keys: &[String]) -> BTreeMap<String, Stored> {
+    if keys.is_empty() {
+        return BTreeMap::new();
+    }
     let mut pipe = redis::pipe();
     for key in keys {
         pipe.cmd("GET").arg(key).cmd("PEXPIRETIME").arg(key);
@@ -73,7 +83,9 @@ pub fn snapshot(con: &mut redis::Connection) -> BTreeMap<String, Stored> {
     stored(con, &keys)
 }
 
-/// `WAIT replicas timeout`: blocks until `replicas` replicas acknowledged every write so far.
+/// `WAIT replicas timeout` on `con`: blocks until `replicas` replicas acknowledged every write
+/// made *through this connection* (WAIT waits for the connection's own last write, so it must
+/// be the connection that wrote: on a fresh connection it returns at once).
 pub fn wait_for_replicas(con: &mut redis::Connection, replicas: usize) {
     let acked: usize = redis::cmd("WAIT").arg(replicas).arg(10_000).query(con).unwrap_or_else(|e| panic!("WAIT: {e}"));
     assert_eq!(acked, replicas, "WAIT: only {acked} of {replicas} replicas acknowledged the writes");

@@ -106,39 +106,38 @@ fn parse_options<A: Args + ?Sized>(
     Ok(options)
 }
 
-/// `RL.CHECK key limit window [COST cost] [BURST burst]`.
-pub fn parse_check<A: Args + ?Sized>(args: &A) -> Result<CheckRequest, Error> {
-    if args.count() < 4 {
-        return Err(Error::Arity { usage: CHECK_USAGE });
+/// `key limit window <fixed> [options]`, shared by RL.CHECK, RL.PEEK and RL.REFUND: `fixed`
+/// positional arguments follow the window, then the options; BURST defaults to the limit.
+fn parse_keyed_quota<A: Args + ?Sized>(
+    args: &A,
+    fixed: usize,
+    allow_cost: bool,
+    usage: &'static str,
+) -> Result<(Quota, Options), Error> {
+    if args.count() < 4 + fixed {
+        return Err(Error::Arity { usage });
     }
     let limit = positive(args.get(2), "limit")?;
     let window = positive(args.get(3), "window")?;
-    let options = parse_options(args, 4, true, CHECK_USAGE)?;
-    let quota = Quota::new(limit, window, options.burst.unwrap_or(limit))?;
+    let options = parse_options(args, 4 + fixed, allow_cost, usage)?;
+    Ok((Quota::new(limit, window, options.burst.unwrap_or(limit))?, options))
+}
+
+/// `RL.CHECK key limit window [COST cost] [BURST burst]`.
+pub fn parse_check<A: Args + ?Sized>(args: &A) -> Result<CheckRequest, Error> {
+    let (quota, options) = parse_keyed_quota(args, 0, true, CHECK_USAGE)?;
     Ok(CheckRequest { quota, cost: options.cost.unwrap_or(1) })
 }
 
 /// `RL.PEEK key limit window [BURST burst]`: a cost-1 check that writes nothing.
 pub fn parse_peek<A: Args + ?Sized>(args: &A) -> Result<Quota, Error> {
-    if args.count() < 4 {
-        return Err(Error::Arity { usage: PEEK_USAGE });
-    }
-    let limit = positive(args.get(2), "limit")?;
-    let window = positive(args.get(3), "window")?;
-    let options = parse_options(args, 4, false, PEEK_USAGE)?;
-    Ok(Quota::new(limit, window, options.burst.unwrap_or(limit))?)
+    Ok(parse_keyed_quota(args, 0, false, PEEK_USAGE)?.0)
 }
 
 /// `RL.REFUND key limit window amount [BURST burst]`: the quota and the amount.
 pub fn parse_refund<A: Args + ?Sized>(args: &A) -> Result<(Quota, u64), Error> {
-    if args.count() < 5 {
-        return Err(Error::Arity { usage: REFUND_USAGE });
-    }
-    let limit = positive(args.get(2), "limit")?;
-    let window = positive(args.get(3), "window")?;
-    let amount = non_negative(args.get(4), "amount")?;
-    let options = parse_options(args, 5, false, REFUND_USAGE)?;
-    Ok((Quota::new(limit, window, options.burst.unwrap_or(limit))?, amount))
+    let (quota, _) = parse_keyed_quota(args, 1, false, REFUND_USAGE)?;
+    Ok((quota, non_negative(args.get(4), "amount")?))
 }
 
 /// `RL.RESET key`.

@@ -64,9 +64,9 @@ fn waiting_retry_after_admits_again() {
 fn exact_arithmetic_admits_the_whole_burst_for_inexact_intervals() {
     let server = RedisServer::start();
     let mut con = server.client();
-    // 3 per second: the emission interval is 333 333 333.3 ns; rounding it would lose or
+    // 3 per 100 s: the emission interval is 33 333 333 333.3 ns; rounding it would lose or
     // gain a token. 7 per 1000 s with burst 7 likewise.
-    let reply = check(&mut con, &["third", "3", "1", "BURST", "5", "COST", "5"]);
+    let reply = check(&mut con, &["third", "3", "100", "BURST", "5", "COST", "5"]);
     assert_eq!(&reply[..2], &[1, 0], "{reply:?}");
     let value = get(&mut con, "third").unwrap();
     assert!(value.contains('+') && value.ends_with("/3"), "state keeps the exact fraction: {value}");

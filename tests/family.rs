@@ -227,7 +227,11 @@ fn acl_user_limited_to_the_rate_limit_commands() {
         redis::cmd("RL.CHECK").arg(&["secret:x", "5", "10"]).query(&mut gateway);
     assert!(other_key.is_err(), "nor touch keys outside its pattern");
     let categories: Vec<String> = redis::cmd("ACL").arg("CAT").query(&mut admin).unwrap();
-    assert_eq!(categories.iter().any(|c| c == "ratelimit"), has_category, "the category exists exactly where supported");
+    assert_eq!(
+        categories.iter().any(|c| c == "ratelimit"),
+        has_category,
+        "the category exists exactly where supported"
+    );
     if has_category {
         let commands: Vec<String> = redis::cmd("ACL").arg(&["CAT", "ratelimit"]).query(&mut admin).unwrap();
         let mut commands: Vec<String> = commands.into_iter().map(|c| c.to_lowercase()).collect();

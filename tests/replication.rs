@@ -37,7 +37,7 @@ fn replica_holds_identical_value_and_expiry() {
     }
     let _: Vec<i64> = redis::cmd("RL.CHECK").arg(&["b", "10", "60", "COST", "7", "BURST", "20"]).query(&mut p).unwrap();
     let _: Vec<i64> = redis::cmd("CL.THROTTLE").arg(&["c", "4", "1", "10", "2"]).query(&mut p).unwrap();
-    let _: Vec<i64> = redis::cmd("RL.CHECK").arg(&["third", "3", "1", "COST", "2"]).query(&mut p).unwrap();
+    let _: Vec<i64> = redis::cmd("RL.CHECK").arg(&["third", "3", "100", "COST", "2"]).query(&mut p).unwrap();
     let _: Vec<i64> = redis::cmd("RL.REFUND").arg(&["b", "10", "60", "3", "BURST", "20"]).query(&mut p).unwrap();
     wait_for_replica(&mut p);
     for key in keys {
@@ -86,7 +86,7 @@ fn aof_holds_effects_and_reloads_to_the_same_state() {
     }
     let limited: Vec<i64> = redis::cmd("RL.CHECK").arg(&["user:1", "3", "1000"]).query(&mut con).unwrap();
     assert_eq!(limited[0], 0);
-    let _: Vec<i64> = redis::cmd("RL.CHECK").arg(&["frac", "7", "1", "COST", "3"]).query(&mut con).unwrap();
+    let _: Vec<i64> = redis::cmd("RL.CHECK").arg(&["frac", "7", "100", "COST", "3"]).query(&mut con).unwrap();
     let before = (state(&mut con, "user:1"), state(&mut con, "frac"));
 
     let mut aof = String::new();

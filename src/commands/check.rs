@@ -3,19 +3,12 @@
 
 use crate::args::parse_check;
 use crate::error::Error;
-use crate::ffi::{now_nanos, Ctx, Key, RawArgs, Reply};
-use crate::gcra::decide;
+use crate::ffi::{Ctx, RawArgs, Reply};
 use crate::stats;
 
 pub fn run(ctx: Ctx, args: &RawArgs) -> Result<Reply, Error> {
     stats::count_call();
     let request = parse_check(args)?;
-    let key = Key::open(ctx, super::key_at(args, 1)?, false)?;
-    let stored = key.read_state()?;
-    let decision = decide(&request.quota, stored, now_nanos(), request.cost)?;
-    if let Some(tat) = decision.new_tat {
-        key.write_state(&tat)?;
-    }
-    stats::count_decision(decision.allowed);
+    let decision = super::take(ctx, args, &request)?;
     Ok(Reply::Five(super::check_row(&decision, request.quota.burst())))
 }

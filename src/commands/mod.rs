@@ -13,13 +13,29 @@ use std::ptr::NonNull;
 
 use redis_module::raw;
 
+use crate::args::CheckRequest;
 use crate::error::Error;
-use crate::ffi::RawArgs;
-use crate::gcra::{Decision, RetryAfter};
+use crate::ffi::{now_nanos, Ctx, Key, RawArgs};
+use crate::gcra::{decide, Decision, RetryAfter};
+use crate::stats;
 
 /// The key argument at `index` (the parser has already checked the arity).
 fn key_at(args: &RawArgs, index: usize) -> Result<NonNull<raw::RedisModuleString>, Error> {
     args.redis_string(index).ok_or(Error::Internal)
+}
+
+/// Takes `request.cost` tokens from the key at argument 1 if its bucket has them: read,
+/// decide, write and replicate the effect, count. RL.CHECK and CL.THROTTLE differ only in
+/// their arguments and reply.
+fn take(ctx: Ctx, args: &RawArgs, request: &CheckRequest) -> Result<Decision, Error> {
+    let key = Key::open(ctx, key_at(args, 1)?, false)?;
+    let stored = key.read_state()?;
+    let decision = decide(&request.quota, stored, now_nanos(), request.cost)?;
+    if let Some(tat) = decision.new_tat {
+        key.write_state(&tat)?;
+    }
+    stats::count_decision(decision.allowed);
+    Ok(decision)
 }
 
 fn to_i64(value: u64) -> i64 {

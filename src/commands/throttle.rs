@@ -5,8 +5,8 @@
 
 use crate::args::parse_throttle;
 use crate::error::Error;
-use crate::ffi::{now_nanos, Ctx, Key, RawArgs, Reply};
-use crate::gcra::{decide, RetryAfter};
+use crate::ffi::{Ctx, RawArgs, Reply};
+use crate::gcra::RetryAfter;
 use crate::stats;
 
 fn seconds_ceil(millis: u64) -> i64 {
@@ -16,13 +16,7 @@ fn seconds_ceil(millis: u64) -> i64 {
 pub fn run(ctx: Ctx, args: &RawArgs) -> Result<Reply, Error> {
     stats::count_call();
     let request = parse_throttle(args)?;
-    let key = Key::open(ctx, super::key_at(args, 1)?, false)?;
-    let stored = key.read_state()?;
-    let decision = decide(&request.quota, stored, now_nanos(), request.cost)?;
-    if let Some(tat) = decision.new_tat {
-        key.write_state(&tat)?;
-    }
-    stats::count_decision(decision.allowed);
+    let decision = super::take(ctx, args, &request)?;
     // redis-cell answers -1 both when allowed and when the quantity can never fit.
     let retry_after_s = match decision.retry_after {
         RetryAfter::Millis(ms) => seconds_ceil(ms),

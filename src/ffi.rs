@@ -10,6 +10,7 @@ use std::ffi::CStr;
 use std::os::raw::{c_char, c_int, c_long, c_longlong};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicPtr, Ordering};
 
 use redis_module::raw;
 
@@ -26,6 +27,19 @@ pub type Argv = *mut *mut raw::RedisModuleString;
 /// Redis hands to the handler, so every use of it is during that command.
 #[derive(Clone, Copy)]
 pub struct Ctx(RawCtx);
+
+/// The `PXAT` argument of replicated writes, created once at load ([`init_strings`]) and never
+/// freed: Redis only takes references to it.
+static PXAT: AtomicPtr<raw::RedisModuleString> = AtomicPtr::new(std::ptr::null_mut());
+
+/// Creates the strings the hot path reuses. Called once from `RedisModule_OnLoad`.
+pub fn init_strings() -> bool {
+    let Some(create) = (unsafe { raw::RedisModule_CreateString }) else { return false };
+    // SAFETY: a NULL context creates a string owned by the module, outside automatic memory.
+    let pxat = unsafe { create(std::ptr::null_mut(), c"PXAT".as_ptr(), 4) };
+    PXAT.store(pxat, Ordering::Relaxed);
+    !pxat.is_null()
+}
 
 /// The complete answer of a command, built before anything is written to the client.
 #[derive(Debug, PartialEq, Eq)]
@@ -229,16 +243,23 @@ impl Key {
             if let Some(signal) = raw::RedisModule_SignalModifiedKey {
                 signal(self.ctx, self.name.as_ptr());
             }
-            if let Some(replicate) = raw::RedisModule_Replicate {
+            // `SET key value PXAT ms`. "PXAT" is a string kept for the module's lifetime and the
+            // expiry is formatted here: both are cheaper for Redis than building them from a C
+            // string and a long long on every call.
+            let pxat = PXAT.load(Ordering::Relaxed);
+            if let (Some(replicate), false) = (raw::RedisModule_Replicate, pxat.is_null()) {
+                let expiry = state::decimal(expiry.unsigned_abs());
+                let expiry = expiry.as_bytes();
                 replicate(
                     self.ctx,
                     c"SET".as_ptr(),
-                    c"sbcl".as_ptr(),
+                    c"sbsb".as_ptr(),
                     self.name.as_ptr(),
                     bytes.as_ptr().cast::<c_char>(),
                     bytes.len(),
-                    c"PXAT".as_ptr(),
-                    expiry as c_longlong,
+                    pxat,
+                    expiry.as_ptr().cast::<c_char>(),
+                    expiry.len(),
                 );
             }
         }

@@ -94,13 +94,15 @@ impl Quota {
         u128::from(tat.nanos) * scale + fraction
     }
 
-    /// Converts a scaled instant back to a storable [`Tat`].
-    fn tat_from_scaled(&self, scaled: u128) -> Result<Tat, MathError> {
+    /// The storable [`Tat`] `ahead` scaled units after `now_nanos`. Working from the offset keeps
+    /// the division small: `now` itself is a whole number of nanoseconds.
+    fn tat_at(&self, now_nanos: u64, ahead: u128) -> Result<Tat, MathError> {
         let scale = self.scale();
+        let whole = u64::try_from(div(ahead, scale)).map_err(|_| MathError::StateOutOfRange)?;
         // Stored instants stay within i64 so that every reply and expiry fits Redis integers.
-        let nanos = i64::try_from(scaled / scale).map_err(|_| MathError::StateOutOfRange)? as u64;
-        // `scaled % scale < limit`, which is a u64.
-        let numerator = u64::try_from(scaled % scale).map_err(|_| MathError::StateOutOfRange)?;
+        let nanos = now_nanos.checked_add(whole).filter(|&n| n <= i64::MAX as u64).ok_or(MathError::StateOutOfRange)?;
+        // `ahead % scale < limit`, which is a u64.
+        let numerator = u64::try_from(ahead - div(ahead, scale) * scale).map_err(|_| MathError::StateOutOfRange)?;
         Ok(if numerator == 0 {
             Tat::from_nanos(nanos)
         } else {
@@ -110,15 +112,27 @@ impl Quota {
 
     /// A scaled duration in milliseconds, rounded up (so waiting that long is enough).
     fn millis_ceil(&self, scaled: u128) -> u64 {
-        let millis = scaled.div_ceil(self.scale() * NANOS_PER_MILLI);
+        let unit = self.scale() * NANOS_PER_MILLI;
+        let whole = div(scaled, unit);
+        let millis = whole + u128::from(whole * unit != scaled);
         u64::try_from(millis).unwrap_or(u64::MAX)
     }
 
     /// Whole tokens in the bucket when the TAT is `tat` at `now` (both scaled).
     fn tokens_left(&self, tat: u128, now: u128) -> u64 {
         let used = tat.saturating_sub(now);
-        let left = self.tolerance.saturating_sub(used) / self.interval;
+        let left = div(self.tolerance.saturating_sub(used), self.interval);
         u64::try_from(left).unwrap_or(u64::MAX).min(self.burst.get())
+    }
+}
+
+/// `a / b`, through the hardware's 64-bit division when both fit (the usual case: offsets from
+/// `now` and quota constants are small), else the slower 128-bit routine.
+#[inline]
+fn div(a: u128, b: u128) -> u128 {
+    match (u64::try_from(a), u64::try_from(b)) {
+        (Ok(a), Ok(b)) if b != 0 => u128::from(a / b),
+        _ => a.checked_div(b).unwrap_or(u128::MAX),
     }
 }
 
@@ -215,7 +229,7 @@ pub fn decide(quota: &Quota, stored: Option<Tat>, now_nanos: u64, cost: u64) -> 
         remaining: quota.tokens_left(new_tat, now),
         retry_after: RetryAfter::Now,
         reset_after_ms: quota.millis_ceil(new_tat - now),
-        new_tat: Some(quota.tat_from_scaled(new_tat)?),
+        new_tat: Some(quota.tat_at(now_nanos, new_tat - now)?),
     })
 }
 
@@ -253,7 +267,8 @@ pub fn refund(quota: &Quota, stored: Option<Tat>, now_nanos: u64, amount: u64) -
     }
     let give_back = quota.interval.saturating_mul(u128::from(amount));
     let new_tat = tat.saturating_sub(give_back).max(now);
-    let write = if new_tat <= now { RefundWrite::Delete } else { RefundWrite::Store(quota.tat_from_scaled(new_tat)?) };
+    let write =
+        if new_tat <= now { RefundWrite::Delete } else { RefundWrite::Store(quota.tat_at(now_nanos, new_tat - now)?) };
     Ok(Refund { remaining: quota.tokens_left(new_tat, now), reset_after_ms: quota.millis_ceil(new_tat - now), write })
 }
 

@@ -80,6 +80,9 @@ const DEBUG_COMMANDS_ARG: &str = "debug-commands";
 
 fn init(ctx: &Context, args: &[RedisString]) -> Status {
     let debug = args.iter().any(|a| a.as_slice().eq_ignore_ascii_case(DEBUG_COMMANDS_ARG.as_bytes()));
+    if !ffi::init_strings() {
+        return Status::Err;
+    }
     let ctx = ctx.ctx;
     unsafe {
         // Commands signal the keys they really modify; a refused check must not disturb WATCH.

@@ -18,6 +18,30 @@ pub const MAX_ENCODED_LEN: usize = 19 + 2 * 20 + 2;
 
 /// Parses a stored value; `None` if it is not limiter state.
 pub fn decode(bytes: &[u8]) -> Option<Tat> {
+    match parse_plain(bytes) {
+        Some(nanos) => Some(Tat::from_nanos(nanos)),
+        None => decode_with_fraction(bytes),
+    }
+}
+
+/// The hot path: a canonical decimal of at most 19 digits, which cannot overflow `u64`, so
+/// the loop needs no checked arithmetic and no early exit.
+fn parse_plain(bytes: &[u8]) -> Option<u64> {
+    if bytes.is_empty() || bytes.len() > 19 || (bytes.len() > 1 && bytes.first() == Some(&b'0')) {
+        return None;
+    }
+    let mut value: u64 = 0;
+    let mut all_digits = true;
+    for &b in bytes {
+        let digit = b.wrapping_sub(b'0');
+        all_digits &= digit < 10;
+        value = value.wrapping_mul(10).wrapping_add(u64::from(digit));
+    }
+    (all_digits && value <= i64::MAX as u64).then_some(value)
+}
+
+/// Everything else: `nanos+numerator/denominator`, or not limiter state.
+fn decode_with_fraction(bytes: &[u8]) -> Option<Tat> {
     let (nanos, fraction) = match bytes.iter().position(|&b| b == b'+') {
         Some(plus) => (bytes.get(..plus)?, Some(bytes.get(plus + 1..)?)),
         None => (bytes, None),
@@ -71,6 +95,13 @@ pub fn encode(tat: &Tat) -> Encoded {
     out
 }
 
+/// A plain decimal, e.g. an expiry to replicate, formatted like the state.
+pub fn decimal(value: u64) -> Encoded {
+    let mut out = Encoded { buf: [0; MAX_ENCODED_LEN], len: 0 };
+    push_decimal(&mut out, value);
+    out
+}
+
 fn push_byte(out: &mut Encoded, byte: u8) {
     if let Some(slot) = out.buf.get_mut(out.len) {
         *slot = byte;
@@ -78,23 +109,37 @@ fn push_byte(out: &mut Encoded, byte: u8) {
     }
 }
 
+/// Two decimal digits for each value below 100: halves the divisions of a naive loop.
+const DIGIT_PAIRS: &[u8; 200] = b"\
+0001020304050607080910111213141516171819\
+2021222324252627282930313233343536373839\
+4041424344454647484950515253545556575859\
+6061626364656667686970717273747576777879\
+8081828384858687888990919293949596979899";
+
 fn push_decimal(out: &mut Encoded, mut value: u64) {
+    // u64::MAX has 20 digits; they are written backwards from the end of `digits`.
     let mut digits = [0u8; 20];
-    let mut n = 0;
+    let mut start = digits.len();
     loop {
-        if let Some(slot) = digits.get_mut(n) {
-            *slot = b'0' + (value % 10) as u8;
+        let pair = (value % 100) as usize * 2;
+        value /= 100;
+        start -= 2;
+        if let (Some(slot), Some(pair)) = (digits.get_mut(start..start + 2), DIGIT_PAIRS.get(pair..pair + 2)) {
+            slot.copy_from_slice(pair);
         }
-        n += 1;
-        value /= 10;
-        if value == 0 || n == digits.len() {
+        if value == 0 {
             break;
         }
     }
-    for i in (0..n).rev() {
-        if let Some(&d) = digits.get(i) {
-            push_byte(out, d);
-        }
+    // A value with an odd number of digits leaves one leading zero.
+    if digits.get(start) == Some(&b'0') && start < digits.len() - 1 {
+        start += 1;
+    }
+    let digits = digits.get(start..).unwrap_or(&[]);
+    if let Some(slot) = out.buf.get_mut(out.len..out.len + digits.len()) {
+        slot.copy_from_slice(digits);
+        out.len += digits.len();
     }
 }
 
@@ -118,6 +163,26 @@ mod tests {
         let widest = Tat { nanos: i64::MAX as u64, numerator: u64::MAX - 1, denominator: u64::MAX };
         assert_eq!(encode(&widest).as_bytes().len(), MAX_ENCODED_LEN);
         assert_eq!(decode(encode(&widest).as_bytes()), Some(widest));
+    }
+
+    #[test]
+    fn every_digit_count_encodes_canonically() {
+        let mut value: u64 = 0;
+        for digits in 1..=19 {
+            for candidate in [value, value + 1, value * 9 + 9] {
+                let text = candidate.to_string();
+                if text.len() <= 19 && candidate <= i64::MAX as u64 {
+                    assert_eq!(encode(&Tat::from_nanos(candidate)).as_bytes(), text.as_bytes(), "{digits} digits");
+                    assert_eq!(decode(text.as_bytes()), Some(Tat::from_nanos(candidate)));
+                }
+            }
+            value = value * 10 + 9;
+        }
+        for small in 0..1000u64 {
+            assert_eq!(encode(&Tat::from_nanos(small)).as_bytes(), small.to_string().as_bytes());
+        }
+        let fraction = Tat { nanos: 7, numerator: 99, denominator: u64::MAX };
+        assert_eq!(encode(&fraction).as_bytes(), format!("7+99/{}", u64::MAX).as_bytes());
     }
 
     #[test]

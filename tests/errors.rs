@@ -83,6 +83,19 @@ fn bad_arguments_are_refused_and_change_nothing() {
     assert!(info.contains(&format!("ratelimit_errors:{}", cases.len())), "{info}");
 }
 
+/// One well-formed call of every command that reads `key`, including a report (COST 0).
+fn every_command_on(key: &str) -> Vec<String> {
+    vec![
+        format!("RL.CHECK {key} 5 10"),
+        format!("RL.CHECK {key} 5 10 COST 0"),
+        format!("RL.PEEK {key} 5 10"),
+        format!("RL.REFUND {key} 5 10 1"),
+        format!("RL.RESET {key}"),
+        format!("CL.THROTTLE {key} 4 1 1"),
+        format!("RL.CHECKALL 1 {key} 5 10 1 5"),
+    ]
+}
+
 #[test]
 fn wrong_type_keys_get_wrongtype_and_survive() {
     let server = RedisServer::start();
@@ -90,14 +103,7 @@ fn wrong_type_keys_get_wrongtype_and_survive() {
     let _: () = redis::cmd("RPUSH").arg(&["list", "a", "b"]).query(&mut con).unwrap();
     let _: () = redis::cmd("HSET").arg(&["hash", "f", "v"]).query(&mut con).unwrap();
     for key in ["list", "hash"] {
-        for line in [
-            format!("RL.CHECK {key} 5 10"),
-            format!("RL.PEEK {key} 5 10"),
-            format!("RL.REFUND {key} 5 10 1"),
-            format!("RL.RESET {key}"),
-            format!("CL.THROTTLE {key} 4 1 1"),
-            format!("RL.CHECKALL 1 {key} 5 10 1 5"),
-        ] {
+        for line in every_command_on(key) {
             let error = error_of(&mut con, &words(&line));
             assert!(error.starts_with("WRONGTYPE"), "{line}: {error}");
         }
@@ -116,15 +122,7 @@ fn strings_that_are_not_limiter_state_are_refused_not_overwritten() {
     for (i, value) in foreign.iter().enumerate() {
         let key = format!("foreign:{i}");
         let _: () = redis::cmd("SET").arg(&key).arg(*value).query(&mut con).unwrap();
-        for line in [
-            format!("RL.CHECK {key} 5 10"),
-            format!("RL.CHECK {key} 5 10 COST 0"),
-            format!("RL.PEEK {key} 5 10"),
-            format!("RL.REFUND {key} 5 10 1"),
-            format!("RL.RESET {key}"),
-            format!("CL.THROTTLE {key} 4 1 1"),
-            format!("RL.CHECKALL 1 {key} 5 10 1 5"),
-        ] {
+        for line in every_command_on(&key) {
             let error = error_of(&mut con, &words(&line));
             assert!(error.contains("not rate-limiter state"), "{line}: {error}");
         }

@@ -3,7 +3,12 @@
 //! tests and benchmarks link this crate without a server and would otherwise abort).
 //!
 //! The choice cannot flip for a live allocation: the Redis API is bound during
-//! `RedisModule_OnLoad` before the module allocates anything, and never unbound.
+//! `RedisModule_OnLoad` before the module allocates anything, and never unbound; and it
+//! depends otherwise only on the layout, which `dealloc` receives too.
+//!
+//! Redis's allocator only promises the alignment of its `malloc` (8 bytes on a libc build
+//! that prefixes sizes), so over-aligned types (anything holding a `u128`) always go to the
+//! system allocator.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 
@@ -12,14 +17,17 @@ use redis_module::raw;
 
 pub struct ModuleAlloc;
 
-fn inside_redis() -> bool {
+/// The alignment every malloc gives, whatever the build.
+const REDIS_ALIGN: usize = 8;
+
+fn use_redis(layout: Layout) -> bool {
     // SAFETY: a plain read of a function pointer Redis sets once, before any command runs.
-    unsafe { raw::RedisModule_Alloc }.is_some()
+    layout.align() <= REDIS_ALIGN && unsafe { raw::RedisModule_Alloc }.is_some()
 }
 
 unsafe impl GlobalAlloc for ModuleAlloc {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if inside_redis() {
+        if use_redis(layout) {
             RedisAlloc.alloc(layout)
         } else {
             System.alloc(layout)
@@ -27,7 +35,7 @@ unsafe impl GlobalAlloc for ModuleAlloc {
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        if inside_redis() {
+        if use_redis(layout) {
             RedisAlloc.dealloc(ptr, layout)
         } else {
             System.dealloc(ptr, layout)

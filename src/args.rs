@@ -149,10 +149,19 @@ pub fn parse_reset<A: Args + ?Sized>(args: &A) -> Result<(), Error> {
     }
 }
 
-/// RL.CHECKALL's `numkeys`, when it is at least 1 and matches the line: each key takes one
-/// argument and four spec integers, so `argc == 2 + 5 * numkeys`.
+/// The most keys one RL.CHECKALL may name. Real uses combine a handful of limits (requests,
+/// tokens, an organisation budget); the cap keeps the command `fast` and its duplicate check
+/// (quadratic, but allocation-free) bounded.
+pub const MAX_CHECKALL_KEYS: usize = 64;
+
+/// RL.CHECKALL's `numkeys`, when it is within `1..=MAX_CHECKALL_KEYS` and matches the line:
+/// each key takes one argument and four spec integers, so `argc == 2 + 5 * numkeys`.
 pub fn parse_checkall_numkeys<A: Args + ?Sized>(args: &A) -> Option<usize> {
-    let numkeys = args.get(1).and_then(parse_i64).and_then(|n| usize::try_from(n).ok()).filter(|&n| n >= 1)?;
+    let numkeys = args
+        .get(1)
+        .and_then(parse_i64)
+        .and_then(|n| usize::try_from(n).ok())
+        .filter(|n| (1..=MAX_CHECKALL_KEYS).contains(n))?;
     (numkeys.checked_mul(5).and_then(|n| n.checked_add(2)) == Some(args.count())).then_some(numkeys)
 }
 
@@ -315,6 +324,22 @@ mod tests {
             parse_checkall(line("RL.CHECKALL 1 a 1 1 -1 1").as_slice()).err(),
             Some(Error::Negative { name: "cost" })
         );
+    }
+
+    #[test]
+    fn checkall_takes_at_most_max_keys() {
+        let line_for = |n: usize| {
+            let mut words = vec!["RL.CHECKALL".to_string(), n.to_string()];
+            words.extend((0..n).map(|i| format!("k{i}")));
+            words.extend((0..n).flat_map(|_| ["5", "60", "1", "5"].map(String::from)));
+            words
+        };
+        let at_cap = line_for(MAX_CHECKALL_KEYS);
+        let at_cap: Vec<&[u8]> = at_cap.iter().map(|w| w.as_bytes()).collect();
+        assert_eq!(parse_checkall(at_cap.as_slice()).map(|(n, _)| n), Ok(MAX_CHECKALL_KEYS));
+        let over = line_for(MAX_CHECKALL_KEYS + 1);
+        let over: Vec<&[u8]> = over.iter().map(|w| w.as_bytes()).collect();
+        assert_eq!(parse_checkall(over.as_slice()).err(), Some(Error::KeyCount { usage: CHECKALL_USAGE }));
     }
 
     #[test]

@@ -64,7 +64,11 @@ impl fmt::Display for Error {
             Error::RepeatedOption { option } => write!(f, "ERR option {option} given more than once"),
             Error::MissingValue { option } => write!(f, "ERR option {option} needs a value"),
             Error::KeyCount { usage } => {
-                write!(f, "ERR numkeys must be at least 1 and match the keys and specs given, usage: {usage}")
+                write!(
+                    f,
+                    "ERR numkeys must be between 1 and {} and match the keys and specs given, usage: {usage}",
+                    crate::args::MAX_CHECKALL_KEYS
+                )
             }
             Error::DuplicateKey => f.write_str("ERR RL.CHECKALL keys must be distinct"),
             Error::WrongType => f.write_str("WRONGTYPE Operation against a key holding the wrong kind of value"),

@@ -240,9 +240,10 @@ impl Key {
         unsafe {
             self.overwrite_value(bytes)?;
             set_absolute_expiry(self.key, expiry);
-            if let Some(signal) = raw::RedisModule_SignalModifiedKey {
-                signal(self.ctx, self.name.as_ptr());
-            }
+            self.signal_and_notify(&[
+                (raw::REDISMODULE_NOTIFY_STRING, c"set"),
+                (raw::REDISMODULE_NOTIFY_GENERIC, c"expire"),
+            ]);
             // `SET key value PXAT ms`. "PXAT" is a string kept for the module's lifetime and the
             // expiry is formatted here: both are cheaper for Redis than building them from a C
             // string and a long long on every call.
@@ -264,6 +265,20 @@ impl Key {
             }
         }
         Ok(())
+    }
+
+    /// Tells WATCH and client-side caching that the key changed, and emits the keyspace events
+    /// the equivalent core commands emit (`SET … PXAT`: `set` and `expire`; `DEL`: `del`), so
+    /// subscribers see the same events on the primary as on replicas applying the effect.
+    unsafe fn signal_and_notify(&self, events: &[(c_int, &CStr)]) {
+        if let Some(signal) = raw::RedisModule_SignalModifiedKey {
+            signal(self.ctx, self.name.as_ptr());
+        }
+        if let Some(notify) = raw::RedisModule_NotifyKeyspaceEvent {
+            for (class, event) in events {
+                notify(self.ctx, *class, event.as_ptr(), self.name.as_ptr());
+            }
+        }
     }
 
     /// Writes `bytes` as the key's string value in place: the value is updated through DMA,
@@ -301,9 +316,7 @@ impl Key {
             if delete(self.key) != raw::REDISMODULE_OK as c_int {
                 return Err(Error::Internal);
             }
-            if let Some(signal) = raw::RedisModule_SignalModifiedKey {
-                signal(self.ctx, self.name.as_ptr());
-            }
+            self.signal_and_notify(&[(raw::REDISMODULE_NOTIFY_GENERIC, c"del")]);
             if let Some(replicate) = raw::RedisModule_Replicate {
                 replicate(self.ctx, c"DEL".as_ptr(), c"s".as_ptr(), self.name.as_ptr());
             }

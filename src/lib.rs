@@ -85,9 +85,13 @@ fn init(ctx: &Context, args: &[RedisString]) -> Status {
     }
     let ctx = ctx.ctx;
     unsafe {
-        // Commands signal the keys they really modify; a refused check must not disturb WATCH.
+        // Commands signal the keys they really modify: a refused check must not disturb WATCH.
+        // The module keeps no data of its own, so replicas may load the RDB asynchronously
+        // (`repl-diskless-load swapdb`).
         if let Some(set_options) = raw::RedisModule_SetModuleOptions {
-            set_options(ctx, raw::REDISMODULE_OPTION_NO_IMPLICIT_SIGNAL_MODIFIED as c_int);
+            let options =
+                raw::REDISMODULE_OPTION_NO_IMPLICIT_SIGNAL_MODIFIED | raw::REDISMODULE_OPTIONS_HANDLE_REPL_ASYNC_LOAD;
+            set_options(ctx, options as c_int);
         }
         let with_category = match raw::RedisModule_AddACLCategory {
             Some(add) => add(ctx, ACL_CATEGORY.as_ptr()) == raw::REDISMODULE_OK as c_int,

@@ -7,11 +7,17 @@
 //!   written when the emission interval (`window / limit`) is not a whole number of
 //!   nanoseconds; the denominator is the limit, e.g. `1764441600333333333+1/3`.
 //!
-//! Numbers are canonical decimals (no sign, no leading zeros); `nanos` fits `i64`, the
-//! fraction's numbers fit `u64`, and `0 < numerator < denominator`. Anything else is not limiter state and is refused, never
+//! Numbers are canonical decimals (no sign, no leading zeros); `nanos` is at least
+//! [`MIN_TAT_NANOS`] and fits `i64`, the fraction's numbers fit `u64`, and
+//! `0 < numerator < denominator`. Anything else is not limiter state and is refused, never
 //! overwritten.
 
 use crate::gcra::Tat;
+
+/// The earliest TAT accepted as limiter state: 10^18 ns, in September 2001. Every TAT a
+/// server clock can produce is later, while application counters (`INCR views`) are smaller:
+/// the floor keeps RL.* commands from taking over, or RL.RESET from deleting, such a key.
+pub const MIN_TAT_NANOS: u64 = 1_000_000_000_000_000_000;
 
 /// Longest encoding: a 19-digit `nanos`, two 20-digit fraction numbers, two separators.
 pub const MAX_ENCODED_LEN: usize = 19 + 2 * 20 + 2;
@@ -37,7 +43,7 @@ fn parse_plain(bytes: &[u8]) -> Option<u64> {
         all_digits &= digit < 10;
         value = value.wrapping_mul(10).wrapping_add(u64::from(digit));
     }
-    (all_digits && value <= i64::MAX as u64).then_some(value)
+    (all_digits && (MIN_TAT_NANOS..=i64::MAX as u64).contains(&value)).then_some(value)
 }
 
 /// Everything else: `nanos+numerator/denominator`, or not limiter state.
@@ -46,7 +52,7 @@ fn decode_with_fraction(bytes: &[u8]) -> Option<Tat> {
         Some(plus) => (bytes.get(..plus)?, Some(bytes.get(plus + 1..)?)),
         None => (bytes, None),
     };
-    let nanos = parse_canonical(nanos).filter(|&n| n <= i64::MAX as u64)?;
+    let nanos = parse_canonical(nanos).filter(|n| (MIN_TAT_NANOS..=i64::MAX as u64).contains(n))?;
     let Some(fraction) = fraction else {
         return Some(Tat::from_nanos(nanos));
     };
@@ -152,7 +158,7 @@ mod tests {
         let tat = Tat::from_nanos(1_764_441_600_123_456_789);
         assert_eq!(encode(&tat).as_bytes(), b"1764441600123456789");
         assert_eq!(decode(b"1764441600123456789"), Some(tat));
-        assert_eq!(decode(b"0"), Some(Tat::from_nanos(0)));
+        assert_eq!(decode(b"1000000000000000000"), Some(Tat::from_nanos(MIN_TAT_NANOS)));
     }
 
     #[test]
@@ -173,7 +179,8 @@ mod tests {
                 let text = candidate.to_string();
                 if text.len() <= 19 && candidate <= i64::MAX as u64 {
                     assert_eq!(encode(&Tat::from_nanos(candidate)).as_bytes(), text.as_bytes(), "{digits} digits");
-                    assert_eq!(decode(text.as_bytes()), Some(Tat::from_nanos(candidate)));
+                    let state = (candidate >= MIN_TAT_NANOS).then_some(Tat::from_nanos(candidate));
+                    assert_eq!(decode(text.as_bytes()), state);
                 }
             }
             value = value * 10 + 9;
@@ -191,6 +198,10 @@ mod tests {
             &b""[..],
             b"hello",
             b"-1",
+            b"0", // a counter, not a TAT: before MIN_TAT_NANOS
+            b"42",
+            b"999999999999999999",
+            b"42+1/3",
             b"+1",
             b"01",
             b"1.5",
@@ -216,7 +227,7 @@ mod tests {
 
     proptest::proptest! {
         #[test]
-        fn every_tat_round_trips(nanos in 0..=i64::MAX as u64, den in 2..=u64::MAX, num_seed: u64) {
+        fn every_tat_round_trips(nanos in MIN_TAT_NANOS..=i64::MAX as u64, den in 2..=u64::MAX, num_seed: u64) {
             let plain = Tat::from_nanos(nanos);
             proptest::prop_assert_eq!(decode(encode(&plain).as_bytes()), Some(plain));
             let numerator = 1 + num_seed % (den - 1);

@@ -1,5 +1,6 @@
-//! Counters shown by `INFO ratelimit`. Relaxed atomics: commands run on Redis's main thread,
-//! the atomics only make the statics safe to share with the INFO callback; no locks.
+//! Counters shown by `INFO ratelimit`. Commands and the INFO callback all run on Redis's main
+//! thread, so a relaxed load and store (no locked read-modify-write) is exact; the atomics only
+//! make the statics safe to share.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -12,26 +13,30 @@ static ERRORS: AtomicU64 = AtomicU64::new(0);
 static REFUNDS: AtomicU64 = AtomicU64::new(0);
 static RESETS: AtomicU64 = AtomicU64::new(0);
 
+fn bump(counter: &AtomicU64) {
+    counter.store(counter.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+}
+
 pub fn count_call() {
-    CALLS.fetch_add(1, Ordering::Relaxed);
+    bump(&CALLS);
 }
 
 /// One decision of a command that takes tokens (RL.CHECK, RL.CHECKALL, CL.THROTTLE).
 pub fn count_decision(allowed: bool) {
     let counter = if allowed { &ADMITTED } else { &LIMITED };
-    counter.fetch_add(1, Ordering::Relaxed);
+    bump(counter);
 }
 
 pub fn count_error() {
-    ERRORS.fetch_add(1, Ordering::Relaxed);
+    bump(&ERRORS);
 }
 
 pub fn count_refund() {
-    REFUNDS.fetch_add(1, Ordering::Relaxed);
+    bump(&REFUNDS);
 }
 
 pub fn count_reset() {
-    RESETS.fetch_add(1, Ordering::Relaxed);
+    bump(&RESETS);
 }
 
 /// The `INFO` callback: one section named after the module (`INFO ratelimit`), fields

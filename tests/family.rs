@@ -239,3 +239,25 @@ fn acl_user_limited_to_the_rate_limit_commands() {
         assert_eq!(commands, ["cl.throttle", "rl.check", "rl.checkall", "rl.peek", "rl.refund", "rl.reset"]);
     }
 }
+
+#[test]
+fn writes_emit_the_keyspace_events_of_the_equivalent_core_commands() {
+    let server = RedisServer::builder().arg("notify-keyspace-events", "KEA").start();
+    let mut subscriber = server.client();
+    subscriber.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+    let mut pubsub = subscriber.as_pubsub();
+    pubsub.psubscribe("__keyevent@0__:*").unwrap();
+    let mut con = server.client();
+    let mut next_event = |pubsub: &mut redis::PubSub| {
+        let message = pubsub.get_message().expect("a keyspace event");
+        let key: String = message.get_payload().unwrap();
+        (message.get_channel_name().trim_start_matches("__keyevent@0__:").to_string(), key)
+    };
+    ints(&mut con, "RL.CHECK", &["ev", "1", "100"]);
+    assert_eq!(next_event(&mut pubsub), ("set".to_string(), "ev".to_string()));
+    assert_eq!(next_event(&mut pubsub), ("expire".to_string(), "ev".to_string()));
+    // A refusal writes nothing and says nothing; the next event is the reset's.
+    ints(&mut con, "RL.CHECK", &["ev", "1", "100"]);
+    let _: i64 = redis::cmd("RL.RESET").arg("ev").query(&mut con).unwrap();
+    assert_eq!(next_event(&mut pubsub), ("del".to_string(), "ev".to_string()));
+}

@@ -64,15 +64,87 @@ extern "C" fn rl_checkall_entry(ctx: RawCtx, argv: Argv, argc: c_int) -> c_int {
 
 type Handler = extern "C" fn(RawCtx, Argv, c_int) -> c_int;
 
-/// name, handler, flags, first key, last key, key step.
-const COMMANDS: [(&CStr, Handler, &CStr, c_int, c_int, c_int); 6] = [
-    (c"RL.CHECK", rl_check, c"write deny-oom fast", 1, 1, 1),
-    (c"RL.CHECKALL", rl_checkall_entry, c"write deny-oom fast getkeys-api", 2, 2, 1),
-    (c"RL.PEEK", rl_peek, c"readonly fast", 1, 1, 1),
-    (c"RL.REFUND", rl_refund, c"write deny-oom fast", 1, 1, 1),
-    (c"RL.RESET", rl_reset, c"write fast", 1, 1, 1),
-    (c"CL.THROTTLE", cl_throttle, c"write deny-oom fast", 1, 1, 1),
+/// Where a command's keys are, and what it does with them.
+#[derive(Clone, Copy)]
+enum Keys {
+    /// One key, the first argument.
+    First(u32),
+    /// `numkeys` as the first argument, then that many keys.
+    Counted(u32),
+}
+
+const READS: u32 = raw::REDISMODULE_CMD_KEY_RO | raw::REDISMODULE_CMD_KEY_ACCESS;
+const UPDATES: u32 = raw::REDISMODULE_CMD_KEY_RW | raw::REDISMODULE_CMD_KEY_ACCESS | raw::REDISMODULE_CMD_KEY_UPDATE;
+const DELETES: u32 = raw::REDISMODULE_CMD_KEY_RM | raw::REDISMODULE_CMD_KEY_DELETE;
+
+/// name, handler, flags, first key, last key, key step, key spec. The legacy key range serves
+/// servers without key specs; RL.CHECKALL's keys follow `numkeys`, found by `getkeys-api`.
+const COMMANDS: [(&CStr, Handler, &CStr, c_int, c_int, c_int, Keys); 6] = [
+    (c"RL.CHECK", rl_check, c"write deny-oom fast", 1, 1, 1, Keys::First(UPDATES)),
+    (c"RL.CHECKALL", rl_checkall_entry, c"write deny-oom fast getkeys-api", 2, 2, 1, Keys::Counted(UPDATES)),
+    (c"RL.PEEK", rl_peek, c"readonly fast", 1, 1, 1, Keys::First(READS)),
+    (c"RL.REFUND", rl_refund, c"write deny-oom fast", 1, 1, 1, Keys::First(UPDATES)),
+    (c"RL.RESET", rl_reset, c"write fast", 1, 1, 1, Keys::First(DELETES)),
+    (c"CL.THROTTLE", cl_throttle, c"write deny-oom fast", 1, 1, 1, Keys::First(UPDATES)),
 ];
+
+/// Declares a command's key spec (Redis 7.0+), so that ACL key permissions know what it does:
+/// a user with read-only access to `rl:*` (`%R~rl:*`) may run RL.PEEK there and nothing that
+/// writes. Redis copies the spec; nothing here has to outlive the call.
+///
+/// # Safety
+/// Call during `RedisModule_OnLoad`, after the command was created.
+unsafe fn declare_keys(ctx: *mut raw::RedisModuleCtx, name: &CStr, keys: Keys) {
+    let (Some(get), Some(set_info)) = (raw::RedisModule_GetCommand, raw::RedisModule_SetCommandInfo) else {
+        return;
+    };
+    let command = get(ctx, name.as_ptr());
+    if command.is_null() {
+        return;
+    }
+    let (flags, find_keys_type, fk) = match keys {
+        Keys::First(flags) => (
+            flags,
+            raw::RedisModuleKeySpecFindKeysType_REDISMODULE_KSPEC_FK_RANGE,
+            raw::RedisModuleCommandKeySpec__bindgen_ty_2 {
+                range: raw::RedisModuleCommandKeySpec__bindgen_ty_2__bindgen_ty_1 { lastkey: 0, keystep: 1, limit: 0 },
+            },
+        ),
+        Keys::Counted(flags) => (
+            flags,
+            raw::RedisModuleKeySpecFindKeysType_REDISMODULE_KSPEC_FK_KEYNUM,
+            raw::RedisModuleCommandKeySpec__bindgen_ty_2 {
+                keynum: raw::RedisModuleCommandKeySpec__bindgen_ty_2__bindgen_ty_2 {
+                    keynumidx: 0,
+                    firstkey: 1,
+                    keystep: 1,
+                },
+            },
+        ),
+    };
+    let spec = raw::RedisModuleCommandKeySpec {
+        notes: std::ptr::null(),
+        flags: u64::from(flags),
+        begin_search_type: raw::RedisModuleKeySpecBeginSearchType_REDISMODULE_KSPEC_BS_INDEX,
+        bs: raw::RedisModuleCommandKeySpec__bindgen_ty_1 {
+            index: raw::RedisModuleCommandKeySpec__bindgen_ty_1__bindgen_ty_1 { pos: 1 },
+        },
+        find_keys_type,
+        fk,
+    };
+    // The list ends with an all-zero spec.
+    let mut specs = [spec, std::mem::zeroed()];
+    let version = raw::RedisModuleCommandInfoVersion {
+        version: 1,
+        sizeof_historyentry: std::mem::size_of::<raw::RedisModuleCommandHistoryEntry>(),
+        sizeof_keyspec: std::mem::size_of::<raw::RedisModuleCommandKeySpec>(),
+        sizeof_arg: std::mem::size_of::<raw::RedisModuleCommandArg>(),
+    };
+    let mut info: raw::RedisModuleCommandInfo = std::mem::zeroed();
+    info.version = &version;
+    info.key_specs = specs.as_mut_ptr();
+    set_info(command, &info);
+}
 
 /// `loadmodule librl.so debug-commands` also registers RL.DEBUG, which exists to prove in tests
 /// that the panic guard works; production configs never pass it.
@@ -98,12 +170,13 @@ fn init(ctx: &Context, args: &[RedisString]) -> Status {
             None => false,
         };
         let Some(create) = raw::RedisModule_CreateCommand else { return Status::Err };
-        for (name, handler, flags, first, last, step) in COMMANDS {
+        for (name, handler, flags, first, last, step, keys) in COMMANDS {
             if create(ctx, name.as_ptr(), Some(handler), flags.as_ptr(), first, last, step)
                 != raw::REDISMODULE_OK as c_int
             {
                 return Status::Err;
             }
+            declare_keys(ctx, name, keys);
             if with_category {
                 if let (Some(get), Some(set_categories)) =
                     (raw::RedisModule_GetCommand, raw::RedisModule_SetCommandACLCategories)

@@ -248,7 +248,7 @@ fn writes_emit_the_keyspace_events_of_the_equivalent_core_commands() {
     let mut pubsub = subscriber.as_pubsub();
     pubsub.psubscribe("__keyevent@0__:*").unwrap();
     let mut con = server.client();
-    let mut next_event = |pubsub: &mut redis::PubSub| {
+    let next_event = |pubsub: &mut redis::PubSub| {
         let message = pubsub.get_message().expect("a keyspace event");
         let key: String = message.get_payload().unwrap();
         (message.get_channel_name().trim_start_matches("__keyevent@0__:").to_string(), key)
@@ -260,4 +260,28 @@ fn writes_emit_the_keyspace_events_of_the_equivalent_core_commands() {
     ints(&mut con, "RL.CHECK", &["ev", "1", "100"]);
     let _: i64 = redis::cmd("RL.RESET").arg("ev").query(&mut con).unwrap();
     assert_eq!(next_event(&mut pubsub), ("del".to_string(), "ev".to_string()));
+}
+
+#[test]
+fn key_specs_let_a_read_only_user_peek_but_not_take() {
+    let server = RedisServer::start();
+    let mut admin = server.client();
+    ints(&mut admin, "RL.CHECK", &["rl:w", "1", "100"]);
+    let _: () =
+        redis::cmd("ACL").arg(&["SETUSER", "dashboard", "on", ">pw", "%R~rl:*", "+@all"]).query(&mut admin).unwrap();
+    let url = format!("redis://dashboard:pw@127.0.0.1:{}/", server.port());
+    let mut dashboard = redis::Client::open(url).unwrap().get_connection().unwrap();
+    assert_eq!(ints(&mut dashboard, "RL.PEEK", &["rl:w", "1", "100"])[..2], [0, 0]);
+    for (name, args) in [
+        ("RL.CHECK", &["rl:w", "1", "100"][..]),
+        ("RL.REFUND", &["rl:w", "1", "100", "1"][..]),
+        ("RL.RESET", &["rl:w"][..]),
+        ("RL.CHECKALL", &["1", "rl:w", "1", "100", "1", "1"][..]),
+    ] {
+        let refused: redis::RedisResult<Value> = redis::cmd(name).arg(args).query(&mut dashboard);
+        let error = refused.expect_err(name);
+        assert_eq!(error.code(), Some("NOPERM"), "{name}: {error}");
+    }
+    let info: Value = redis::cmd("COMMAND").arg(&["INFO", "RL.CHECKALL"]).query(&mut admin).unwrap();
+    assert!(format!("{info:?}").contains("keynum"), "RL.CHECKALL declares its keys after numkeys: {info:?}");
 }

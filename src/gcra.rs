@@ -189,14 +189,15 @@ pub struct Decision {
 pub fn decide(quota: &Quota, stored: Option<Tat>, now_nanos: u64, cost: u64) -> Result<Decision, MathError> {
     let now = quota.scaled_now(now_nanos);
     let tat = stored.map_or(now, |t| quota.scaled_tat(t)).max(now);
-    let reset_after_ms = quota.millis_ceil(tat - now);
+    // Only answers that leave the state as it is report its reset time; computed when needed.
+    let reset_after_ms = || quota.millis_ceil(tat - now);
 
     if cost > quota.burst() {
         return Ok(Decision {
             allowed: false,
             remaining: quota.tokens_left(tat, now),
             retry_after: RetryAfter::Never,
-            reset_after_ms,
+            reset_after_ms: reset_after_ms(),
             new_tat: None,
         });
     }
@@ -207,7 +208,7 @@ pub fn decide(quota: &Quota, stored: Option<Tat>, now_nanos: u64, cost: u64) -> 
             allowed: true,
             remaining: quota.tokens_left(tat, now),
             retry_after: RetryAfter::Now,
-            reset_after_ms,
+            reset_after_ms: reset_after_ms(),
             new_tat: None,
         });
     }
@@ -220,7 +221,7 @@ pub fn decide(quota: &Quota, stored: Option<Tat>, now_nanos: u64, cost: u64) -> 
             allowed: false,
             remaining: quota.tokens_left(tat, now),
             retry_after: RetryAfter::Millis(quota.millis_ceil(earliest - now)),
-            reset_after_ms,
+            reset_after_ms: reset_after_ms(),
             new_tat: None,
         });
     }

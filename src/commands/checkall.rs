@@ -19,18 +19,18 @@ pub fn run(ctx: Ctx, args: &RawArgs) -> Result<Reply, Error> {
     for (i, request) in requests.iter().enumerate() {
         let key = Key::open(ctx, super::key_at(args, 2 + i)?, false)?;
         let stored = key.read_state()?;
-        decisions.push(decide(&request.quota, stored, now, request.cost)?);
+        decisions.push((stored, decide(&request.quota, stored, now, request.cost)?));
         keys.push(key);
     }
-    let allowed = decisions.iter().all(|d| d.allowed);
+    let allowed = decisions.iter().all(|(_, d)| d.allowed);
     let retry_after_ms = if allowed {
         0
-    } else if decisions.iter().any(|d| d.retry_after == RetryAfter::Never) {
+    } else if decisions.iter().any(|(_, d)| d.retry_after == RetryAfter::Never) {
         -1
     } else {
         decisions
             .iter()
-            .filter_map(|d| match d.retry_after {
+            .filter_map(|(_, d)| match d.retry_after {
                 RetryAfter::Millis(ms) => Some(super::to_i64(ms)),
                 _ => None,
             })
@@ -38,7 +38,7 @@ pub fn run(ctx: Ctx, args: &RawArgs) -> Result<Reply, Error> {
             .unwrap_or(0)
     };
     let mut rows = Vec::with_capacity(numkeys);
-    for ((key, decision), request) in keys.iter().zip(&decisions).zip(&requests) {
+    for ((key, (stored, decision)), request) in keys.iter().zip(&decisions).zip(&requests) {
         let mut row = super::check_row(decision, request.quota.burst());
         if allowed {
             if let Some(tat) = decision.new_tat {
@@ -47,7 +47,7 @@ pub fn run(ctx: Ctx, args: &RawArgs) -> Result<Reply, Error> {
         } else if decision.allowed {
             // This limit would have admitted, but another refused: nothing was taken, so
             // report the untouched state.
-            let untouched = decide(&request.quota, key.read_state()?, now, 0)?;
+            let untouched = decide(&request.quota, *stored, now, 0)?;
             row = super::check_row(&untouched, request.quota.burst());
         }
         rows.push(row);

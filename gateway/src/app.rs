@@ -1,6 +1,7 @@
 //! The gateway's HTTP application. Each request reads top to bottom:
-//! access log -> size check -> policy -> identify -> limit (one `RL.CHECK`) -> read body ->
-//! forward -> add rate-limit headers.
+//! access log -> target, key-header and size checks -> policy (on the normalized path) ->
+//! identify -> limit (one `RL.CHECK`) -> read body (with a timeout) -> forward (the normalized
+//! path) -> add rate-limit headers. Everything refused before the limit costs no quota.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,10 +17,10 @@ use axum::{Json, Router};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::json;
 
-use crate::config::{FailureMode, Settings};
+use crate::config::{normalize_path, FailureMode, Settings};
 use crate::error::ApiError;
 use crate::headers::{rate_limit_headers, retry_after_secs};
-use crate::identity::{identify, Hasher};
+use crate::identity::{api_key, bucket_ip, client_ip, is_trusted, BadIdentity, Hasher, Identity};
 use crate::limiter::Limiter;
 use crate::proxy::UpstreamClient;
 
@@ -98,6 +99,18 @@ async fn gateway(
     let (parts, body) = request.into_parts();
     let max = settings.max_body_bytes;
 
+    // `OPTIONS *`, `CONNECT host:port`: nothing to forward to the model.
+    if !parts.uri.path().starts_with('/') {
+        return ApiError::BadRequest("The request target must be a path starting with '/'.").into_response();
+    }
+    // Two different keys, or a key header the proxy would strip: refused before any quota is spent.
+    let key = match api_key(&parts.headers, &settings.identity.api_key_headers) {
+        Ok(key) => key,
+        Err(e) => return ApiError::BadRequest(e.message()).into_response(),
+    };
+    if key.is_none() && settings.identity.require_api_key {
+        return ApiError::Unauthorized.into_response();
+    }
     // A declared length over the limit is refused before any quota is spent.
     match declared_length(&parts.headers) {
         Err(e) => return e.into_response(),
@@ -105,16 +118,17 @@ async fn gateway(
         Ok(_) => {}
     }
 
+    // The policy is chosen on the normalized path, and that same path is what the model gets.
+    let path = normalize_path(parts.uri.path());
+    let peer_trusted = is_trusted(peer, &settings.identity.trusted_proxies);
     let mut limit_headers = HeaderMap::new();
-    if let Some(policy) = settings.policy_for(parts.uri.path()) {
-        let identity = match identify(
-            &parts.headers,
-            peer,
-            &settings.identity.api_key_headers,
-            &settings.identity.trusted_proxies,
-        ) {
-            Ok(identity) => identity,
-            Err(_) => return ApiError::BadRequest("Malformed X-Forwarded-For header.").into_response(),
+    if let Some(policy) = settings.policy_for_normal(&path) {
+        let identity = match key {
+            Some(key) => Identity::ApiKey(key),
+            None => match client_ip(&parts.headers, peer, &settings.identity.trusted_proxies) {
+                Ok(ip) => Identity::Ip(bucket_ip(ip, settings.identity.ipv6_prefix)),
+                Err(_) => return ApiError::BadRequest(BadIdentity::ForwardedFor.message()).into_response(),
+            },
         };
         let hash = state.0.hasher.hash(&identity);
         match state.limiter().check(policy, &hash).await {
@@ -137,8 +151,13 @@ async fn gateway(
         }
     }
 
-    let mut response = match read_body(body, max).await {
-        Ok(bytes) => match state.0.upstream.forward(parts, bytes, peer).await {
+    let timeout = settings.client_body_timeout;
+    let body = match tokio::time::timeout(timeout, read_body(body, max)).await {
+        Ok(read) => read,
+        Err(_) => Err(ApiError::RequestTimeout { ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX) }),
+    };
+    let mut response = match body {
+        Ok(bytes) => match state.0.upstream.forward(parts, &path, bytes, peer, peer_trusted).await {
             Ok(response) => response,
             Err(e) => e.into_response(),
         },

@@ -25,6 +25,44 @@ use hyper_util::rt::TokioExecutor;
 use crate::error::plural;
 use crate::proxy::error_chain;
 
+/// The longest the client waits: between two requests (`--rate`) and for a `Retry-After`.
+pub const MAX_WAIT: Duration = Duration::from_secs(3600);
+
+/// The spacing between requests for `rate` requests per second, or why the rate is unusable
+/// (not a positive number, or slower than one request per [`MAX_WAIT`]).
+pub fn interval(rate: f64) -> Result<Duration, String> {
+    if !(rate.is_finite() && rate > 0.0) {
+        return Err(format!("--rate must be a positive number of requests per second (got {rate})"));
+    }
+    match Duration::try_from_secs_f64(1.0 / rate) {
+        Ok(every) if every <= MAX_WAIT => Ok(every),
+        _ => Err(format!(
+            "--rate {rate} is too slow: at least one request per {} s (--rate {}) is needed",
+            MAX_WAIT.as_secs(),
+            1.0 / MAX_WAIT.as_secs_f64()
+        )),
+    }
+}
+
+/// Seconds to wait for a `Retry-After` of `secs`: at most [`MAX_WAIT`].
+pub fn retry_wait_secs(secs: u64) -> u64 {
+    secs.min(MAX_WAIT.as_secs())
+}
+
+/// The line printed before waiting for a `Retry-After` of `secs`.
+pub fn waiting_line(secs: u64) -> String {
+    let wait = retry_wait_secs(secs);
+    if wait < secs {
+        format!(
+            "Retry-After asks for {}; waiting {} (the longest wait) instead...",
+            plural(secs, "second"),
+            plural(wait, "second")
+        )
+    } else {
+        format!("Waiting {} as Retry-After asks...", plural(secs, "second"))
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct ClientOptions {
     pub url: Uri,
@@ -164,21 +202,25 @@ struct Shared {
 impl Shared {
     /// Waits for this sender's turn: after any pause, and spaced by `rate`.
     async fn wait_turn(&self) {
-        let at = {
-            let Ok(mut schedule) = self.schedule.lock() else { return };
-            let now = Instant::now();
-            let at = schedule.0.max(schedule.1).max(now);
-            if let Some(rate) = self.options.rate {
-                schedule.0 = at + Duration::from_secs_f64(1.0 / rate);
-            }
-            at
-        };
-        tokio::time::sleep_until(at.into()).await;
+        if let Some(at) = self.wait_turn_at() {
+            tokio::time::sleep_until(at.into()).await;
+        }
+    }
+
+    /// Books this sender's turn and returns when it is.
+    fn wait_turn_at(&self) -> Option<Instant> {
+        let mut schedule = self.schedule.lock().ok()?;
+        let now = Instant::now();
+        let at = schedule.0.max(schedule.1).max(now);
+        if let Some(rate) = self.options.rate {
+            schedule.0 = at + interval(rate).unwrap_or(MAX_WAIT);
+        }
+        Some(at)
     }
 
     fn pause_for(&self, secs: u64) {
         if let Ok(mut schedule) = self.schedule.lock() {
-            let until = Instant::now() + Duration::from_secs(secs);
+            let until = Instant::now() + Duration::from_secs(retry_wait_secs(secs));
             schedule.1 = schedule.1.max(until);
         }
     }
@@ -250,7 +292,7 @@ async fn sender(shared: Arc<Shared>) {
                     summary.limited += 1;
                     if let (true, Some(secs)) = (shared.options.wait, retry_after_secs) {
                         if n < shared.options.count {
-                            let _ = writeln!(out, "Waiting {} as Retry-After asks...", plural(*secs, "second"));
+                            let _ = writeln!(out, "{}", waiting_line(*secs));
                         }
                         shared.pause_for(*secs);
                     }
@@ -324,6 +366,53 @@ mod tests {
             classify(StatusCode::BAD_GATEWAY, &HeaderMap::new(), body),
             Outcome::Failed { status: 502, message: "down".into() }
         );
+    }
+
+    #[test]
+    fn rates_and_waits_are_bounded() {
+        assert_eq!(interval(2.0), Ok(Duration::from_millis(500)));
+        assert_eq!(interval(1.0 / 3600.0), Ok(MAX_WAIT));
+        for bad in [1e-300, 1e-4, 0.0, -1.0, f64::NAN, f64::INFINITY] {
+            assert!(interval(bad).is_err(), "{bad}");
+        }
+        assert!(interval(1e-300).unwrap_err().contains("too slow"));
+        assert_eq!(retry_wait_secs(5), 5);
+        assert_eq!(retry_wait_secs(u64::MAX), 3600);
+        assert_eq!(waiting_line(1), "Waiting 1 second as Retry-After asks...");
+        assert_eq!(
+            waiting_line(u64::MAX),
+            format!("Retry-After asks for {} seconds; waiting 3600 seconds (the longest wait) instead...", u64::MAX)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_huge_retry_after_or_rate_does_not_panic() {
+        let now = Instant::now();
+        let options = ClientOptions {
+            url: Uri::from_static("http://127.0.0.1:1/"),
+            count: 1,
+            rate: Some(1e-300),
+            concurrency: 1,
+            method: Method::GET,
+            text: String::new(),
+            api_key: None,
+            api_key_header: header::AUTHORIZATION,
+            wait: true,
+            timeout: Duration::from_secs(1),
+        };
+        let shared = Shared {
+            options,
+            client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
+            next_request: AtomicU64::new(1),
+            stop: AtomicBool::new(false),
+            schedule: Mutex::new((now, now)),
+            summary: Mutex::new(Summary::default()),
+        };
+        shared.pause_for(u64::MAX);
+        assert!(shared.wait_turn_at().is_some());
+        let schedule = *shared.schedule.lock().unwrap();
+        assert!(schedule.1 <= Instant::now() + MAX_WAIT);
+        assert!(schedule.0 <= schedule.1 + MAX_WAIT);
     }
 
     #[test]

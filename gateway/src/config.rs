@@ -19,6 +19,8 @@ use crate::identity::IpNet;
 pub struct FileConfig {
     pub listen: Option<String>,
     pub max_body_bytes: Option<u64>,
+    pub client_body_timeout_ms: Option<u64>,
+    pub client_header_timeout_ms: Option<u64>,
     #[serde(default)]
     pub upstream: UpstreamFile,
     #[serde(default)]
@@ -57,6 +59,8 @@ pub struct IdentityFile {
     pub secret: Option<String>,
     pub secret_env: Option<String>,
     pub trusted_proxies: Option<Vec<String>>,
+    pub require_api_key: Option<bool>,
+    pub ipv6_prefix: Option<u8>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -95,6 +99,8 @@ pub struct Overrides {
     pub window: Option<u64>,
     pub burst: Option<u64>,
     pub max_body_bytes: Option<u64>,
+    pub client_body_timeout_ms: Option<u64>,
+    pub client_header_timeout_ms: Option<u64>,
     pub trusted_proxies: Vec<String>,
     pub fail_open: bool,
 }
@@ -171,6 +177,10 @@ fn path_under(path: &str, prefix: &str) -> bool {
 pub struct Settings {
     pub listen: SocketAddr,
     pub max_body_bytes: u64,
+    /// How long reading a request body may take (then `408`).
+    pub client_body_timeout: Duration,
+    /// How long a client may take to send a request's headers, or stay idle between requests.
+    pub client_header_timeout: Duration,
     pub upstream: Upstream,
     pub redis: RedisSettings,
     pub identity: IdentitySettings,
@@ -213,6 +223,10 @@ pub struct IdentitySettings {
     pub api_key_headers: Vec<String>,
     pub secret: Vec<u8>,
     pub trusted_proxies: Vec<IpNet>,
+    /// Answer `401` to requests without an API key instead of limiting them by IP.
+    pub require_api_key: bool,
+    /// IPv6 callers without a key share one bucket per network of this prefix length.
+    pub ipv6_prefix: u8,
 }
 
 /// A configuration error, naming the key at fault.
@@ -267,6 +281,15 @@ impl Settings {
             return err("max_body_bytes must be at least 1");
         }
 
+        let client_body_timeout = positive_ms(
+            overrides.client_body_timeout_ms.or(file.client_body_timeout_ms).unwrap_or(30_000),
+            "client_body_timeout_ms",
+        )?;
+        let client_header_timeout = positive_ms(
+            overrides.client_header_timeout_ms.or(file.client_header_timeout_ms).unwrap_or(30_000),
+            "client_header_timeout_ms",
+        )?;
+
         let upstream_url =
             overrides.upstream.clone().or(file.upstream.url).unwrap_or_else(|| DEFAULT_UPSTREAM.to_string());
         let upstream_timeout_ms = overrides.upstream_timeout_ms.or(file.upstream.timeout_ms).unwrap_or(30_000);
@@ -298,16 +321,30 @@ impl Settings {
 
         let identity = resolve_identity(file.identity, overrides, env)?;
         let policies = resolve_policies(file.policies, overrides)?;
-        Ok(Settings { listen, max_body_bytes, upstream, redis, identity, policies })
+        Ok(Settings {
+            listen,
+            max_body_bytes,
+            client_body_timeout,
+            client_header_timeout,
+            upstream,
+            redis,
+            identity,
+            policies,
+        })
     }
 
     /// The policy for a request path: the one with the longest matching prefix (the first in
     /// the file on a tie), or `None` when no policy covers the path. The path is matched in
     /// its normalized form, so `/v1/%70redict` or `/x/../v1//predict` cannot slip past a
-    /// policy for `/v1/predict` (the upstream still gets the path as sent).
+    /// policy for `/v1/predict` (the gateway forwards that normalized path, see
+    /// [`Settings::policy_for_normal`]).
     pub fn policy_for(&self, path: &str) -> Option<&Policy> {
-        let path = normalize_path(path);
-        let path = path.as_str();
+        self.policy_for_normal(&normalize_path(path))
+    }
+
+    /// [`Settings::policy_for`] for a path already normalized by [`normalize_path`] (it is not
+    /// decoded again: `%2570` stays `%70`).
+    pub fn policy_for_normal(&self, path: &str) -> Option<&Policy> {
         let mut best: Option<(&Policy, usize)> = None;
         for policy in &self.policies {
             if let Some(len) = policy.matches(path) {
@@ -325,6 +362,8 @@ impl fmt::Debug for Settings {
         f.debug_struct("Settings")
             .field("listen", &self.listen)
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("client_body_timeout", &self.client_body_timeout)
+            .field("client_header_timeout", &self.client_header_timeout)
             .field("upstream", &self.upstream)
             .field("redis_url", &redact_url(&self.redis.url))
             .field("redis_cluster_nodes", &self.redis.cluster_nodes.iter().map(|u| redact_url(u)).collect::<Vec<_>>())
@@ -333,6 +372,8 @@ impl fmt::Debug for Settings {
             .field("failure_mode", &self.redis.failure_mode)
             .field("api_key_headers", &self.identity.api_key_headers)
             .field("trusted_proxies", &self.identity.trusted_proxies)
+            .field("require_api_key", &self.identity.require_api_key)
+            .field("ipv6_prefix", &self.identity.ipv6_prefix)
             .field("policies", &self.policies)
             .finish_non_exhaustive()
     }
@@ -462,7 +503,17 @@ fn resolve_identity(
             .map_err(|_| ConfigError(format!("identity.trusted_proxies: {text:?} is not an IP or CIDR")))?;
         trusted_proxies.push(net);
     }
-    Ok(IdentitySettings { api_key_headers, secret: secret.into_bytes(), trusted_proxies })
+    let ipv6_prefix = file.ipv6_prefix.unwrap_or(64);
+    if !(1..=128).contains(&ipv6_prefix) {
+        return err(format!("identity.ipv6_prefix must be between 1 and 128 (got {ipv6_prefix})"));
+    }
+    Ok(IdentitySettings {
+        ipv6_prefix,
+        api_key_headers,
+        secret: secret.into_bytes(),
+        trusted_proxies,
+        require_api_key: file.require_api_key.unwrap_or(false),
+    })
 }
 
 fn resolve_policies(files: Vec<PolicyFile>, overrides: &Overrides) -> Result<Vec<Policy>, ConfigError> {
@@ -508,20 +559,25 @@ fn resolve_policies(files: Vec<PolicyFile>, overrides: &Overrides) -> Result<Vec
     Ok(policies)
 }
 
-/// The URL with its password replaced by `***`, for logs and error messages.
+/// The URL with its credentials hidden, for logs and error messages. Everything between
+/// `://` and the last `@` is the user info (a password may hold unencoded `/`, `?`, `#` or `@`,
+/// so the authority is not looked for first): it becomes `user:***`, or `***` when the user
+/// part before the first `:` is not plainly a user name. Without a `:` (a user name alone, or
+/// no user info at all) nothing is secret and the URL is returned as is.
 pub fn redact_url(url: &str) -> String {
     let Some(scheme_end) = url.find("://") else { return url.to_string() };
     let after = scheme_end + 3;
     let rest = &url[after..];
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    let Some(at) = authority.rfind('@') else { return url.to_string() };
-    let userinfo = &authority[..at];
-    let user = match userinfo.find(':') {
-        Some(colon) => &userinfo[..colon],
-        None => return url.to_string(),
+    let Some(at) = rest.rfind('@') else { return url.to_string() };
+    let userinfo = &rest[..at];
+    let plain = |s: &str| !s.contains(['/', '?', '#', '@']);
+    let hidden = match userinfo.split_once(':') {
+        Some((user, _)) if plain(user) => format!("{user}:***"),
+        Some(_) => "***".to_string(),
+        None if plain(userinfo) => return url.to_string(),
+        None => "***".to_string(),
     };
-    format!("{}{}:***{}", &url[..after], user, &rest[at..])
+    format!("{}{}{}", &url[..after], hidden, &rest[at..])
 }
 
 #[cfg(test)]
@@ -539,6 +595,19 @@ mod tests {
         assert_eq!(redact_url("redis://host:6379/"), "redis://host:6379/");
         assert_eq!(redact_url("redis://user@host/"), "redis://user@host/");
         assert_eq!(redact_url("redis://u:p@ss@host/"), "redis://u:***@host/");
+    }
+
+    #[test]
+    fn redacts_passwords_with_unencoded_delimiters() {
+        assert_eq!(redact_url("redis://default:se/cret@host:6379/0"), "redis://default:***@host:6379/0");
+        assert_eq!(redact_url("rediss://u:p?x#y@h/"), "rediss://u:***@h/");
+        assert_eq!(redact_url("redis://:a/b?c#d@h:1/"), "redis://:***@h:1/");
+        // A ':' inside what looks like a path: hide it all rather than guess.
+        assert_eq!(redact_url("redis://us/er:pw@h/"), "redis://***@h/");
+        for url in ["redis://default:se/cret@host:6379/0", "rediss://u:p?x#y@h/", "redis://x:s3cr/et@a@h/"] {
+            let shown = redact_url(url);
+            assert!(!shown.contains("cret") && !shown.contains("p?x") && !shown.contains("s3cr"), "{shown}");
+        }
     }
 
     #[test]
@@ -649,6 +718,30 @@ mod tests {
         let s = Settings::resolve(FileConfig::parse(cluster).unwrap(), &o, |_| Some("x".into())).unwrap();
         assert!(s.redis.cluster_nodes.is_empty(), "--redis-url picks a single server");
         assert_eq!(s.redis.url, "redis://one/");
+    }
+
+    #[test]
+    fn the_new_identity_and_timeout_keys() {
+        let policy = "[[policy]]\nname = \"p\"\nlimit = 1\nwindow = 1\n";
+        let s = settings(policy).unwrap();
+        assert!(!s.identity.require_api_key);
+        assert_eq!(s.identity.ipv6_prefix, 64);
+        assert_eq!(s.client_body_timeout, Duration::from_secs(30));
+        assert_eq!(s.client_header_timeout, Duration::from_secs(30));
+        let text = format!(
+            "client_body_timeout_ms = 500\nclient_header_timeout_ms = 700\n{policy}[identity]\nrequire_api_key = true\nipv6_prefix = 48\n"
+        );
+        let s = settings(&text).unwrap();
+        assert!(s.identity.require_api_key);
+        assert_eq!(s.identity.ipv6_prefix, 48);
+        assert_eq!(s.client_body_timeout, Duration::from_millis(500));
+        assert_eq!(s.client_header_timeout, Duration::from_millis(700));
+        for bad in ["0", "129"] {
+            let e = settings(&format!("{policy}[identity]\nipv6_prefix = {bad}\n")).err().unwrap();
+            assert!(e.0.contains("identity.ipv6_prefix"), "{e}");
+        }
+        let e = settings(&format!("client_body_timeout_ms = 0\n{policy}")).err().unwrap();
+        assert!(e.0.contains("client_body_timeout_ms"), "{e}");
     }
 
     #[test]

@@ -13,6 +13,12 @@ pub enum ApiError {
         retry_after_secs: Option<u64>,
     },
     BadRequest(&'static str),
+    /// `401`: no API key and `identity.require_api_key = true`.
+    Unauthorized,
+    /// `408`: the request body did not arrive within `client_body_timeout_ms`.
+    RequestTimeout {
+        ms: u64,
+    },
     PayloadTooLarge {
         limit: u64,
     },
@@ -43,6 +49,8 @@ impl ApiError {
         match self {
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UpstreamUnavailable { .. } => StatusCode::BAD_GATEWAY,
             ApiError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -62,6 +70,14 @@ impl ApiError {
                 "message": "This request is larger than the rate limit allows and can never be admitted.",
             }}),
             ApiError::BadRequest(why) => json!({"error": {"type": "bad_request", "message": why}}),
+            ApiError::Unauthorized => json!({"error": {
+                "type": "unauthorized",
+                "message": "An API key is required.",
+            }}),
+            ApiError::RequestTimeout { ms } => json!({"error": {
+                "type": "request_timeout",
+                "message": format!("The request body did not arrive within {ms} ms."),
+            }}),
             ApiError::PayloadTooLarge { limit } => json!({"error": {
                 "type": "payload_too_large",
                 "message": format!("The request body is larger than {limit} bytes."),
@@ -87,7 +103,8 @@ impl ApiError {
             ApiError::UpstreamTimeout { detail } => tracing::warn!(%detail, "upstream timed out"),
             ApiError::LimiterUnavailable { detail } => tracing::error!(%detail, "rate limiter unavailable, refusing"),
             ApiError::BadRequest(why) => tracing::debug!(why, "bad request"),
-            ApiError::PayloadTooLarge { .. } | ApiError::RateLimited { .. } => {}
+            ApiError::RequestTimeout { ms } => tracing::debug!(ms, "request body timed out"),
+            ApiError::PayloadTooLarge { .. } | ApiError::RateLimited { .. } | ApiError::Unauthorized => {}
         }
     }
 }
@@ -96,8 +113,18 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         self.log();
         let mut response = (self.status(), axum::Json(self.body())).into_response();
-        if let ApiError::RateLimited { retry_after_secs: Some(secs) } = self {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        match self {
+            ApiError::RateLimited { retry_after_secs: Some(secs) } => {
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            }
+            ApiError::Unauthorized => {
+                response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            // The rest of the body is still on the wire: this connection cannot carry another request.
+            ApiError::RequestTimeout { .. } => {
+                response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            _ => {}
         }
         response
     }

@@ -5,6 +5,9 @@
 //!   the `Retry-After` value, so the two never disagree.
 //! - `X-RateLimit-Limit`, `X-RateLimit-Remaining`, `X-RateLimit-Reset` (seconds until the
 //!   bucket is full again, rounded up), the form most clients already read.
+//! - `q` and `X-RateLimit-Limit` are the policy's limit per window, while `r` and
+//!   `X-RateLimit-Remaining` count out of the bucket (`burst`): with a burst above the limit,
+//!   remaining can exceed the limit.
 //! - On `429` only: `Retry-After` (seconds, rounded up, never earlier than the module's answer).
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};

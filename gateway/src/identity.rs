@@ -6,10 +6,10 @@
 //! name, so neither raw API keys nor addresses are stored.
 
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::str::FromStr;
 
-use hyper::header::{HeaderMap, AUTHORIZATION};
+use hyper::header::{HeaderMap, AUTHORIZATION, CONNECTION};
 use ring::hmac;
 
 /// Hex digits of the HMAC kept in the key name (128 bits).
@@ -96,23 +96,59 @@ impl fmt::Debug for IpNet {
     }
 }
 
-/// Why a request cannot be identified (answered with `400`).
+/// `X-Forwarded-For` from a trusted proxy is not a list of addresses.
 #[derive(Debug, PartialEq, Eq)]
 pub struct BadForwardedFor;
 
-/// The API key from the first configured header that carries one; `authorization` must hold
-/// `Bearer <key>` (other schemes are skipped).
-pub fn api_key(headers: &HeaderMap, header_names: &[String]) -> Option<Vec<u8>> {
+/// Why a request cannot be identified (answered with `400`, before any quota is spent).
+#[derive(Debug, PartialEq, Eq)]
+pub enum BadIdentity {
+    /// Two different API keys (in two headers, or two values of one header): which one would
+    /// be charged and which one would the model authenticate?
+    ConflictingKeys,
+    /// `Connection` names an API-key header: the gateway would charge that key and then strip
+    /// the header before forwarding.
+    KeyHeaderIsHopByHop,
+    ForwardedFor,
+}
+
+impl BadIdentity {
+    pub fn message(&self) -> &'static str {
+        match self {
+            BadIdentity::ConflictingKeys => "The request carries more than one API key; send exactly one.",
+            BadIdentity::KeyHeaderIsHopByHop => "The Connection header must not name the API key header.",
+            BadIdentity::ForwardedFor => "Malformed X-Forwarded-For header.",
+        }
+    }
+}
+
+/// The request's API key: the one key carried by the configured headers (`authorization`
+/// must hold `Bearer <key>`; other schemes are skipped). The same key sent twice is fine; two
+/// different keys, or a `Connection` header naming a key header, are refused.
+pub fn api_key(headers: &HeaderMap, header_names: &[String]) -> Result<Option<Vec<u8>>, BadIdentity> {
+    let hop_by_hop = headers
+        .get_all(CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .any(|token| header_names.iter().any(|name| name.as_bytes().eq_ignore_ascii_case(token)));
+    if hop_by_hop {
+        return Err(BadIdentity::KeyHeaderIsHopByHop);
+    }
+    let mut found: Option<&[u8]> = None;
     for name in header_names {
         for value in headers.get_all(name.as_str()) {
             let bytes = value.as_bytes();
             let key = if name.as_str() == AUTHORIZATION.as_str() { bearer_token(bytes) } else { Some(bytes) };
             if let Some(key) = key.map(<[u8]>::trim_ascii).filter(|k| !k.is_empty()) {
-                return Some(key.to_vec());
+                match found {
+                    Some(first) if first != key => return Err(BadIdentity::ConflictingKeys),
+                    _ => found = Some(key),
+                }
             }
         }
     }
-    None
+    Ok(found.map(<[u8]>::to_vec))
 }
 
 fn bearer_token(value: &[u8]) -> Option<&[u8]> {
@@ -161,11 +197,29 @@ pub fn identify(
     peer: SocketAddr,
     header_names: &[String],
     trusted: &[IpNet],
-) -> Result<Identity, BadForwardedFor> {
-    match api_key(headers, header_names) {
+) -> Result<Identity, BadIdentity> {
+    match api_key(headers, header_names)? {
         Some(key) => Ok(Identity::ApiKey(key)),
-        None => client_ip(headers, peer, trusted).map(Identity::Ip),
+        None => client_ip(headers, peer, trusted).map(Identity::Ip).map_err(|_| BadIdentity::ForwardedFor),
     }
+}
+
+/// The address a caller without a key is limited by: IPv4 addresses as they are, IPv6 ones
+/// cut to their first `v6_prefix` bits (one holder of a /64 has 2^64 addresses, not 2^64
+/// budgets).
+pub fn bucket_ip(ip: IpAddr, v6_prefix: u8) -> IpAddr {
+    match canonical(ip) {
+        IpAddr::V6(v6) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(v6_prefix.min(128))).unwrap_or(0);
+            IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask))
+        }
+        v4 => v4,
+    }
+}
+
+/// Whether the TCP peer is one of the trusted proxies.
+pub fn is_trusted(peer: SocketAddr, trusted: &[IpNet]) -> bool {
+    trusted.iter().any(|net| net.contains(peer.ip()))
 }
 
 /// The hashing key, built once from the configured secret.
@@ -228,14 +282,39 @@ mod tests {
 
     #[test]
     fn bearer_then_x_api_key() {
-        assert_eq!(api_key(&headers(&[("authorization", "Bearer abc")]), &names()), Some(b"abc".to_vec()));
-        assert_eq!(api_key(&headers(&[("authorization", "bearer  abc ")]), &names()), Some(b"abc".to_vec()));
-        assert_eq!(api_key(&headers(&[("x-api-key", "k1")]), &names()), Some(b"k1".to_vec()));
+        let key = |k: &[u8]| Ok(Some(k.to_vec()));
+        assert_eq!(api_key(&headers(&[("authorization", "Bearer abc")]), &names()), key(b"abc"));
+        assert_eq!(api_key(&headers(&[("authorization", "bearer  abc ")]), &names()), key(b"abc"));
+        assert_eq!(api_key(&headers(&[("x-api-key", "k1")]), &names()), key(b"k1"));
         let both = headers(&[("authorization", "Basic dXNlcg=="), ("x-api-key", "k2")]);
-        assert_eq!(api_key(&both, &names()), Some(b"k2".to_vec()));
-        assert_eq!(api_key(&headers(&[("authorization", "Bearer ")]), &names()), None);
-        assert_eq!(api_key(&headers(&[("authorization", "Bearerabc")]), &names()), None);
-        assert_eq!(api_key(&headers(&[]), &names()), None);
+        assert_eq!(api_key(&both, &names()), key(b"k2"));
+        assert_eq!(api_key(&headers(&[("authorization", "Bearer ")]), &names()), Ok(None));
+        assert_eq!(api_key(&headers(&[("authorization", "Bearerabc")]), &names()), Ok(None));
+        assert_eq!(api_key(&headers(&[]), &names()), Ok(None));
+        let same = headers(&[("authorization", "Bearer k"), ("x-api-key", "k"), ("x-api-key", " k")]);
+        assert_eq!(api_key(&same, &names()), key(b"k"));
+    }
+
+    #[test]
+    fn two_different_keys_are_refused() {
+        let two = headers(&[("authorization", "Bearer victim"), ("x-api-key", "mine")]);
+        assert_eq!(api_key(&two, &names()), Err(BadIdentity::ConflictingKeys));
+        let repeated = headers(&[("x-api-key", "a"), ("x-api-key", "b")]);
+        assert_eq!(api_key(&repeated, &names()), Err(BadIdentity::ConflictingKeys));
+        let bearers = headers(&[("authorization", "Bearer a"), ("authorization", "Bearer b")]);
+        assert_eq!(api_key(&bearers, &names()), Err(BadIdentity::ConflictingKeys));
+        let ip = peer("203.0.113.9");
+        assert_eq!(identify(&two, ip, &names(), &[]), Err(BadIdentity::ConflictingKeys));
+    }
+
+    #[test]
+    fn a_connection_header_naming_a_key_header_is_refused() {
+        for connection in ["authorization", "keep-alive, X-API-Key", " Authorization "] {
+            let h = headers(&[("authorization", "Bearer k"), ("connection", connection)]);
+            assert_eq!(api_key(&h, &names()), Err(BadIdentity::KeyHeaderIsHopByHop), "{connection}");
+        }
+        let fine = headers(&[("authorization", "Bearer k"), ("connection", "keep-alive, x-other")]);
+        assert_eq!(api_key(&fine, &names()), Ok(Some(b"k".to_vec())));
     }
 
     #[test]
@@ -259,6 +338,17 @@ mod tests {
         assert_eq!(client_ip(&junk, peer("10.0.0.3"), &trusted), Err(BadForwardedFor));
         let v6 = headers(&[("x-forwarded-for", "[2001:db8::1]:443")]);
         assert_eq!(client_ip(&v6, peer("::ffff:10.0.0.3"), &trusted), Ok("2001:db8::1".parse().unwrap()));
+    }
+
+    #[test]
+    fn ipv6_callers_are_grouped_by_prefix() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(bucket_ip(ip("2001:db8:1:2:3:4:5:6"), 64), ip("2001:db8:1:2::"));
+        assert_eq!(bucket_ip(ip("2001:db8:1:2:3:4:5:6"), 48), ip("2001:db8:1::"));
+        assert_eq!(bucket_ip(ip("2001:db8:1:2:3:4:5:6"), 128), ip("2001:db8:1:2:3:4:5:6"));
+        assert_eq!(bucket_ip(ip("2001:db8::1"), 0), ip("::"));
+        assert_eq!(bucket_ip(ip("198.51.100.7"), 64), ip("198.51.100.7"));
+        assert_eq!(bucket_ip(ip("::ffff:198.51.100.7"), 64), ip("198.51.100.7"));
     }
 
     #[test]

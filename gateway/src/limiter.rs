@@ -58,6 +58,13 @@ struct ClusterBackend {
     conn: OnceCell<ClusterConnection>,
 }
 
+/// Command retries of the cluster client: none. `RL.CHECK` is not idempotent, and a retry
+/// after a dropped connection may run it a second time (the first may have been applied), so a
+/// request could be charged twice. A `MOVED` after a resharding therefore fails that one
+/// request (answered per `failure_mode`) while the client refreshes its slot map; the next
+/// request goes to the right node.
+pub const CLUSTER_COMMAND_RETRIES: u32 = 0;
+
 #[derive(Clone)]
 pub struct Limiter {
     backend: Backend,
@@ -94,7 +101,7 @@ impl Limiter {
             let mut builder = ClusterClientBuilder::new(settings.cluster_nodes.iter().map(String::as_str))
                 .connection_timeout(settings.connect_timeout)
                 .response_timeout(settings.timeout)
-                .retries(2);
+                .retries(CLUSTER_COMMAND_RETRIES);
             if settings.cluster_nodes.iter().all(|n| n.starts_with("rediss://")) {
                 builder = builder.tls(redis::TlsMode::Secure);
             }
@@ -160,4 +167,14 @@ impl Limiter {
 /// Whole seconds, rounded up: a client told to wait this long is never early.
 pub fn ceil_secs(ms: u64) -> u64 {
     ms.div_ceil(1000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cluster_client_never_retries_a_charge() {
+        assert_eq!(CLUSTER_COMMAND_RETRIES, 0, "a retried RL.CHECK can charge one request twice");
+    }
 }

@@ -79,6 +79,13 @@ struct ServeArgs {
     /// Largest request body in bytes [config: max_body_bytes].
     #[arg(long)]
     max_body_bytes: Option<u64>,
+    /// Time allowed to receive a request body in ms, then 408 [config: client_body_timeout_ms; default 30000].
+    #[arg(long)]
+    client_body_timeout_ms: Option<u64>,
+    /// Time allowed to send request headers (and to stay idle between requests) in ms, then the
+    /// connection is closed [config: client_header_timeout_ms; default 30000].
+    #[arg(long)]
+    client_header_timeout_ms: Option<u64>,
     /// A proxy (IP or CIDR) whose X-Forwarded-For is trusted; repeatable, added to the config's list.
     #[arg(long = "trusted-proxy")]
     trusted_proxies: Vec<String>,
@@ -200,6 +207,8 @@ fn serve_gateway(args: ServeArgs) -> Result<(), String> {
         window: args.window,
         burst: args.burst,
         max_body_bytes: args.max_body_bytes,
+        client_body_timeout_ms: args.client_body_timeout_ms,
+        client_header_timeout_ms: args.client_header_timeout_ms,
         trusted_proxies: args.trusted_proxies,
         fail_open: args.fail_open,
     };
@@ -220,6 +229,7 @@ fn serve_gateway(args: ServeArgs) -> Result<(), String> {
     let rt = runtime().map_err(|e| e.to_string())?;
     rt.block_on(async {
         let listen = settings.listen;
+        let header_timeout = settings.client_header_timeout;
         let state = AppState::new(settings)?;
         // Say early (without delaying the start) when Redis or the module is missing.
         let limiter = state.limiter().clone();
@@ -232,7 +242,7 @@ fn serve_gateway(args: ServeArgs) -> Result<(), String> {
                 ),
             }
         });
-        serve::run("gateway", listen, app(state)).await.map_err(|e| e.to_string())
+        serve::run("gateway", listen, app(state), header_timeout).await.map_err(|e| e.to_string())
     })
 }
 
@@ -240,17 +250,16 @@ fn serve_model(args: ModelArgs) -> Result<(), String> {
     let rt = runtime().map_err(|e| e.to_string())?;
     rt.block_on(async {
         tracing::info!(model = model::MODEL_NAME, latency_ms = args.latency_ms, "demo model");
-        serve::run("model", args.listen, model::router(Duration::from_millis(args.latency_ms)))
-            .await
-            .map_err(|e| e.to_string())
+        let router = model::router(Duration::from_millis(args.latency_ms));
+        serve::run("model", args.listen, router, serve::DEFAULT_HEADER_TIMEOUT).await.map_err(|e| e.to_string())
     })
 }
 
 fn run_client(args: ClientArgs) -> ExitCode {
     if let Some(rate) = args.rate {
-        if !(rate.is_finite() && rate > 0.0) {
-            eprintln!("error: --rate must be a positive number of requests per second");
-            return ExitCode::from(64);
+        if let Err(why) = client::interval(rate) {
+            eprintln!("error: {why}");
+            return ExitCode::from(2);
         }
     }
     let options = ClientOptions {

@@ -3,8 +3,8 @@
 //!
 //! - `POST /v1/predict` with `{"text": "..."}` -> `{"model", "label", "score", "tokens"}`
 //! - `GET /v1/models` -> the model's name and description
-//! - `ANY /v1/echo` -> what the model received (method, path, query, headers, body length),
-//!   to check what the gateway forwards
+//! - `ANY /v1/echo` and `ANY /v1/echo/...` -> what the model received (method, path as
+//!   received, query, headers, body length), to check what the gateway forwards
 //! - `GET /healthz`
 //!
 //! The model is a lexicon of weighted words with negation ("not good" counts as bad), turned
@@ -115,6 +115,7 @@ pub fn router(latency: Duration) -> Router {
         .route("/v1/predict", post(predict_handler))
         .route("/v1/models", get(models))
         .route("/v1/echo", any(echo))
+        .route("/v1/echo/{*rest}", any(echo))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .with_state(ModelState { latency })
 }

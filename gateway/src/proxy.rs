@@ -1,5 +1,6 @@
-//! Forwarding an admitted request to the model: same method, path, query, headers (minus
-//! hop-by-hop ones) and body; the answer is streamed back as it arrives.
+//! Forwarding an admitted request to the model: same method, query, headers (minus hop-by-hop
+//! ones) and body, and the normalized path the policy was chosen on; the answer is streamed
+//! back as it arrives.
 
 use std::net::SocketAddr;
 
@@ -42,6 +43,27 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Forwarding headers believed only from a trusted proxy; from other peers they are dropped
+/// (and `X-Forwarded-For`, `-Host`, `-Proto` written afresh).
+const UNTRUSTED_FORWARDING: [&str; 5] =
+    ["x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "forwarded", "x-real-ip"];
+
+/// A decoded path made fit for a request line again: `/` and the characters a path segment
+/// may hold as they are, anything else percent-encoded. `;` and `\` are encoded too, so a
+/// model server cannot read them as path parameters or separators: after decoding it sees
+/// exactly the path the policy was chosen on.
+pub fn encode_path(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for &b in path.as_bytes() {
+        if b.is_ascii_alphanumeric() || b"/-._~!$&'()*+,=:@".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 #[derive(Clone)]
 pub struct UpstreamClient {
     client: Client<HttpConnector, Full<Bytes>>,
@@ -57,39 +79,67 @@ impl UpstreamClient {
         UpstreamClient { client, upstream }
     }
 
-    /// The upstream URI for a request URI: origin + base path + path + query.
-    pub fn target(&self, uri: &Uri) -> Result<Uri, ApiError> {
-        let path_and_query = uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
-        format!("{}{}{}", self.upstream.origin, self.upstream.base_path, path_and_query)
-            .parse()
-            .map_err(|_| ApiError::BadRequest("The request target is not a valid path."))
+    /// The upstream URI: origin + base path + `path` (a normalized, decoded path, see
+    /// [`crate::config::normalize_path`], encoded again by [`encode_path`]) + the original query.
+    pub fn target(&self, path: &str, query: Option<&str>) -> Result<Uri, ApiError> {
+        let mut uri = format!("{}{}{}", self.upstream.origin, self.upstream.base_path, encode_path(path));
+        if let Some(query) = query {
+            uri.push('?');
+            uri.push_str(query);
+        }
+        uri.parse().map_err(|_| ApiError::BadRequest("The request target is not a valid path."))
     }
 
+    /// Forwards the request with `path` (the normalized path the policy was chosen on) in
+    /// place of the one sent. `peer_trusted`: the peer is a trusted proxy, whose forwarding
+    /// headers are kept (and extended); from anyone else they are dropped.
     pub async fn forward(
         &self,
         parts: request::Parts,
+        path: &str,
         body: Bytes,
         peer: SocketAddr,
+        peer_trusted: bool,
     ) -> Result<Response<Body>, ApiError> {
-        let uri = self.target(&parts.uri)?;
+        let uri = self.target(path, parts.uri.query())?;
         let mut headers = parts.headers;
         strip_hop_by_hop(&mut headers);
-        // The model sees its own authority in Host (the client sets it from the URI), the
-        // original one in X-Forwarded-Host, and the hop that reached the gateway appended to
-        // X-Forwarded-For. The body is re-framed, so its length is recomputed.
-        if let Some(host) = headers.remove(header::HOST) {
-            headers.insert("x-forwarded-host", host);
-        }
+        // The model sees its own authority in Host (the client sets it from the URI). From a
+        // trusted proxy, its X-Forwarded-* / Forwarded / X-Real-IP headers are kept, and all its
+        // X-Forwarded-For lines are joined with the peer appended; from anyone else they are
+        // dropped, X-Forwarded-For is the peer, X-Forwarded-Host the original Host and
+        // X-Forwarded-Proto "http". The body is re-framed, so its length is recomputed.
+        let host = headers.remove(header::HOST);
         headers.remove(header::CONTENT_LENGTH);
-        let peer_ip = peer.ip().to_string();
-        let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            Some(prior) => format!("{prior}, {peer_ip}"),
-            None => peer_ip,
+        let prior_hops: Vec<&str> = if peer_trusted {
+            headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).collect()
+        } else {
+            Vec::new()
         };
-        if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+        let mut forwarded_for = prior_hops.join(", ");
+        if !forwarded_for.is_empty() {
+            forwarded_for.push_str(", ");
+        }
+        forwarded_for.push_str(&peer.ip().to_string());
+        let forwarded_for = HeaderValue::from_str(&forwarded_for);
+        if !peer_trusted {
+            // Whatever a direct client says about earlier hops is made up.
+            for name in UNTRUSTED_FORWARDING {
+                headers.remove(name);
+            }
+        }
+        headers.remove("x-forwarded-for");
+        if let Ok(value) = forwarded_for {
             headers.insert("x-forwarded-for", value);
         }
-        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        if !headers.contains_key("x-forwarded-host") {
+            if let Some(host) = host {
+                headers.insert("x-forwarded-host", host);
+            }
+        }
+        if !headers.contains_key("x-forwarded-proto") {
+            headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        }
 
         let mut request = Request::builder()
             .method(parts.method)
@@ -141,5 +191,30 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("content-type"));
+    }
+
+    #[test]
+    fn paths_are_encoded_back_to_what_was_matched() {
+        assert_eq!(encode_path("/v1/predict"), "/v1/predict");
+        assert_eq!(encode_path("/v1/predict;x=1"), "/v1/predict%3Bx=1");
+        assert_eq!(encode_path("/v1\\predict"), "/v1%5Cpredict");
+        assert_eq!(encode_path("/a b/%70/?#"), "/a%20b/%2570/%3F%23");
+        assert_eq!(encode_path("/caf\u{e9}"), "/caf%C3%A9");
+    }
+
+    #[test]
+    fn the_target_is_origin_base_path_encoded_path_and_query() {
+        let upstream = |base: &str| {
+            UpstreamClient::new(Upstream {
+                origin: "http://127.0.0.1:19000".into(),
+                base_path: base.into(),
+                timeout: std::time::Duration::from_secs(1),
+            })
+        };
+        let t = upstream("").target("/v1/predict", Some("a=1")).unwrap();
+        assert_eq!(t.to_string(), "http://127.0.0.1:19000/v1/predict?a=1");
+        let t = upstream("/m").target("/v1/x;y", None).unwrap();
+        assert_eq!(t.port_u16(), Some(19000));
+        assert_eq!(t.path(), "/m/v1/x%3By");
     }
 }

@@ -219,7 +219,8 @@ async fn forwards_method_path_query_headers_and_body_but_not_hop_by_hop_headers(
     assert_eq!(seen["body_bytes"], 10);
     assert_eq!(seen["headers"]["x-custom"], "kept");
     assert_eq!(seen["headers"]["authorization"], "Bearer k");
-    assert_eq!(seen["headers"]["x-forwarded-for"], "192.0.2.1, 127.0.0.1");
+    // From an untrusted peer the claimed earlier hops are dropped: only the peer is reported.
+    assert_eq!(seen["headers"]["x-forwarded-for"], "127.0.0.1");
     assert_eq!(seen["headers"]["x-forwarded-host"], format!("127.0.0.1:{}", gateway.port));
     assert!(seen["headers"].get("x-hop").is_none(), "{seen}");
     assert!(answer.headers.contains_key("ratelimit"));
@@ -365,4 +366,228 @@ async fn the_demo_model_answers_directly() {
     assert_eq!(answer.json()["model"], "lexicon-sentiment-v1");
     let bad = send(Method::POST, &model.url("/v1/predict"), &[], Bytes::from_static(b"{")).await.unwrap();
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn two_different_api_keys_or_a_hop_by_hop_key_header_get_400_before_any_charge() {
+    let redis = RedisServer::start();
+    let model = start_model(0).await;
+    let gateway = start_gateway(&redis, &model.url(""), 1, 60, &[]).await;
+
+    let refused = [
+        vec![("authorization", "Bearer victim-key"), ("x-api-key", "my-key")],
+        vec![("x-api-key", "victim-key"), ("x-api-key", "my-key")],
+        vec![("authorization", "Bearer victim-key"), ("authorization", "Bearer my-key")],
+        vec![("authorization", "Bearer victim-key"), ("connection", "authorization")],
+        vec![("x-api-key", "my-key"), ("connection", "keep-alive, X-API-Key")],
+    ];
+    for headers in &refused {
+        let answer = predict(&gateway, headers).await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{headers:?}\n{}", gateway.logs());
+        assert_eq!(answer.json()["error"]["type"], "bad_request", "{headers:?}");
+        assert!(answer.headers.get("ratelimit").is_none(), "{headers:?}");
+    }
+    // Nothing was charged: each key (and the IP) still has its one request.
+    for headers in [vec![("authorization", "Bearer victim-key")], vec![("x-api-key", "my-key")], vec![]] {
+        let answer = predict(&gateway, &headers).await;
+        assert_eq!(answer.status, StatusCode::OK, "{headers:?}");
+        assert_eq!(answer.header("x-ratelimit-remaining"), "0");
+    }
+    // The same key twice is one caller.
+    let same = predict(&gateway, &[("authorization", "Bearer k"), ("x-api-key", "k")]).await;
+    assert_eq!(same.status, StatusCode::OK);
+    let mut con = redis.client();
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut con).unwrap();
+    assert_eq!(keys.len(), 4, "{keys:?}");
+}
+
+#[tokio::test]
+async fn require_api_key_answers_401_to_requests_without_one() {
+    let redis = RedisServer::start();
+    let model = start_model(0).await;
+    let (_dir, config) =
+        config_file("[identity]\nrequire_api_key = true\n[[policy]]\nname = \"default\"\nlimit = 5\nwindow = 60\n");
+    let args = vec!["--config".to_string(), config.display().to_string()];
+    let gateway = start_gateway_args(&redis.url(), &model.url(""), &args).await;
+
+    let anonymous = predict(&gateway, &[]).await;
+    assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED, "{}", gateway.logs());
+    assert_eq!(anonymous.json()["error"]["type"], "unauthorized");
+    assert_eq!(anonymous.header("www-authenticate"), "Bearer");
+    let keyed = predict(&gateway, &[("x-api-key", "k")]).await;
+    assert_eq!(keyed.status, StatusCode::OK);
+    assert_eq!(keyed.header("x-ratelimit-remaining"), "4");
+}
+
+#[tokio::test]
+async fn a_request_target_that_is_not_a_path_gets_400_and_costs_nothing() {
+    let redis = RedisServer::start();
+    let model = start_model(0).await;
+    let gateway = start_gateway(&redis, &model.url(""), 1, 60, &[]).await;
+
+    let answer = raw_answer(
+        gateway.port,
+        b"OPTIONS * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(10),
+    );
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}\n{}", gateway.logs());
+    assert!(answer.contains(r#""type":"bad_request""#), "{answer}");
+    assert!(!answer.to_ascii_lowercase().contains("ratelimit"), "{answer}");
+    let connect = raw_answer(
+        gateway.port,
+        b"CONNECT 127.0.0.1:80 HTTP/1.1\r\nHost: 127.0.0.1:80\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(10),
+    );
+    assert!(connect.starts_with("HTTP/1.1 400"), "{connect}\n{}", gateway.logs());
+    let first = predict(&gateway, &[]).await;
+    assert_eq!(first.status, StatusCode::OK, "OPTIONS * or CONNECT was charged");
+}
+
+#[tokio::test]
+async fn the_model_gets_exactly_the_normalized_path_the_policy_was_chosen_on() {
+    let redis = RedisServer::start();
+    let model = start_model(0).await;
+    let args = vec!["--config".to_string(), example_config().display().to_string()];
+    let gateway = start_gateway_args(&redis.url(), &model.url(""), &args).await;
+
+    let path_seen = |answer: &Answer| answer.json()["path"].as_str().unwrap().to_string();
+    for (sent, forwarded) in [
+        ("/v1//echo", "/v1/echo"),
+        ("/v1/%65cho", "/v1/echo"),
+        ("/v1/echo/x/..", "/v1/echo"),
+        ("/x/../v1/./echo", "/v1/echo"),
+        ("/v1/echo/a;x=1", "/v1/echo/a%3Bx=1"),
+        ("/v1/echo/%2570?q=1", "/v1/echo/%2570"),
+    ] {
+        let answer = send(Method::GET, &gateway.url(sent), &[], Bytes::new()).await.unwrap();
+        assert_eq!(answer.status, StatusCode::OK, "{sent}\n{}", gateway.logs());
+        assert_eq!(path_seen(&answer), forwarded, "{sent}");
+        assert_eq!(answer.header("ratelimit-policy"), "\"default\";q=60;w=60", "{sent}");
+    }
+    // Paths that only look like /v1/predict fall under another policy, and the model does
+    // not treat them as /v1/predict either.
+    for sent in ["/v1/predict;x=1", "/V1/predict", "/v1/predict/.."] {
+        let answer = send(Method::POST, &gateway.url(sent), &[], r#"{"text":"hi"}"#).await.unwrap();
+        assert_eq!(answer.header("ratelimit-policy"), "\"default\";q=60;w=60", "{sent}");
+        assert_eq!(answer.status, StatusCode::NOT_FOUND, "{sent} reached the model's predict: {answer:?}");
+    }
+    // Encoded or dot-segment ways to /v1/predict are charged to the predict policy.
+    for sent in ["/v1/%70redict", "/v1/x/../predict", "/v1//predict"] {
+        let answer = send(Method::POST, &gateway.url(sent), &[], r#"{"text":"hi"}"#).await.unwrap();
+        assert_eq!(answer.status, StatusCode::OK, "{sent}");
+        assert_eq!(answer.header("ratelimit-policy"), "\"predict\";q=10;w=60", "{sent}");
+    }
+    // A backslash is not a separator: it reaches the model encoded, so no server can read it as one.
+    let raw = raw_answer(
+        gateway.port,
+        b"GET /v1/echo/a\\b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(10),
+    );
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    assert!(raw.contains(r#""path":"/v1/echo/a%5Cb""#), "{raw}");
+}
+
+#[tokio::test]
+async fn a_stalled_request_body_gets_408() {
+    let redis = RedisServer::start();
+    let model = start_model(0).await;
+    let gateway = start_gateway(&redis, &model.url(""), 5, 60, &["--client-body-timeout-ms", "300"]).await;
+
+    let started = std::time::Instant::now();
+    let partial = b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"text\":";
+    let answer = raw_answer(gateway.port, partial, Duration::from_secs(10));
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}\n{}", gateway.logs());
+    assert!(answer.contains(r#""type":"request_timeout""#), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(9), "answered only when the client gave up");
+}
+
+#[tokio::test]
+async fn forwarding_headers_are_kept_from_a_trusted_proxy_and_dropped_from_anyone_else() {
+    let redis = RedisServer::start();
+    let model = start_model(0).await;
+    let headers = [
+        ("x-forwarded-for", "192.0.2.1"),
+        ("x-forwarded-for", "198.51.100.2, 198.51.100.3"),
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "api.example.com"),
+        ("forwarded", "for=192.0.2.1;proto=https"),
+        ("x-real-ip", "192.0.2.1"),
+    ];
+
+    let trusted = start_gateway(&redis, &model.url(""), 5, 60, &["--trusted-proxy", "127.0.0.1"]).await;
+    let seen = send(Method::GET, &trusted.url("/v1/echo"), &headers, Bytes::new()).await.unwrap().json();
+    let h = &seen["headers"];
+    assert_eq!(h["x-forwarded-for"], "192.0.2.1, 198.51.100.2, 198.51.100.3, 127.0.0.1", "{seen}");
+    assert_eq!(h["x-forwarded-proto"], "https", "{seen}");
+    assert_eq!(h["x-forwarded-host"], "api.example.com", "{seen}");
+    assert_eq!(h["forwarded"], "for=192.0.2.1;proto=https", "{seen}");
+    assert_eq!(h["x-real-ip"], "192.0.2.1", "{seen}");
+
+    let direct = start_gateway(&redis, &model.url(""), 5, 60, &[]).await;
+    let seen = send(Method::GET, &direct.url("/v1/echo"), &headers, Bytes::new()).await.unwrap().json();
+    let h = &seen["headers"];
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1", "{seen}");
+    assert_eq!(h["x-forwarded-proto"], "http", "{seen}");
+    assert_eq!(h["x-forwarded-host"], format!("127.0.0.1:{}", direct.port), "{seen}");
+    assert!(h.get("forwarded").is_none() && h.get("x-real-ip").is_none(), "{seen}");
+}
+
+#[test]
+fn the_client_refuses_a_rate_it_cannot_schedule() {
+    for rate in ["1e-300", "0", "-1", "NaN"] {
+        let flag = format!("--rate={rate}");
+        let out = run_client(&["--url", "http://127.0.0.1:1/", "-n", "1", &flag]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "--rate {rate}: {stderr}");
+        assert!(stderr.contains("error: --rate"), "--rate {rate}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+#[tokio::test]
+async fn ipv6_callers_without_a_key_share_a_bucket_per_64() {
+    let redis = RedisServer::start();
+    let model = start_model(0).await;
+    let gateway = start_gateway(&redis, &model.url(""), 1, 60, &["--trusted-proxy", "127.0.0.1"]).await;
+
+    let xff = |v: &'static str| [("x-forwarded-for", v)];
+    assert_eq!(predict(&gateway, &xff("2001:db8:0:1::1")).await.status, StatusCode::OK);
+    // Another address of the same /64 is the same caller.
+    let same_net = predict(&gateway, &xff("2001:db8:0:1:ffff::2")).await;
+    assert_eq!(same_net.status, StatusCode::TOO_MANY_REQUESTS, "{}", gateway.logs());
+    // Another /64 is another caller.
+    assert_eq!(predict(&gateway, &xff("2001:db8:0:2::1")).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_headers_is_disconnected() {
+    let redis = RedisServer::start();
+    let model = start_model(0).await;
+    let gateway = start_gateway(&redis, &model.url(""), 5, 60, &["--client-header-timeout-ms", "300"]).await;
+
+    let started = std::time::Instant::now();
+    let answer = raw_answer(gateway.port, b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Slow: ", Duration::from_secs(10));
+    assert!(started.elapsed() < Duration::from_secs(9), "the connection stayed open: {answer:?}\n{}", gateway.logs());
+    assert!(!answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // Whole requests are still served.
+    assert_eq!(get(&gateway.url("/v1/models")).await.unwrap().status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn sigterm_lets_an_open_request_finish_then_exits() {
+    let redis = RedisServer::start();
+    let model = start_model(1500).await;
+    let mut gateway = start_gateway(&redis, &model.url(""), 5, 60, &[]).await;
+
+    let url = gateway.url("/v1/predict");
+    let open = tokio::spawn(async move {
+        send(Method::POST, &url, &[("content-type", "application/json")], r#"{"text":"good"}"#).await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    gateway.terminate();
+    let answer = open.await.unwrap().unwrap();
+    assert_eq!(answer.status, StatusCode::OK, "the open request was cut off: {answer:?}");
+    let status = gateway.wait_exit(Duration::from_secs(10));
+    assert!(status.is_some_and(|s| s.success()), "{status:?}\n{}", gateway.logs());
+    assert!(gateway.logs().contains("gateway stopped"), "{}", gateway.logs());
 }

@@ -45,6 +45,26 @@ impl Proc {
         Proc { name: name.to_string(), port, child, dir }
     }
 
+    /// Sends SIGTERM (via `kill`, as a service manager would).
+    pub fn terminate(&self) {
+        let status = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().unwrap();
+        assert!(status.success(), "kill -TERM {} failed", self.child.id());
+    }
+
+    /// Waits up to `limit` for the process to exit; its status, or `None` if it still runs.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{}", self.port, path)
     }
@@ -187,6 +207,25 @@ pub fn raw_status_line(port: u16, request: &[u8]) -> String {
     }
     let text = String::from_utf8_lossy(&answer).to_string();
     text.lines().next().unwrap_or("").to_string()
+}
+
+/// Writes raw bytes (a request with `Connection: close`) to a port and returns the whole
+/// answer as text, or what arrived before `wait` passed.
+pub fn raw_answer(port: u16, request: &[u8], wait: Duration) -> String {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(wait)).unwrap();
+    stream.write_all(request).unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).to_string()
+}
+
+/// A config file in a temporary directory (kept while the guard lives).
+pub fn config_file(text: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::Builder::new().prefix("gw-config-").tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    fs::write(&path, text).unwrap();
+    (dir, path)
 }
 
 /// Runs `gateway client` with `args` to completion.

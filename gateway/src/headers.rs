@@ -12,8 +12,10 @@
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 
+use rl_protocol::CheckReply;
+
 use crate::config::Policy;
-use crate::limiter::{ceil_secs, Decision};
+use crate::limiter::ceil_secs;
 
 pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
@@ -23,11 +25,11 @@ pub const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-r
 
 /// `Retry-After` in whole seconds for a refused request (at least 1), or `None` when the
 /// module says the request can never be admitted.
-pub fn retry_after_secs(decision: &Decision) -> Option<u64> {
-    u64::try_from(decision.retry_after_ms).ok().map(|ms| ceil_secs(ms).max(1))
+pub fn retry_after_secs(decision: &CheckReply) -> Option<u64> {
+    decision.retry_after_ms.map(|ms| ceil_secs(ms).max(1))
 }
 
-pub fn rate_limit_headers(policy: &Policy, decision: &Decision) -> HeaderMap {
+pub fn rate_limit_headers(policy: &Policy, decision: &CheckReply) -> HeaderMap {
     let reset = ceil_secs(decision.reset_after_ms);
     let t = if decision.allowed { reset } else { retry_after_secs(decision).unwrap_or(reset) };
     // Policy names are checked at start to be letters, digits, '-', '_' and '.', so they
@@ -58,7 +60,7 @@ mod tests {
 
     #[test]
     fn allowed() {
-        let d = Decision { allowed: true, remaining: 7, retry_after_ms: 0, reset_after_ms: 41_001 };
+        let d = CheckReply { allowed: true, remaining: 7, retry_after_ms: Some(0), reset_after_ms: 41_001, burst: 10 };
         let h = rate_limit_headers(&policy(), &d);
         assert_eq!(h[RATELIMIT_POLICY], "\"default\";q=10;w=60");
         assert_eq!(h[RATELIMIT], "\"default\";r=7;t=42");
@@ -69,14 +71,15 @@ mod tests {
 
     #[test]
     fn refused() {
-        let d = Decision { allowed: false, remaining: 0, retry_after_ms: 5_001, reset_after_ms: 59_999 };
+        let d =
+            CheckReply { allowed: false, remaining: 0, retry_after_ms: Some(5_001), reset_after_ms: 59_999, burst: 10 };
         let h = rate_limit_headers(&policy(), &d);
         assert_eq!(h[RATELIMIT], "\"default\";r=0;t=6");
         assert_eq!(h[X_RATELIMIT_RESET], "60");
         assert_eq!(retry_after_secs(&d), Some(6));
-        let tiny = Decision { retry_after_ms: 1, ..d };
+        let tiny = CheckReply { retry_after_ms: Some(1), ..d };
         assert_eq!(retry_after_secs(&tiny), Some(1));
-        let never = Decision { retry_after_ms: -1, ..d };
+        let never = CheckReply { retry_after_ms: None, ..d };
         assert_eq!(retry_after_secs(&never), None);
     }
 }

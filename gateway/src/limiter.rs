@@ -9,28 +9,18 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
+use rl_protocol::CheckReply;
 use tokio::sync::OnceCell;
 
 use crate::config::{redact_url, Policy, RedisSettings};
-
-/// The module's answer to one `RL.CHECK`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Decision {
-    pub allowed: bool,
-    /// Requests that would be admitted right now after this one.
-    pub remaining: u64,
-    /// Milliseconds until this request would be admitted (0 when allowed, -1 never).
-    pub retry_after_ms: i64,
-    /// Milliseconds until the bucket is full again.
-    pub reset_after_ms: u64,
-}
 
 /// Redis did not answer, or answered something other than a decision.
 #[derive(Debug)]
 pub enum LimiterError {
     Timeout(Duration),
     Redis(redis::RedisError),
-    Reply(String),
+    /// The answer is not the shape of an `RL.CHECK` reply.
+    Reply(redis::ParsingError),
 }
 
 impl fmt::Display for LimiterError {
@@ -123,41 +113,34 @@ impl Limiter {
     }
 
     /// Takes one token from the identity's bucket for `policy`.
-    pub async fn check(&self, policy: &Policy, identity_hash: &str) -> Result<Decision, LimiterError> {
+    pub async fn check(&self, policy: &Policy, identity_hash: &str) -> Result<CheckReply, LimiterError> {
         let mut cmd = redis::cmd("RL.CHECK");
         cmd.arg(self.key(policy, identity_hash)).arg(policy.limit).arg(policy.window).arg("BURST").arg(policy.burst);
-        let reply: Vec<i64> = self.query(&cmd).await?;
-        match reply.as_slice() {
-            [allowed @ (0 | 1), remaining, retry, reset, _burst] if *remaining >= 0 && *reset >= 0 => Ok(Decision {
-                allowed: *allowed == 1,
-                remaining: *remaining as u64,
-                retry_after_ms: *retry,
-                reset_after_ms: *reset as u64,
-            }),
-            other => Err(LimiterError::Reply(format!("{other:?}"))),
-        }
+        self.query(&cmd).await
     }
 
     /// Whether Redis answers and has the module: a read-only `RL.PEEK` on a probe key.
     pub async fn ready(&self) -> Result<(), LimiterError> {
         let mut cmd = redis::cmd("RL.PEEK");
         cmd.arg(format!("{}__readyz__", self.prefix)).arg(1).arg(1);
-        let _: Vec<i64> = self.query(&cmd).await?;
+        let _: CheckReply = self.query(&cmd).await?;
         Ok(())
     }
 
+    /// Runs `cmd` within the timeout and decodes its answer (an error reply is a Redis error,
+    /// an answer of the wrong shape a [`LimiterError::Reply`]).
     async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, LimiterError> {
         let call = async {
             match &self.backend {
-                Backend::Single(conn) => cmd.query_async::<T>(&mut conn.clone()).await,
+                Backend::Single(conn) => cmd.query_async::<redis::Value>(&mut conn.clone()).await,
                 Backend::Cluster(cluster) => {
                     let conn = cluster.conn.get_or_try_init(|| cluster.client.get_async_connection()).await?;
-                    cmd.query_async::<T>(&mut conn.clone()).await
+                    cmd.query_async::<redis::Value>(&mut conn.clone()).await
                 }
             }
         };
         match tokio::time::timeout(self.timeout, call).await {
-            Ok(Ok(value)) => Ok(value),
+            Ok(Ok(value)) => T::from_redis_value(value).map_err(LimiterError::Reply),
             Ok(Err(e)) => Err(LimiterError::Redis(e)),
             Err(_) => Err(LimiterError::Timeout(self.timeout)),
         }
@@ -167,14 +150,4 @@ impl Limiter {
 /// Whole seconds, rounded up: a client told to wait this long is never early.
 pub fn ceil_secs(ms: u64) -> u64 {
     ms.div_ceil(1000)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_cluster_client_never_retries_a_charge() {
-        assert_eq!(CLUSTER_COMMAND_RETRIES, 0, "a retried RL.CHECK can charge one request twice");
-    }
 }

@@ -2,9 +2,8 @@
 //! thread, so a relaxed load and store (no locked read-modify-write) is exact; the atomics only
 //! make the statics safe to share.
 
+use std::ffi::CStr;
 use std::sync::atomic::{AtomicU64, Ordering};
-
-use redis_module::raw;
 
 static CALLS: AtomicU64 = AtomicU64::new(0);
 static ADMITTED: AtomicU64 = AtomicU64::new(0);
@@ -39,25 +38,14 @@ pub fn count_reset() {
     bump(&RESETS);
 }
 
-/// The `INFO` callback: one section named after the module (`INFO ratelimit`), fields
-/// prefixed `ratelimit_` by Redis.
-pub(crate) extern "C" fn info(ctx: *mut raw::RedisModuleInfoCtx, _for_crash_report: std::os::raw::c_int) {
-    let fields: [(&std::ffi::CStr, &AtomicU64); 6] = [
-        (c"calls", &CALLS),
-        (c"admitted", &ADMITTED),
-        (c"limited", &LIMITED),
-        (c"errors", &ERRORS),
-        (c"refunds", &REFUNDS),
-        (c"resets", &RESETS),
-    ];
-    unsafe {
-        let (Some(section), Some(field)) = (raw::RedisModule_InfoAddSection, raw::RedisModule_InfoAddFieldULongLong)
-        else {
-            return;
-        };
-        section(ctx, std::ptr::null());
-        for (name, value) in fields {
-            field(ctx, name.as_ptr(), value.load(Ordering::Relaxed));
-        }
-    }
+/// The counters as `INFO ratelimit` shows them (Redis prefixes each name with `ratelimit_`).
+pub fn fields() -> [(&'static CStr, u64); 6] {
+    [
+        (c"calls", CALLS.load(Ordering::Relaxed)),
+        (c"admitted", ADMITTED.load(Ordering::Relaxed)),
+        (c"limited", LIMITED.load(Ordering::Relaxed)),
+        (c"errors", ERRORS.load(Ordering::Relaxed)),
+        (c"refunds", REFUNDS.load(Ordering::Relaxed)),
+        (c"resets", RESETS.load(Ordering::Relaxed)),
+    ]
 }

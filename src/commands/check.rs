@@ -3,12 +3,13 @@
 
 use crate::args::parse_check;
 use crate::error::Error;
-use crate::ffi::{Ctx, RawArgs, Reply};
+use crate::reply::{CheckReply, Reply};
 use crate::stats;
+use crate::store::Store;
 
-pub fn run(ctx: Ctx, args: &RawArgs) -> Result<Reply, Error> {
+pub fn run<S: Store>(store: &mut S, line: &S::Line, now: u64) -> Result<Reply, Error> {
     stats::count_call();
-    let request = parse_check(args)?;
-    let decision = super::take(ctx, args, &request)?;
-    Ok(Reply::Five(super::check_row(&decision, request.quota.burst())))
+    let request = parse_check(line)?;
+    let decision = super::take(store, line, &request, now)?;
+    Ok(Reply::Check(CheckReply::new(&decision, request.quota.burst())))
 }

@@ -3,22 +3,24 @@
 //! If every limit admits, all are charged; if any refuses, none is.
 //! Reply `[allowed, retry_after_ms, [[allowed_i, remaining_i, retry_i, reset_i, burst_i] ...]]`.
 
-use crate::args::parse_checkall;
-use crate::error::Error;
-use crate::ffi::{now_nanos, Ctx, Key, RawArgs, Reply};
-use crate::gcra::{decide, RetryAfter};
-use crate::stats;
+use std::ops::Range;
 
-pub fn run(ctx: Ctx, args: &RawArgs) -> Result<Reply, Error> {
+use crate::args::{parse_checkall, parse_checkall_numkeys, Args};
+use crate::error::Error;
+use crate::gcra::{decide, RetryAfter};
+use crate::reply::{saturating_i64, CheckReply, Reply};
+use crate::stats;
+use crate::store::{Access, Store};
+
+pub fn run<S: Store>(store: &mut S, line: &S::Line, now: u64) -> Result<Reply, Error> {
     stats::count_call();
-    let (numkeys, requests) = parse_checkall(args)?;
-    let now = now_nanos();
+    let (numkeys, requests) = parse_checkall(line)?;
     // Open and decide every key before writing any, so an error or a refusal changes nothing.
     let mut keys = Vec::with_capacity(numkeys);
     let mut decisions = Vec::with_capacity(numkeys);
     for (i, request) in requests.iter().enumerate() {
-        let key = Key::open(ctx, super::key_at(args, 2 + i)?, false)?;
-        let stored = key.read_state()?;
+        let key = store.open(line, 2 + i, Access::Write)?;
+        let stored = store.read(&key)?;
         decisions.push((stored, decide(&request.quota, stored, now, request.cost)?));
         keys.push(key);
     }
@@ -31,7 +33,7 @@ pub fn run(ctx: Ctx, args: &RawArgs) -> Result<Reply, Error> {
         decisions
             .iter()
             .filter_map(|(_, d)| match d.retry_after {
-                RetryAfter::Millis(ms) => Some(super::to_i64(ms)),
+                RetryAfter::Millis(ms) => Some(saturating_i64(ms)),
                 _ => None,
             })
             .max()
@@ -39,19 +41,27 @@ pub fn run(ctx: Ctx, args: &RawArgs) -> Result<Reply, Error> {
     };
     let mut rows = Vec::with_capacity(numkeys);
     for ((key, (stored, decision)), request) in keys.iter().zip(&decisions).zip(&requests) {
-        let mut row = super::check_row(decision, request.quota.burst());
+        let mut row = CheckReply::new(decision, request.quota.burst());
         if allowed {
             if let Some(tat) = decision.new_tat {
-                key.write_state(&tat)?;
+                store.write(key, &tat)?;
             }
         } else if decision.allowed {
             // This limit would have admitted, but another refused: nothing was taken, so
             // report the untouched state.
             let untouched = decide(&request.quota, *stored, now, 0)?;
-            row = super::check_row(&untouched, request.quota.burst());
+            row = CheckReply::new(&untouched, request.quota.burst());
         }
         rows.push(row);
     }
     stats::count_decision(allowed);
-    Ok(Reply::Nested { allowed: i64::from(allowed), retry_after_ms, rows })
+    Ok(Reply::CheckAll { allowed, retry_after_ms, rows })
+}
+
+/// Where the keys of an RL.CHECKALL line are, for Redis's key-position requests (COMMAND
+/// GETKEYS, Cluster slot checks, ACL key patterns): arguments `2..2 + numkeys` when the line
+/// is well formed, else none (it then fails with a usage error when run).
+pub fn key_positions<A: Args + ?Sized>(line: &A) -> Range<usize> {
+    let numkeys = parse_checkall_numkeys(line).unwrap_or(0);
+    2..2 + numkeys
 }

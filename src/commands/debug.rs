@@ -3,10 +3,11 @@
 
 use crate::args::Args;
 use crate::error::Error;
-use crate::ffi::{Ctx, RawArgs, Reply};
+use crate::reply::Reply;
+use crate::store::Store;
 
-pub fn run(_ctx: Ctx, args: &RawArgs) -> Result<Reply, Error> {
-    match args.get(1) {
+pub fn run<S: Store>(_store: &mut S, line: &S::Line, _now: u64) -> Result<Reply, Error> {
+    match line.get(1) {
         Some(word) if word.eq_ignore_ascii_case(b"PANIC") => panic!("RL.DEBUG PANIC asked for a panic"),
         _ => Err(Error::Arity { usage: "RL.DEBUG PANIC" }),
     }

@@ -3,17 +3,17 @@
 
 use crate::args::parse_peek;
 use crate::error::Error;
-use crate::ffi::{now_nanos, Ctx, Key, RawArgs, Reply};
 use crate::gcra::decide;
+use crate::reply::{CheckReply, Reply};
 use crate::stats;
+use crate::store::{Access, Store};
 
-pub fn run(ctx: Ctx, args: &RawArgs) -> Result<Reply, Error> {
+pub fn run<S: Store>(store: &mut S, line: &S::Line, now: u64) -> Result<Reply, Error> {
     stats::count_call();
-    let quota = parse_peek(args)?;
-    let key = Key::open(ctx, super::key_at(args, 1)?, true)?;
-    let stored = key.read_state()?;
-    let mut decision = decide(&quota, stored, now_nanos(), 1)?;
-    // Peeking reports what a cost-1 request would get; it never stores anything.
-    decision.new_tat = None;
-    Ok(Reply::Five(super::check_row(&decision, quota.burst())))
+    let quota = parse_peek(line)?;
+    let key = store.open(line, 1, Access::Read)?;
+    let stored = store.read(&key)?;
+    // Peeking reports what a cost-1 request would get; the new state it computes is dropped.
+    let decision = decide(&quota, stored, now, 1)?;
+    Ok(Reply::Check(CheckReply::new(&decision, quota.burst())))
 }

@@ -3,17 +3,18 @@
 
 use crate::args::parse_reset;
 use crate::error::Error;
-use crate::ffi::{Ctx, Key, RawArgs, Reply};
+use crate::reply::Reply;
 use crate::stats;
+use crate::store::{Access, Store};
 
-pub fn run(ctx: Ctx, args: &RawArgs) -> Result<Reply, Error> {
+pub fn run<S: Store>(store: &mut S, line: &S::Line, _now: u64) -> Result<Reply, Error> {
     stats::count_call();
-    parse_reset(args)?;
-    let key = Key::open(ctx, super::key_at(args, 1)?, false)?;
-    if key.read_state()?.is_none() {
+    parse_reset(line)?;
+    let key = store.open(line, 1, Access::Write)?;
+    if store.read(&key)?.is_none() {
         return Ok(Reply::Int(0));
     }
-    key.delete()?;
+    store.delete(&key)?;
     stats::count_reset();
     Ok(Reply::Int(1))
 }

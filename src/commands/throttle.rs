@@ -5,28 +5,29 @@
 
 use crate::args::parse_throttle;
 use crate::error::Error;
-use crate::ffi::{Ctx, RawArgs, Reply};
 use crate::gcra::RetryAfter;
+use crate::reply::{saturating_i64, Reply, ThrottleReply};
 use crate::stats;
+use crate::store::Store;
 
 fn seconds_ceil(millis: u64) -> i64 {
-    super::to_i64(millis.div_ceil(1000))
+    saturating_i64(millis.div_ceil(1000))
 }
 
-pub fn run(ctx: Ctx, args: &RawArgs) -> Result<Reply, Error> {
+pub fn run<S: Store>(store: &mut S, line: &S::Line, now: u64) -> Result<Reply, Error> {
     stats::count_call();
-    let request = parse_throttle(args)?;
-    let decision = super::take(ctx, args, &request)?;
+    let request = parse_throttle(line)?;
+    let decision = super::take(store, line, &request, now)?;
     // redis-cell answers -1 both when allowed and when the quantity can never fit.
     let retry_after_s = match decision.retry_after {
         RetryAfter::Millis(ms) => seconds_ceil(ms),
         RetryAfter::Now | RetryAfter::Never => -1,
     };
-    Ok(Reply::Five([
-        i64::from(!decision.allowed),
-        super::to_i64(request.quota.burst()),
-        super::to_i64(decision.remaining),
+    Ok(Reply::Throttle(ThrottleReply {
+        limited: !decision.allowed,
+        limit: saturating_i64(request.quota.burst()),
+        remaining: saturating_i64(decision.remaining),
         retry_after_s,
-        seconds_ceil(decision.reset_after_ms),
-    ]))
+        reset_after_s: seconds_ceil(decision.reset_after_ms),
+    }))
 }

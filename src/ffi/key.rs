@@ -1,39 +1,25 @@
-//! The Redis edge: the only file that calls the raw module API. Everything above it works
-//! with byte slices, [`Tat`]s and [`Reply`] values.
-//!
-//! Handlers are `extern "C"` functions wrapped by [`run_command`]: the command body runs
-//! inside `catch_unwind`, computes its whole reply as data, and only then is the reply
-//! written. So a bug that panics becomes one error reply, never an aborted server and never a
-//! half-written reply.
+//! The Redis keyspace as a [`Store`]: one open Redis key per [`Key`], its value read and
+//! written in place through DMA, writes replicated as their effect.
 
 use std::ffi::CStr;
-use std::os::raw::{c_char, c_int, c_long, c_longlong};
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::os::raw::{c_char, c_int};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicPtr, Ordering};
 
 use redis_module::raw;
 
-use crate::args::Args;
+use super::{Ctx, RawArgs, RawCtx};
 use crate::error::Error;
 use crate::gcra::Tat;
 use crate::state;
-use crate::stats;
-
-pub type RawCtx = *mut raw::RedisModuleCtx;
-pub type Argv = *mut *mut raw::RedisModuleString;
-
-/// The context of the command being run; only [`run_command`] makes one, from the pointer
-/// Redis hands to the handler, so every use of it is during that command.
-#[derive(Clone, Copy)]
-pub struct Ctx(RawCtx);
+use crate::store::{Access, Store};
 
 /// The `PXAT` argument of replicated writes, created once at load ([`init_strings`]) and never
 /// freed: Redis only takes references to it.
 static PXAT: AtomicPtr<raw::RedisModuleString> = AtomicPtr::new(std::ptr::null_mut());
 
-/// Creates the strings the hot path reuses. Called once from `RedisModule_OnLoad`.
-pub fn init_strings() -> bool {
+/// Creates the strings the hot path reuses. Called once while the module loads.
+pub(super) fn init_strings() -> bool {
     let Some(create) = (unsafe { raw::RedisModule_CreateString }) else { return false };
     // SAFETY: a NULL context creates a string owned by the module, outside automatic memory.
     let pxat = unsafe { create(std::ptr::null_mut(), c"PXAT".as_ptr(), 4) };
@@ -41,146 +27,38 @@ pub fn init_strings() -> bool {
     !pxat.is_null()
 }
 
-/// The complete answer of a command, built before anything is written to the client.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Reply {
-    Int(i64),
-    Pair([i64; 2]),
-    Five([i64; 5]),
-    /// RL.CHECKALL: `[allowed, retry_after_ms, [row per key]]`.
-    Nested {
-        allowed: i64,
-        retry_after_ms: i64,
-        rows: Vec<[i64; 5]>,
-    },
+/// The keys of the command being run, opened by their position on its command line.
+pub struct Keyspace {
+    ctx: Ctx,
 }
 
-/// Runs a command body behind the panic guard and writes its reply or error.
-///
-/// # Safety
-/// `ctx`, `argv` and `argc` must be the arguments Redis passed to a command handler.
-pub unsafe fn run_command(
-    ctx: RawCtx,
-    argv: Argv,
-    argc: c_int,
-    body: fn(Ctx, &RawArgs) -> Result<Reply, Error>,
-) -> c_int {
-    let ctx = Ctx(ctx);
-    let outcome = catch_unwind(AssertUnwindSafe(|| {
-        let args = RawArgs::new(argv, argc);
-        body(ctx, &args)
-    }));
-    match outcome {
-        Ok(Ok(reply)) => write_reply(ctx, &reply),
-        Ok(Err(error)) => {
-            stats::count_error();
-            reply_error(ctx, &error);
-        }
-        Err(_) => {
-            stats::count_error();
-            reply_error(ctx, &Error::Internal);
-        }
-    }
-    raw::REDISMODULE_OK as c_int
-}
-
-fn write_reply(ctx: Ctx, reply: &Reply) {
-    match reply {
-        Reply::Int(v) => reply_int(ctx, *v),
-        Reply::Pair(values) => reply_ints(ctx, values),
-        Reply::Five(values) => reply_ints(ctx, values),
-        Reply::Nested { allowed, retry_after_ms, rows } => {
-            reply_array(ctx, 3);
-            reply_int(ctx, *allowed);
-            reply_int(ctx, *retry_after_ms);
-            reply_array(ctx, rows.len());
-            for row in rows {
-                reply_ints(ctx, row);
-            }
-        }
+impl Keyspace {
+    pub(super) fn new(ctx: Ctx) -> Self {
+        Keyspace { ctx }
     }
 }
 
-fn reply_array(ctx: Ctx, len: usize) {
-    if let Some(f) = unsafe { raw::RedisModule_ReplyWithArray } {
-        unsafe { f(ctx.0, c_long::try_from(len).unwrap_or(c_long::MAX)) };
-    }
-}
+impl Store for Keyspace {
+    type Line = RawArgs;
+    type Key = Key;
 
-fn reply_int(ctx: Ctx, value: i64) {
-    if let Some(f) = unsafe { raw::RedisModule_ReplyWithLongLong } {
-        unsafe { f(ctx.0, value as c_longlong) };
-    }
-}
-
-fn reply_ints(ctx: Ctx, values: &[i64]) {
-    reply_array(ctx, values.len());
-    for &v in values {
-        reply_int(ctx, v);
-    }
-}
-
-fn reply_error(ctx: Ctx, error: &Error) {
-    // Error text never contains NUL except from a client's option name: strip those.
-    let text: Vec<u8> = error.to_string().into_bytes().into_iter().filter(|&b| b != 0).chain([0]).collect();
-    if let (Some(f), Ok(text)) = (unsafe { raw::RedisModule_ReplyWithError }, CStr::from_bytes_with_nul(&text)) {
-        unsafe { f(ctx.0, text.as_ptr()) };
-    }
-}
-
-/// The command line as handed over by Redis, read without copying.
-pub struct RawArgs {
-    argv: Argv,
-    argc: usize,
-}
-
-impl RawArgs {
-    fn new(argv: Argv, argc: c_int) -> Self {
-        let argc = if argv.is_null() { 0 } else { usize::try_from(argc).unwrap_or(0) };
-        RawArgs { argv, argc }
+    fn open(&mut self, line: &RawArgs, index: usize, access: Access) -> Result<Key, Error> {
+        // The parsers have checked the arity, so the argument is there.
+        let name = line.redis_string(index).ok_or(Error::Internal)?;
+        Key::open(self.ctx, name, access)
     }
 
-    /// The Redis string at `index`, for opening keys and replicating without a copy.
-    pub fn redis_string(&self, index: usize) -> Option<NonNull<raw::RedisModuleString>> {
-        if index >= self.argc {
-            return None;
-        }
-        // SAFETY: Redis guarantees `argv` holds `argc` valid strings for the whole call.
-        NonNull::new(unsafe { *self.argv.add(index) })
-    }
-}
-
-impl Args for RawArgs {
-    fn count(&self) -> usize {
-        self.argc
+    fn read(&self, key: &Key) -> Result<Option<Tat>, Error> {
+        key.read_state()
     }
 
-    fn get(&self, index: usize) -> Option<&[u8]> {
-        let string = self.redis_string(index)?;
-        let f = unsafe { raw::RedisModule_StringPtrLen }?;
-        let mut len = 0usize;
-        // SAFETY: the pointer and length describe the string's bytes, alive during the call.
-        let ptr = unsafe { f(string.as_ptr(), &mut len) };
-        if ptr.is_null() {
-            return None;
-        }
-        Some(unsafe { std::slice::from_raw_parts(ptr.cast::<u8>(), len) })
+    fn write(&mut self, key: &Key, tat: &Tat) -> Result<(), Error> {
+        key.write_state(tat)
     }
-}
 
-/// The server clock in nanoseconds, read once per command: the cached command time where the
-/// server has it (Redis 7.2+, Valkey), so every key in one call, `MULTI` or script sees the same
-/// instant; otherwise the millisecond clock (Redis 7.0).
-pub fn now_nanos() -> u64 {
-    unsafe {
-        if let Some(cached) = raw::RedisModule_CachedMicroseconds {
-            return u64::try_from(cached()).unwrap_or(0).saturating_mul(1_000);
-        }
-        if let Some(millis) = raw::RedisModule_Milliseconds {
-            return u64::try_from(millis()).unwrap_or(0).saturating_mul(1_000_000);
-        }
+    fn delete(&mut self, key: &Key) -> Result<(), Error> {
+        key.delete()
     }
-    0
 }
 
 /// An open key, closed on drop.
@@ -193,8 +71,9 @@ pub struct Key {
 }
 
 impl Key {
-    /// Opens `name` for reading, and for writing unless `read_only`.
-    pub fn open(ctx: Ctx, name: NonNull<raw::RedisModuleString>, read_only: bool) -> Result<Key, Error> {
+    /// Opens `name` for reading, and for writing too with [`Access::Write`].
+    fn open(ctx: Ctx, name: NonNull<raw::RedisModuleString>, access: Access) -> Result<Key, Error> {
+        let read_only = access == Access::Read;
         let mode = if read_only { raw::REDISMODULE_READ } else { raw::REDISMODULE_READ | raw::REDISMODULE_WRITE };
         let open = unsafe { raw::RedisModule_OpenKey }.ok_or(Error::Internal)?;
         let key = unsafe { open(ctx.0, name.as_ptr(), mode as c_int) }.cast::<raw::RedisModuleKey>();
@@ -206,7 +85,7 @@ impl Key {
     }
 
     /// The stored TAT: `None` for a missing key, an error for anything but limiter state.
-    pub fn read_state(&self) -> Result<Option<Tat>, Error> {
+    fn read_state(&self) -> Result<Option<Tat>, Error> {
         if self.key.is_null() {
             return Ok(None);
         }
@@ -230,7 +109,7 @@ impl Key {
 
     /// Stores `tat` with an absolute expiry at the moment the bucket is full again, and
     /// replicates exactly that effect (`SET key value PXAT ms`) to replicas and the AOF.
-    pub fn write_state(&self, tat: &Tat) -> Result<(), Error> {
+    fn write_state(&self, tat: &Tat) -> Result<(), Error> {
         if self.key.is_null() {
             return Err(Error::Internal);
         }
@@ -307,7 +186,7 @@ impl Key {
     }
 
     /// Deletes the key and replicates `DEL key`.
-    pub fn delete(&self) -> Result<(), Error> {
+    fn delete(&self) -> Result<(), Error> {
         if self.key.is_null() {
             return Err(Error::Internal);
         }
@@ -344,14 +223,4 @@ unsafe fn set_absolute_expiry(key: *mut raw::RedisModuleKey, expiry_ms: i64) {
     } else if let (Some(set_rel), Some(millis)) = (raw::RedisModule_SetExpire, raw::RedisModule_Milliseconds) {
         set_rel(key, expiry_ms.saturating_sub(millis()).max(1));
     }
-}
-
-/// `numkeys` of an RL.CHECKALL line when it is well formed (`argc == 2 + 5 * numkeys`), else 0:
-/// a malformed line declares no keys and then fails with a usage error when run.
-///
-/// # Safety
-/// `argv` and `argc` must be the arguments Redis passed to the handler.
-pub unsafe fn checkall_numkeys(argv: Argv, argc: c_int) -> usize {
-    let args = RawArgs::new(argv, argc);
-    crate::args::parse_checkall_numkeys(&args).unwrap_or(0)
 }

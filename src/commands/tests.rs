@@ -1,0 +1,265 @@
+//! The command bodies without a server: each runs against an in-memory store with the clock
+//! as a constant, and the tests check the reply, what the store holds afterwards, and the
+//! effects it would have replicated. The math itself is tested in `gcra`; the same commands
+//! against real servers in `tests/`.
+
+use super::{check, checkall, peek, refund, reset, throttle};
+use crate::error::Error;
+use crate::gcra::Tat;
+use crate::reply::{CheckReply, Reply, ThrottleReply};
+use crate::store::memory::{Effect, Line, Memory};
+
+const MS: u64 = 1_000_000;
+const SEC: u64 = 1_000_000_000;
+/// 2025-11-29T18:40:00Z.
+const T0: u64 = 1_764_441_600 * SEC;
+
+type Body = fn(&mut Memory, &Line, u64) -> Result<Reply, Error>;
+
+/// Runs one command line against `db` with the clock at `now`.
+fn call(db: &mut Memory, body: Body, words: &str, now: u64) -> Result<Reply, Error> {
+    body(db, &Line::new(words), now)
+}
+
+/// Like [`call`], for a line that must succeed.
+fn ok(db: &mut Memory, body: Body, words: &str, now: u64) -> Reply {
+    call(db, body, words, now).unwrap_or_else(|e| panic!("{words}: {e}"))
+}
+
+fn row(allowed: bool, remaining: i64, retry_after_ms: i64, reset_after_ms: i64, burst: i64) -> CheckReply {
+    CheckReply { allowed, remaining, retry_after_ms, reset_after_ms, burst }
+}
+
+/// The effect of storing a whole-nanosecond TAT: `SET key <nanos> PXAT <first ms at or after>`.
+fn set(key: &str, tat_nanos: u64) -> Effect {
+    Effect::Set { key: key.into(), value: tat_nanos.to_string(), pxat_ms: tat_nanos.div_ceil(MS) }
+}
+
+fn del(key: &str) -> Effect {
+    Effect::Del { key: key.into() }
+}
+
+/// A store holding application values: a string at `hello`, an `INCR` counter at `counter`
+/// and a list at `list`.
+fn with_foreign_values() -> Memory {
+    let mut db = Memory::new();
+    db.set_string("hello", b"hello");
+    db.set_string("counter", b"42");
+    db.set_other("list");
+    db
+}
+
+/// Every way a key can hold something that is not limiter state, and the error for it; the
+/// value must be left as it was.
+fn assert_foreign_values_refused(body: Body, line_for: impl Fn(&str) -> String) {
+    for (key, want) in
+        [("hello", Error::NotLimiterState), ("counter", Error::NotLimiterState), ("list", Error::WrongType)]
+    {
+        let mut db = with_foreign_values();
+        let before = db.value(key);
+        let line = line_for(key);
+        assert_eq!(call(&mut db, body, &line, T0), Err(want), "{line}");
+        assert_eq!(db.value(key), before, "{line}: the value is left unchanged");
+        assert_eq!(db.take_effects(), [], "{line}: nothing is replicated");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// RL.CHECK, RL.PEEK, RL.RESET, CL.THROTTLE
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn an_admitted_check_stores_the_new_tat_with_its_expiry_and_replicates_it() {
+    let mut db = Memory::new();
+    // 5 per 10 s: one token every 2 s.
+    assert_eq!(ok(&mut db, check::run, "RL.CHECK k 5 10", T0), Reply::Check(row(true, 4, 0, 2000, 5)));
+    assert_eq!(db.take_effects(), [set("k", T0 + 2 * SEC)]);
+    assert_eq!(db.tat("k"), Some(Tat::from_nanos(T0 + 2 * SEC)));
+}
+
+#[test]
+fn a_refused_check_and_a_cost_zero_check_write_nothing() {
+    let mut db = Memory::new();
+    ok(&mut db, check::run, "RL.CHECK k 5 10 COST 5", T0);
+    assert_eq!(db.take_effects(), [set("k", T0 + 10 * SEC)]);
+    assert_eq!(ok(&mut db, check::run, "RL.CHECK k 5 10", T0), Reply::Check(row(false, 0, 2000, 10_000, 5)));
+    assert_eq!(ok(&mut db, check::run, "RL.CHECK k 5 10 COST 6", T0), Reply::Check(row(false, 0, -1, 10_000, 5)));
+    assert_eq!(ok(&mut db, check::run, "RL.CHECK k 5 10 COST 0", T0), Reply::Check(row(true, 0, 0, 10_000, 5)));
+    assert_eq!(db.take_effects(), []);
+    assert_eq!(db.tat("k"), Some(Tat::from_nanos(T0 + 10 * SEC)));
+}
+
+#[test]
+fn check_refuses_foreign_values_and_bad_lines_without_writing() {
+    assert_foreign_values_refused(check::run, |key| format!("RL.CHECK {key} 5 10"));
+    let mut db = Memory::new();
+    assert_eq!(call(&mut db, check::run, "RL.CHECK k 0 10", T0), Err(Error::NotPositive { name: "limit" }));
+    assert_eq!((db.value("k"), db.take_effects()), (None, vec![]));
+}
+
+#[test]
+fn peek_answers_what_the_next_cost_one_check_gets_and_writes_nothing() {
+    let mut db = Memory::new();
+    let peeked = ok(&mut db, peek::run, "RL.PEEK k 5 10", T0);
+    assert_eq!(peeked, Reply::Check(row(true, 4, 0, 2000, 5)));
+    assert_eq!((db.value("k"), db.take_effects()), (None, vec![]));
+    assert_eq!(ok(&mut db, check::run, "RL.CHECK k 5 10", T0), peeked);
+    ok(&mut db, check::run, "RL.CHECK k 5 10 COST 4", T0);
+    db.take_effects();
+    let peeked = ok(&mut db, peek::run, "RL.PEEK k 5 10", T0 + SEC);
+    assert_eq!(peeked, Reply::Check(row(false, 0, 1000, 9000, 5)));
+    assert_eq!(db.take_effects(), []);
+    assert_eq!(ok(&mut db, check::run, "RL.CHECK k 5 10", T0 + SEC), peeked);
+    assert_foreign_values_refused(peek::run, |key| format!("RL.PEEK {key} 5 10"));
+}
+
+#[test]
+fn reset_deletes_limiter_state_only() {
+    let mut db = Memory::new();
+    assert_eq!(ok(&mut db, reset::run, "RL.RESET k", T0), Reply::Int(0));
+    assert_eq!(db.take_effects(), []);
+    ok(&mut db, check::run, "RL.CHECK k 5 10", T0);
+    db.take_effects();
+    assert_eq!(ok(&mut db, reset::run, "RL.RESET k", T0), Reply::Int(1));
+    assert_eq!((db.value("k"), db.take_effects()), (None, vec![del("k")]));
+    assert_foreign_values_refused(reset::run, |key| format!("RL.RESET {key}"));
+}
+
+#[test]
+#[rustfmt::skip]
+fn throttle_answers_in_redis_cell_seconds() {
+    let throttle = |limited, remaining, retry_after_s, reset_after_s| {
+        Reply::Throttle(ThrottleReply { limited, limit: 5, remaining, retry_after_s, reset_after_s })
+    };
+    let mut db = Memory::new();
+    // max_burst 4 (a bucket of 5), one token per second.
+    assert_eq!(ok(&mut db, throttle::run, "CL.THROTTLE k 4 1 1", T0), throttle(false, 4, -1, 1));
+    assert_eq!(ok(&mut db, throttle::run, "CL.THROTTLE k 4 1 1 4", T0), throttle(false, 0, -1, 5));
+    assert_eq!(db.take_effects(), [set("k", T0 + SEC), set("k", T0 + 5 * SEC)]);
+    assert_eq!(ok(&mut db, throttle::run, "CL.THROTTLE k 4 1 1", T0), throttle(true, 0, 1, 5));
+    // 0.5 s to wait and 4.5 s to full, both rounded up.
+    assert_eq!(ok(&mut db, throttle::run, "CL.THROTTLE k 4 1 1", T0 + 500 * MS), throttle(true, 0, 1, 5));
+    assert_eq!(ok(&mut db, throttle::run, "CL.THROTTLE k 4 1 1 6", T0), throttle(true, 0, -1, 5));
+    assert_eq!(db.take_effects(), []);
+    assert_foreign_values_refused(throttle::run, |key| format!("CL.THROTTLE {key} 4 1 1"));
+}
+
+// ---------------------------------------------------------------------------------------
+// RL.CHECKALL: all or nothing
+// ---------------------------------------------------------------------------------------
+
+const RPM_TPM: &str = "RL.CHECKALL 2 rpm tpm 60 60 1 60 90000 60 1200 90000";
+
+#[test]
+fn checkall_charges_every_limit_when_all_admit() {
+    let mut db = Memory::new();
+    let reply = ok(&mut db, checkall::run, RPM_TPM, T0);
+    let rows = vec![row(true, 59, 0, 1000, 60), row(true, 88_800, 0, 800, 90_000)];
+    assert_eq!(reply, Reply::CheckAll { allowed: true, retry_after_ms: 0, rows });
+    assert_eq!(db.take_effects(), [set("rpm", T0 + SEC), set("tpm", T0 + 800 * MS)]);
+}
+
+#[test]
+fn a_refusal_by_one_limit_writes_nothing_on_any_and_rows_describe_the_untouched_state() {
+    let mut db = Memory::new();
+    ok(&mut db, check::run, "RL.CHECK tpm 90000 60 COST 89000", T0);
+    db.take_effects();
+    let tpm_before = db.tat("tpm");
+    let reply = ok(&mut db, checkall::run, RPM_TPM, T0);
+    // rpm alone would admit, but nothing was taken: its row is the full bucket it still is.
+    // tpm has 1000 tokens of the 1200 asked: 200 more take 133.3 ms.
+    let rows = vec![row(true, 60, 0, 0, 60), row(false, 1000, 134, 59_334, 90_000)];
+    assert_eq!(reply, Reply::CheckAll { allowed: false, retry_after_ms: 134, rows });
+    assert_eq!(db.take_effects(), []);
+    assert_eq!((db.value("rpm"), db.tat("tpm")), (None, tpm_before));
+}
+
+#[test]
+fn a_refused_checkall_waits_for_the_slowest_limit_and_never_means_minus_one() {
+    let mut db = Memory::new();
+    ok(&mut db, check::run, "RL.CHECK slow 1 10", T0);
+    ok(&mut db, check::run, "RL.CHECK fast 1 1", T0);
+    db.take_effects();
+    let reply = ok(&mut db, checkall::run, "RL.CHECKALL 2 slow fast 1 10 1 1 1 1 1 1", T0);
+    let rows = vec![row(false, 0, 10_000, 10_000, 1), row(false, 0, 1000, 1000, 1)];
+    assert_eq!(reply, Reply::CheckAll { allowed: false, retry_after_ms: 10_000, rows });
+    // One limit asked for more than its burst: that request can never be admitted.
+    let reply = ok(&mut db, checkall::run, "RL.CHECKALL 2 fresh fast 5 10 1 5 1 1 2 1", T0);
+    let rows = vec![row(true, 5, 0, 0, 5), row(false, 0, -1, 1000, 1)];
+    assert_eq!(reply, Reply::CheckAll { allowed: false, retry_after_ms: -1, rows });
+    assert_eq!(db.take_effects(), []);
+}
+
+#[test]
+fn an_error_on_any_key_writes_nothing_on_the_others() {
+    for (keys, want) in [
+        ("fresh hello", Error::NotLimiterState),
+        ("fresh counter", Error::NotLimiterState),
+        ("list fresh", Error::WrongType),
+        ("fresh list", Error::WrongType),
+    ] {
+        let mut db = with_foreign_values();
+        let line = format!("RL.CHECKALL 2 {keys} 5 10 1 5 5 10 1 5");
+        assert_eq!(call(&mut db, checkall::run, &line, T0), Err(want), "{line}");
+        assert_eq!((db.value("fresh"), db.take_effects()), (None, vec![]), "{line}");
+    }
+    let mut db = Memory::new();
+    let line = "RL.CHECKALL 2 a a 5 10 1 5 5 10 1 5";
+    assert_eq!(call(&mut db, checkall::run, line, T0), Err(Error::DuplicateKey));
+    assert_eq!(db.take_effects(), []);
+}
+
+#[test]
+fn checkall_names_its_keys_only_on_a_well_formed_line() {
+    assert_eq!(checkall::key_positions(&Line::new(RPM_TPM)), 2..4);
+    assert_eq!(checkall::key_positions(&Line::new("RL.CHECKALL 1 k 5 10 1 5")), 2..3);
+    for malformed in ["RL.CHECKALL 2 a b 5 10 1 5", "RL.CHECKALL 0", "RL.CHECKALL x a 1 1 1 1", "RL.CHECKALL"] {
+        assert!(checkall::key_positions(&Line::new(malformed)).is_empty(), "{malformed}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// RL.REFUND
+// ---------------------------------------------------------------------------------------
+
+/// A store whose `k` holds a 5-per-5-s bucket (one token a second) with 2 of 5 tokens left.
+fn drained_by_three() -> Memory {
+    let mut db = Memory::new();
+    ok(&mut db, check::run, "RL.CHECK k 5 5 COST 3", T0);
+    assert_eq!(db.take_effects(), [set("k", T0 + 3 * SEC)]);
+    db
+}
+
+#[test]
+fn a_refund_gives_tokens_back_by_moving_the_tat_earlier() {
+    let mut db = drained_by_three();
+    let reply = ok(&mut db, refund::run, "RL.REFUND k 5 5 1", T0);
+    assert_eq!(reply, Reply::Refund { remaining: 3, reset_after_ms: 2000 });
+    assert_eq!(db.take_effects(), [set("k", T0 + 2 * SEC)]);
+    // Amount 0 only reports.
+    let reply = ok(&mut db, refund::run, "RL.REFUND k 5 5 0", T0);
+    assert_eq!(reply, Reply::Refund { remaining: 3, reset_after_ms: 2000 });
+    assert_eq!(db.take_effects(), []);
+}
+
+#[test]
+fn a_refund_is_capped_at_the_burst_and_a_bucket_refunded_to_full_is_deleted() {
+    for amount in [3, 4, 1000] {
+        let mut db = drained_by_three();
+        let reply = ok(&mut db, refund::run, &format!("RL.REFUND k 5 5 {amount}"), T0);
+        assert_eq!(reply, Reply::Refund { remaining: 5, reset_after_ms: 0 }, "amount {amount}");
+        assert_eq!((db.value("k"), db.take_effects()), (None, vec![del("k")]), "amount {amount}");
+    }
+}
+
+#[test]
+fn refunding_a_missing_key_is_a_no_op() {
+    let mut db = Memory::new();
+    assert_eq!(ok(&mut db, refund::run, "RL.REFUND k 5 5 2", T0), Reply::Refund { remaining: 5, reset_after_ms: 0 });
+    assert_eq!((db.value("k"), db.take_effects()), (None, vec![]));
+}
+
+#[test]
+fn refund_refuses_foreign_values() {
+    assert_foreign_values_refused(refund::run, |key| format!("RL.REFUND {key} 5 5 1"));
+}

@@ -62,7 +62,8 @@ fn non_negative(bytes: Option<&[u8]>, name: &'static str) -> Result<u64, Error> 
     bytes.and_then(parse_i64).and_then(|v| u64::try_from(v).ok()).ok_or(Error::Negative { name })
 }
 
-/// A parsed `RL.CHECK`/`RL.PEEK`: the quota and the tokens asked for.
+/// A request to take tokens (RL.CHECK, CL.THROTTLE, one spec of RL.CHECKALL): the quota and
+/// the tokens asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CheckRequest {
     pub quota: Quota,

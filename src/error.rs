@@ -44,7 +44,8 @@ pub enum Error {
     /// The key holds a string that is not rate-limiter state.
     NotLimiterState,
     Math(MathError),
-    /// A bug caught at the FFI edge instead of aborting Redis.
+    /// A bug (a panic caught at the FFI edge) or a module API call that failed, answered
+    /// instead of aborting Redis.
     Internal,
 }
 

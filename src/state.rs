@@ -2,7 +2,8 @@
 //!
 //! Format (ASCII, no spaces):
 //! - `<nanos>`: the TAT in whole nanoseconds since the Unix epoch, e.g.
-//!   `1764441600123456789`. This is the common case, and Redis keeps it as a compact integer.
+//!   `1764441600123456789`. This is the common case. The module writes it as a plain string;
+//!   a replica applying the replicated `SET` may keep it int-encoded, which reads the same.
 //! - `<nanos>+<numerator>/<denominator>`: the same plus an exact fraction of a nanosecond,
 //!   written when the emission interval (`window / limit`) is not a whole number of
 //!   nanoseconds; the denominator is the limit, e.g. `1764441600333333333+1/3`.

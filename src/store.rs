@@ -1,6 +1,6 @@
 //! Where command bodies keep limiter state: a small trait with two implementations, the Redis
 //! keyspace (`ffi::Keyspace`, one open Redis key per [`Store::Key`]) and, in unit tests, an
-//! in-memory map that records every write and delete ([`memory`]).
+//! in-memory map that records every write and delete (`store/memory.rs`).
 //!
 //! Command bodies are generic over it (monomorphised, never `dyn`) and take the clock reading
 //! as a value, so the code that runs inside Redis is the code the unit tests run.

@@ -1,10 +1,11 @@
 //! The Redis edge: the only code that calls the module API (`RedisModule_*` function pointers),
-//! checked by a test below. Everything above it works with byte slices, [`Tat`]s and
-//! [`Reply`] values, and reaches state through the [`Store`](crate::store::Store) trait.
+//! checked by a test below. Everything above it works with byte slices,
+//! [`Tat`](crate::gcra::Tat)s and [`Reply`] values, and reaches state through the
+//! [`Store`](crate::store::Store) trait.
 //!
 //! - this file: running a command ([`run_command`]), its arguments ([`RawArgs`]), the clock
-//!   ([`now_nanos`]) and writing the reply;
-//! - [`key`]: the Redis key as a store ([`Keyspace`]): read, write with expiry, delete,
+//!   (`now_nanos`) and writing the reply;
+//! - `key.rs`: the Redis key as a store ([`Keyspace`]): read, write with expiry, delete,
 //!   keyspace events and effect replication;
 //! - [`register`]: loading the module: commands, key specs, key-position requests, the ACL
 //!   category, the INFO section;
@@ -30,8 +31,6 @@ pub use key::{Key, Keyspace};
 
 use crate::args::Args;
 use crate::error::Error;
-#[cfg(doc)]
-use crate::gcra::Tat;
 use crate::reply::Reply;
 use crate::stats;
 

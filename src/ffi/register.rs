@@ -18,7 +18,7 @@ use crate::stats;
 /// One command of the module: what `lib.rs`'s table lists.
 pub struct CommandSpec {
     pub name: &'static CStr,
-    /// Made by [`handler!`] from the command's body.
+    /// Made by `handler!` from the command's body.
     pub handler: Handler,
     /// Redis command flags (`write deny-oom fast`, ...); `getkeys-api` is added for
     /// [`Keys::Counted`].

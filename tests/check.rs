@@ -3,20 +3,8 @@
 use std::thread::sleep;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use testkit::redis::{self, Connection};
-use testkit::RedisServer;
-
-fn check(con: &mut Connection, args: &[&str]) -> Vec<i64> {
-    redis::cmd("RL.CHECK").arg(args).query(con).unwrap_or_else(|e| panic!("RL.CHECK {args:?}: {e}"))
-}
-
-fn get(con: &mut Connection, key: &str) -> Option<String> {
-    redis::cmd("GET").arg(key).query(con).unwrap()
-}
-
-fn pexpiretime(con: &mut Connection, key: &str) -> i64 {
-    redis::cmd("PEXPIRETIME").arg(key).query(con).unwrap()
-}
+use testkit::redis;
+use testkit::{rl_check, CheckReply, RedisServer, Stored};
 
 fn unix_millis() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
@@ -28,20 +16,20 @@ fn fresh_key_admits_exactly_burst_then_limits() {
     let mut con = server.client();
     // 5 per 1000 s: one token per 200 s, so the few ms between calls refill nothing.
     for expected_remaining in (0..5).rev() {
-        let reply = check(&mut con, &["user:1", "5", "1000"]);
-        assert_eq!(reply[0], 1, "admitted: {reply:?}");
-        assert_eq!(reply[1], expected_remaining, "remaining: {reply:?}");
-        assert_eq!(reply[2], 0, "no retry when admitted: {reply:?}");
-        assert_eq!(reply[4], 5, "burst: {reply:?}");
+        let reply = rl_check(&mut con, &["user:1", "5", "1000"]);
+        assert!(reply.allowed, "admitted: {reply:?}");
+        assert_eq!(reply.remaining, expected_remaining, "remaining: {reply:?}");
+        assert_eq!(reply.retry_after_ms, Some(0), "no retry when admitted: {reply:?}");
+        assert_eq!(reply.burst, 5, "burst: {reply:?}");
     }
-    let limited = check(&mut con, &["user:1", "5", "1000"]);
-    assert_eq!(limited[0], 0, "sixth request is limited: {limited:?}");
-    assert_eq!(limited[1], 0);
+    let limited = rl_check(&mut con, &["user:1", "5", "1000"]);
+    assert!(!limited.allowed, "sixth request is limited: {limited:?}");
+    assert_eq!(limited.remaining, 0);
     // The next token arrives one emission interval (200 s) after the first request.
-    assert!((199_000..=200_000).contains(&limited[2]), "retry_after_ms: {limited:?}");
+    assert!(matches!(limited.retry_after_ms, Some(199_000..=200_000)), "retry_after_ms: {limited:?}");
     // The bucket is full again 5 intervals (1000 s) after the first request.
-    assert!((999_000..=1_000_000).contains(&limited[3]), "reset_after_ms: {limited:?}");
-    assert_eq!(limited[4], 5);
+    assert!((999_000..=1_000_000).contains(&limited.reset_after_ms), "reset_after_ms: {limited:?}");
+    assert_eq!(limited.burst, 5);
 }
 
 #[test]
@@ -49,14 +37,14 @@ fn waiting_retry_after_admits_again() {
     let server = RedisServer::start();
     let mut con = server.client();
     // 2 per second with burst 2: after the burst, a token every 500 ms.
-    assert_eq!(check(&mut con, &["k", "2", "1"])[0], 1);
-    assert_eq!(check(&mut con, &["k", "2", "1"])[0], 1);
-    let limited = check(&mut con, &["k", "2", "1"]);
-    assert_eq!(limited[0], 0);
-    assert!(limited[2] > 0 && limited[2] <= 500, "{limited:?}");
-    sleep(Duration::from_millis(limited[2] as u64));
-    let again = check(&mut con, &["k", "2", "1"]);
-    assert_eq!(again[0], 1, "waiting exactly retry_after_ms admits: {again:?}");
+    assert!(rl_check(&mut con, &["k", "2", "1"]).allowed);
+    assert!(rl_check(&mut con, &["k", "2", "1"]).allowed);
+    let limited = rl_check(&mut con, &["k", "2", "1"]);
+    assert!(!limited.allowed);
+    let Some(retry_after_ms @ 1..=500) = limited.retry_after_ms else { panic!("{limited:?}") };
+    sleep(Duration::from_millis(retry_after_ms));
+    let again = rl_check(&mut con, &["k", "2", "1"]);
+    assert!(again.allowed, "waiting exactly retry_after_ms admits: {again:?}");
 }
 
 #[test]
@@ -65,14 +53,14 @@ fn exact_arithmetic_admits_the_whole_burst_for_inexact_intervals() {
     let mut con = server.client();
     // 3 per 100 s: the emission interval is 33 333 333 333.3 ns; rounding it would lose or
     // gain a token. 7 per 1000 s with burst 7 likewise.
-    let reply = check(&mut con, &["third", "3", "100", "BURST", "5", "COST", "5"]);
-    assert_eq!(&reply[..2], &[1, 0], "{reply:?}");
-    let value = get(&mut con, "third").unwrap();
+    let reply = rl_check(&mut con, &["third", "3", "100", "BURST", "5", "COST", "5"]);
+    assert_eq!((reply.allowed, reply.remaining), (true, 0), "{reply:?}");
+    let value = Stored::of(&mut con, "third").value.unwrap();
     assert!(value.contains('+') && value.ends_with("/3"), "state keeps the exact fraction: {value}");
     for remaining in (0..7).rev() {
-        assert_eq!(check(&mut con, &["sevenths", "7", "1000"])[1], remaining);
+        assert_eq!(rl_check(&mut con, &["sevenths", "7", "1000"]).remaining, remaining);
     }
-    assert_eq!(check(&mut con, &["sevenths", "7", "1000"])[0], 0);
+    assert!(!rl_check(&mut con, &["sevenths", "7", "1000"]).allowed);
 }
 
 #[test]
@@ -80,44 +68,46 @@ fn cost_and_burst_options() {
     let server = RedisServer::start();
     let mut con = server.client();
     // Burst 10 on a 5-per-1000 s limit: a fresh key takes 10 at once.
-    let reply = check(&mut con, &["b", "5", "1000", "BURST", "10", "COST", "7"]);
-    assert_eq!(&reply[..3], &[1, 3, 0]);
-    assert_eq!(reply[4], 10);
+    let reply = rl_check(&mut con, &["b", "5", "1000", "BURST", "10", "COST", "7"]);
+    assert_eq!((reply.allowed, reply.remaining, reply.retry_after_ms), (true, 3, Some(0)));
+    assert_eq!(reply.burst, 10);
     // 4 more do not fit in the 3 left: refused, nothing taken.
-    let refused = check(&mut con, &["b", "5", "1000", "cost", "4", "burst", "10"]);
-    assert_eq!(&refused[..2], &[0, 3], "{refused:?}");
-    assert!((199_000..=200_000).contains(&refused[2]), "one token short: one interval: {refused:?}");
-    assert_eq!(check(&mut con, &["b", "5", "1000", "COST", "3", "BURST", "10"])[..2], [1, 0]);
+    let refused = rl_check(&mut con, &["b", "5", "1000", "cost", "4", "burst", "10"]);
+    assert_eq!((refused.allowed, refused.remaining), (false, 3), "{refused:?}");
+    assert!(matches!(refused.retry_after_ms, Some(199_000..=200_000)), "one token short: one interval: {refused:?}");
+    let rest = rl_check(&mut con, &["b", "5", "1000", "COST", "3", "BURST", "10"]);
+    assert_eq!((rest.allowed, rest.remaining), (true, 0));
     // A cost above the burst can never be admitted.
-    let never = check(&mut con, &["fresh", "5", "1000", "COST", "6"]);
-    assert_eq!(&never[..3], &[0, 5, -1], "{never:?}");
-    assert_eq!(get(&mut con, "fresh"), None, "a refused request writes nothing");
+    let never = rl_check(&mut con, &["fresh", "5", "1000", "COST", "6"]);
+    assert_eq!((never.allowed, never.remaining, never.retry_after_ms), (false, 5, None), "{never:?}");
+    assert_eq!(Stored::of(&mut con, "fresh").value, None, "a refused request writes nothing");
 }
 
 #[test]
 fn cost_zero_reports_and_writes_nothing() {
     let server = RedisServer::start();
     let mut con = server.client();
-    let peek = check(&mut con, &["z", "5", "1000", "COST", "0"]);
-    assert_eq!(peek, vec![1, 5, 0, 0, 5], "a missing key is a full bucket");
-    assert_eq!(get(&mut con, "z"), None);
-    check(&mut con, &["z", "5", "1000", "COST", "2"]);
-    let before = (get(&mut con, "z"), pexpiretime(&mut con, "z"));
-    let report = check(&mut con, &["z", "5", "1000", "COST", "0"]);
-    assert_eq!(&report[..3], &[1, 3, 0]);
-    assert!(report[3] > 399_000 && report[3] <= 400_000, "{report:?}");
-    assert_eq!((get(&mut con, "z"), pexpiretime(&mut con, "z")), before, "COST 0 changes nothing");
+    let peek = rl_check(&mut con, &["z", "5", "1000", "COST", "0"]);
+    let full = CheckReply { allowed: true, remaining: 5, retry_after_ms: Some(0), reset_after_ms: 0, burst: 5 };
+    assert_eq!(peek, full, "a missing key is a full bucket");
+    assert_eq!(Stored::of(&mut con, "z").value, None);
+    rl_check(&mut con, &["z", "5", "1000", "COST", "2"]);
+    let before = Stored::of(&mut con, "z");
+    let report = rl_check(&mut con, &["z", "5", "1000", "COST", "0"]);
+    assert_eq!((report.allowed, report.remaining, report.retry_after_ms), (true, 3, Some(0)));
+    assert!(report.reset_after_ms > 399_000 && report.reset_after_ms <= 400_000, "{report:?}");
+    assert_eq!(Stored::of(&mut con, "z"), before, "COST 0 changes nothing");
 }
 
 #[test]
 fn limited_request_leaves_value_and_ttl_alone() {
     let server = RedisServer::start();
     let mut con = server.client();
-    check(&mut con, &["l", "1", "1000"]);
-    let before = (get(&mut con, "l"), pexpiretime(&mut con, "l"));
+    rl_check(&mut con, &["l", "1", "1000"]);
+    let before = Stored::of(&mut con, "l");
     sleep(Duration::from_millis(5));
-    assert_eq!(check(&mut con, &["l", "1", "1000"])[0], 0);
-    assert_eq!((get(&mut con, "l"), pexpiretime(&mut con, "l")), before);
+    assert!(!rl_check(&mut con, &["l", "1", "1000"]).allowed);
+    assert_eq!(Stored::of(&mut con, "l"), before);
 }
 
 #[test]
@@ -125,16 +115,17 @@ fn state_is_the_tat_in_nanoseconds_with_expiry_when_the_bucket_is_full() {
     let server = RedisServer::start();
     let mut con = server.client();
     let start = unix_millis();
-    let reply = check(&mut con, &["ttl", "10", "60", "COST", "4"]);
+    let reply = rl_check(&mut con, &["ttl", "10", "60", "COST", "4"]);
     let end = unix_millis();
-    assert_eq!(reply[..2], [1, 6]);
-    let tat: i64 = get(&mut con, "ttl").unwrap().parse().expect("a whole number of nanoseconds");
+    assert_eq!((reply.allowed, reply.remaining), (true, 6));
+    let state = Stored::of(&mut con, "ttl");
+    let tat: i64 = state.value.unwrap().parse().expect("a whole number of nanoseconds");
     // 4 tokens at 6 s each: the bucket is full 24 s after the call.
     let tat_ms = tat / 1_000_000;
     assert!(tat_ms >= start + 24_000 - 1 && tat_ms <= end + 24_000, "tat {tat_ms} vs [{start}, {end}] + 24 s");
     // The key expires at the first millisecond at or after the TAT.
     let expected_expiry = (tat + 999_999) / 1_000_000;
-    assert_eq!(pexpiretime(&mut con, "ttl"), expected_expiry);
+    assert_eq!(state.pexpiretime, expected_expiry);
     let ty: String = redis::cmd("TYPE").arg("ttl").query(&mut con).unwrap();
     assert_eq!(ty, "string", "state is a plain Redis string");
 }
@@ -144,10 +135,10 @@ fn idle_key_disappears_when_its_bucket_is_full() {
     let server = RedisServer::start();
     let mut con = server.client();
     // 10 per second: one token refills in 100 ms, so the key lives 100 ms.
-    check(&mut con, &["short", "10", "1"]);
-    assert!(get(&mut con, "short").is_some());
-    let reset: Vec<i64> = check(&mut con, &["short", "10", "1", "COST", "0"]);
-    sleep(Duration::from_millis(reset[3] as u64 + 50));
+    rl_check(&mut con, &["short", "10", "1"]);
+    assert!(Stored::of(&mut con, "short").value.is_some());
+    let reset = rl_check(&mut con, &["short", "10", "1", "COST", "0"]);
+    sleep(Duration::from_millis(reset.reset_after_ms + 50));
     let exists: i64 = redis::cmd("EXISTS").arg("short").query(&mut con).unwrap();
     assert_eq!(exists, 0, "the key expired at the full-bucket moment");
 }
@@ -170,8 +161,8 @@ fn binary_and_unusual_key_names_work() {
     let server = RedisServer::start();
     let mut con = server.client();
     for key in [&b"\x00\xff binary key\r\n"[..], "ключ-🙂".as_bytes(), &[b'x'; 1000][..]] {
-        let reply: Vec<i64> = redis::cmd("RL.CHECK").arg(key).arg(2).arg(60).query(&mut con).unwrap();
-        assert_eq!(reply[..2], [1, 1]);
+        let reply = rl_check(&mut con, (key, 2, 60));
+        assert_eq!((reply.allowed, reply.remaining), (true, 1));
         let stored: Option<Vec<u8>> = redis::cmd("GET").arg(key).query(&mut con).unwrap();
         assert!(stored.is_some());
     }

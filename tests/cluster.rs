@@ -1,29 +1,12 @@
 //! The module on a real Redis Cluster (three primaries on loopback), driven through the
 //! `redis` crate's cluster-aware client as an application would.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::{Arc, Barrier};
 
-use common::{check, snapshot, stored, tokens, Stored};
 use testkit::redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use testkit::redis::{self, cluster::cluster_pipe, Value};
-use testkit::{Cluster, RedisServer};
-
-/// RL.CHECKALL's reply: `[allowed, retry_after_ms, [[allowed, remaining, retry, reset, burst]...]]`.
-type CheckAll = (i64, i64, Vec<[i64; 5]>);
-
-/// `WAIT` sent to `primary` over the cluster connection's own link to it: that link made the
-/// writes, and WAIT waits for the last write of the connection it arrives on.
-fn wait_for_replicas_of(con: &mut redis::cluster::ClusterConnection, primary: &RedisServer, replicas: i64) {
-    let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
-        host: "127.0.0.1".to_string(),
-        port: primary.port(),
-    });
-    let acked = con.route_command(redis::cmd("WAIT").arg(replicas).arg(10_000), routing).unwrap();
-    assert_eq!(acked, Value::Int(replicas), "WAIT on {}", primary.port());
-}
+use testkit::{check, info_field, snapshot, stored, tokens, CheckAllReply, CheckReply, Cluster, RedisServer, Stored};
 
 #[test]
 fn checks_on_thousands_of_keys_spread_over_all_primaries_and_live_on_their_slot_owner() {
@@ -33,18 +16,22 @@ fn checks_on_thousands_of_keys_spread_over_all_primaries_and_live_on_their_slot_
 
     // Two rounds through the cluster client: the second sees the state the first left, so
     // each key was read and written on one node.
-    for expected_remaining in [9, 8] {
+    for expected_remaining in [9u64, 8] {
         for batch in keys.chunks(500) {
             let mut pipe = cluster_pipe();
             for key in batch {
                 pipe.cmd("RL.CHECK").arg(key).arg(10).arg(60);
             }
-            let replies: Vec<[i64; 5]> = pipe.query(&mut con).unwrap();
+            let replies: Vec<CheckReply> = pipe.query(&mut con).unwrap();
             for (key, reply) in batch.iter().zip(replies) {
                 // Each token takes 6 s to come back; a little time passed since the first round.
                 let reset_ms = 6000 * (10 - expected_remaining);
-                assert_eq!([reply[0], reply[1], reply[2], reply[4]], [1, expected_remaining, 0, 10], "{key}");
-                assert!(reply[3] <= reset_ms && reply[3] > reset_ms - 6000, "{key}: {reply:?}");
+                assert_eq!(
+                    (reply.allowed, reply.remaining, reply.retry_after_ms, reply.burst),
+                    (true, expected_remaining, Some(0), 10),
+                    "{key}"
+                );
+                assert!(reply.reset_after_ms <= reset_ms && reply.reset_after_ms > reset_ms - 6000, "{key}: {reply:?}");
             }
         }
     }
@@ -90,15 +77,33 @@ fn checkall_with_hash_tagged_keys_is_all_or_nothing_and_other_slots_get_crossslo
     let (rpm, tpm) = ("{tenant:42}:rpm", "{tenant:42}:tpm");
     assert_eq!(cluster.keyslot(rpm), cluster.keyslot(tpm), "one hash tag, one slot");
 
-    let checkall = |con: &mut redis::cluster::ClusterConnection, cost: u64| -> redis::RedisResult<CheckAll> {
+    let checkall = |con: &mut redis::cluster::ClusterConnection, cost: u64| -> redis::RedisResult<CheckAllReply> {
         redis::cmd("RL.CHECKALL").arg(2).arg(rpm).arg(tpm).arg(&[10, 60, 1, 10]).arg(&[1000, 60, cost, 1000]).query(con)
     };
-    assert_eq!(checkall(&mut con, 400).unwrap(), (1, 0, vec![[1, 9, 0, 6000, 10], [1, 600, 0, 24000, 1000]]));
+    let admitted = |remaining, reset_after_ms, burst| CheckReply {
+        allowed: true,
+        remaining,
+        retry_after_ms: Some(0),
+        reset_after_ms,
+        burst,
+    };
+    assert_eq!(
+        checkall(&mut con, 400).unwrap(),
+        CheckAllReply {
+            allowed: true,
+            retry_after_ms: Some(0),
+            limits: vec![admitted(9, 6000, 10), admitted(600, 24000, 1000)]
+        }
+    );
     // 700 tokens do not fit in 600: refused, and the request limit is not charged either.
-    let (allowed, retry_after, rows) = checkall(&mut con, 700).unwrap();
-    assert_eq!((allowed, rows[0][0], rows[0][1], rows[1][0], rows[1][1]), (0, 1, 9, 0, 600));
-    assert_eq!(retry_after, rows[1][2]);
-    assert!(retry_after > 0);
+    let refused = checkall(&mut con, 700).unwrap();
+    let rows = &refused.limits;
+    assert_eq!(
+        (refused.allowed, rows[0].allowed, rows[0].remaining, rows[1].allowed, rows[1].remaining),
+        (false, true, 9, false, 600)
+    );
+    assert_eq!(refused.retry_after_ms, rows[1].retry_after_ms);
+    assert!(refused.retry_after_ms.is_some_and(|ms| ms > 0), "{refused:?}");
     let owner = cluster.owner_index(rpm);
     assert_eq!(tokens(&mut cluster.node(owner).client(), rpm, 10, 60, 10), 9);
     assert_eq!(tokens(&mut cluster.node(owner).client(), tpm, 1000, 60, 1000), 600);
@@ -107,7 +112,7 @@ fn checkall_with_hash_tagged_keys_is_all_or_nothing_and_other_slots_get_crossslo
     // and then follows the server's MOVED. Routing by the first key saves that round trip.
     let moved = |cluster: &Cluster| -> u64 {
         let count = |node: &RedisServer| {
-            let errors = common::info_field(&mut node.client(), "errorstats", "errorstat_MOVED");
+            let errors = info_field(&mut node.client(), "errorstats", "errorstat_MOVED");
             errors.and_then(|v| v.strip_prefix("count=").and_then(|n| n.parse::<u64>().ok())).unwrap_or(0)
         };
         cluster.nodes().iter().map(count).sum()
@@ -117,8 +122,8 @@ fn checkall_with_hash_tagged_keys_is_all_or_nothing_and_other_slots_get_crossslo
     let to_owner = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::with_key(rpm, SlotAddr::Master)));
     assert_ne!(cluster.owner_index("2"), owner, "unrouted, this call would be redirected");
     let moved_before = moved(&cluster);
-    let reply = redis::from_redis_value::<CheckAll>(con.route_command(&cmd, to_owner).unwrap()).unwrap();
-    assert_eq!((reply.0, reply.2[0][1], reply.2[1][1]), (1, 8, 500));
+    let reply = redis::from_redis_value::<CheckAllReply>(con.route_command(&cmd, to_owner).unwrap()).unwrap();
+    assert_eq!((reply.allowed, reply.limits[0].remaining, reply.limits[1].remaining), (true, 8, 500));
     assert_eq!(moved(&cluster), moved_before, "routed straight to the owner");
 
     // Keys in different slots cannot be checked atomically: the server refuses with CROSSSLOT
@@ -156,7 +161,7 @@ fn limits_hold_exactly_when_many_clients_hit_the_same_keys_through_the_cluster()
     const CALLS: usize = 25; // per thread and key: 400 calls per key for 100 tokens
     let client = cluster.cluster_client();
     let barrier = Arc::new(Barrier::new(THREADS));
-    let admitted: Vec<Vec<i64>> = std::thread::scope(|scope| {
+    let admitted: Vec<Vec<u64>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..THREADS)
             .map(|_| {
                 let (client, barrier, keys) = (client.clone(), barrier.clone(), &keys);
@@ -166,9 +171,9 @@ fn limits_hold_exactly_when_many_clients_hit_the_same_keys_through_the_cluster()
                     barrier.wait();
                     for _ in 0..CALLS {
                         for (k, key) in keys.iter().enumerate() {
-                            let [allowed, remaining, ..] = check(&mut con, key, 100, 3600, 1, 100);
-                            assert!((0..100).contains(&remaining), "{key}: remaining {remaining}");
-                            admitted[k] += allowed;
+                            let reply = check(&mut con, key, 100, 3600, 1, 100);
+                            assert!((0..100).contains(&reply.remaining), "{key}: remaining {}", reply.remaining);
+                            admitted[k] += u64::from(reply.allowed);
                         }
                     }
                     admitted
@@ -178,7 +183,7 @@ fn limits_hold_exactly_when_many_clients_hit_the_same_keys_through_the_cluster()
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     for (k, key) in keys.iter().enumerate() {
-        let total: i64 = admitted.iter().map(|per_thread| per_thread[k]).sum();
+        let total: u64 = admitted.iter().map(|per_thread| per_thread[k]).sum();
         assert_eq!(total, 100, "{key}: admitted {total} of {} calls", THREADS * CALLS);
         assert_eq!(tokens(&mut cluster.owner_of(key).client(), key, 100, 3600, 100), 0);
     }
@@ -198,16 +203,17 @@ fn cluster_failover_keeps_replicas_identical_and_a_client_that_used_its_burst_li
     }
     let victim = "victim";
     for n in 0..5 {
-        assert_eq!(check(&mut con, victim, 5, 3600, 1, 5)[..2], [1, 4 - n]);
+        let reply = check(&mut con, victim, 5, 3600, 1, 5);
+        assert_eq!((reply.allowed, reply.remaining), (true, 4 - n));
     }
     let refused = check(&mut con, victim, 5, 3600, 1, 5);
-    assert_eq!(refused[..2], [0, 0]);
+    assert_eq!((refused.allowed, refused.remaining), (false, 0));
     let partial = "partial";
     check(&mut con, partial, 10, 3600, 3, 10);
 
     // Every replica holds exactly its primary's keys, values and expiries.
     for primary in cluster.primary_indices() {
-        wait_for_replicas_of(&mut con, cluster.node(primary), 1);
+        cluster.wait_for_replicas(&mut con, primary, 1);
         let on_primary = snapshot(&mut cluster.node(primary).client());
         assert!(!on_primary.is_empty());
         for replica in cluster.replica_indices(primary) {
@@ -220,7 +226,7 @@ fn cluster_failover_keeps_replicas_identical_and_a_client_that_used_its_burst_li
     let owner = cluster.owner_index(victim);
     let replica = cluster.replica_indices(owner)[0];
     let state = |cluster: &Cluster| -> Vec<Stored> {
-        [victim, partial].map(|k| stored(&mut cluster.owner_of(k).client(), &[k.to_string()])[k].clone()).to_vec()
+        [victim, partial].map(|k| Stored::of(&mut cluster.owner_of(k).client(), k)).to_vec()
     };
     let before = state(&cluster);
     cluster.failover(replica);
@@ -230,8 +236,11 @@ fn cluster_failover_keeps_replicas_identical_and_a_client_that_used_its_burst_li
 
     // Through the same cluster client: still limited, and no token appeared or vanished.
     let after = check(&mut con, victim, 5, 3600, 1, 5);
-    assert_eq!(after[..2], [0, 0], "a failover must not hand out a fresh burst");
-    assert!(after[2] > 0 && after[2] <= refused[2], "retry after {} (was {})", after[2], refused[2]);
+    assert_eq!((after.allowed, after.remaining), (false, 0), "a failover must not hand out a fresh burst");
+    let (Some(retry), Some(was)) = (after.retry_after_ms, refused.retry_after_ms) else {
+        panic!("a spent client can be admitted later: {after:?} (was {refused:?})")
+    };
+    assert!(retry > 0 && retry <= was, "retry after {retry} (was {was})");
     assert_eq!(tokens(&mut con, partial, 10, 3600, 10), 7);
     assert_eq!(state(&cluster), before, "a refused check writes nothing");
 }

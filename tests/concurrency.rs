@@ -1,14 +1,11 @@
 //! Many client connections hitting one limiter at once. Redis runs each module command
 //! atomically, so the GCRA needs no retry loop, and these tests hold it to exact counts.
 
-mod common;
-
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use common::{check, tokens};
 use testkit::redis;
-use testkit::RedisServer;
+use testkit::{check, cl_throttle, redis_version, rl_checkall, tokens, CheckReply, RedisServer};
 
 const CONNECTIONS: usize = 32;
 
@@ -35,17 +32,17 @@ fn hammer<T: Send>(server: &RedisServer, body: impl Fn(&mut redis::Connection) -
 fn thirty_two_connections_on_one_key_with_a_long_window_admit_exactly_the_burst() {
     let server = RedisServer::start();
     // 32 × 25 = 800 requests for a bucket of 100 that refills one token every 36 s.
-    let remaining_seen: Vec<Vec<i64>> = hammer(&server, |con| {
+    let remaining_seen: Vec<Vec<u64>> = hammer(&server, |con| {
         (0..25)
             .filter_map(|_| {
-                let [allowed, remaining, retry, _, burst] = check(con, "hot", 100, 3600, 1, 100);
-                assert_eq!(burst, 100);
-                assert_eq!(allowed == 1, retry == 0, "retry_after {retry} with allowed {allowed}");
-                (allowed == 1).then_some(remaining)
+                let reply = check(con, "hot", 100, 3600, 1, 100);
+                assert_eq!(reply.burst, 100);
+                assert_eq!(reply.allowed, reply.retry_after_ms == Some(0), "retry_after with allowed: {reply:?}");
+                reply.allowed.then_some(reply.remaining)
             })
             .collect()
     });
-    let mut remaining: Vec<i64> = remaining_seen.into_iter().flatten().collect();
+    let mut remaining: Vec<u64> = remaining_seen.into_iter().flatten().collect();
     assert_eq!(remaining.len(), 100, "admitted exactly the burst");
     // Every admitted request saw its own bucket level: 99, 98, ..., 0, each exactly once.
     remaining.sort_unstable();
@@ -56,29 +53,21 @@ fn thirty_two_connections_on_one_key_with_a_long_window_admit_exactly_the_burst(
 #[test]
 fn concurrent_costs_throttles_and_checkalls_admit_exactly_what_fits() {
     let server = RedisServer::start();
-    let admitted: Vec<[i64; 3]> = hammer(&server, |con| {
+    let admitted: Vec<[u64; 3]> = hammer(&server, |con| {
         let mut admitted = [0; 3];
         for _ in 0..20 {
             // COST 3 from a bucket of 100: 33 fit.
-            admitted[0] += check(con, "costly", 100, 3600, 3, 100)[0];
+            admitted[0] += u64::from(check(con, "costly", 100, 3600, 3, 100).allowed);
             // redis-cell's CL.THROTTLE: max_burst 49 is a bucket of 50.
-            let throttle: Vec<i64> = redis::cmd("CL.THROTTLE").arg("cell").arg(49).arg(1).arg(3600).query(con).unwrap();
-            admitted[1] += 1 - throttle[0];
+            admitted[1] += u64::from(!cl_throttle(con, ("cell", 49, 1, 3600)).limited);
             // Requests-and-tokens together: 40 requests, 1000 tokens at 30 a call; tokens run
             // out after 33 calls, and then neither limit may be charged.
-            let (allowed, _, _): (i64, i64, Vec<Vec<i64>>) = redis::cmd("RL.CHECKALL")
-                .arg(2)
-                .arg("rpm")
-                .arg("tpm")
-                .arg(&[40, 3600, 1, 40])
-                .arg(&[1000, 3600, 30, 1000])
-                .query(con)
-                .unwrap();
-            admitted[2] += allowed;
+            let all = rl_checkall(con, (2, "rpm", "tpm", &[40, 3600, 1, 40], &[1000, 3600, 30, 1000]));
+            admitted[2] += u64::from(all.allowed);
         }
         admitted
     });
-    let total = |i: usize| admitted.iter().map(|a| a[i]).sum::<i64>();
+    let total = |i: usize| admitted.iter().map(|a| a[i]).sum::<u64>();
     assert_eq!(total(0), 33, "COST 3 from 100 tokens");
     assert_eq!(total(1), 50, "CL.THROTTLE with max_burst 49");
     assert_eq!(total(2), 33, "RL.CHECKALL until the tokens ran out");
@@ -108,9 +97,9 @@ fn with_a_short_window_admitted_never_exceeds_burst_plus_rate_times_elapsed() {
                         if began.elapsed() >= RUN {
                             break;
                         }
-                        let [allowed, remaining, ..] = check(&mut con, "short", LIMIT, 1, 1, BURST);
-                        assert!((0..BURST as i64).contains(&remaining), "remaining {remaining}");
-                        admitted += allowed as u64;
+                        let reply = check(&mut con, "short", LIMIT, 1, 1, BURST);
+                        assert!((0..BURST).contains(&reply.remaining), "remaining {}", reply.remaining);
+                        admitted += u64::from(reply.allowed);
                     }
                     admitted
                 })
@@ -132,20 +121,12 @@ fn with_a_short_window_admitted_never_exceeds_burst_plus_rate_times_elapsed() {
     assert!(admitted > BURST, "admitted only {admitted} in {elapsed:?}");
 }
 
-/// `redis_version` as `(major, minor)`; Valkey reports the Redis version it is compatible
-/// with (7.2 for Valkey 8).
-fn redis_version(con: &mut redis::Connection) -> (u32, u32) {
-    let version = common::info_field(con, "server", "redis_version").unwrap();
-    let mut parts = version.split('.').map(|p| p.parse().unwrap());
-    (parts.next().unwrap(), parts.next().unwrap())
-}
-
 #[test]
 fn a_transaction_decides_at_one_instant_where_the_server_caches_the_command_time() {
     let server = RedisServer::builder().arg("enable-debug-command", "yes").start();
     let mut con = server.client();
     // A token every millisecond; 50 ms pass between the two checks inside one MULTI.
-    let (first, second): (Vec<i64>, Vec<i64>) = redis::pipe()
+    let (first, second): (CheckReply, CheckReply) = redis::pipe()
         .atomic()
         .cmd("RL.CHECK")
         .arg(&["tx", "1000", "1"])
@@ -156,13 +137,16 @@ fn a_transaction_decides_at_one_instant_where_the_server_caches_the_command_time
         .arg(&["tx", "1000", "1"])
         .query(&mut con)
         .unwrap();
-    assert_eq!(first[..4], [1, 999, 0, 1]);
+    // (allowed, remaining, retry_after_ms, reset_after_ms)
+    let decision = |r: CheckReply| (r.allowed, r.remaining, r.retry_after_ms, r.reset_after_ms);
+    assert_eq!(decision(first), (true, 999, Some(0), 1));
+    // Valkey reports the Redis version it is compatible with (7.2 for Valkey 8).
     if redis_version(&mut con) >= (7, 2) {
         // RedisModule_CachedMicroseconds: every command of the transaction sees the instant
         // EXEC started, so the second check finds the first token still missing.
-        assert_eq!(second[..4], [1, 998, 0, 2], "one instant for the whole MULTI");
+        assert_eq!(decision(second), (true, 998, Some(0), 2), "one instant for the whole MULTI");
     } else {
         // Redis 7.0 has only the live millisecond clock: the first token came back meanwhile.
-        assert_eq!(second[..4], [1, 999, 0, 1], "the live clock moved on");
+        assert_eq!(decision(second), (true, 999, Some(0), 1), "the live clock moved on");
     }
 }

@@ -5,16 +5,14 @@
 //! All quotas here use long windows (every stored TAT expires minutes after it was written),
 //! so no key can expire while a test compares state before and after.
 
-mod common;
-
 use std::collections::BTreeMap;
-use std::fs;
-use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use common::{check, info_field, snapshot, tokens, wait_for_replicas, Stored};
 use testkit::redis::{self, Value};
-use testkit::RedisServer;
+use testkit::{
+    check, info_field, snapshot, tokens, wait_for_replicas, wait_until, CheckAllReply, CheckReply, RedisServer,
+    RefundReply, Stored, ThrottleReply,
+};
 
 /// The window of every quota in the workload: long enough that nothing expires mid-test.
 const WINDOW: u64 = 600;
@@ -98,36 +96,34 @@ fn mixed_workload(con: &mut redis::Connection, seed: u64, calls: usize) -> Tally
         }
         let replies: Vec<Value> = pipe.query(con).unwrap();
         for (kind, reply) in kinds.iter().zip(replies) {
-            let first = match &reply {
-                Value::Array(items) => match items.first() {
-                    Some(Value::Int(v)) => *v,
-                    _ => panic!("{kind}: unexpected reply {reply:?}"),
-                },
-                Value::Int(v) => *v,
-                _ => panic!("{kind}: unexpected reply {reply:?}"),
-            };
-            match *kind {
-                "check" | "checkall" => {
-                    if first == 1 {
-                        tally.admitted += 1
-                    } else {
-                        tally.limited += 1
-                    }
-                    if *kind == "checkall" {
-                        tally.checkalls += 1;
-                    }
+            fn decode<T: redis::FromRedisValue>(kind: &str, reply: Value) -> T {
+                redis::from_redis_value(reply).unwrap_or_else(|e| panic!("{kind}: unexpected reply: {e}"))
+            }
+            let admitted = match *kind {
+                "check" => Some(decode::<CheckReply>(kind, reply).allowed),
+                "checkall" => {
+                    tally.checkalls += 1;
+                    Some(decode::<CheckAllReply>(kind, reply).allowed)
                 }
                 "throttle" => {
                     tally.throttled += 1;
-                    if first == 0 {
-                        tally.admitted += 1
-                    } else {
-                        tally.limited += 1
-                    }
+                    Some(!decode::<ThrottleReply>(kind, reply).limited)
                 }
-                "refund" => tally.refunds += 1,
-                "reset" => tally.resets += first as u64,
+                "refund" => {
+                    decode::<RefundReply>(kind, reply);
+                    tally.refunds += 1;
+                    None
+                }
+                "reset" => {
+                    tally.resets += decode::<u64>(kind, reply);
+                    None
+                }
                 _ => unreachable!(),
+            };
+            match admitted {
+                Some(true) => tally.admitted += 1,
+                Some(false) => tally.limited += 1,
+                None => {}
             }
         }
         done += batch;
@@ -142,19 +138,20 @@ fn mixed_workload(con: &mut redis::Connection, seed: u64, calls: usize) -> Tally
 /// Two probe clients on top of a workload: `spent` used its whole burst (and is refused),
 /// `partial` used 3 of its 10 tokens.
 fn spend_probes(con: &mut redis::Connection) {
+    let decision = |reply: CheckReply| (reply.allowed, reply.remaining);
     for n in 0..5 {
-        assert_eq!(check(con, "spent", 5, 3600, 1, 5)[..2], [1, 4 - n]);
+        assert_eq!(decision(check(con, "spent", 5, 3600, 1, 5)), (true, 4 - n));
     }
-    assert_eq!(check(con, "spent", 5, 3600, 1, 5)[..2], [0, 0]);
-    assert_eq!(check(con, "partial", 10, 3600, 3, 10)[..2], [1, 7]);
+    assert_eq!(decision(check(con, "spent", 5, 3600, 1, 5)), (false, 0));
+    assert_eq!(decision(check(con, "partial", 10, 3600, 3, 10)), (true, 7));
 }
 
 /// The probes are exactly where [`spend_probes`] left them: no token came back, none was
 /// taken twice.
 fn assert_probes_unchanged(con: &mut redis::Connection, when: &str) {
     let spent = check(con, "spent", 5, 3600, 1, 5);
-    assert_eq!(spent[..2], [0, 0], "{when}: a client that used its burst must stay limited");
-    assert!(spent[2] > 0, "{when}: retry_after {}", spent[2]);
+    assert_eq!((spent.allowed, spent.remaining), (false, 0), "{when}: a client that used its burst must stay limited");
+    assert!(spent.retry_after_ms.is_some_and(|ms| ms > 0), "{when}: retry_after {:?}", spent.retry_after_ms);
     assert_eq!(tokens(con, "partial", 10, 3600, 10), 7, "{when}: tokens of a partly used limiter");
 }
 
@@ -208,7 +205,8 @@ fn replica_refuses_checks_answers_peeks_and_after_replicaof_no_one_keeps_a_spent
     assert_eq!(snapshot(&mut on_replica), before);
     assert_probes_unchanged(&mut on_replica, "after REPLICAOF NO ONE");
     // And it limits as the primary did: two more tokens from `partial` leave five.
-    assert_eq!(check(&mut on_replica, "partial", 10, 3600, 2, 10)[..2], [1, 5]);
+    let partial = check(&mut on_replica, "partial", 10, 3600, 2, 10);
+    assert_eq!((partial.allowed, partial.remaining), (true, 5));
 }
 
 /// Kills the server as a crash would (SIGKILL, nothing saved on the way out) and starts it
@@ -229,7 +227,7 @@ fn appendonly_restart_restores_the_state_exactly() {
 
     // The log holds the effects (`SET key value PXAT ms`), never the commands: replaying a
     // command would recompute with the clock of the replay.
-    let aof = read_incr_aof(&server);
+    let aof = server.aof_files(".incr.aof");
     assert!(aof.contains("PXAT"), "the AOF has no absolute expiries");
     for command in ["RL.CHECK", "RL.CHECKALL", "RL.REFUND", "RL.RESET", "CL.THROTTLE"] {
         assert!(!aof.to_ascii_uppercase().contains(command), "{command} was logged verbatim");
@@ -280,19 +278,14 @@ fn bgrewriteaof_then_restart_restores_the_state_exactly() {
     };
     let before_rewrite = rewrites(&mut con);
     let _: Value = redis::cmd("BGREWRITEAOF").query(&mut con).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let done = rewrites(&mut con) > before_rewrite
+    let done = wait_until(Instant::now() + Duration::from_secs(30), || {
+        rewrites(&mut con) > before_rewrite
             && info_field(&mut con, "persistence", "aof_rewrite_in_progress").as_deref() == Some("0")
-            && info_field(&mut con, "persistence", "aof_rewrite_scheduled").as_deref() == Some("0");
-        if done {
-            break;
-        }
-        assert!(Instant::now() < deadline, "BGREWRITEAOF did not finish\n{}", server.log_tail());
-        sleep(Duration::from_millis(20));
-    }
+            && info_field(&mut con, "persistence", "aof_rewrite_scheduled").as_deref() == Some("0")
+    });
+    assert!(done, "BGREWRITEAOF did not finish\n{}", server.log_tail());
     assert_eq!(info_field(&mut con, "persistence", "aof_last_bgrewrite_status").as_deref(), Some("ok"));
-    let base = read_aof_files(&server, ".base.aof");
+    let base = server.aof_files(".base.aof");
     assert!(base.contains("PEXPIREAT"), "the rewritten AOF keeps every expiry");
     assert!(!base.to_ascii_uppercase().contains("RL.CHECK"));
 
@@ -305,22 +298,4 @@ fn bgrewriteaof_then_restart_restores_the_state_exactly() {
     let mut con = server.client();
     assert_eq!(snapshot(&mut con), before, "after loading the rewritten AOF");
     assert_probes_unchanged(&mut con, "after loading the rewritten AOF");
-}
-
-/// Every incremental AOF file of the server, concatenated.
-fn read_incr_aof(server: &RedisServer) -> String {
-    read_aof_files(server, ".incr.aof")
-}
-
-fn read_aof_files(server: &RedisServer, suffix: &str) -> String {
-    let dir = server.dir().join("appendonlydir");
-    let mut out = String::new();
-    for entry in fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
-        let path = entry.unwrap().path();
-        if path.to_string_lossy().ends_with(suffix) {
-            out.push_str(&String::from_utf8_lossy(&fs::read(&path).unwrap()));
-        }
-    }
-    assert!(!out.is_empty(), "no {suffix} file in {}", dir.display());
-    out
 }

@@ -1,7 +1,7 @@
 //! Every bad input gets a clear error reply, changes nothing, and leaves the server running.
 
 use testkit::redis::{self, Connection, Value};
-use testkit::RedisServer;
+use testkit::{rl_check, rl_refund, RedisServer, Stored};
 
 /// Sends a raw command line and returns the error text (panics if it succeeded).
 fn error_of(con: &mut Connection, line: &[&[u8]]) -> String {
@@ -16,12 +16,6 @@ fn error_of(con: &mut Connection, line: &[&[u8]]) -> String {
     }
 }
 
-fn snapshot(con: &mut Connection, key: &str) -> (Option<Vec<u8>>, i64) {
-    let value: Option<Vec<u8>> = redis::cmd("GET").arg(key).query(con).unwrap_or(None);
-    let expiry: i64 = redis::cmd("PEXPIRETIME").arg(key).query(con).unwrap();
-    (value, expiry)
-}
-
 fn words(line: &str) -> Vec<&[u8]> {
     line.split(' ').map(str::as_bytes).collect()
 }
@@ -30,8 +24,8 @@ fn words(line: &str) -> Vec<&[u8]> {
 fn bad_arguments_are_refused_and_change_nothing() {
     let server = RedisServer::start();
     let mut con = server.client();
-    let _: Vec<i64> = redis::cmd("RL.CHECK").arg(&["k", "5", "1000", "COST", "2"]).query(&mut con).unwrap();
-    let before = snapshot(&mut con, "k");
+    rl_check(&mut con, &["k", "5", "1000", "COST", "2"]);
+    let before = Stored::of(&mut con, "k");
     let cases: &[(&str, &str)] = &[
         ("RL.CHECK k", "wrong number of arguments"),
         ("RL.CHECK k 5", "wrong number of arguments"),
@@ -75,7 +69,7 @@ fn bad_arguments_are_refused_and_change_nothing() {
         let error = error_of(&mut con, &words(line));
         assert!(error.starts_with("ERR "), "{line}: standard prefix: {error}");
         assert!(error.contains(expected), "{line}: {error:?} should mention {expected:?}");
-        assert_eq!(snapshot(&mut con, "k"), before, "{line} changed the key");
+        assert_eq!(Stored::of(&mut con, "k"), before, "{line} changed the key");
     }
     let pong: String = redis::cmd("PING").query(&mut con).unwrap();
     assert_eq!(pong, "PONG");
@@ -150,18 +144,15 @@ fn stored_state_far_in_the_future_is_handled_without_overflow() {
     let mut con = server.client();
     // A TAT at i64::MAX nanoseconds (year 2262): valid state, a long-empty bucket.
     let _: () = redis::cmd("SET").arg(&["future", "9223372036854775807"]).query(&mut con).unwrap();
-    let reply: Vec<i64> = redis::cmd("RL.CHECK").arg(&["future", "5", "10"]).query(&mut con).unwrap();
-    assert_eq!(reply[..2], [0, 0], "{reply:?}");
-    assert!(reply[2] > 0 && reply[3] > 0);
+    let reply = rl_check(&mut con, &["future", "5", "10"]);
+    assert_eq!((reply.allowed, reply.remaining), (false, 0), "{reply:?}");
+    assert!(reply.retry_after_ms.is_some_and(|ms| ms > 0) && reply.reset_after_ms > 0, "{reply:?}");
     // A refund that cannot fill the bucket writes a state that still fits.
-    let refund: Vec<i64> = redis::cmd("RL.REFUND").arg(&["future", "5", "10", "1"]).query(&mut con).unwrap();
-    assert_eq!(refund[0], 0);
+    let refund = rl_refund(&mut con, &["future", "5", "10", "1"]);
+    assert_eq!(refund.remaining, 0);
     // Extreme but valid parameters: a trillion tokens per second.
-    let fast: Vec<i64> = redis::cmd("RL.CHECK")
-        .arg(&["fast", "9223372036854775807", "1", "COST", "9223372036854775807"])
-        .query(&mut con)
-        .unwrap();
-    assert_eq!(fast[0], 1);
+    let fast = rl_check(&mut con, &["fast", "9223372036854775807", "1", "COST", "9223372036854775807"]);
+    assert!(fast.allowed);
     let pong: String = redis::cmd("PING").query(&mut con).unwrap();
     assert_eq!(pong, "PONG");
 }
@@ -175,8 +166,7 @@ fn a_panic_inside_a_handler_becomes_an_error_reply() {
     assert!(error.contains("internal error"), "{error}");
     let pong: String = redis::cmd("PING").query(&mut con).unwrap();
     assert_eq!(pong, "PONG", "the server survived the panic");
-    let reply: Vec<i64> = redis::cmd("RL.CHECK").arg(&["after", "5", "10"]).query(&mut con).unwrap();
-    assert_eq!(reply[0], 1, "and keeps serving");
+    assert!(rl_check(&mut con, &["after", "5", "10"]).allowed, "and keeps serving");
 
     let plain = RedisServer::start();
     let mut con = plain.client();

@@ -1,29 +1,10 @@
 //! Effect replication: replicas and the AOF receive `SET key value PXAT ms`, never the
 //! clock-dependent command, and nothing at all when nothing was written.
 
-use std::fs;
-
-use testkit::redis::{self, Connection};
-use testkit::RedisServer;
-
-fn state(con: &mut Connection, key: &str) -> (Option<String>, i64) {
-    let value: Option<String> = redis::cmd("GET").arg(key).query(con).unwrap();
-    let expiry: i64 = redis::cmd("PEXPIRETIME").arg(key).query(con).unwrap();
-    (value, expiry)
-}
-
-fn repl_offset(con: &mut Connection) -> i64 {
-    let info: String = redis::cmd("INFO").arg("replication").query(con).unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix("master_repl_offset:"))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("master_repl_offset in INFO replication")
-}
-
-fn wait_for_replica(con: &mut Connection) {
-    let acked: i64 = redis::cmd("WAIT").arg(1).arg(5000).query(con).unwrap();
-    assert_eq!(acked, 1, "the replica acknowledged the writes");
-}
+use testkit::redis::{self, Value};
+use testkit::{
+    cl_throttle, repl_offset, rl_check, rl_peek, rl_refund, rl_reset, wait_for_replicas, RedisServer, Stored,
+};
 
 #[test]
 fn replica_holds_identical_value_and_expiry() {
@@ -33,27 +14,30 @@ fn replica_holds_identical_value_and_expiry() {
     let mut r = replica.client();
     let keys = ["a", "b", "c", "third"];
     for _ in 0..3 {
-        let _: Vec<i64> = redis::cmd("RL.CHECK").arg(&["a", "5", "100"]).query(&mut p).unwrap();
+        rl_check(&mut p, &["a", "5", "100"]);
     }
-    let _: Vec<i64> = redis::cmd("RL.CHECK").arg(&["b", "10", "60", "COST", "7", "BURST", "20"]).query(&mut p).unwrap();
-    let _: Vec<i64> = redis::cmd("CL.THROTTLE").arg(&["c", "4", "1", "10", "2"]).query(&mut p).unwrap();
-    let _: Vec<i64> = redis::cmd("RL.CHECK").arg(&["third", "3", "100", "COST", "2"]).query(&mut p).unwrap();
-    let _: Vec<i64> = redis::cmd("RL.REFUND").arg(&["b", "10", "60", "3", "BURST", "20"]).query(&mut p).unwrap();
-    wait_for_replica(&mut p);
+    rl_check(&mut p, &["b", "10", "60", "COST", "7", "BURST", "20"]);
+    cl_throttle(&mut p, &["c", "4", "1", "10", "2"]);
+    rl_check(&mut p, &["third", "3", "100", "COST", "2"]);
+    rl_refund(&mut p, &["b", "10", "60", "3", "BURST", "20"]);
+    wait_for_replicas(&mut p, 1);
     for key in keys {
-        let on_primary = state(&mut p, key);
-        assert!(on_primary.0.is_some() && on_primary.1 > 0, "{key} written with an expiry: {on_primary:?}");
-        assert_eq!(state(&mut r, key), on_primary, "{key} identical on the replica");
+        let on_primary = Stored::of(&mut p, key);
+        assert!(
+            on_primary.value.is_some() && on_primary.pexpiretime > 0,
+            "{key} written with an expiry: {on_primary:?}"
+        );
+        assert_eq!(Stored::of(&mut r, key), on_primary, "{key} identical on the replica");
     }
     // RESET propagates as a delete.
-    let _: i64 = redis::cmd("RL.RESET").arg("a").query(&mut p).unwrap();
-    wait_for_replica(&mut p);
-    assert_eq!(state(&mut r, "a"), (None, -2));
+    rl_reset(&mut p, "a");
+    wait_for_replicas(&mut p, 1);
+    assert_eq!(Stored::of(&mut r, "a"), Stored { value: None, pexpiretime: -2 });
     // The replica serves read-only peeks from the replicated state.
-    let peek: Vec<i64> = redis::cmd("RL.PEEK").arg(&["b", "10", "60", "BURST", "20"]).query(&mut r).unwrap();
-    assert_eq!(peek[0], 1);
+    let peek = rl_peek(&mut r, &["b", "10", "60", "BURST", "20"]);
+    assert!(peek.allowed);
     // 20 - 7 + 3 = 16 tokens; a cost-1 request would leave 15.
-    assert_eq!(peek[1], 15, "{peek:?}");
+    assert_eq!(peek.remaining, 15, "{peek:?}");
 }
 
 #[test]
@@ -61,19 +45,18 @@ fn nothing_is_propagated_when_nothing_is_written() {
     let primary = RedisServer::start();
     let _replica = RedisServer::builder().start_replica_of(&primary);
     let mut p = primary.client();
-    let _: Vec<i64> = redis::cmd("RL.CHECK").arg(&["k", "1", "100"]).query(&mut p).unwrap();
-    wait_for_replica(&mut p);
+    rl_check(&mut p, &["k", "1", "100"]);
+    wait_for_replicas(&mut p, 1);
     let before = repl_offset(&mut p);
-    let limited: Vec<i64> = redis::cmd("RL.CHECK").arg(&["k", "1", "100"]).query(&mut p).unwrap();
-    assert_eq!(limited[0], 0);
-    let _: Vec<i64> = redis::cmd("RL.CHECK").arg(&["k", "1", "100", "COST", "0"]).query(&mut p).unwrap();
-    let _: Vec<i64> = redis::cmd("RL.CHECK").arg(&["other", "1", "100", "COST", "0"]).query(&mut p).unwrap();
-    let _: Vec<i64> = redis::cmd("RL.PEEK").arg(&["k", "1", "100"]).query(&mut p).unwrap();
-    let _: Vec<i64> = redis::cmd("RL.REFUND").arg(&["missing", "1", "100", "1"]).query(&mut p).unwrap();
-    let _: i64 = redis::cmd("RL.RESET").arg("missing").query(&mut p).unwrap();
-    let _: redis::RedisResult<Vec<i64>> = redis::cmd("RL.CHECK").arg(&["k", "0", "100"]).query(&mut p);
+    assert!(!rl_check(&mut p, &["k", "1", "100"]).allowed);
+    rl_check(&mut p, &["k", "1", "100", "COST", "0"]);
+    rl_check(&mut p, &["other", "1", "100", "COST", "0"]);
+    rl_peek(&mut p, &["k", "1", "100"]);
+    rl_refund(&mut p, &["missing", "1", "100", "1"]);
+    rl_reset(&mut p, "missing");
+    let _: redis::RedisResult<Value> = redis::cmd("RL.CHECK").arg(&["k", "0", "100"]).query(&mut p);
     assert_eq!(repl_offset(&mut p), before, "refusals, peeks and errors propagate nothing");
-    let _: Vec<i64> = redis::cmd("RL.CHECK").arg(&["fresh", "1", "100"]).query(&mut p).unwrap();
+    rl_check(&mut p, &["fresh", "1", "100"]);
     assert!(repl_offset(&mut p) > before, "an admission propagates its effect");
 }
 
@@ -82,27 +65,19 @@ fn aof_holds_effects_and_reloads_to_the_same_state() {
     let mut server = RedisServer::builder().arg("appendonly", "yes").arg("appendfsync", "always").start();
     let mut con = server.client();
     for _ in 0..3 {
-        let _: Vec<i64> = redis::cmd("RL.CHECK").arg(&["user:1", "3", "1000"]).query(&mut con).unwrap();
+        rl_check(&mut con, &["user:1", "3", "1000"]);
     }
-    let limited: Vec<i64> = redis::cmd("RL.CHECK").arg(&["user:1", "3", "1000"]).query(&mut con).unwrap();
-    assert_eq!(limited[0], 0);
-    let _: Vec<i64> = redis::cmd("RL.CHECK").arg(&["frac", "7", "100", "COST", "3"]).query(&mut con).unwrap();
-    let before = (state(&mut con, "user:1"), state(&mut con, "frac"));
+    assert!(!rl_check(&mut con, &["user:1", "3", "1000"]).allowed);
+    rl_check(&mut con, &["frac", "7", "100", "COST", "3"]);
+    let before = (Stored::of(&mut con, "user:1"), Stored::of(&mut con, "frac"));
 
-    let mut aof = String::new();
-    for entry in fs::read_dir(server.dir().join("appendonlydir")).unwrap() {
-        let path = entry.unwrap().path();
-        if path.to_string_lossy().ends_with(".aof") {
-            aof.push_str(&String::from_utf8_lossy(&fs::read(path).unwrap()));
-        }
-    }
+    let aof = server.aof_files(".aof");
     assert!(aof.contains("PXAT"), "AOF records SET ... PXAT: {aof}");
     assert!(!aof.to_uppercase().contains("RL.CHECK"), "AOF never records the command itself: {aof}");
 
     drop(con);
     server.restart();
     let mut con = server.client();
-    assert_eq!((state(&mut con, "user:1"), state(&mut con, "frac")), before, "reloaded byte for byte");
-    let still: Vec<i64> = redis::cmd("RL.CHECK").arg(&["user:1", "3", "1000"]).query(&mut con).unwrap();
-    assert_eq!(still[0], 0, "no tokens refunded by the restart");
+    assert_eq!((Stored::of(&mut con, "user:1"), Stored::of(&mut con, "frac")), before, "reloaded byte for byte");
+    assert!(!rl_check(&mut con, &["user:1", "3", "1000"]).allowed, "no tokens refunded by the restart");
 }

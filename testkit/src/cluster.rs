@@ -15,11 +15,16 @@
 //!
 //! Dropping the cluster kills every node (each [`RedisServer`] kills its process on drop).
 
-use std::collections::BTreeMap;
-use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use crate::{redis, RedisServer, ServerBuilder};
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+
+use crate::commands::describe;
+use crate::{redis, wait_until, RedisServer, ServerBuilder};
+
+mod nodes;
+
+use nodes::{parse_node_line, roles_and_slots, View};
 
 /// Number of hash slots in a Redis Cluster.
 pub const SLOTS: u16 = 16384;
@@ -36,7 +41,8 @@ pub struct ClusterBuilder {
 }
 
 impl ClusterBuilder {
-    /// Number of primaries (at least 3, the smallest cluster that can elect a new primary).
+    /// Number of primaries: one (a cluster of one node, which owns every slot), or three or
+    /// more (the smallest cluster that can elect a new primary, see [`Cluster::failover`]).
     pub fn primaries(mut self, primaries: usize) -> Self {
         self.primaries = primaries;
         self
@@ -55,7 +61,11 @@ impl ClusterBuilder {
     }
 
     pub fn start(self) -> Cluster {
-        assert!(self.primaries >= 3, "a cluster needs at least 3 primaries, got {}", self.primaries);
+        assert!(
+            self.primaries == 1 || self.primaries >= 3,
+            "a cluster has 1 primary or at least 3 (to elect a new one), got {}",
+            self.primaries
+        );
         let total = self.primaries * (1 + self.replicas);
         let node = self
             .node
@@ -88,33 +98,6 @@ pub struct Cluster {
     primaries: usize,
     replicas: usize,
 }
-
-/// One line of `CLUSTER NODES`, as seen by one node.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct NodeLine {
-    port: u16,
-    flags: Vec<String>,
-    /// The primary's id, for a replica.
-    primary: Option<String>,
-    connected: bool,
-    slots: Vec<(u16, u16)>,
-}
-
-impl NodeLine {
-    fn is_primary(&self) -> bool {
-        self.flags.iter().any(|f| f == "master")
-    }
-
-    fn is_healthy(&self) -> bool {
-        !self.flags.iter().any(|f| matches!(f.as_str(), "fail" | "fail?" | "handshake" | "noaddr"))
-    }
-}
-
-/// A node's view of the whole cluster: node id -> line.
-type View = BTreeMap<String, NodeLine>;
-
-/// One node's role in a view: id, is a primary, the primary it follows, its slots.
-type Role<'a> = (&'a str, bool, Option<&'a str>, &'a [(u16, u16)]);
 
 impl Cluster {
     /// `primaries` primaries with `replicas` replicas each, formed and healthy.
@@ -238,6 +221,7 @@ impl Cluster {
     /// waits until it owns its former primary's slots in every node's view, the old primary
     /// follows it, and the cluster is healthy again.
     pub fn failover(&self, replica: usize) {
+        assert!(self.primaries >= 3, "a failover needs at least 3 primaries to elect the replica");
         let view = self.view(replica);
         let line = &view[&self.ids[replica]];
         let old_primary_id =
@@ -246,13 +230,25 @@ impl Cluster {
         let slots = view[&old_primary_id].slots.clone();
         let reply: String = query(&self.nodes[replica], redis::cmd("CLUSTER").arg("FAILOVER"));
         assert_eq!(reply, "OK", "CLUSTER FAILOVER on node {replica}");
-        self.wait_until(&format!("node {replica} to take over from node {old_primary}"), |views| {
+        self.converge(&format!("node {replica} to take over from node {old_primary}"), |views| {
             let new_id = &self.ids[replica];
             views.iter().all(|view| {
                 view.get(new_id).is_some_and(|l| l.is_primary() && l.slots == slots)
                     && view.get(&old_primary_id).is_some_and(|l| l.primary.as_deref() == Some(new_id.as_str()))
             }) && info_has(&self.nodes[old_primary], "master_link_status:up")
         });
+    }
+
+    /// `WAIT replicas 10000` sent to the primary at `primary` over `con`'s own link to it: that
+    /// link made the writes, and WAIT waits for the last write of the connection it arrives on.
+    /// Panics unless `replicas` replicas acknowledged.
+    pub fn wait_for_replicas(&self, con: &mut redis::cluster::ClusterConnection, primary: usize, replicas: usize) {
+        let port = self.nodes[primary].port();
+        let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host: "127.0.0.1".to_string(), port });
+        let acked = con
+            .route_command(redis::cmd("WAIT").arg(replicas).arg(10_000), routing)
+            .unwrap_or_else(|e| panic!("WAIT on {port}: {e}"));
+        assert_eq!(acked, redis::Value::Int(replicas as i64), "WAIT on {port}: replicas that acknowledged the writes");
     }
 
     /// Forms the cluster (see the module documentation).
@@ -271,7 +267,7 @@ impl Cluster {
             assert_eq!(ok, "OK");
         }
         // A replica can only follow a primary it knows.
-        self.wait_until("every node to know every other", |_| true);
+        self.converge("every node to know every other", |_| true);
         for p in 0..self.primaries {
             for r in 0..self.replicas {
                 let replica = self.primaries + p * self.replicas + r;
@@ -279,7 +275,7 @@ impl Cluster {
                 assert_eq!(ok, "OK");
             }
         }
-        self.wait_until("replicas to follow their primaries", |views| {
+        self.converge("replicas to follow their primaries", |views| {
             views.iter().all(|view| {
                 (0..self.primaries).all(|p| {
                     (0..self.replicas).all(|r| {
@@ -296,9 +292,8 @@ impl Cluster {
     ///
     /// Healthy: every node reports `cluster_state:ok`, knows every node, sees each as
     /// connected and not failing, and all views agree on roles and slots.
-    fn wait_until(&self, what: &str, extra: impl Fn(&[View]) -> bool) {
-        let deadline = Instant::now() + CONVERGE_TIMEOUT;
-        loop {
+    fn converge(&self, what: &str, extra: impl Fn(&[View]) -> bool) {
+        let converged = wait_until(Instant::now() + CONVERGE_TIMEOUT, || {
             let views: Vec<View> = (0..self.nodes.len()).map(|i| self.view(i)).collect();
             let healthy = self.nodes.iter().all(|n| {
                 let info: String = query(n, redis::cmd("CLUSTER").arg("INFO"));
@@ -307,18 +302,15 @@ impl Cluster {
                 view.len() == self.nodes.len()
                     && view.iter().all(|(id, line)| line.is_healthy() && (line.connected || *id == self.ids[i]))
             }) && views.windows(2).all(|pair| roles_and_slots(&pair[0]) == roles_and_slots(&pair[1]));
-            if healthy && extra(&views) {
-                return;
+            healthy && extra(&views)
+        });
+        if !converged {
+            let mut report = format!("the cluster did not converge ({what}) within {CONVERGE_TIMEOUT:?}\n");
+            for node in &self.nodes {
+                let nodes: String = query(node, redis::cmd("CLUSTER").arg("NODES"));
+                report.push_str(&format!("--- CLUSTER NODES on {} ---\n{nodes}{}\n", node.port(), node.log_tail()));
             }
-            if Instant::now() > deadline {
-                let mut report = format!("the cluster did not converge ({what}) within {CONVERGE_TIMEOUT:?}\n");
-                for node in &self.nodes {
-                    let nodes: String = query(node, redis::cmd("CLUSTER").arg("NODES"));
-                    report.push_str(&format!("--- CLUSTER NODES on {} ---\n{nodes}{}\n", node.port(), node.log_tail()));
-                }
-                panic!("{report}");
-            }
-            sleep(Duration::from_millis(50));
+            panic!("{report}");
         }
     }
 
@@ -333,89 +325,13 @@ impl Cluster {
     }
 }
 
-/// What all nodes must agree on: each node's role, primary and slots (not link details).
-fn roles_and_slots(view: &View) -> Vec<Role<'_>> {
-    view.iter().map(|(id, l)| (id.as_str(), l.is_primary(), l.primary.as_deref(), l.slots.as_slice())).collect()
-}
-
-/// Parses `<id> <ip:port@cport[,hostname]> <flags> <primary|-> <ping> <pong> <epoch> <link> <slot>...`.
-fn parse_node_line(line: &str) -> (String, NodeLine) {
-    let fields: Vec<&str> = line.split_whitespace().collect();
-    assert!(fields.len() >= 8, "unexpected CLUSTER NODES line: {line:?}");
-    let port =
-        fields[1].split('@').next().and_then(|addr| addr.rsplit(':').next()).and_then(|p| p.parse().ok()).unwrap_or(0);
-    let slots = fields[8..]
-        .iter()
-        .filter(|s| !s.starts_with('[')) // `[slot->-id]`: a slot being migrated or imported
-        .map(|s| match s.split_once('-') {
-            Some((a, b)) => (a.parse().unwrap_or(0), b.parse().unwrap_or(0)),
-            None => {
-                let slot = s.parse().unwrap_or(0);
-                (slot, slot)
-            }
-        })
-        .collect();
-    let node = NodeLine {
-        port,
-        flags: fields[2]
-            .split(',')
-            .map(|f| f.trim_start_matches("myself").to_string())
-            .filter(|f| !f.is_empty())
-            .collect(),
-        primary: (fields[3] != "-").then(|| fields[3].to_string()),
-        connected: fields[7] == "connected",
-        slots,
-    };
-    (fields[0].to_string(), node)
-}
-
 fn query<T: redis::FromRedisValue>(node: &RedisServer, cmd: &mut redis::Cmd) -> T {
     let mut con = node.client();
     cmd.query(&mut con)
-        .unwrap_or_else(|e| panic!("{:?} on port {}: {e}\n{}", cmd_name(cmd), node.port(), node.log_tail()))
-}
-
-fn cmd_name(cmd: &redis::Cmd) -> String {
-    cmd.args_iter()
-        .take(2)
-        .map(|a| match a {
-            redis::Arg::Simple(bytes) => String::from_utf8_lossy(bytes).into_owned(),
-            _ => "?".to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
+        .unwrap_or_else(|e| panic!("{} on port {}: {e}\n{}", describe(cmd), node.port(), node.log_tail()))
 }
 
 fn info_has(node: &RedisServer, needle: &str) -> bool {
     let info: String = query(node, redis::cmd("INFO").arg("replication"));
     info.contains(needle)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_cluster_nodes_lines() {
-        let (id, line) = parse_node_line(
-            "07c37dfeb235213a872192d90877d0cd55635b91 127.0.0.1:30004@40004,host replica,slave \
-             e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca 0 1426238317239 4 connected",
-        );
-        assert_eq!(id, "07c37dfeb235213a872192d90877d0cd55635b91");
-        assert_eq!(line.port, 30004);
-        assert!(!line.is_primary());
-        assert_eq!(line.primary.as_deref(), Some("e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca"));
-        assert!(line.connected && line.slots.is_empty());
-
-        let (_, line) = parse_node_line(
-            "e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca 127.0.0.1:30001@40001 myself,master - 0 0 1 connected \
-             0-5460 5462 [5461->-292f8b365bb7edb5e285caf0b7e6ddc7265d2f4f]",
-        );
-        assert_eq!(line.flags, vec!["master".to_string()]);
-        assert!(line.is_primary() && line.is_healthy());
-        assert_eq!(line.slots, vec![(0, 5460), (5462, 5462)]);
-
-        let (_, line) = parse_node_line("abc 127.0.0.1:1@2 master,fail? - 0 0 1 disconnected");
-        assert!(!line.is_healthy() && !line.connected);
-    }
 }

@@ -1,0 +1,100 @@
+//! Reading what a server holds and reports: stored keys with their expiries, `INFO` fields,
+//! the server's version, and waiting for replicas to catch up.
+
+use std::collections::BTreeMap;
+
+use redis::ConnectionLike;
+
+/// What the server holds for one key: the stored value and its absolute expiry in ms
+/// (`PEXPIRETIME`: -1 without expiry, -2 when the key is missing).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stored {
+    pub value: Option<String>,
+    pub pexpiretime: i64,
+}
+
+impl Stored {
+    /// `GET` and `PEXPIRETIME` of one key.
+    pub fn of(con: &mut impl ConnectionLike, key: &str) -> Stored {
+        let (value, pexpiretime): (Option<String>, i64) = redis::pipe()
+            .cmd("GET")
+            .arg(key)
+            .cmd("PEXPIRETIME")
+            .arg(key)
+            .query(con)
+            .unwrap_or_else(|e| panic!("GET/PEXPIRETIME {key}: {e}"));
+        Stored { value, pexpiretime }
+    }
+}
+
+/// `GET` and `PEXPIRETIME` of each key, in one round trip.
+pub fn stored(con: &mut impl ConnectionLike, keys: &[String]) -> BTreeMap<String, Stored> {
+    if keys.is_empty() {
+        return BTreeMap::new();
+    }
+    let mut pipe = redis::pipe();
+    for key in keys {
+        pipe.cmd("GET").arg(key).cmd("PEXPIRETIME").arg(key);
+    }
+    let replies: Vec<(Option<String>, i64)> = pipe.query(con).unwrap_or_else(|e| panic!("GET/PEXPIRETIME: {e}"));
+    keys.iter().cloned().zip(replies.into_iter().map(|(value, pexpiretime)| Stored { value, pexpiretime })).collect()
+}
+
+/// Every key in the database (`SCAN`), sorted.
+pub fn all_keys(con: &mut redis::Connection) -> Vec<String> {
+    let mut keys: Vec<String> = redis::cmd("SCAN")
+        .cursor_arg(0)
+        .arg("COUNT")
+        .arg(1000)
+        .clone()
+        .iter(con)
+        .unwrap_or_else(|e| panic!("SCAN: {e}"))
+        .map(|k| k.unwrap_or_else(|e| panic!("SCAN item: {e}")))
+        .collect();
+    keys.sort_unstable();
+    keys
+}
+
+/// Every key of the database with its value and expiry.
+pub fn snapshot(con: &mut redis::Connection) -> BTreeMap<String, Stored> {
+    let keys = all_keys(con);
+    stored(con, &keys)
+}
+
+/// `WAIT replicas 10000` on `con`: blocks until `replicas` replicas acknowledged every write
+/// made *through this connection* (WAIT waits for the connection's own last write, so it must
+/// be the connection that wrote: on a fresh connection it returns at once). On a cluster, see
+/// [`crate::Cluster::wait_for_replicas`].
+pub fn wait_for_replicas(con: &mut impl ConnectionLike, replicas: usize) {
+    let acked: usize = redis::cmd("WAIT").arg(replicas).arg(10_000).query(con).unwrap_or_else(|e| panic!("WAIT: {e}"));
+    assert_eq!(acked, replicas, "WAIT: only {acked} of {replicas} replicas acknowledged the writes");
+}
+
+/// The value of one `INFO` field, e.g. `info_field(con, "persistence", "aof_rewrite_in_progress")`.
+pub fn info_field(con: &mut impl ConnectionLike, section: &str, field: &str) -> Option<String> {
+    let info: String = redis::cmd("INFO").arg(section).query(con).unwrap_or_else(|e| panic!("INFO {section}: {e}"));
+    info.lines().find_map(|line| line.strip_prefix(field)?.strip_prefix(':').map(|v| v.trim().to_string()))
+}
+
+/// `master_repl_offset`: how many bytes of writes the server has sent to its replication
+/// stream so far (it moves exactly when something is propagated).
+pub fn repl_offset(con: &mut impl ConnectionLike) -> u64 {
+    let offset = info_field(con, "replication", "master_repl_offset");
+    offset.and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("no master_repl_offset in INFO replication"))
+}
+
+/// `redis_version` as `(major, minor)`; Valkey reports the Redis version it is compatible
+/// with (7.2 for Valkey 8).
+pub fn redis_version(con: &mut impl ConnectionLike) -> (u32, u32) {
+    let version = info_field(con, "server", "redis_version").unwrap_or_else(|| panic!("no redis_version in INFO"));
+    let mut parts = version.split('.').map(|p| p.parse().unwrap_or_else(|e| panic!("redis_version {version}: {e}")));
+    match (parts.next(), parts.next()) {
+        (Some(major), Some(minor)) => (major, minor),
+        _ => panic!("redis_version {version} is not major.minor.patch"),
+    }
+}
+
+/// Whether the server is Valkey (`server_name:valkey` in `INFO server`; Redis has no such field).
+pub fn is_valkey(con: &mut impl ConnectionLike) -> bool {
+    info_field(con, "server", "server_name").as_deref() == Some("valkey")
+}

@@ -1,0 +1,201 @@
+//! A TCP relay in front of a server that can drop a client's connection at the worst moment:
+//! after the server ran a command, before the client hears the reply. For proving that a
+//! client does not send a command twice when its connection breaks.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+
+/// Relays every connection made to `127.0.0.1:port` to `127.0.0.1:target`, byte for byte, until
+/// armed with [`Proxy::cut_after_reply_to`]. Dropping it closes every connection and stops its
+/// threads.
+///
+/// A server behind a proxy usually has to announce the proxy's port instead of its own (for a
+/// cluster node, `cluster-announce-port`), so that clients that discover it come back through
+/// the proxy.
+pub struct Proxy {
+    port: u16,
+    shared: Arc<Shared>,
+    accept: Option<JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct Shared {
+    target: u16,
+    stopping: AtomicBool,
+    /// The command the next cut is for, as RESP sends its name (`$8\r\nRL.CHECK\r\n`).
+    armed: Mutex<Option<Vec<u8>>>,
+    cuts: AtomicUsize,
+    connections: AtomicUsize,
+    /// Every socket the proxy holds, closed when it drops.
+    sockets: Mutex<Vec<TcpStream>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Shared {
+    fn keep(&self, socket: &TcpStream) {
+        if let Ok(clone) = socket.try_clone() {
+            self.sockets.lock().unwrap_or_else(PoisonError::into_inner).push(clone);
+        }
+    }
+
+    /// True (and disarmed) when `chunk` sends the armed command.
+    fn take_cut(&self, chunk: &[u8]) -> bool {
+        let mut armed = self.armed.lock().unwrap_or_else(PoisonError::into_inner);
+        let hit =
+            armed.as_ref().is_some_and(|needle| chunk.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle)));
+        if hit {
+            *armed = None;
+        }
+        hit
+    }
+}
+
+impl Proxy {
+    /// Listens on `127.0.0.1:port` and relays to `127.0.0.1:target`.
+    pub fn start(port: u16, target: u16) -> Proxy {
+        let listener =
+            TcpListener::bind((Ipv4Addr::LOCALHOST, port)).unwrap_or_else(|e| panic!("proxy on {port}: {e}"));
+        let shared = Arc::new(Shared { target, ..Shared::default() });
+        let accept = {
+            let shared = shared.clone();
+            std::thread::spawn(move || accept_loop(&listener, &shared))
+        };
+        Proxy { port, shared, accept: Some(accept) }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `redis://127.0.0.1:<port>/`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Arms one cut: the next time a client sends `command` (a command name such as
+    /// `RL.CHECK`, matched case-insensitively), the proxy forwards it, waits for the server's
+    /// reply, throws the reply away and closes both sides of that connection. The server ran
+    /// the command; the client only sees its connection drop. Meant for a client that has one
+    /// command in flight on the connection at that moment (the next bytes from the server are
+    /// then that command's reply).
+    pub fn cut_after_reply_to(&self, command: &str) {
+        let needle = format!("${}\r\n{command}\r\n", command.len()).into_bytes();
+        *self.shared.armed.lock().unwrap_or_else(PoisonError::into_inner) = Some(needle);
+    }
+
+    /// How many connections were cut so far.
+    pub fn cuts(&self) -> usize {
+        self.shared.cuts.load(Ordering::SeqCst)
+    }
+
+    /// How many client connections were accepted so far.
+    pub fn connections(&self) -> usize {
+        self.shared.connections.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        // Wakes the accept loop, which then sees `stopping`.
+        let _ = TcpStream::connect((Ipv4Addr::LOCALHOST, self.port));
+        if let Some(accept) = self.accept.take() {
+            let _ = accept.join();
+        }
+        for socket in self.shared.sockets.lock().unwrap_or_else(PoisonError::into_inner).drain(..) {
+            let _ = socket.shutdown(Shutdown::Both);
+        }
+        let threads: Vec<_> = self.shared.threads.lock().unwrap_or_else(PoisonError::into_inner).drain(..).collect();
+        for thread in threads {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
+    for client in listener.incoming() {
+        if shared.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        let Ok(client) = client else { continue };
+        let Ok(server) = TcpStream::connect((Ipv4Addr::LOCALHOST, shared.target)) else { continue };
+        let (Ok(client_reader), Ok(server_reader)) = (client.try_clone(), server.try_clone()) else { continue };
+        shared.keep(&client);
+        shared.keep(&server);
+        shared.connections.fetch_add(1, Ordering::SeqCst);
+        let cut = Arc::new(AtomicBool::new(false));
+        let upstream = {
+            let (shared, cut) = (shared.clone(), cut.clone());
+            std::thread::spawn(move || relay_commands(client_reader, server, &shared, &cut))
+        };
+        let downstream = {
+            let shared = shared.clone();
+            std::thread::spawn(move || relay_replies(server_reader, client, &shared, &cut))
+        };
+        shared.threads.lock().unwrap_or_else(PoisonError::into_inner).extend([upstream, downstream]);
+    }
+}
+
+/// Client to server; marks the connection for the cut when the armed command passes.
+fn relay_commands(mut client: TcpStream, mut server: TcpStream, shared: &Shared, cut: &AtomicBool) {
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let n = match client.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if shared.take_cut(&buf[..n]) {
+            cut.store(true, Ordering::SeqCst);
+        }
+        if server.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = server.shutdown(Shutdown::Both);
+}
+
+/// Server to client, until the reply that the cut swallows.
+fn relay_replies(mut server: TcpStream, mut client: TcpStream, shared: &Shared, cut: &AtomicBool) {
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let n = match server.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if cut.load(Ordering::SeqCst) {
+            shared.cuts.fetch_add(1, Ordering::SeqCst);
+            break;
+        }
+        if client.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = client.shutdown(Shutdown::Both);
+    let _ = server.shutdown(Shutdown::Both);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{free_port, RedisServer};
+
+    #[test]
+    fn relays_until_armed_then_cuts_once_after_the_server_answered() {
+        let server = RedisServer::builder().without_module().start();
+        let proxy = Proxy::start(free_port(), server.port());
+        let client = redis::Client::open(proxy.url()).unwrap();
+        let mut con = client.get_connection().unwrap();
+        let _: () = redis::cmd("SET").arg("n").arg(0).query(&mut con).unwrap();
+        proxy.cut_after_reply_to("INCR");
+        let _: i64 = redis::cmd("GET").arg("n").query(&mut con).unwrap();
+        assert!(redis::cmd("incr").arg("n").query::<i64>(&mut con).is_err(), "the reply never arrives");
+        assert_eq!(proxy.cuts(), 1);
+        // The server ran it once; the cut was one-shot, so a new connection works again.
+        let mut again = client.get_connection().unwrap();
+        assert_eq!(redis::cmd("INCR").arg("n").query::<i64>(&mut again).unwrap(), 2);
+        assert_eq!((proxy.cuts(), proxy.connections()), (1, 2));
+    }
+}

@@ -1,0 +1,233 @@
+//! One real `redis-server` / `valkey-server` process: [`RedisServer`], built by [`ServerBuilder`].
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::{free_port, module_path, redis, server_binary, wait_until, ChildGuard};
+
+/// How long a server may take to start answering before the harness gives up.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How long a `SHUTDOWN` may take before the process is killed.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How to start a server. Build with [`RedisServer::builder`].
+#[derive(Clone, Debug)]
+pub struct ServerBuilder {
+    binary: String,
+    with_module: bool,
+    module_args: Vec<String>,
+    args: Vec<String>,
+}
+
+impl ServerBuilder {
+    /// Start without loading the module (for baselines).
+    pub fn without_module(mut self) -> Self {
+        self.with_module = false;
+        self
+    }
+
+    /// Arguments passed to the module after its path (`--loadmodule librl.so ARG`).
+    pub fn module_args(mut self, arg: &str) -> Self {
+        self.module_args.push(arg.to_string());
+        self
+    }
+
+    /// Adds a config directive, e.g. `.arg("appendonly", "yes")`.
+    pub fn arg(mut self, name: &str, value: &str) -> Self {
+        self.args.push(format!("--{name}"));
+        self.args.push(value.to_string());
+        self
+    }
+
+    /// Use another server binary than `RL_SERVER_BIN`.
+    pub fn binary(mut self, binary: &str) -> Self {
+        self.binary = binary.to_string();
+        self
+    }
+
+    /// Start as a replica of `primary` and wait until the replication link is up.
+    pub fn start_replica_of(self, primary: &RedisServer) -> RedisServer {
+        let server = self.arg("replicaof", &format!("127.0.0.1 {}", primary.port())).start();
+        server.wait_for_info("master_link_status:up");
+        server
+    }
+
+    pub fn start(self) -> RedisServer {
+        let dir = tempfile::Builder::new()
+            .prefix("rl-test-redis-")
+            .tempdir()
+            .expect("create a temporary directory for the server");
+        let port = free_port();
+        let mut server = RedisServer { builder: self, dir, port, child: None };
+        server.spawn();
+        server
+    }
+}
+
+/// A running server on 127.0.0.1 in its own temporary directory; killed when dropped.
+pub struct RedisServer {
+    builder: ServerBuilder,
+    dir: tempfile::TempDir,
+    port: u16,
+    child: Option<ChildGuard>,
+}
+
+impl RedisServer {
+    /// A standalone server with the module loaded.
+    pub fn start() -> Self {
+        Self::builder().start()
+    }
+
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder { binary: server_binary(), with_module: true, module_args: Vec::new(), args: Vec::new() }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A new synchronous connection.
+    pub fn client(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .and_then(|c| c.get_connection())
+            .unwrap_or_else(|e| panic!("connect to {}: {e}\n{}", self.url(), self.log_tail()))
+    }
+
+    /// The last lines of the server's log (and what it printed, if anything), for failure
+    /// messages.
+    pub fn log_tail(&self) -> String {
+        let log = fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        let from = lines.len().saturating_sub(30);
+        let mut tail = format!("--- server log ({}) ---\n{}", self.dir.path().display(), lines[from..].join("\n"));
+        for stream in ["stdout", "stderr"] {
+            let printed = fs::read_to_string(self.dir.path().join(format!("server.{stream}"))).unwrap_or_default();
+            if !printed.trim().is_empty() {
+                tail.push_str(&format!("\n--- server {stream} ---\n{printed}"));
+            }
+        }
+        tail
+    }
+
+    /// True while the process runs and answers PING.
+    pub fn is_alive(&mut self) -> bool {
+        let running = self.child.as_mut().is_some_and(|child| child.exited().is_none());
+        running && answers_ping(self.port)
+    }
+
+    /// Stops the server the way an operator would (`SHUTDOWN`, which writes the RDB when
+    /// saving is configured) and starts it again on the same port, directory and config.
+    pub fn restart(&mut self) {
+        self.shutdown(true);
+        self.spawn();
+    }
+
+    /// Kills the process abruptly (as a crash would): nothing is saved.
+    pub fn kill(&mut self) {
+        // Dropping the guard kills and reaps the process.
+        self.child = None;
+    }
+
+    /// Starts the process again after [`RedisServer::kill`], same port, directory and config.
+    pub fn respawn(&mut self) {
+        assert!(self.child.is_none(), "respawn only after kill");
+        self.spawn();
+    }
+
+    fn shutdown(&mut self, save: bool) {
+        if let Ok(mut con) = redis::Client::open(self.url()).and_then(|c| c.get_connection()) {
+            let _: Result<(), _> = redis::cmd("SHUTDOWN").arg(if save { "SAVE" } else { "NOSAVE" }).query(&mut con);
+        }
+        if let Some(mut child) = self.child.take() {
+            // A server that did not stop in time is killed when the guard drops.
+            child.wait_exit(SHUTDOWN_TIMEOUT);
+        }
+    }
+
+    /// The files in the server's `appendonlydir` whose names end with `suffix` (`.incr.aof`,
+    /// `.base.aof`, or `.aof` for all of them), concatenated as text; panics when there is none.
+    pub fn aof_files(&self, suffix: &str) -> String {
+        let dir = self.dir().join("appendonlydir");
+        let mut out = String::new();
+        for entry in fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            let path = entry.unwrap_or_else(|e| panic!("{}: {e}", dir.display())).path();
+            if path.to_string_lossy().ends_with(suffix) {
+                let bytes = fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                out.push_str(&String::from_utf8_lossy(&bytes));
+            }
+        }
+        assert!(!out.is_empty(), "no {suffix} file in {}", dir.display());
+        out
+    }
+
+    /// Polls `INFO` until it contains `needle`.
+    pub fn wait_for_info(&self, needle: &str) {
+        let mut con = self.client();
+        let shown = wait_until(Instant::now() + START_TIMEOUT, || {
+            let info: String = redis::cmd("INFO").query(&mut con).unwrap_or_default();
+            info.contains(needle)
+        });
+        assert!(shown, "INFO never showed {needle:?}\n{}", self.log_tail());
+    }
+
+    fn spawn(&mut self) {
+        let dir = self.dir.path();
+        let mut cmd = Command::new(&self.builder.binary);
+        cmd.arg("--port")
+            .arg(self.port.to_string())
+            .args(["--bind", "127.0.0.1", "--daemonize", "no", "--save", "", "--appendonly", "no"])
+            // Replicas of test servers sync at once instead of after the default 5 s delay.
+            .args(["--repl-diskless-sync-delay", "0"])
+            .arg("--dir")
+            .arg(dir)
+            .arg("--logfile")
+            .arg(dir.join("server.log"));
+        if self.builder.with_module {
+            cmd.arg("--loadmodule").arg(module_path()).args(&self.builder.module_args);
+        }
+        cmd.args(&self.builder.args);
+        let mut child = ChildGuard::try_spawn_logging_to("server", cmd, dir).unwrap_or_else(|e| {
+            panic!(
+                "cannot start `{}`: {e}. Install it (`apt-get install redis-server`, or run \
+                 `make test`, which installs it) or set RL_SERVER_BIN to a server binary",
+                self.builder.binary
+            )
+        });
+        let port = self.port;
+        let mut exited = None;
+        let answered = wait_until(Instant::now() + START_TIMEOUT, || {
+            exited = child.exited();
+            exited.is_some() || answers_ping(port)
+        });
+        self.child = Some(child);
+        if let Some(status) = exited {
+            panic!("server exited at start ({status})\n{}", self.log_tail());
+        }
+        assert!(answered, "server did not answer PING in time\n{}", self.log_tail());
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn answers_ping(port: u16) -> bool {
+    let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{port}/")) else { return false };
+    let Ok(mut con) = client.get_connection_with_timeout(Duration::from_millis(500)) else {
+        return false;
+    };
+    redis::cmd("PING").query::<String>(&mut con).is_ok()
+}

@@ -80,3 +80,31 @@ impl ThrottleReply {
 pub fn saturating_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_send_their_fields_in_the_documented_order() {
+        let check = CheckReply { allowed: true, remaining: 2, retry_after_ms: 3, reset_after_ms: 4, burst: 5 };
+        assert_eq!(check.to_array(), [1, 2, 3, 4, 5]);
+        assert_eq!(CheckReply { allowed: false, ..check }.to_array(), [0, 2, 3, 4, 5]);
+        let throttle = ThrottleReply { limited: true, limit: 2, remaining: 3, retry_after_s: 4, reset_after_s: 5 };
+        assert_eq!(throttle.to_array(), [1, 2, 3, 4, 5]);
+        assert_eq!(ThrottleReply { limited: false, ..throttle }.to_array(), [0, 2, 3, 4, 5]);
+    }
+
+    #[test]
+    fn a_check_reply_says_minus_one_for_never_and_zero_when_admitted() {
+        let decision =
+            |allowed, retry_after| Decision { allowed, remaining: 1, retry_after, reset_after_ms: 7, new_tat: None };
+        let admitted = CheckReply::new(&decision(true, RetryAfter::Now), 9);
+        assert_eq!(admitted.to_array(), [1, 1, 0, 7, 9]);
+        let waits = CheckReply::new(&decision(false, RetryAfter::Millis(250)), 9);
+        assert_eq!(waits.to_array(), [0, 1, 250, 7, 9]);
+        let never = CheckReply::new(&decision(false, RetryAfter::Never), 9);
+        assert_eq!(never.to_array(), [0, 1, -1, 7, 9]);
+        assert_eq!(CheckReply::new(&decision(true, RetryAfter::Now), u64::MAX).burst, i64::MAX);
+    }
+}

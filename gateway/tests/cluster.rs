@@ -1,5 +1,6 @@
-//! A Redis Cluster behind two gateways: every caller's key lives on one node, the client
-//! routes each RL.CHECK there, and the limit holds across the gateways.
+//! A Redis Cluster behind gateways: every caller's key lives on one node, the client routes
+//! each RL.CHECK there, the limit holds across the gateways, and a request is never charged
+//! twice when the connection breaks mid-command.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -7,29 +8,24 @@ mod common;
 
 use common::*;
 use hyper::StatusCode;
-use testkit::{redis, Cluster};
+use testkit::{redis, tokens, Cluster, Proxy};
 
-async fn gateway_on(cluster: &Cluster, upstream: &str) -> Proc {
+/// `gateway serve --limit 2 --window 60` seeded with every node of `cluster`.
+fn gateway_on(cluster: &Cluster, upstream: &str) -> Proc {
     let mut args: Vec<String> = ["--limit", "2", "--window", "60"].iter().map(|s| s.to_string()).collect();
     for url in cluster.urls() {
         args.push("--redis-cluster-node".into());
         args.push(url);
     }
-    let port = free_port();
-    let mut all: Vec<String> =
-        vec!["serve".into(), "--listen".into(), format!("127.0.0.1:{port}"), "--upstream".into(), upstream.into()];
-    all.extend(args);
-    let mut gateway = Proc::spawn("gateway", port, &all, &[("GATEWAY_KEY_SECRET", SECRET)]);
-    gateway.wait_healthy().await;
-    gateway
+    start_serve("gateway", upstream, &args)
 }
 
 #[tokio::test]
 async fn a_cluster_shares_every_limit_across_gateways() {
     let cluster = Cluster::start(3, 0);
-    let model = start_model(0).await;
-    let a = gateway_on(&cluster, &model.url("")).await;
-    let b = gateway_on(&cluster, &model.url("")).await;
+    let model = start_model(0);
+    let a = gateway_on(&cluster, &model.url(""));
+    let b = gateway_on(&cluster, &model.url(""));
     assert_eq!(get(&a.url("/readyz")).await.unwrap().status, StatusCode::OK, "{}", a.logs());
 
     for i in 0..8 {
@@ -56,4 +52,45 @@ async fn a_cluster_shares_every_limit_across_gateways() {
     }
     assert_eq!(total, 8);
     assert!(nodes_with_keys >= 2, "all keys landed on one node");
+}
+
+/// RL.CHECK is not idempotent: when the connection drops after Redis ran it and before the
+/// reply arrived, a client that retried would run it again and charge the request twice. The
+/// gateway's cluster client does not retry: that request gets the failure-mode answer (503,
+/// failing closed) and the bucket holds exactly one charge.
+#[tokio::test]
+async fn a_connection_lost_after_rl_check_ran_fails_the_request_and_charges_it_once() {
+    // A one-node cluster that announces the proxy's port, so that the client, once it has
+    // read the slot map, connects to the node through the proxy.
+    let proxy_port = free_port();
+    let cluster = Cluster::builder()
+        .primaries(1)
+        .arg("cluster-announce-ip", "127.0.0.1")
+        .arg("cluster-announce-port", &proxy_port.to_string())
+        .start();
+    let node = cluster.node(0);
+    let proxy = Proxy::start(proxy_port, node.port());
+    let model = start_model(0);
+    let args: Vec<String> = ["--limit", "5", "--window", "60", "--redis-cluster-node", &proxy.url()]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let gateway = start_serve("gateway", &model.url(""), &args);
+    // /readyz (an RL.PEEK) connects the cluster client through the proxy and reads the slot
+    // map, so the checked request below is the only command in flight.
+    assert_eq!(get(&gateway.url("/readyz")).await.unwrap().status, StatusCode::OK, "{}", gateway.logs());
+
+    proxy.cut_after_reply_to("RL.CHECK");
+    let answer = predict(&gateway, &[("x-api-key", "charged-once")]).await;
+    assert_eq!(proxy.cuts(), 1, "the proxy never cut the connection\n{}", gateway.logs());
+    let keys: Vec<String> = redis::cmd("KEYS").arg("rl:default:*").query(&mut node.client()).unwrap();
+    assert_eq!(keys.len(), 1, "one bucket charged: {keys:?}");
+    assert_eq!(
+        tokens(&mut node.client(), &keys[0], 5, 60, 5),
+        4,
+        "the request was charged exactly once (a retry charges it again)\n{}",
+        gateway.logs()
+    );
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE, "{answer:?}\n{}", gateway.logs());
+    assert_eq!(answer.json()["error"]["type"], "rate_limiter_unavailable");
 }

@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use common::*;
@@ -15,8 +15,8 @@ use testkit::redis;
 #[tokio::test]
 async fn under_the_limit_answers_200_with_the_rate_limit_headers() {
     let redis = RedisServer::start();
-    let model = start_model(0).await;
-    let gateway = start_gateway(&redis, &model.url(""), 3, 60, &[]).await;
+    let model = start_model(0);
+    let gateway = start_gateway(&redis, &model.url(""), 3, 60, &[]);
 
     let first = predict(&gateway, &[]).await;
     assert_eq!(first.status, StatusCode::OK, "{}", gateway.logs());
@@ -39,8 +39,8 @@ async fn under_the_limit_answers_200_with_the_rate_limit_headers() {
 #[tokio::test]
 async fn over_the_limit_429_with_retry_after_then_200_after_waiting_it() {
     let redis = RedisServer::start();
-    let model = start_model(0).await;
-    let gateway = start_gateway(&redis, &model.url(""), 2, 2, &[]).await;
+    let model = start_model(0);
+    let gateway = start_gateway(&redis, &model.url(""), 2, 2, &[]);
 
     assert_eq!(predict(&gateway, &[]).await.status, StatusCode::OK);
     assert_eq!(predict(&gateway, &[]).await.status, StatusCode::OK);
@@ -67,9 +67,9 @@ async fn over_the_limit_429_with_retry_after_then_200_after_waiting_it() {
 #[tokio::test]
 async fn two_gateways_on_one_redis_share_one_limit() {
     let redis = RedisServer::start();
-    let model = start_model(0).await;
-    let a = start_gateway(&redis, &model.url(""), 3, 60, &[]).await;
-    let b = start_gateway(&redis, &model.url(""), 3, 60, &[]).await;
+    let model = start_model(0);
+    let a = start_gateway(&redis, &model.url(""), 3, 60, &[]);
+    let b = start_gateway(&redis, &model.url(""), 3, 60, &[]);
     let key = [("authorization", "Bearer shared-key")];
 
     let remaining = |answer: &Answer| answer.header("x-ratelimit-remaining").to_string();
@@ -85,8 +85,8 @@ async fn two_gateways_on_one_redis_share_one_limit() {
 #[tokio::test]
 async fn api_keys_are_isolated_and_never_stored_raw() {
     let redis = RedisServer::start();
-    let model = start_model(0).await;
-    let gateway = start_gateway(&redis, &model.url(""), 1, 60, &["--key-prefix", "test:"]).await;
+    let model = start_model(0);
+    let gateway = start_gateway(&redis, &model.url(""), 1, 60, &["--key-prefix", "test:"]);
 
     assert_eq!(predict(&gateway, &[("authorization", "Bearer key-alpha-123")]).await.status, StatusCode::OK);
     // The same key in the other header is the same caller.
@@ -113,8 +113,8 @@ async fn api_keys_are_isolated_and_never_stored_raw() {
 #[tokio::test]
 async fn ip_fallback_ignores_a_spoofed_forwarded_for_from_an_untrusted_peer() {
     let redis = RedisServer::start();
-    let model = start_model(0).await;
-    let gateway = start_gateway(&redis, &model.url(""), 1, 60, &[]).await;
+    let model = start_model(0);
+    let gateway = start_gateway(&redis, &model.url(""), 1, 60, &[]);
 
     assert_eq!(predict(&gateway, &[("x-forwarded-for", "198.51.100.1")]).await.status, StatusCode::OK);
     // A new address in X-Forwarded-For does not buy a new bucket: the peer is 127.0.0.1.
@@ -126,8 +126,8 @@ async fn ip_fallback_ignores_a_spoofed_forwarded_for_from_an_untrusted_peer() {
 #[tokio::test]
 async fn ip_fallback_honours_forwarded_for_from_a_trusted_proxy() {
     let redis = RedisServer::start();
-    let model = start_model(0).await;
-    let gateway = start_gateway(&redis, &model.url(""), 1, 60, &["--trusted-proxy", "127.0.0.0/8"]).await;
+    let model = start_model(0);
+    let gateway = start_gateway(&redis, &model.url(""), 1, 60, &["--trusted-proxy", "127.0.0.0/8"]);
 
     let xff = |v: &'static str| [("x-forwarded-for", v)];
     assert_eq!(predict(&gateway, &xff("198.51.100.1")).await.status, StatusCode::OK);
@@ -146,7 +146,7 @@ async fn ip_fallback_honours_forwarded_for_from_a_trusted_proxy() {
 async fn upstream_down_gives_502_with_a_json_error() {
     let redis = RedisServer::start();
     let nowhere = format!("http://127.0.0.1:{}", dead_port());
-    let gateway = start_gateway(&redis, &nowhere, 5, 60, &[]).await;
+    let gateway = start_gateway(&redis, &nowhere, 5, 60, &[]);
 
     let answer = predict(&gateway, &[]).await;
     assert_eq!(answer.status, StatusCode::BAD_GATEWAY);
@@ -158,8 +158,8 @@ async fn upstream_down_gives_502_with_a_json_error() {
 #[tokio::test]
 async fn slow_upstream_gives_504() {
     let redis = RedisServer::start();
-    let model = start_model(3000).await;
-    let gateway = start_gateway(&redis, &model.url(""), 5, 60, &["--upstream-timeout-ms", "200"]).await;
+    let model = start_model(3000);
+    let gateway = start_gateway(&redis, &model.url(""), 5, 60, &["--upstream-timeout-ms", "200"]);
     let answer = predict(&gateway, &[]).await;
     assert_eq!(answer.status, StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(answer.json()["error"]["type"], "upstream_timeout");
@@ -168,8 +168,8 @@ async fn slow_upstream_gives_504() {
 #[tokio::test]
 async fn oversize_bodies_get_413_and_malformed_requests_a_4xx() {
     let redis = RedisServer::start();
-    let model = start_model(0).await;
-    let gateway = start_gateway(&redis, &model.url(""), 5, 60, &["--max-body-bytes", "100"]).await;
+    let model = start_model(0);
+    let gateway = start_gateway(&redis, &model.url(""), 5, 60, &["--max-body-bytes", "100"]);
 
     let big = format!(r#"{{"text":"{}"}}"#, "a".repeat(200));
     let answer = send(Method::POST, &gateway.url("/v1/predict"), &[], big.clone()).await.unwrap();
@@ -200,8 +200,8 @@ async fn oversize_bodies_get_413_and_malformed_requests_a_4xx() {
 #[tokio::test]
 async fn forwards_method_path_query_headers_and_body_but_not_hop_by_hop_headers() {
     let redis = RedisServer::start();
-    let model = start_model(0).await;
-    let gateway = start_gateway(&redis, &model.url(""), 5, 60, &[]).await;
+    let model = start_model(0);
+    let gateway = start_gateway(&redis, &model.url(""), 5, 60, &[]);
 
     let headers = [
         ("authorization", "Bearer k"),
@@ -229,9 +229,9 @@ async fn forwards_method_path_query_headers_and_body_but_not_hop_by_hop_headers(
 #[tokio::test]
 async fn redis_failure_fails_closed_by_default_and_open_when_configured() {
     let mut redis = RedisServer::start();
-    let model = start_model(0).await;
-    let closed = start_gateway(&redis, &model.url(""), 5, 60, &["--redis-timeout-ms", "300"]).await;
-    let open = start_gateway(&redis, &model.url(""), 5, 60, &["--redis-timeout-ms", "300", "--fail-open"]).await;
+    let model = start_model(0);
+    let closed = start_gateway(&redis, &model.url(""), 5, 60, &["--redis-timeout-ms", "300"]);
+    let open = start_gateway(&redis, &model.url(""), 5, 60, &["--redis-timeout-ms", "300", "--fail-open"]);
     assert_eq!(get(&closed.url("/readyz")).await.unwrap().status, StatusCode::OK);
     assert_eq!(predict(&closed, &[]).await.status, StatusCode::OK);
 
@@ -247,11 +247,9 @@ async fn redis_failure_fails_closed_by_default_and_open_when_configured() {
 
     // When Redis is back, the gateway reconnects by itself.
     redis.respawn();
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while get(&closed.url("/readyz")).await.unwrap().status != StatusCode::OK {
-        assert!(std::time::Instant::now() < deadline, "never ready again\n{}", closed.logs());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let ready =
+        wait_until(Instant::now() + Duration::from_secs(15), || http_status(closed.port, "/readyz") == Some(200));
+    assert!(ready, "never ready again\n{}", closed.logs());
     assert_eq!(predict(&closed, &[]).await.status, StatusCode::OK);
 }
 
@@ -259,15 +257,15 @@ async fn redis_failure_fails_closed_by_default_and_open_when_configured() {
 async fn redis_passwords_are_used_but_never_logged() {
     let redis = RedisServer::start();
     let _: () = redis::cmd("CONFIG").arg("SET").arg("requirepass").arg("hunter2").query(&mut redis.client()).unwrap();
-    let model = start_model(0).await;
+    let model = start_model(0);
     let url = format!("redis://:hunter2@127.0.0.1:{}/", redis.port());
     let args: Vec<String> = ["--limit", "5", "--window", "60"].iter().map(|s| s.to_string()).collect();
-    let gateway = start_gateway_args(&url, &model.url(""), &args).await;
+    let gateway = start_gateway_args(&url, &model.url(""), &args);
     assert_eq!(get(&gateway.url("/readyz")).await.unwrap().status, StatusCode::OK);
     assert_eq!(predict(&gateway, &[]).await.status, StatusCode::OK);
 
     let wrong = format!("redis://:wrong-password@127.0.0.1:{}/", redis.port());
-    let refused = start_gateway_args(&wrong, &model.url(""), &args).await;
+    let refused = start_gateway_args(&wrong, &model.url(""), &args);
     assert_eq!(get(&refused.url("/readyz")).await.unwrap().status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(predict(&refused, &[]).await.status, StatusCode::SERVICE_UNAVAILABLE);
 
@@ -280,8 +278,8 @@ async fn redis_passwords_are_used_but_never_logged() {
 #[tokio::test]
 async fn readyz_needs_the_module() {
     let redis = RedisServer::builder().without_module().start();
-    let model = start_model(0).await;
-    let gateway = start_gateway(&redis, &model.url(""), 5, 60, &[]).await;
+    let model = start_model(0);
+    let gateway = start_gateway(&redis, &model.url(""), 5, 60, &[]);
     let ready = get(&gateway.url("/readyz")).await.unwrap();
     assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(ready.json()["status"], "not_ready");
@@ -293,9 +291,9 @@ async fn readyz_needs_the_module() {
 #[tokio::test]
 async fn the_example_config_applies_the_longest_matching_policy() {
     let redis = RedisServer::start();
-    let model = start_model(0).await;
+    let model = start_model(0);
     let args = vec!["--config".to_string(), example_config().display().to_string()];
-    let gateway = start_gateway_args(&redis.url(), &model.url(""), &args).await;
+    let gateway = start_gateway_args(&redis.url(), &model.url(""), &args);
 
     let predict_answer = predict(&gateway, &[]).await;
     assert_eq!(predict_answer.header("ratelimit-policy"), "\"predict\";q=10;w=60");
@@ -316,8 +314,8 @@ async fn the_example_config_applies_the_longest_matching_policy() {
 #[tokio::test]
 async fn the_client_prints_each_outcome_waits_for_retry_after_and_sums_up() {
     let redis = RedisServer::start();
-    let model = start_model(0).await;
-    let gateway = start_gateway(&redis, &model.url(""), 2, 2, &[]).await;
+    let model = start_model(0);
+    let gateway = start_gateway(&redis, &model.url(""), 2, 2, &[]);
     let url = gateway.url("/v1/predict");
 
     let out = run_client(&["--url", &url, "-n", "4", "--wait", "--api-key", "client-test"]);
@@ -359,7 +357,7 @@ async fn the_client_explains_a_connection_error_and_exits_non_zero() {
 
 #[tokio::test]
 async fn the_demo_model_answers_directly() {
-    let model = start_model(0).await;
+    let model = start_model(0);
     let answer = send(Method::POST, &model.url("/v1/predict"), &[], r#"{"text":"this is not good"}"#).await.unwrap();
     assert_eq!(answer.status, StatusCode::OK);
     assert_eq!(answer.json()["label"], "negative");
@@ -371,8 +369,8 @@ async fn the_demo_model_answers_directly() {
 #[tokio::test]
 async fn two_different_api_keys_or_a_hop_by_hop_key_header_get_400_before_any_charge() {
     let redis = RedisServer::start();
-    let model = start_model(0).await;
-    let gateway = start_gateway(&redis, &model.url(""), 1, 60, &[]).await;
+    let model = start_model(0);
+    let gateway = start_gateway(&redis, &model.url(""), 1, 60, &[]);
 
     let refused = [
         vec![("authorization", "Bearer victim-key"), ("x-api-key", "my-key")],
@@ -404,11 +402,11 @@ async fn two_different_api_keys_or_a_hop_by_hop_key_header_get_400_before_any_ch
 #[tokio::test]
 async fn require_api_key_answers_401_to_requests_without_one() {
     let redis = RedisServer::start();
-    let model = start_model(0).await;
+    let model = start_model(0);
     let (_dir, config) =
         config_file("[identity]\nrequire_api_key = true\n[[policy]]\nname = \"default\"\nlimit = 5\nwindow = 60\n");
     let args = vec!["--config".to_string(), config.display().to_string()];
-    let gateway = start_gateway_args(&redis.url(), &model.url(""), &args).await;
+    let gateway = start_gateway_args(&redis.url(), &model.url(""), &args);
 
     let anonymous = predict(&gateway, &[]).await;
     assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED, "{}", gateway.logs());
@@ -422,8 +420,8 @@ async fn require_api_key_answers_401_to_requests_without_one() {
 #[tokio::test]
 async fn a_request_target_that_is_not_a_path_gets_400_and_costs_nothing() {
     let redis = RedisServer::start();
-    let model = start_model(0).await;
-    let gateway = start_gateway(&redis, &model.url(""), 1, 60, &[]).await;
+    let model = start_model(0);
+    let gateway = start_gateway(&redis, &model.url(""), 1, 60, &[]);
 
     let answer = raw_answer(
         gateway.port,
@@ -446,9 +444,9 @@ async fn a_request_target_that_is_not_a_path_gets_400_and_costs_nothing() {
 #[tokio::test]
 async fn the_model_gets_exactly_the_normalized_path_the_policy_was_chosen_on() {
     let redis = RedisServer::start();
-    let model = start_model(0).await;
+    let model = start_model(0);
     let args = vec!["--config".to_string(), example_config().display().to_string()];
-    let gateway = start_gateway_args(&redis.url(), &model.url(""), &args).await;
+    let gateway = start_gateway_args(&redis.url(), &model.url(""), &args);
 
     let path_seen = |answer: &Answer| answer.json()["path"].as_str().unwrap().to_string();
     for (sent, forwarded) in [
@@ -490,10 +488,10 @@ async fn the_model_gets_exactly_the_normalized_path_the_policy_was_chosen_on() {
 #[tokio::test]
 async fn a_stalled_request_body_gets_408() {
     let redis = RedisServer::start();
-    let model = start_model(0).await;
-    let gateway = start_gateway(&redis, &model.url(""), 5, 60, &["--client-body-timeout-ms", "300"]).await;
+    let model = start_model(0);
+    let gateway = start_gateway(&redis, &model.url(""), 5, 60, &["--client-body-timeout-ms", "300"]);
 
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let partial = b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"text\":";
     let answer = raw_answer(gateway.port, partial, Duration::from_secs(10));
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}\n{}", gateway.logs());
@@ -504,7 +502,7 @@ async fn a_stalled_request_body_gets_408() {
 #[tokio::test]
 async fn forwarding_headers_are_kept_from_a_trusted_proxy_and_dropped_from_anyone_else() {
     let redis = RedisServer::start();
-    let model = start_model(0).await;
+    let model = start_model(0);
     let headers = [
         ("x-forwarded-for", "192.0.2.1"),
         ("x-forwarded-for", "198.51.100.2, 198.51.100.3"),
@@ -514,7 +512,7 @@ async fn forwarding_headers_are_kept_from_a_trusted_proxy_and_dropped_from_anyon
         ("x-real-ip", "192.0.2.1"),
     ];
 
-    let trusted = start_gateway(&redis, &model.url(""), 5, 60, &["--trusted-proxy", "127.0.0.1"]).await;
+    let trusted = start_gateway(&redis, &model.url(""), 5, 60, &["--trusted-proxy", "127.0.0.1"]);
     let seen = send(Method::GET, &trusted.url("/v1/echo"), &headers, Bytes::new()).await.unwrap().json();
     let h = &seen["headers"];
     assert_eq!(h["x-forwarded-for"], "192.0.2.1, 198.51.100.2, 198.51.100.3, 127.0.0.1", "{seen}");
@@ -523,7 +521,7 @@ async fn forwarding_headers_are_kept_from_a_trusted_proxy_and_dropped_from_anyon
     assert_eq!(h["forwarded"], "for=192.0.2.1;proto=https", "{seen}");
     assert_eq!(h["x-real-ip"], "192.0.2.1", "{seen}");
 
-    let direct = start_gateway(&redis, &model.url(""), 5, 60, &[]).await;
+    let direct = start_gateway(&redis, &model.url(""), 5, 60, &[]);
     let seen = send(Method::GET, &direct.url("/v1/echo"), &headers, Bytes::new()).await.unwrap().json();
     let h = &seen["headers"];
     assert_eq!(h["x-forwarded-for"], "127.0.0.1", "{seen}");
@@ -547,8 +545,8 @@ fn the_client_refuses_a_rate_it_cannot_schedule() {
 #[tokio::test]
 async fn ipv6_callers_without_a_key_share_a_bucket_per_64() {
     let redis = RedisServer::start();
-    let model = start_model(0).await;
-    let gateway = start_gateway(&redis, &model.url(""), 1, 60, &["--trusted-proxy", "127.0.0.1"]).await;
+    let model = start_model(0);
+    let gateway = start_gateway(&redis, &model.url(""), 1, 60, &["--trusted-proxy", "127.0.0.1"]);
 
     let xff = |v: &'static str| [("x-forwarded-for", v)];
     assert_eq!(predict(&gateway, &xff("2001:db8:0:1::1")).await.status, StatusCode::OK);
@@ -562,10 +560,10 @@ async fn ipv6_callers_without_a_key_share_a_bucket_per_64() {
 #[tokio::test]
 async fn a_client_that_never_finishes_its_headers_is_disconnected() {
     let redis = RedisServer::start();
-    let model = start_model(0).await;
-    let gateway = start_gateway(&redis, &model.url(""), 5, 60, &["--client-header-timeout-ms", "300"]).await;
+    let model = start_model(0);
+    let gateway = start_gateway(&redis, &model.url(""), 5, 60, &["--client-header-timeout-ms", "300"]);
 
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let answer = raw_answer(gateway.port, b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Slow: ", Duration::from_secs(10));
     assert!(started.elapsed() < Duration::from_secs(9), "the connection stayed open: {answer:?}\n{}", gateway.logs());
     assert!(!answer.starts_with("HTTP/1.1 200"), "{answer}");
@@ -576,8 +574,8 @@ async fn a_client_that_never_finishes_its_headers_is_disconnected() {
 #[tokio::test]
 async fn sigterm_lets_an_open_request_finish_then_exits() {
     let redis = RedisServer::start();
-    let model = start_model(1500).await;
-    let mut gateway = start_gateway(&redis, &model.url(""), 5, 60, &[]).await;
+    let model = start_model(1500);
+    let mut gateway = start_gateway(&redis, &model.url(""), 5, 60, &[]);
 
     let url = gateway.url("/v1/predict");
     let open = tokio::spawn(async move {

@@ -37,25 +37,13 @@ fn make_certificates(dir: &Path) {
     issue(Vec::new(), ExtendedKeyUsagePurpose::ClientAuth, "client");
 }
 
-async fn gateway_with(dir: &Path, name: &str, tls_keys: &str, tls_port: u16, upstream: &str) -> Proc {
+fn gateway_with(dir: &Path, name: &str, tls_keys: &str, tls_port: u16, upstream: &str) -> Proc {
     let config = dir.join(format!("{name}.toml"));
     let text = format!(
         "[redis]\nurl = \"rediss://127.0.0.1:{tls_port}/\"\n{tls_keys}\n[[policy]]\nname = \"tls\"\nlimit = 5\nwindow = 60\n"
     );
     std::fs::write(&config, text).unwrap();
-    let port = free_port();
-    let args: Vec<String> = vec![
-        "serve".into(),
-        "--config".into(),
-        config.display().to_string(),
-        "--listen".into(),
-        format!("127.0.0.1:{port}"),
-        "--upstream".into(),
-        upstream.into(),
-    ];
-    let mut gateway = Proc::spawn(name, port, &args, &[("GATEWAY_KEY_SECRET", SECRET)]);
-    gateway.wait_healthy().await;
-    gateway
+    start_serve(name, upstream, &["--config".into(), config.display().to_string()])
 }
 
 #[tokio::test]
@@ -75,24 +63,24 @@ async fn rediss_with_a_private_ca_and_a_client_certificate() {
         .arg("tls-ca-cert-file", &path("ca.crt"))
         .arg("tls-auth-clients", "yes")
         .start();
-    let model = start_model(0).await;
+    let model = start_model(0);
 
     let ca = format!("tls_ca_file = \"{}\"", path("ca.crt"));
     let full = format!("{ca}\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"", path("client.crt"), path("client.key"));
-    let good = gateway_with(d, "good", &full, tls_port, &model.url("")).await;
+    let good = gateway_with(d, "good", &full, tls_port, &model.url(""));
     assert_eq!(get(&good.url("/readyz")).await.unwrap().status, StatusCode::OK, "{}", good.logs());
     let answer = predict(&good, &[]).await;
     assert_eq!(answer.status, StatusCode::OK, "{}", good.logs());
     assert_eq!(answer.header("ratelimit"), "\"tls\";r=4;t=12");
 
     // The server requires a client certificate.
-    let no_client_cert = gateway_with(d, "no-client-cert", &ca, tls_port, &model.url("")).await;
+    let no_client_cert = gateway_with(d, "no-client-cert", &ca, tls_port, &model.url(""));
     assert_eq!(get(&no_client_cert.url("/readyz")).await.unwrap().status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(predict(&no_client_cert, &[]).await.status, StatusCode::SERVICE_UNAVAILABLE);
 
     // Without the private CA the server's certificate is not trusted: verification is on.
     let untrusted = format!("tls_cert_file = \"{}\"\ntls_key_file = \"{}\"", path("client.crt"), path("client.key"));
-    let no_ca = gateway_with(d, "no-ca", &untrusted, tls_port, &model.url("")).await;
+    let no_ca = gateway_with(d, "no-ca", &untrusted, tls_port, &model.url(""));
     assert_eq!(get(&no_ca.url("/readyz")).await.unwrap().status, StatusCode::SERVICE_UNAVAILABLE);
     drop(redis);
 }

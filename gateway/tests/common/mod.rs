@@ -1,14 +1,16 @@
-//! Real processes for the end-to-end tests: the `gateway` binary in its `model` and `serve`
-//! roles on free loopback ports, a real `redis-server` with the module (testkit), and a real
-//! HTTP client. Every process is killed when its guard drops, also when a test fails.
+//! What the gateway's end-to-end tests share beyond testkit: the `gateway` binary in its
+//! `model` and `serve` roles on free loopback ports (each a testkit [`ChildGuard`], killed
+//! when it drops, also when a test fails), and a real HTTP client. Servers, clusters,
+//! processes and waiting come from testkit.
 
 #![allow(dead_code)]
 
 use std::fs;
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{Ipv4Addr, TcpStream};
+use std::ops::{Deref, DerefMut};
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
@@ -18,89 +20,77 @@ use hyper::{Method, Request, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-pub use testkit::{free_port, RedisServer};
+pub use testkit::{free_port, wait_until, ChildGuard, RedisServer};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_gateway");
 pub const SECRET: &str = "test-secret-for-key-hashing";
 
-/// A child process, killed on drop; its stdout and stderr go to files for failure messages.
+/// How long the gateway or the model may take to answer `/healthz` after starting.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The `gateway` binary serving HTTP on `port` (as `model` or `serve`); killed on drop. The
+/// process itself ([`ChildGuard`]: `logs`, `terminate`, `wait_exit`) is reached through it.
 pub struct Proc {
-    pub name: String,
     pub port: u16,
-    child: Child,
-    dir: tempfile::TempDir,
+    process: ChildGuard,
 }
 
 impl Proc {
+    /// Starts `gateway args...` with `env` (and without the caller's `GATEWAY_KEY_SECRET`).
     pub fn spawn(name: &str, port: u16, args: &[String], env: &[(&str, &str)]) -> Proc {
-        let dir = tempfile::Builder::new().prefix("gw-test-").tempdir().unwrap();
-        let out = fs::File::create(dir.path().join("stdout")).unwrap();
-        let err = fs::File::create(dir.path().join("stderr")).unwrap();
         let mut cmd = Command::new(BIN);
-        cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err).env_remove("GATEWAY_KEY_SECRET");
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));
-        Proc { name: name.to_string(), port, child, dir }
-    }
-
-    /// Sends SIGTERM (via `kill`, as a service manager would).
-    pub fn terminate(&self) {
-        let status = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().unwrap();
-        assert!(status.success(), "kill -TERM {} failed", self.child.id());
-    }
-
-    /// Waits up to `limit` for the process to exit; its status, or `None` if it still runs.
-    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        cmd.args(args).env_remove("GATEWAY_KEY_SECRET").envs(env.iter().copied());
+        Proc { port, process: ChildGuard::spawn(name, cmd) }
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{}", self.port, path)
     }
 
-    pub fn logs(&self) -> String {
-        let read = |f: &str| fs::read_to_string(self.dir.path().join(f)).unwrap_or_default();
-        format!("--- {} stdout ---\n{}\n--- {} stderr ---\n{}", self.name, read("stdout"), self.name, read("stderr"))
-    }
-
     /// Polls `/healthz` until it answers 200; panics with the logs if the process exits first.
-    pub async fn wait_healthy(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("{} exited at start ({status})\n{}", self.name, self.logs());
-            }
-            if let Ok(r) = get(&self.url("/healthz")).await {
-                if r.status == StatusCode::OK {
-                    return;
-                }
-            }
-            assert!(Instant::now() < deadline, "{} never became healthy\n{}", self.name, self.logs());
-            tokio::time::sleep(Duration::from_millis(20)).await;
+    pub fn wait_healthy(&mut self) {
+        let port = self.port;
+        let mut exited = None;
+        let healthy = wait_until(Instant::now() + START_TIMEOUT, || {
+            exited = self.process.exited();
+            exited.is_some() || http_status(port, "/healthz") == Some(200)
+        });
+        if let Some(status) = exited {
+            panic!("{} exited at start ({status})\n{}", self.name(), self.logs());
         }
+        assert!(healthy, "{} never became healthy\n{}", self.name(), self.logs());
     }
 }
 
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl Deref for Proc {
+    type Target = ChildGuard;
+
+    fn deref(&self) -> &ChildGuard {
+        &self.process
     }
+}
+
+impl DerefMut for Proc {
+    fn deref_mut(&mut self) -> &mut ChildGuard {
+        &mut self.process
+    }
+}
+
+/// The status code of `GET path` on a loopback port, or `None` when nothing answers there
+/// (a blocking probe, for waiting on a process that is starting).
+pub fn http_status(port: u16, path: &str) -> Option<u16> {
+    let address = (Ipv4Addr::LOCALHOST, port).into();
+    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(1)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).ok()?;
+    let status_line = String::from_utf8_lossy(&answer);
+    status_line.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
 }
 
 /// The demo model on a free port.
-pub async fn start_model(latency_ms: u64) -> Proc {
+pub fn start_model(latency_ms: u64) -> Proc {
     let port = free_port();
     let args = vec![
         "model".into(),
@@ -110,31 +100,33 @@ pub async fn start_model(latency_ms: u64) -> Proc {
         latency_ms.to_string(),
     ];
     let mut model = Proc::spawn("model", port, &args, &[]);
-    model.wait_healthy().await;
+    model.wait_healthy();
     model
 }
 
 /// `gateway serve` with `--limit/--window` and the given extra flags, in front of `upstream`.
-pub async fn start_gateway(redis: &RedisServer, upstream: &str, limit: u64, window: u64, extra: &[&str]) -> Proc {
+pub fn start_gateway(redis: &RedisServer, upstream: &str, limit: u64, window: u64, extra: &[&str]) -> Proc {
     let mut args: Vec<String> = vec!["--limit".into(), limit.to_string(), "--window".into(), window.to_string()];
     args.extend(extra.iter().map(|s| s.to_string()));
-    start_gateway_args(&redis.url(), upstream, &args).await
+    start_gateway_args(&redis.url(), upstream, &args)
 }
 
-pub async fn start_gateway_args(redis_url: &str, upstream: &str, args: &[String]) -> Proc {
-    let port = free_port();
-    let mut all: Vec<String> = vec![
-        "serve".into(),
-        "--listen".into(),
-        format!("127.0.0.1:{port}"),
-        "--upstream".into(),
-        upstream.into(),
-        "--redis-url".into(),
-        redis_url.into(),
-    ];
+/// `gateway serve` on the one server at `redis_url`, with `args`.
+pub fn start_gateway_args(redis_url: &str, upstream: &str, args: &[String]) -> Proc {
+    let mut all: Vec<String> = vec!["--redis-url".into(), redis_url.into()];
     all.extend(args.iter().cloned());
-    let mut gateway = Proc::spawn("gateway", port, &all, &[("GATEWAY_KEY_SECRET", SECRET), ("RUST_LOG", "debug")]);
-    gateway.wait_healthy().await;
+    start_serve("gateway", upstream, &all)
+}
+
+/// `gateway serve --listen <free port> --upstream <upstream> args...` with the test secret,
+/// once it answers `/healthz`. `args` name the Redis server or cluster.
+pub fn start_serve(name: &str, upstream: &str, args: &[String]) -> Proc {
+    let port = free_port();
+    let mut all: Vec<String> =
+        vec!["serve".into(), "--listen".into(), format!("127.0.0.1:{port}"), "--upstream".into(), upstream.into()];
+    all.extend(args.iter().cloned());
+    let mut gateway = Proc::spawn(name, port, &all, &[("GATEWAY_KEY_SECRET", SECRET), ("RUST_LOG", "debug")]);
+    gateway.wait_healthy();
     gateway
 }
 

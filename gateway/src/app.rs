@@ -1,86 +1,50 @@
-//! The gateway's HTTP application. Each request reads top to bottom:
-//! access log -> target, key-header and size checks -> policy (on the normalized path) ->
-//! identify -> limit (one `RL.CHECK`) -> read body (with a timeout) -> forward (the normalized
-//! path) -> add rate-limit headers. Everything refused before the limit costs no quota.
+//! The gateway's HTTP application: `/healthz` and `/readyz`, and for every other request the
+//! pipeline of [`crate::pipeline`], assembled here top to bottom.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
-use axum::body::{Body, Bytes};
-use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
-use axum::middleware::{self, Next};
+use axum::extract::State;
+use axum::handler::Handler;
+use axum::http::StatusCode;
+use axum::middleware::{from_fn, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::json;
+use tower::ServiceBuilder;
 
-use crate::config::{normalize_path, FailureMode, Settings};
-use crate::error::ApiError;
-use crate::headers::{rate_limit_headers, retry_after_secs};
-use crate::identity::{api_key, bucket_ip, client_ip, is_trusted, BadIdentity, Hasher, Identity};
-use crate::limiter::Limiter;
-use crate::proxy::UpstreamClient;
+use crate::config::Settings;
+use crate::limiter::RateLimiter;
+use crate::pipeline::{access_log, checks, identify, limit, proxy, route};
+use crate::pipeline::{Checks, Identify, Limit, Proxy};
+use crate::routing::Routes;
 
-/// Shared by every request: cheap to clone.
-#[derive(Clone)]
-pub struct AppState(Arc<Inner>);
-
-struct Inner {
-    settings: Settings,
-    limiter: Limiter,
-    upstream: UpstreamClient,
-    hasher: Hasher,
-}
-
-impl AppState {
-    pub fn new(settings: Settings) -> Result<Self, String> {
-        let limiter = Limiter::new(&settings.redis)?;
-        let upstream = UpstreamClient::new(settings.upstream.clone());
-        let hasher = Hasher::new(&settings.identity.secret);
-        Ok(AppState(Arc::new(Inner { settings, limiter, upstream, hasher })))
-    }
-
-    pub fn settings(&self) -> &Settings {
-        &self.0.settings
-    }
-
-    pub fn limiter(&self) -> &Limiter {
-        &self.0.limiter
-    }
-}
-
-/// The router. Serve it with `into_make_service_with_connect_info::<SocketAddr>()`: the
-/// client address is needed to identify callers without an API key.
-pub fn app(state: AppState) -> Router {
+/// The router. Every request needs the client address as a
+/// `ConnectInfo<SocketAddr>` extension (callers without an API key are limited by it):
+/// [`crate::serve::run`] inserts it per connection; a test inserts it by hand.
+pub fn app<L: RateLimiter>(settings: &Settings, limiter: L) -> Router {
+    let pipeline = ServiceBuilder::new()
+        .layer(from_fn_with_state(Checks::new(settings), checks::check_request))
+        .layer(from_fn_with_state(Arc::new(Routes::new(&settings.policies)), route::route))
+        .layer(from_fn_with_state(Identify::new(&settings.identity), identify::identify))
+        .layer(from_fn_with_state(Limit::new(limiter.clone(), settings.redis.failure_mode), limit::limit::<L>))
+        .service(proxy::proxy.with_state(Proxy::new(settings)));
     Router::new()
         .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .fallback(gateway)
-        .layer(middleware::from_fn(access_log))
-        .with_state(state)
+        .route("/readyz", get(readyz::<L>))
+        .with_state(limiter)
+        .fallback_service(pipeline)
+        .layer(from_fn(access_log::access_log))
 }
 
-async fn access_log(request: Request, next: Next) -> Response {
-    let start = Instant::now();
-    let method = request.method().clone();
-    let path = request.uri().path().to_string();
-    let response = next.run(request).await;
-    let status = response.status().as_u16();
-    let elapsed_ms = start.elapsed().as_secs_f64() * 1000.0;
-    tracing::info!(%method, %path, status, elapsed_ms = format_args!("{elapsed_ms:.1}"), "request");
-    response
-}
-
+/// Live: the process answers.
 async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// Ready when Redis answers and has the module loaded.
-async fn readyz(State(state): State<AppState>) -> Response {
-    match state.limiter().ready().await {
+/// Ready when the limiter answers (for Redis: it runs and has the module loaded).
+async fn readyz<L: RateLimiter>(State(limiter): State<L>) -> Response {
+    match limiter.ready().await {
         Ok(()) => Json(json!({"status": "ready"})).into_response(),
         Err(e) => {
             tracing::warn!(error = %e, "not ready");
@@ -90,101 +54,103 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
-async fn gateway(
-    State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    request: Request,
-) -> Response {
-    let settings = state.settings();
-    let (parts, body) = request.into_parts();
-    let max = settings.max_body_bytes;
+#[cfg(test)]
+mod tests {
+    use axum::http::StatusCode;
+    use tower::ServiceExt;
 
-    // `OPTIONS *`, `CONNECT host:port`: nothing to forward to the model.
-    if !parts.uri.path().starts_with('/') {
-        return ApiError::BadRequest("The request target must be a path starting with '/'.").into_response();
-    }
-    // Two different keys, or a key header the proxy would strip: refused before any quota is spent.
-    let key = match api_key(&parts.headers, &settings.identity.api_key_headers) {
-        Ok(key) => key,
-        Err(e) => return ApiError::BadRequest(e.message()).into_response(),
-    };
-    if key.is_none() && settings.identity.require_api_key {
-        return ApiError::Unauthorized.into_response();
-    }
-    // A declared length over the limit is refused before any quota is spent.
-    match declared_length(&parts.headers) {
-        Err(e) => return e.into_response(),
-        Ok(Some(len)) if len > max => return ApiError::PayloadTooLarge { limit: max }.into_response(),
-        Ok(_) => {}
+    use super::*;
+    use crate::config::Overrides;
+    use crate::limiter::memory::MemoryLimiter;
+    use crate::test_support::{echo_upstream, header, json, request, settings_with};
+
+    /// The gateway in front of an echo model, with `limit` requests per minute on `/v1`.
+    async fn gateway(limiter: &MemoryLimiter, extra: &str) -> Router {
+        let toml = format!("{extra}\n[[policy]]\nname = \"v1\"\npaths = [\"/v1\"]\nlimit = 3\nwindow = 60\n");
+        let overrides = Overrides { upstream: Some(echo_upstream().await), ..Overrides::default() };
+        app(&settings_with(&toml, &overrides), limiter.clone())
     }
 
-    // The policy is chosen on the normalized path, and that same path is what the model gets.
-    let path = normalize_path(parts.uri.path());
-    let peer_trusted = is_trusted(peer, &settings.identity.trusted_proxies);
-    let mut limit_headers = HeaderMap::new();
-    if let Some(policy) = settings.policy_for_normal(&path) {
-        let identity = match key {
-            Some(key) => Identity::ApiKey(key),
-            None => match client_ip(&parts.headers, peer, &settings.identity.trusted_proxies) {
-                Ok(ip) => Identity::Ip(bucket_ip(ip, settings.identity.ipv6_prefix)),
-                Err(_) => return ApiError::BadRequest(BadIdentity::ForwardedFor.message()).into_response(),
-            },
-        };
-        let hash = state.0.hasher.hash(&identity);
-        match state.limiter().check(policy, &hash).await {
-            Ok(decision) => {
-                tracing::debug!(policy = %policy.name, identity = identity.kind(), id = %hash, ?decision, "checked");
-                limit_headers = rate_limit_headers(policy, &decision);
-                if !decision.allowed {
-                    let mut response =
-                        ApiError::RateLimited { retry_after_secs: retry_after_secs(&decision) }.into_response();
-                    response.headers_mut().extend(limit_headers);
-                    return response;
-                }
-            }
-            Err(e) => match settings.redis.failure_mode {
-                FailureMode::Closed => return ApiError::LimiterUnavailable { detail: e.to_string() }.into_response(),
-                FailureMode::Open => {
-                    tracing::warn!(error = %e, "rate limiter unavailable, forwarding unmetered (failure_mode = open)")
-                }
-            },
+    async fn send(app: &Router, method: &str, uri: &str, headers: &[(&str, &str)]) -> Response {
+        app.clone().oneshot(request(method, uri, headers, "")).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_covered_request_is_checked_forwarded_and_labelled() {
+        let limiter = MemoryLimiter::new();
+        let app = gateway(&limiter, "").await;
+        let answer = send(&app, "POST", "/v1/%65cho", &[("x-api-key", "k")]).await;
+        assert_eq!(answer.status(), StatusCode::OK);
+        assert_eq!(header(&answer, "ratelimit-policy"), Some("\"v1\";q=3;w=60"));
+        assert_eq!(header(&answer, "ratelimit"), Some("\"v1\";r=2;t=20"));
+        assert_eq!(header(&answer, "x-ratelimit-limit"), Some("3"));
+        assert_eq!(header(&answer, "x-ratelimit-reset"), Some("20"));
+        let seen = json(answer).await;
+        assert_eq!(seen["path"], "/v1/echo");
+        assert_eq!(seen["headers"]["x-api-key"], "k", "the model gets the key it must authenticate");
+        assert_eq!(limiter.checks(), 1);
+    }
+
+    #[tokio::test]
+    async fn uncovered_paths_are_forwarded_without_a_check() {
+        let limiter = MemoryLimiter::new();
+        let answer = send(&gateway(&limiter, "").await, "GET", "/other", &[]).await;
+        assert_eq!(answer.status(), StatusCode::OK);
+        assert_eq!(header(&answer, "ratelimit"), None);
+        assert_eq!(limiter.checks(), 0);
+    }
+
+    #[tokio::test]
+    async fn refusals_before_the_limit_cost_no_quota() {
+        let limiter = MemoryLimiter::new();
+        let app = gateway(&limiter, "max_body_bytes = 10\n[identity]\nrequire_api_key = true\n").await;
+        type Headers<'a> = &'a [(&'a str, &'a str)];
+        let cases: [(&str, Headers, StatusCode); 4] = [
+            ("*", &[], StatusCode::BAD_REQUEST),
+            ("/v1/x", &[("authorization", "Bearer a"), ("x-api-key", "b")], StatusCode::BAD_REQUEST),
+            ("/v1/x", &[], StatusCode::UNAUTHORIZED),
+            ("/v1/x", &[("x-api-key", "k"), ("content-length", "11")], StatusCode::PAYLOAD_TOO_LARGE),
+        ];
+        for (uri, headers, status) in cases {
+            let answer = send(&app, "OPTIONS", uri, headers).await;
+            assert_eq!(answer.status(), status, "{uri} {headers:?}");
+            assert_eq!(header(&answer, "ratelimit"), None);
         }
+        assert_eq!(limiter.checks(), 0);
+        let unauthorized = send(&app, "GET", "/v1/x", &[]).await;
+        assert_eq!(header(&unauthorized, "www-authenticate"), Some("Bearer"));
+        assert_eq!(
+            json(unauthorized).await.to_string(),
+            r#"{"error":{"type":"unauthorized","message":"An API key is required."}}"#
+        );
     }
 
-    let timeout = settings.client_body_timeout;
-    let body = match tokio::time::timeout(timeout, read_body(body, max)).await {
-        Ok(read) => read,
-        Err(_) => Err(ApiError::RequestTimeout { ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX) }),
-    };
-    let mut response = match body {
-        Ok(bytes) => match state.0.upstream.forward(parts, &path, bytes, peer, peer_trusted).await {
-            Ok(response) => response,
-            Err(e) => e.into_response(),
-        },
-        Err(e) => e.into_response(),
-    };
-    response.headers_mut().extend(limit_headers);
-    response
-}
-
-fn declared_length(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
-    match headers.get(header::CONTENT_LENGTH) {
-        None => Ok(None),
-        Some(value) => value
-            .to_str()
-            .ok()
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Some)
-            .ok_or(ApiError::BadRequest("Malformed Content-Length header.")),
+    #[tokio::test]
+    async fn each_caller_has_its_own_budget() {
+        let limiter = MemoryLimiter::new();
+        let app = gateway(&limiter, "").await;
+        for _ in 0..3 {
+            assert_eq!(send(&app, "GET", "/v1", &[("x-api-key", "a")]).await.status(), StatusCode::OK);
+        }
+        assert_eq!(send(&app, "GET", "/v1", &[("x-api-key", "a")]).await.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(send(&app, "GET", "/v1", &[("x-api-key", "b")]).await.status(), StatusCode::OK);
+        assert_eq!(send(&app, "GET", "/v1", &[]).await.status(), StatusCode::OK, "no key: the IP's budget");
+        assert_eq!(limiter.identities("v1").len(), 3);
     }
-}
 
-/// The whole body, refusing more than `max` bytes (also when no length was declared).
-async fn read_body(body: Body, max: u64) -> Result<Bytes, ApiError> {
-    let limit = usize::try_from(max).unwrap_or(usize::MAX);
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::PayloadTooLarge { limit: max }),
-        Err(_) => Err(ApiError::BadRequest("The request body could not be read.")),
+    #[tokio::test]
+    async fn health_and_readiness_are_answered_by_the_gateway_itself() {
+        let limiter = MemoryLimiter::new();
+        let app = gateway(&limiter, "[identity]\nrequire_api_key = true\n").await;
+        let health = send(&app, "GET", "/healthz", &[("x-api-key", "a"), ("authorization", "Bearer b")]).await;
+        assert_eq!(health.status(), StatusCode::OK, "not checked like proxied requests");
+        assert_eq!(json(health).await, serde_json::json!({"status": "ok"}));
+        assert_eq!(json(send(&app, "GET", "/readyz", &[]).await).await, serde_json::json!({"status": "ready"}));
+        limiter.set_down(true);
+        let not_ready = send(&app, "GET", "/readyz", &[]).await;
+        assert_eq!(not_ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(json(not_ready).await, serde_json::json!({"status": "not_ready", "reason": "redis unavailable"}));
+        assert_eq!(send(&app, "GET", "/healthz", &[]).await.status(), StatusCode::OK);
+        assert_eq!(limiter.checks(), 0);
     }
 }

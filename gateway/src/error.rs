@@ -1,10 +1,13 @@
-//! Every answer the gateway makes itself (rather than relaying the model's): a status and a
-//! JSON body `{"error":{"type":..., "message":...}}` that says what to do, never how the
-//! gateway is built. The internal cause is logged once, when the response is made.
+//! Every answer the gateway makes itself (rather than relaying the model's): one variant per
+//! failure, each with its status and a JSON body `{"error":{"type":..., "message":...}}` that
+//! says what to do, never how the gateway is built. The internal cause is logged once, when
+//! the response is made.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
+
+use crate::identity::BadIdentity;
 
 #[derive(Debug)]
 pub enum ApiError {
@@ -12,7 +15,9 @@ pub enum ApiError {
     RateLimited {
         retry_after_secs: Option<u64>,
     },
-    BadRequest(&'static str),
+    /// `400`; before any quota is spent, except the two found while forwarding
+    /// ([`BadRequest::UnreadableBody`], [`BadRequest::InvalidTarget`]).
+    BadRequest(BadRequest),
     /// `401`: no API key and `identity.require_api_key = true`.
     Unauthorized,
     /// `408`: the request body did not arrive within `client_body_timeout_ms`.
@@ -36,7 +41,47 @@ pub enum ApiError {
     },
 }
 
-pub fn plural(n: u64, word: &str) -> String {
+/// Why a request is refused with `400`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum BadRequest {
+    /// `OPTIONS *`, `CONNECT host:port`: nothing to forward to the model.
+    NotAPath,
+    /// The API-key headers, or `X-Forwarded-For` from a trusted proxy.
+    Identity(BadIdentity),
+    /// A `Content-Length` that is not a number (hyper refuses most of those itself).
+    ContentLength,
+    /// The connection failed while the body was being read.
+    UnreadableBody,
+    /// The normalized path does not make a valid upstream URI.
+    InvalidTarget,
+}
+
+impl BadRequest {
+    pub fn message(&self) -> &'static str {
+        match self {
+            BadRequest::NotAPath => "The request target must be a path starting with '/'.",
+            BadRequest::Identity(why) => why.message(),
+            BadRequest::ContentLength => "Malformed Content-Length header.",
+            BadRequest::UnreadableBody => "The request body could not be read.",
+            BadRequest::InvalidTarget => "The request target is not a valid path.",
+        }
+    }
+}
+
+impl From<BadRequest> for ApiError {
+    fn from(why: BadRequest) -> Self {
+        ApiError::BadRequest(why)
+    }
+}
+
+impl From<BadIdentity> for ApiError {
+    fn from(why: BadIdentity) -> Self {
+        ApiError::BadRequest(BadRequest::Identity(why))
+    }
+}
+
+/// `1 second`, `2 seconds`.
+fn plural(n: u64, word: &str) -> String {
     if n == 1 {
         format!("{n} {word}")
     } else {
@@ -69,7 +114,7 @@ impl ApiError {
                 "type": "rate_limited",
                 "message": "This request is larger than the rate limit allows and can never be admitted.",
             }}),
-            ApiError::BadRequest(why) => json!({"error": {"type": "bad_request", "message": why}}),
+            ApiError::BadRequest(why) => json!({"error": {"type": "bad_request", "message": why.message()}}),
             ApiError::Unauthorized => json!({"error": {
                 "type": "unauthorized",
                 "message": "An API key is required.",
@@ -102,7 +147,7 @@ impl ApiError {
             ApiError::UpstreamUnavailable { detail } => tracing::warn!(%detail, "upstream unreachable"),
             ApiError::UpstreamTimeout { detail } => tracing::warn!(%detail, "upstream timed out"),
             ApiError::LimiterUnavailable { detail } => tracing::error!(%detail, "rate limiter unavailable, refusing"),
-            ApiError::BadRequest(why) => tracing::debug!(why, "bad request"),
+            ApiError::BadRequest(why) => tracing::debug!(why = why.message(), "bad request"),
             ApiError::RequestTimeout { ms } => tracing::debug!(ms, "request body timed out"),
             ApiError::PayloadTooLarge { .. } | ApiError::RateLimited { .. } | ApiError::Unauthorized => {}
         }

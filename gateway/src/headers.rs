@@ -1,4 +1,5 @@
-//! The rate-limit headers sent with every response a policy applied to.
+//! The rate-limit headers sent with every response a policy applied to, from the module's
+//! answer ([`CheckReply`]).
 //!
 //! - `RateLimit-Policy: "<policy>";q=<limit>;w=<window>` and `RateLimit: "<policy>";r=<remaining>;t=<seconds>`
 //!   (IETF httpapi draft-10). `t` is the time until the quota is whole again; on a `429` it is
@@ -15,7 +16,6 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use rl_protocol::CheckReply;
 
 use crate::config::Policy;
-use crate::limiter::ceil_secs;
 
 pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
@@ -23,12 +23,18 @@ pub const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-l
 pub const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
 pub const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 
+/// Whole seconds, rounded up: a client told to wait this long is never early.
+pub fn ceil_secs(ms: u64) -> u64 {
+    ms.div_ceil(1000)
+}
+
 /// `Retry-After` in whole seconds for a refused request (at least 1), or `None` when the
 /// module says the request can never be admitted.
 pub fn retry_after_secs(decision: &CheckReply) -> Option<u64> {
     decision.retry_after_ms.map(|ms| ceil_secs(ms).max(1))
 }
 
+/// The headers for a decision of the module under `policy`.
 pub fn rate_limit_headers(policy: &Policy, decision: &CheckReply) -> HeaderMap {
     let reset = ceil_secs(decision.reset_after_ms);
     let t = if decision.allowed { reset } else { retry_after_secs(decision).unwrap_or(reset) };

@@ -1,4 +1,5 @@
-//! Who is asking: an API key from a configured header, else the client's IP address.
+//! Who is asking: an API key from a configured header, else the client's IP address (IPv6
+//! callers grouped by network).
 //!
 //! `X-Forwarded-For` is read only when the TCP peer is a trusted proxy; then the client is the
 //! right-most address in the chain that is not itself a trusted proxy. The identity is turned
@@ -191,16 +192,22 @@ fn parse_hop(hop: &str) -> Option<IpAddr> {
     hop.parse::<SocketAddr>().ok().map(|s| canonical(s.ip()))
 }
 
-/// Identifies a request: its API key, else its client IP.
+/// Who is asking, once the request's API key (if any) is known (see [`api_key`]): the key,
+/// else the client IP ([`client_ip`]), IPv6 addresses cut to their `/ipv6_prefix` network
+/// ([`bucket_ip`]).
 pub fn identify(
+    api_key: Option<Vec<u8>>,
     headers: &HeaderMap,
     peer: SocketAddr,
-    header_names: &[String],
     trusted: &[IpNet],
+    ipv6_prefix: u8,
 ) -> Result<Identity, BadIdentity> {
-    match api_key(headers, header_names)? {
+    match api_key {
         Some(key) => Ok(Identity::ApiKey(key)),
-        None => client_ip(headers, peer, trusted).map(Identity::Ip).map_err(|_| BadIdentity::ForwardedFor),
+        None => match client_ip(headers, peer, trusted) {
+            Ok(ip) => Ok(Identity::Ip(bucket_ip(ip, ipv6_prefix))),
+            Err(BadForwardedFor) => Err(BadIdentity::ForwardedFor),
+        },
     }
 }
 
@@ -303,8 +310,19 @@ mod tests {
         assert_eq!(api_key(&repeated, &names()), Err(BadIdentity::ConflictingKeys));
         let bearers = headers(&[("authorization", "Bearer a"), ("authorization", "Bearer b")]);
         assert_eq!(api_key(&bearers, &names()), Err(BadIdentity::ConflictingKeys));
-        let ip = peer("203.0.113.9");
-        assert_eq!(identify(&two, ip, &names(), &[]), Err(BadIdentity::ConflictingKeys));
+    }
+
+    #[test]
+    fn the_key_identifies_else_the_bucketed_client_ip() {
+        let h = headers(&[("x-forwarded-for", "2001:db8:1:2:3:4:5:6")]);
+        let key = identify(Some(b"k".to_vec()), &h, peer("10.0.0.1"), &nets(&["10.0.0.0/8"]), 64);
+        assert_eq!(key, Ok(Identity::ApiKey(b"k".to_vec())));
+        let ip = identify(None, &h, peer("10.0.0.1"), &nets(&["10.0.0.0/8"]), 64);
+        assert_eq!(ip, Ok(Identity::Ip("2001:db8:1:2::".parse().unwrap())));
+        let untrusted = identify(None, &h, peer("203.0.113.9"), &[], 64);
+        assert_eq!(untrusted, Ok(Identity::Ip("203.0.113.9".parse().unwrap())));
+        let junk = headers(&[("x-forwarded-for", "nonsense")]);
+        assert_eq!(identify(None, &junk, peer("10.0.0.1"), &nets(&["10.0.0.0/8"]), 64), Err(BadIdentity::ForwardedFor));
     }
 
     #[test]

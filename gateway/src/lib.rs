@@ -1,23 +1,31 @@
 //! The reference HTTP gateway in front of an ML model API, rate limited by the `ratelimit`
-//! Redis module, plus the demo model and the demo client (all one binary, `gateway`).
+//! Redis module: one `RL.CHECK` per request. (The demo model and client that share its
+//! binary live in `src/bin/gateway/`, not here.)
 //!
-//! - [`app::app`] builds the gateway's router from [`app::AppState`] (tests drive it too).
-//! - [`config`] reads `gateway.toml` and the flags into checked [`config::Settings`].
-//! - [`identity`] finds the caller (API key or client IP) and hashes it for the key name.
-//! - [`limiter`] makes the one `RL.CHECK` round trip per request.
-//! - [`headers`] writes `RateLimit-Policy`, `RateLimit`, `X-RateLimit-*`.
-//! - [`proxy`] forwards admitted requests to the model and streams the answer back.
-//! - [`model`] is the demo sentiment model; [`client`] the demo client.
+//! - [`config`]: `gateway.toml` and the `serve` flags, checked once into [`config::Settings`].
+//! - [`startup`]: `gateway serve` with resolved settings; [`serve`] runs a router on a socket.
+//! - [`app`]: the router: `/healthz`, `/readyz`, and the [`pipeline`] for everything else
+//!   (access log -> checks -> route -> identify -> limit -> proxy, one module per step).
+//! - [`routing`]: path normalization and the policy covering a path.
+//! - [`identity`]: the caller (API key or client IP) and its keyed hash.
+//! - [`limiter`]: the [`limiter::RateLimiter`] trait and its Redis implementation.
+//! - [`headers`]: `RateLimit-Policy`, `RateLimit`, `X-RateLimit-*` from the module's answer.
+//! - [`upstream`]: the HTTP client that forwards to the model.
+//! - [`error`]: every answer the gateway makes itself.
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod app;
-pub mod client;
 pub mod config;
 pub mod error;
 pub mod headers;
 pub mod identity;
 pub mod limiter;
-pub mod model;
-pub mod proxy;
+pub mod pipeline;
+pub mod routing;
 pub mod serve;
+pub mod startup;
+pub mod upstream;
+
+#[cfg(test)]
+mod test_support;

@@ -1,5 +1,5 @@
 //! Running a router on a socket (HTTP/1.1, with a request-header timeout) until SIGTERM or
-//! Ctrl-C, then draining in-flight requests.
+//! Ctrl-C, then draining in-flight requests. The gateway and the demo model both run this way.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -16,7 +16,7 @@ use tokio::task::JoinSet;
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a client may take to send a request's headers, unless configured otherwise.
-pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_millis(crate::config::DEFAULT_CLIENT_HEADER_TIMEOUT_MS);
 
 /// Resolves on SIGTERM or Ctrl-C (SIGINT).
 pub async fn shutdown_signal() {

@@ -1,5 +1,5 @@
-//! The demo client: sends requests to an endpoint and says, per request, what the gateway
-//! answered, in words:
+//! The demo client (`gateway client`): sends requests to an endpoint and says, per request,
+//! what the gateway answered, in words ([`report`]):
 //!
 //! ```text
 //! Request 3: OK. You can send 7 more requests in the next 42 seconds.
@@ -10,20 +10,22 @@
 //! `Retry-After`. With `wait`, a `429` pauses every sender for `Retry-After` seconds before
 //! the next request. A connection error stops the run with a clear message and exit code 2.
 
+mod report;
+
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri};
+use axum::http::{header, HeaderName, HeaderValue, Method, Request, Uri};
+use clap::Args;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use crate::error::plural;
-use crate::proxy::error_chain;
+use report::{classify, describe, plural, Outcome, Summary};
 
 /// The longest the client waits: between two requests (`--rate`) and for a `Retry-After`.
 pub const MAX_WAIT: Duration = Duration::from_secs(3600);
@@ -63,134 +65,62 @@ pub fn waiting_line(secs: u64) -> String {
     }
 }
 
-#[derive(Clone, Debug)]
-pub struct ClientOptions {
+/// An error and its causes on one line (`client error (Connect): tcp connect error: Connection refused`).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// The flags of `gateway client`.
+#[derive(Args, Clone, Debug)]
+pub struct ClientArgs {
+    /// Endpoint to call.
+    #[arg(long, default_value = "http://127.0.0.1:8080/v1/predict")]
     pub url: Uri,
+    /// Number of requests.
+    #[arg(long, short = 'n', default_value_t = 10)]
     pub count: u64,
-    /// Requests per second over all senders; `None` sends as fast as answers come.
+    /// Requests per second over all senders (default: as fast as answers come).
+    #[arg(long)]
     pub rate: Option<f64>,
+    /// Requests in flight at once.
+    #[arg(long, short = 'c', default_value_t = 1)]
     pub concurrency: usize,
+    /// HTTP method; POST sends {"text": TEXT} as JSON.
+    #[arg(long, default_value = "POST")]
     pub method: Method,
-    /// Sent as JSON `{"text": ...}` (not for `GET`).
+    /// Text to score.
+    #[arg(long, default_value = "I love how fast this model is!")]
     pub text: String,
+    /// API key to send (default: none, so the gateway limits by client IP).
+    #[arg(long)]
     pub api_key: Option<String>,
-    /// `authorization` sends `Bearer <key>`; any other header carries the key as is.
+    /// Header for the API key; "authorization" sends "Bearer <key>".
+    #[arg(long, default_value = "authorization")]
     pub api_key_header: HeaderName,
+    /// After a 429, wait Retry-After seconds, then go on with the next requests.
+    #[arg(long)]
     pub wait: bool,
-    pub timeout: Duration,
+    /// Timeout per request in ms.
+    #[arg(long, default_value_t = 30_000)]
+    pub timeout_ms: u64,
 }
 
-/// What happened to one request.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    Ok { remaining: Option<u64>, reset_secs: Option<u64> },
-    Limited { retry_after_secs: Option<u64> },
-    Failed { status: u16, message: String },
-    Unreachable(String),
-}
-
-/// The line printed for request `n`.
-pub fn describe(n: u64, outcome: &Outcome) -> String {
-    match outcome {
-        Outcome::Ok { remaining: Some(r), reset_secs: Some(t) } => format!(
-            "Request {n}: OK. You can send {} more {} in the next {}.",
-            r,
-            if *r == 1 { "request" } else { "requests" },
-            plural(*t, "second")
-        ),
-        Outcome::Ok { remaining: Some(r), reset_secs: None } => {
-            format!("Request {n}: OK. You can send {r} more {}.", if *r == 1 { "request" } else { "requests" })
-        }
-        Outcome::Ok { .. } => format!("Request {n}: OK."),
-        Outcome::Limited { retry_after_secs: Some(s) } => {
-            format!("Request {n}: rate limited. Please try again after {}.", plural(*s, "second"))
-        }
-        Outcome::Limited { retry_after_secs: None } => format!("Request {n}: rate limited."),
-        Outcome::Failed { status, message } => format!("Request {n}: failed with HTTP {status}: {message}"),
-        Outcome::Unreachable(why) => format!("Request {n}: cannot connect: {why}"),
-    }
-}
-
-/// `r` and `t` of the first item of a `RateLimit` header (`"default";r=7;t=42`).
-pub fn parse_ratelimit(value: &str) -> (Option<u64>, Option<u64>) {
-    let first = value.split(',').next().unwrap_or("");
-    let mut remaining = None;
-    let mut reset = None;
-    for param in first.split(';').skip(1) {
-        match param.trim().split_once('=') {
-            Some(("r", v)) => remaining = v.trim().parse().ok(),
-            Some(("t", v)) => reset = v.trim().parse().ok(),
-            _ => {}
-        }
-    }
-    (remaining, reset)
-}
-
-fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
-    headers.get(name)?.to_str().ok()?.trim().parse().ok()
-}
-
-/// Classifies an answer from its status, headers and body.
-pub fn classify(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Outcome {
-    if status == StatusCode::TOO_MANY_REQUESTS {
-        return Outcome::Limited { retry_after_secs: header_u64(headers, "retry-after") };
-    }
-    if status.is_success() {
-        let (mut remaining, mut reset_secs) =
-            headers.get("ratelimit").and_then(|v| v.to_str().ok()).map(parse_ratelimit).unwrap_or((None, None));
-        remaining = remaining.or_else(|| header_u64(headers, "x-ratelimit-remaining"));
-        reset_secs = reset_secs.or_else(|| header_u64(headers, "x-ratelimit-reset"));
-        return Outcome::Ok { remaining, reset_secs };
-    }
-    let message = serde_json::from_slice::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| v.pointer("/error/message").and_then(|m| m.as_str()).map(str::to_string))
-        .unwrap_or_else(|| String::from_utf8_lossy(body).chars().take(200).collect());
-    Outcome::Failed { status: status.as_u16(), message }
-}
-
-/// Totals for the summary line and the exit code.
-#[derive(Debug, Default)]
-pub struct Summary {
-    pub ok: u64,
-    pub limited: u64,
-    pub failed: u64,
-    pub unreachable: Option<String>,
-    pub elapsed: Duration,
-}
-
-impl Summary {
-    pub fn line(&self) -> String {
-        let sent = self.ok + self.limited + self.failed;
-        let mut line = format!(
-            "Summary: {} in {:.1} s: {} OK, {} rate limited",
-            plural(sent, "request"),
-            self.elapsed.as_secs_f64(),
-            self.ok,
-            self.limited
-        );
-        if self.failed > 0 {
-            line.push_str(&format!(", {} failed", self.failed));
-        }
-        line.push('.');
-        line
-    }
-
-    /// 0 when every request got an answer (admitted or limited), 1 when some failed, 2 when
-    /// the endpoint could not be reached.
-    pub fn exit_code(&self) -> i32 {
-        if self.unreachable.is_some() {
-            2
-        } else if self.failed > 0 {
-            1
-        } else {
-            0
-        }
+impl ClientArgs {
+    /// The time allowed for one request (at least 1 ms).
+    fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms.max(1))
     }
 }
 
 struct Shared {
-    options: ClientOptions,
+    options: ClientArgs,
     client: Client<HttpConnector, Full<Bytes>>,
     next_request: AtomicU64,
     stop: AtomicBool,
@@ -250,7 +180,7 @@ impl Shared {
             Ok(r) => r,
             Err(e) => return Outcome::Unreachable(e),
         };
-        let answer = tokio::time::timeout(self.options.timeout, async {
+        let answer = tokio::time::timeout(self.options.timeout(), async {
             let response = self.client.request(request).await.map_err(|e| error_chain(&e))?;
             let (parts, body) = response.into_parts();
             let body = body.collect().await.map_err(|e| error_chain(&e))?.to_bytes();
@@ -262,7 +192,7 @@ impl Shared {
             Ok(Err(why)) => Outcome::Unreachable(why),
             Err(_) => Outcome::Failed {
                 status: 0,
-                message: format!("no answer within {} ms", self.options.timeout.as_millis()),
+                message: format!("no answer within {} ms", self.options.timeout().as_millis()),
             },
         }
     }
@@ -309,9 +239,9 @@ async fn sender(shared: Arc<Shared>) {
 }
 
 /// Sends the requests, prints a line per answer and the summary; returns the exit code.
-pub async fn run(options: ClientOptions) -> i32 {
+pub async fn run(options: ClientArgs) -> i32 {
     let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(options.timeout));
+    connector.set_connect_timeout(Some(options.timeout()));
     let client = Client::builder(TokioExecutor::new()).build(connector);
     let concurrency = options.concurrency.clamp(1, 1024);
     let now = Instant::now();
@@ -342,33 +272,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn lines_read_as_the_issue_asks() {
-        let ok = Outcome::Ok { remaining: Some(7), reset_secs: Some(42) };
-        assert_eq!(describe(3, &ok), "Request 3: OK. You can send 7 more requests in the next 42 seconds.");
-        let limited = Outcome::Limited { retry_after_secs: Some(6) };
-        assert_eq!(describe(11, &limited), "Request 11: rate limited. Please try again after 6 seconds.");
-        let one = Outcome::Ok { remaining: Some(1), reset_secs: Some(1) };
-        assert_eq!(describe(1, &one), "Request 1: OK. You can send 1 more request in the next 1 second.");
-    }
-
-    #[test]
-    fn reads_the_draft_header_then_the_x_headers() {
-        assert_eq!(parse_ratelimit("\"default\";r=7;t=42"), (Some(7), Some(42)));
-        assert_eq!(parse_ratelimit("\"a\";r=1;t=2, \"b\";r=9;t=9"), (Some(1), Some(2)));
-        let mut h = HeaderMap::new();
-        h.insert("x-ratelimit-remaining", HeaderValue::from_static("4"));
-        h.insert("x-ratelimit-reset", HeaderValue::from_static("9"));
-        assert_eq!(classify(StatusCode::OK, &h, b""), Outcome::Ok { remaining: Some(4), reset_secs: Some(9) });
-        h.insert("ratelimit", HeaderValue::from_static("\"default\";r=3;t=5"));
-        assert_eq!(classify(StatusCode::OK, &h, b""), Outcome::Ok { remaining: Some(3), reset_secs: Some(5) });
-        let body = br#"{"error":{"type":"upstream_unavailable","message":"down"}}"#;
-        assert_eq!(
-            classify(StatusCode::BAD_GATEWAY, &HeaderMap::new(), body),
-            Outcome::Failed { status: 502, message: "down".into() }
-        );
-    }
-
-    #[test]
     fn rates_and_waits_are_bounded() {
         assert_eq!(interval(2.0), Ok(Duration::from_millis(500)));
         assert_eq!(interval(1.0 / 3600.0), Ok(MAX_WAIT));
@@ -388,7 +291,7 @@ mod tests {
     #[tokio::test]
     async fn a_huge_retry_after_or_rate_does_not_panic() {
         let now = Instant::now();
-        let options = ClientOptions {
+        let options = ClientArgs {
             url: Uri::from_static("http://127.0.0.1:1/"),
             count: 1,
             rate: Some(1e-300),
@@ -398,7 +301,7 @@ mod tests {
             api_key: None,
             api_key_header: header::AUTHORIZATION,
             wait: true,
-            timeout: Duration::from_secs(1),
+            timeout_ms: 1000,
         };
         let shared = Shared {
             options,
@@ -413,16 +316,5 @@ mod tests {
         let schedule = *shared.schedule.lock().unwrap();
         assert!(schedule.1 <= Instant::now() + MAX_WAIT);
         assert!(schedule.0 <= schedule.1 + MAX_WAIT);
-    }
-
-    #[test]
-    fn summary_and_exit_codes() {
-        let mut s = Summary { ok: 5, limited: 3, elapsed: Duration::from_millis(1234), ..Summary::default() };
-        assert_eq!(s.line(), "Summary: 8 requests in 1.2 s: 5 OK, 3 rate limited.");
-        assert_eq!(s.exit_code(), 0);
-        s.failed = 1;
-        assert_eq!(s.exit_code(), 1);
-        s.unreachable = Some("refused".into());
-        assert_eq!(s.exit_code(), 2);
     }
 }

@@ -1,6 +1,6 @@
-//! Forwarding an admitted request to the model: same method, query, headers (minus hop-by-hop
-//! ones) and body, and the normalized path the policy was chosen on; the answer is streamed
-//! back as it arrives.
+//! The HTTP client to the model: it sends a request on with the same method, query, headers
+//! (minus hop-by-hop ones, forwarding headers trusted or rewritten) and body, and the
+//! normalized path the policy was chosen on; the answer is streamed back as it arrives.
 
 use std::net::SocketAddr;
 
@@ -12,7 +12,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use crate::config::Upstream;
-use crate::error::ApiError;
+use crate::error::{ApiError, BadRequest};
 
 /// Headers that describe one connection, not the message (RFC 9110 section 7.6.1), never forwarded.
 const HOP_BY_HOP: [&str; 8] = [
@@ -80,14 +80,14 @@ impl UpstreamClient {
     }
 
     /// The upstream URI: origin + base path + `path` (a normalized, decoded path, see
-    /// [`crate::config::normalize_path`], encoded again by [`encode_path`]) + the original query.
+    /// [`crate::routing::normalize_path`], encoded again by [`encode_path`]) + the original query.
     pub fn target(&self, path: &str, query: Option<&str>) -> Result<Uri, ApiError> {
         let mut uri = format!("{}{}{}", self.upstream.origin, self.upstream.base_path, encode_path(path));
         if let Some(query) = query {
             uri.push('?');
             uri.push_str(query);
         }
-        uri.parse().map_err(|_| ApiError::BadRequest("The request target is not a valid path."))
+        uri.parse().map_err(|_| ApiError::BadRequest(BadRequest::InvalidTarget))
     }
 
     /// Forwards the request with `path` (the normalized path the policy was chosen on) in
@@ -165,7 +165,7 @@ impl UpstreamClient {
 }
 
 /// An error and its causes on one line (`client error (Connect): tcp connect error: Connection refused`).
-pub fn error_chain(e: &dyn std::error::Error) -> String {
+fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(cause) = source {

@@ -1,4 +1,4 @@
-//! The demo model API: a tiny deterministic sentiment model behind `POST /v1/predict`, so the
+//! The demo model API (`gateway model`): a tiny deterministic sentiment model behind `POST /v1/predict`, so the
 //! demo and the tests need nothing from outside. It stands in for any HTTP model server.
 //!
 //! - `POST /v1/predict` with `{"text": "..."}` -> `{"model", "label", "score", "tokens"}`
@@ -11,6 +11,7 @@
 //! into a probability with the logistic function. `--latency-ms` adds a simulated inference
 //! time to every prediction.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -19,8 +20,20 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use axum::{Json, Router};
+use clap::Args;
 use serde::Deserialize;
 use serde_json::json;
+
+/// The flags of `gateway model`.
+#[derive(Args)]
+pub struct ModelArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:9000")]
+    pub listen: SocketAddr,
+    /// Simulated inference time per prediction, in ms.
+    #[arg(long, default_value_t = 20)]
+    pub latency_ms: u64,
+}
 
 pub const MODEL_NAME: &str = "lexicon-sentiment-v1";
 

@@ -1,0 +1,81 @@
+//! The config file as written: every key optional (the defaults are filled in by
+//! [`Settings::resolve`](super::Settings::resolve)), unknown keys refused.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::{ConfigError, FailureMode};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub max_body_bytes: Option<u64>,
+    pub client_body_timeout_ms: Option<u64>,
+    pub client_header_timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub upstream: UpstreamFile,
+    #[serde(default)]
+    pub redis: RedisFile,
+    #[serde(default)]
+    pub identity: IdentityFile,
+    #[serde(default, rename = "policy")]
+    pub policies: Vec<PolicyFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamFile {
+    pub url: Option<String>,
+    pub timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisFile {
+    pub url: Option<String>,
+    pub cluster_nodes: Option<Vec<String>>,
+    pub timeout_ms: Option<u64>,
+    pub connect_timeout_ms: Option<u64>,
+    pub key_prefix: Option<String>,
+    pub failure_mode: Option<FailureMode>,
+    pub tls_ca_file: Option<PathBuf>,
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityFile {
+    pub api_key_headers: Option<Vec<String>>,
+    pub secret: Option<String>,
+    pub secret_env: Option<String>,
+    pub trusted_proxies: Option<Vec<String>>,
+    pub require_api_key: Option<bool>,
+    pub ipv6_prefix: Option<u8>,
+}
+
+/// One `[[policy]]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyFile {
+    pub name: String,
+    #[serde(default)]
+    pub paths: Option<Vec<String>>,
+    pub limit: u64,
+    pub window: u64,
+    pub burst: Option<u64>,
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse { path: Some(path.to_owned()), source })
+    }
+
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|source| ConfigError::Parse { path: None, source })
+    }
+}

@@ -1,0 +1,156 @@
+//! The gateway's configuration: a TOML file (see `gateway/gateway.toml`, every key documented
+//! there) and the flags of `gateway serve`, checked once into [`Settings`].
+//!
+//! Each setting is declared once for the file ([`FileConfig`], in `file.rs`) and at most once
+//! for its flag ([`Overrides`], in `flags.rs`); its default is a named constant below.
+//! [`Settings::resolve`] (`resolve.rs`) applies the flags to the file, fills in the defaults
+//! and checks every value, reporting the key at fault ([`ConfigError`], `error.rs`); the
+//! request path never meets an invalid value. Secrets are wrapped ([`RedisUrl`],
+//! [`Redacted`], `secret.rs`) so that `Settings` derives `Debug` without ever printing one.
+
+mod error;
+mod file;
+mod flags;
+mod resolve;
+mod secret;
+#[cfg(test)]
+mod tests;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::identity::IpNet;
+
+pub use error::ConfigError;
+pub use file::{FileConfig, IdentityFile, PolicyFile, RedisFile, UpstreamFile};
+pub use flags::{Overrides, ServeArgs};
+pub use secret::{redact_url, Pem, Redacted, RedisUrl};
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 1024 * 1024;
+pub const DEFAULT_CLIENT_BODY_TIMEOUT_MS: u64 = 30_000;
+pub const DEFAULT_CLIENT_HEADER_TIMEOUT_MS: u64 = 30_000;
+pub const DEFAULT_UPSTREAM: &str = "http://127.0.0.1:9000";
+pub const DEFAULT_UPSTREAM_TIMEOUT_MS: u64 = 30_000;
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/";
+pub const DEFAULT_REDIS_TIMEOUT_MS: u64 = 250;
+pub const DEFAULT_REDIS_CONNECT_TIMEOUT_MS: u64 = 1000;
+pub const DEFAULT_KEY_PREFIX: &str = "rl:";
+pub const DEFAULT_API_KEY_HEADERS: [&str; 2] = ["authorization", "x-api-key"];
+pub const DEFAULT_IPV6_PREFIX: u8 = 64;
+pub const DEFAULT_SECRET_ENV: &str = "GATEWAY_KEY_SECRET";
+/// The environment variable read as `--redis-url` when neither `--redis-url` nor
+/// `--redis-cluster-node` is given.
+pub const REDIS_URL_ENV: &str = "GATEWAY_REDIS_URL";
+/// The policy `--limit` and `--window` make when the file has none, and the paths of a
+/// policy that names none.
+pub const DEFAULT_POLICY_NAME: &str = "default";
+pub const DEFAULT_POLICY_PATH: &str = "/";
+
+/// What to do with a request when Redis does not answer in time (or answers an error).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureMode {
+    /// Refuse with `503` (the default): no request reaches the model unmetered.
+    #[default]
+    Closed,
+    /// Forward without a limit (and without rate-limit headers), logging a warning.
+    Open,
+}
+
+/// One rate-limit policy: `limit` requests per `window` seconds, bucket of `burst`, applied
+/// to the request paths under any of `paths` (see [`crate::routing`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    pub name: String,
+    pub paths: Vec<String>,
+    pub limit: u64,
+    pub window: u64,
+    pub burst: u64,
+}
+
+/// The checked configuration.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub max_body_bytes: u64,
+    /// How long reading a request body may take (then `408`).
+    pub client_body_timeout: Duration,
+    /// How long a client may take to send a request's headers, or stay idle between requests.
+    pub client_header_timeout: Duration,
+    pub upstream: Upstream,
+    pub redis: RedisSettings,
+    pub identity: IdentitySettings,
+    pub policies: Vec<Policy>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Upstream {
+    /// `http://host:port`, without a trailing slash.
+    pub origin: String,
+    /// The base path requests are appended to (`""` or `/something`, no trailing slash).
+    pub base_path: String,
+    pub timeout: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct RedisSettings {
+    pub target: RedisTarget,
+    /// The time allowed for one answer.
+    pub timeout: Duration,
+    /// The time allowed to (re)connect.
+    pub connect_timeout: Duration,
+    pub key_prefix: String,
+    pub failure_mode: FailureMode,
+    pub tls: Option<RedisTls>,
+}
+
+/// Where the limits live: one server, or a Redis Cluster given by seed nodes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RedisTarget {
+    Server(RedisUrl),
+    /// Seed nodes, all `redis://` or all `rediss://`.
+    Cluster(Vec<RedisUrl>),
+}
+
+impl RedisTarget {
+    /// Whether the connection is TLS (`rediss://`).
+    pub fn is_tls(&self) -> bool {
+        match self {
+            RedisTarget::Server(url) => url.is_tls(),
+            RedisTarget::Cluster(nodes) => !nodes.is_empty() && nodes.iter().all(RedisUrl::is_tls),
+        }
+    }
+}
+
+/// For logs: the URL, or `cluster [nodes]`, passwords hidden.
+impl std::fmt::Display for RedisTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RedisTarget::Server(url) => write!(f, "{url}"),
+            RedisTarget::Cluster(nodes) => write!(f, "cluster {nodes:?}"),
+        }
+    }
+}
+
+/// PEM files for `rediss://`: a CA to trust instead of the system's, and a client
+/// certificate and key for servers that require them (`tls-auth-clients yes`).
+#[derive(Clone, Debug, Default)]
+pub struct RedisTls {
+    pub ca: Option<Pem>,
+    pub client_cert_and_key: Option<(Pem, Redacted<Pem>)>,
+}
+
+#[derive(Clone, Debug)]
+pub struct IdentitySettings {
+    /// Lower-case header names, tried in order; `authorization` takes `Bearer <key>`.
+    pub api_key_headers: Vec<String>,
+    pub secret: Redacted<Vec<u8>>,
+    pub trusted_proxies: Vec<IpNet>,
+    /// Answer `401` to requests without an API key instead of limiting them by IP.
+    pub require_api_key: bool,
+    /// IPv6 callers without a key share one bucket per network of this prefix length.
+    pub ipv6_prefix: u8,
+}

@@ -1,0 +1,308 @@
+//! From the file and the flags to [`Settings`]: a flag wins over the file, the file over the
+//! default; every value is checked here, with the key's name in the error.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::*;
+
+impl Settings {
+    /// Reads the config file named by `args` (if any) and resolves it with the flags; `env`
+    /// looks up environment variables.
+    pub fn load(args: &ServeArgs, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(path) => FileConfig::load(path)?,
+            None => FileConfig::default(),
+        };
+        Settings::resolve(file, &args.overrides, env)
+    }
+
+    /// Applies `overrides` to `file`, fills in defaults and checks everything. `env` looks up
+    /// environment variables: the secret may come from one, and [`REDIS_URL_ENV`] stands in
+    /// for `--redis-url` when no Redis flag is given.
+    pub fn resolve(
+        file: FileConfig,
+        overrides: &Overrides,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let listen_text = overrides.listen.clone().or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.to_string());
+        let listen: SocketAddr = listen_text.parse().map_err(|_| {
+            ConfigError::invalid("listen", format!("{listen_text:?} is not an address such as 127.0.0.1:8080"))
+        })?;
+
+        let max_body_bytes = overrides.max_body_bytes.or(file.max_body_bytes).unwrap_or(DEFAULT_MAX_BODY_BYTES);
+        if max_body_bytes == 0 {
+            return Err(ConfigError::invalid("max_body_bytes", "must be at least 1"));
+        }
+        let client_body_timeout = positive_ms(
+            overrides.client_body_timeout_ms.or(file.client_body_timeout_ms),
+            DEFAULT_CLIENT_BODY_TIMEOUT_MS,
+            "client_body_timeout_ms",
+        )?;
+        let client_header_timeout = positive_ms(
+            overrides.client_header_timeout_ms.or(file.client_header_timeout_ms),
+            DEFAULT_CLIENT_HEADER_TIMEOUT_MS,
+            "client_header_timeout_ms",
+        )?;
+
+        let upstream_url =
+            overrides.upstream.clone().or(file.upstream.url).unwrap_or_else(|| DEFAULT_UPSTREAM.to_string());
+        let upstream_timeout = positive_ms(
+            overrides.upstream_timeout_ms.or(file.upstream.timeout_ms),
+            DEFAULT_UPSTREAM_TIMEOUT_MS,
+            "upstream.timeout_ms",
+        )?;
+        let upstream = parse_upstream(&upstream_url, upstream_timeout)?;
+
+        let redis = resolve_redis(file.redis, overrides, &env)?;
+        let identity = resolve_identity(file.identity, overrides, &env)?;
+        let policies = resolve_policies(file.policies, overrides)?;
+        Ok(Settings {
+            listen,
+            max_body_bytes,
+            client_body_timeout,
+            client_header_timeout,
+            upstream,
+            redis,
+            identity,
+            policies,
+        })
+    }
+}
+
+/// A duration in ms: the given value or the default, at least 1.
+fn positive_ms(ms: Option<u64>, default: u64, key: &'static str) -> Result<Duration, ConfigError> {
+    match ms.unwrap_or(default) {
+        0 => Err(ConfigError::invalid(key, "must be at least 1")),
+        ms => Ok(Duration::from_millis(ms)),
+    }
+}
+
+pub(super) fn parse_upstream(url: &str, timeout: Duration) -> Result<Upstream, ConfigError> {
+    const KEY: &str = "upstream.url";
+    let Some(rest) = url.strip_prefix("http://") else {
+        return Err(ConfigError::invalid(
+            KEY,
+            format!("must be an http:// URL (got {url:?}); the gateway talks plain HTTP to a model next to it"),
+        ));
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    if authority.is_empty() || authority.contains('@') || path.contains(['?', '#']) {
+        return Err(ConfigError::invalid(KEY, format!("{url:?} must look like http://host:port[/base/path]")));
+    }
+    let origin = format!("http://{authority}");
+    origin.parse::<hyper::Uri>().map_err(|e| ConfigError::invalid(KEY, format!("{url:?} is not a valid URL: {e}")))?;
+    Ok(Upstream { origin, base_path: path.trim_end_matches('/').to_string(), timeout })
+}
+
+fn resolve_redis(
+    file: RedisFile,
+    overrides: &Overrides,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<RedisSettings, ConfigError> {
+    let target = resolve_redis_target(overrides, file.url, file.cluster_nodes, env)?;
+    let tls = resolve_tls(&target, file.tls_ca_file, file.tls_cert_file, file.tls_key_file)?;
+    Ok(RedisSettings {
+        target,
+        timeout: positive_ms(
+            overrides.redis_timeout_ms.or(file.timeout_ms),
+            DEFAULT_REDIS_TIMEOUT_MS,
+            "redis.timeout_ms",
+        )?,
+        connect_timeout: positive_ms(
+            overrides.redis_connect_timeout_ms.or(file.connect_timeout_ms),
+            DEFAULT_REDIS_CONNECT_TIMEOUT_MS,
+            "redis.connect_timeout_ms",
+        )?,
+        key_prefix: overrides.key_prefix.clone().or(file.key_prefix).unwrap_or_else(|| DEFAULT_KEY_PREFIX.to_string()),
+        failure_mode: if overrides.fail_open { FailureMode::Open } else { file.failure_mode.unwrap_or_default() },
+        tls,
+    })
+}
+
+/// One server or a cluster. Flags win over the file: `--redis-url` (or, when no Redis flag is
+/// given, [`REDIS_URL_ENV`]) picks one server, `--redis-cluster-node` a cluster; asking for
+/// both in the flags, or in the file, is an error.
+fn resolve_redis_target(
+    overrides: &Overrides,
+    file_url: Option<String>,
+    file_nodes: Option<Vec<String>>,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<RedisTarget, ConfigError> {
+    if overrides.redis_url.is_some() && !overrides.redis_cluster_nodes.is_empty() {
+        return Err(ConfigError::Conflict { flag: "--redis-url", other: "--redis-cluster-node" });
+    }
+    let flag_url = match &overrides.redis_url {
+        Some(url) => Some(url.clone()),
+        None if overrides.redis_cluster_nodes.is_empty() => env(REDIS_URL_ENV),
+        None => None,
+    };
+    let target = if let Some(url) = flag_url {
+        RedisTarget::Server(RedisUrl::new(url))
+    } else if !overrides.redis_cluster_nodes.is_empty() {
+        RedisTarget::Cluster(overrides.redis_cluster_nodes.iter().map(RedisUrl::new).collect())
+    } else {
+        match (file_url, file_nodes.filter(|nodes| !nodes.is_empty())) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::invalid(
+                    "redis",
+                    "set either url (one server) or cluster_nodes (a Redis Cluster), not both",
+                ))
+            }
+            (url, None) => RedisTarget::Server(RedisUrl::new(url.unwrap_or_else(|| DEFAULT_REDIS_URL.to_string()))),
+            (None, Some(nodes)) => RedisTarget::Cluster(nodes.into_iter().map(RedisUrl::new).collect()),
+        }
+    };
+    let scheme = |key: &'static str, url: &RedisUrl| match url.has_redis_scheme() {
+        true => Ok(()),
+        false => Err(ConfigError::invalid(key, format!("must start with redis:// or rediss:// (got {url})"))),
+    };
+    match &target {
+        RedisTarget::Server(url) => scheme("redis.url", url)?,
+        RedisTarget::Cluster(nodes) => {
+            for node in nodes {
+                scheme("redis.cluster_nodes", node)?;
+            }
+            if nodes.iter().any(RedisUrl::is_tls) && !nodes.iter().all(RedisUrl::is_tls) {
+                return Err(ConfigError::invalid("redis.cluster_nodes", "use rediss:// for every node or for none"));
+            }
+        }
+    }
+    Ok(target)
+}
+
+fn resolve_tls(
+    target: &RedisTarget,
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+) -> Result<Option<RedisTls>, ConfigError> {
+    if ca.is_none() && cert.is_none() && key.is_none() {
+        return Ok(None);
+    }
+    if !target.is_tls() {
+        return Err(ConfigError::invalid("redis.tls_*", "these files need a rediss:// URL"));
+    }
+    let read = |path: &Path, key: &'static str| match std::fs::read(path) {
+        Ok(bytes) => Ok(Pem(bytes)),
+        Err(source) => Err(ConfigError::ReadFile { key, path: path.to_owned(), source }),
+    };
+    let ca = ca.map(|p| read(&p, "redis.tls_ca_file")).transpose()?;
+    let client_cert_and_key = match (cert, key) {
+        (Some(cert), Some(key)) => {
+            Some((read(&cert, "redis.tls_cert_file")?, Redacted(read(&key, "redis.tls_key_file")?)))
+        }
+        (None, None) => None,
+        _ => {
+            return Err(ConfigError::invalid(
+                "redis.tls_cert_file",
+                "goes together with redis.tls_key_file (set both or neither)",
+            ))
+        }
+    };
+    Ok(Some(RedisTls { ca, client_cert_and_key }))
+}
+
+fn resolve_identity(
+    file: IdentityFile,
+    overrides: &Overrides,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<IdentitySettings, ConfigError> {
+    let headers =
+        file.api_key_headers.unwrap_or_else(|| DEFAULT_API_KEY_HEADERS.iter().map(|h| h.to_string()).collect());
+    let mut api_key_headers = Vec::with_capacity(headers.len());
+    for h in headers {
+        let lower = h.to_ascii_lowercase();
+        if hyper::header::HeaderName::from_bytes(lower.as_bytes()).is_err() {
+            return Err(ConfigError::invalid("identity.api_key_headers", format!("{h:?} is not a header name")));
+        }
+        api_key_headers.push(lower);
+    }
+
+    let secret = match (file.secret, file.secret_env) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::invalid("identity", "set either secret or secret_env, not both"));
+        }
+        (Some(secret), None) => secret,
+        (None, name) => {
+            let env_var = name.unwrap_or_else(|| DEFAULT_SECRET_ENV.to_string());
+            match env(&env_var) {
+                Some(secret) => secret,
+                None => return Err(ConfigError::NoSecret { env_var }),
+            }
+        }
+    };
+    if secret.is_empty() {
+        return Err(ConfigError::invalid("identity.secret", "the key-hashing secret is empty"));
+    }
+
+    let mut trusted_proxies = Vec::new();
+    for text in file.trusted_proxies.unwrap_or_default().iter().chain(&overrides.trusted_proxies) {
+        let net = text
+            .parse::<IpNet>()
+            .map_err(|_| ConfigError::invalid("identity.trusted_proxies", format!("{text:?} is not an IP or CIDR")))?;
+        trusted_proxies.push(net);
+    }
+    let ipv6_prefix = file.ipv6_prefix.unwrap_or(DEFAULT_IPV6_PREFIX);
+    if !(1..=128).contains(&ipv6_prefix) {
+        return Err(ConfigError::invalid(
+            "identity.ipv6_prefix",
+            format!("must be between 1 and 128 (got {ipv6_prefix})"),
+        ));
+    }
+    Ok(IdentitySettings {
+        api_key_headers,
+        secret: Redacted(secret.into_bytes()),
+        trusted_proxies,
+        require_api_key: file.require_api_key.unwrap_or(false),
+        ipv6_prefix,
+    })
+}
+
+fn resolve_policies(files: Vec<PolicyFile>, overrides: &Overrides) -> Result<Vec<Policy>, ConfigError> {
+    let files = if files.is_empty() {
+        match (overrides.limit, overrides.window) {
+            (Some(limit), Some(window)) => vec![PolicyFile {
+                name: DEFAULT_POLICY_NAME.into(),
+                paths: None,
+                limit,
+                window,
+                burst: overrides.burst,
+            }],
+            _ => return Err(ConfigError::NoPolicy),
+        }
+    } else {
+        files
+    };
+    let mut policies = Vec::with_capacity(files.len());
+    for f in files {
+        let name = f.name;
+        let invalid = |reason: &str| ConfigError::invalid(format!("policy {name:?}"), reason);
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+            return Err(invalid("a policy name may hold only letters, digits, '-', '_' and '.'"));
+        }
+        if policies.iter().any(|p: &Policy| p.name == name) {
+            return Err(invalid("defined twice"));
+        }
+        let limit = overrides.limit.unwrap_or(f.limit);
+        let window = overrides.window.unwrap_or(f.window);
+        // Flags describe a whole quota: --limit without --burst also resets the burst.
+        let file_burst = if overrides.limit.is_some() { None } else { f.burst };
+        let burst = overrides.burst.or(file_burst).unwrap_or(limit);
+        for (value, key) in [(limit, "limit"), (window, "window"), (burst, "burst")] {
+            if value == 0 || value > i64::MAX as u64 {
+                return Err(invalid(&format!("{key} must be a positive integer")));
+            }
+        }
+        let paths = f.paths.unwrap_or_else(|| vec![DEFAULT_POLICY_PATH.to_string()]);
+        if paths.is_empty() || paths.iter().any(|p| !p.starts_with('/')) {
+            return Err(invalid("paths must be a non-empty list of paths starting with '/'"));
+        }
+        policies.push(Policy { name, paths, limit, window, burst });
+    }
+    Ok(policies)
+}

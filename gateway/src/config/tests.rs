@@ -1,0 +1,232 @@
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use clap::Args;
+
+use super::resolve::parse_upstream;
+use super::*;
+
+const POLICY: &str = "[[policy]]\nname = \"p\"\nlimit = 1\nwindow = 1\n";
+
+/// The environment holds the secret and nothing else.
+fn secret_only(name: &str) -> Option<String> {
+    (name == DEFAULT_SECRET_ENV).then(|| "s3cret".to_string())
+}
+
+fn settings(text: &str) -> Result<Settings, ConfigError> {
+    Settings::resolve(FileConfig::parse(text)?, &Overrides::default(), secret_only)
+}
+
+fn with_env(text: &str, overrides: &Overrides, vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+    let env = |name: &str| match vars.iter().find(|(k, _)| *k == name) {
+        Some((_, v)) => Some(v.to_string()),
+        None => secret_only(name),
+    };
+    Settings::resolve(FileConfig::parse(text)?, overrides, env)
+}
+
+fn server_url(s: &Settings) -> &str {
+    match &s.redis.target {
+        RedisTarget::Server(url) => url.expose(),
+        RedisTarget::Cluster(nodes) => panic!("a cluster: {nodes:?}"),
+    }
+}
+
+#[test]
+fn rejects_bad_values_with_the_key_name() {
+    let cases = [
+        ("[[policy]]\nname = \"p\"\nlimit = 0\nwindow = 1\n", "limit"),
+        ("[[policy]]\nname = \"p q\"\nlimit = 1\nwindow = 1\n", "policy name"),
+        (&format!("{POLICY}[[policy]]\nname = \"p\"\nlimit = 1\nwindow = 1\n"), "defined twice"),
+        (&format!("listen = \"nowhere\"\n{POLICY}"), "listen"),
+        (&format!("max_body_bytes = 0\n{POLICY}"), "max_body_bytes"),
+        (&format!("[upstream]\nurl = \"https://x\"\n{POLICY}"), "upstream.url"),
+        (&format!("[redis]\nurl = \"http://x\"\n{POLICY}"), "redis.url"),
+        (&format!("[redis]\nconnect_timeout_ms = 0\n{POLICY}"), "redis.connect_timeout_ms"),
+        (&format!("[redis]\ncluster_nodes = [\"redis://a\", \"rediss://b\"]\n{POLICY}"), "redis.cluster_nodes"),
+        (&format!("[redis]\ntls_ca_file = \"/ca.pem\"\n{POLICY}"), "rediss://"),
+        (&format!("[identity]\ntrusted_proxies = [\"10.0.0.0/33\"]\n{POLICY}"), "trusted"),
+        (&format!("[identity]\napi_key_headers = [\"a b\"]\n{POLICY}"), "identity.api_key_headers"),
+        (&format!("[identity]\nsecret = \"\"\n{POLICY}"), "secret is empty"),
+        ("", "no rate-limit policy"),
+        ("bogus = 1\n", "unknown field"),
+    ];
+    for (text, needle) in cases {
+        let e = settings(text).err().unwrap_or_else(|| panic!("{text:?} was accepted"));
+        assert!(e.to_string().contains(needle), "{text:?}: {e}");
+    }
+}
+
+#[test]
+fn errors_are_typed() {
+    assert!(matches!(settings(""), Err(ConfigError::NoPolicy)));
+    assert!(matches!(settings("bogus = 1\n"), Err(ConfigError::Parse { .. })));
+    let e = settings(&format!("[redis]\ntimeout_ms = 0\n{POLICY}")).err().unwrap();
+    assert!(matches!(&e, ConfigError::Invalid { key, .. } if key == "redis.timeout_ms"), "{e:?}");
+    let missing = std::path::Path::new("/nonexistent/gateway.toml");
+    let e = FileConfig::load(missing).err().unwrap();
+    assert!(matches!(e, ConfigError::Read { .. }));
+    assert!(e.to_string().contains("/nonexistent/gateway.toml"), "{e}");
+}
+
+#[test]
+fn flags_override_the_file() {
+    let file =
+        "listen = \"127.0.0.1:1\"\n[redis]\nkey_prefix = \"a:\"\n[[policy]]\nname = \"p\"\nlimit = 9\nwindow = 9\n";
+    let o = Overrides {
+        listen: Some("127.0.0.1:2".into()),
+        key_prefix: Some("b:".into()),
+        limit: Some(3),
+        window: Some(4),
+        fail_open: true,
+        redis_timeout_ms: Some(7),
+        redis_connect_timeout_ms: Some(8),
+        ..Overrides::default()
+    };
+    let s = with_env(file, &o, &[]).unwrap();
+    assert_eq!(s.listen.port(), 2);
+    assert_eq!(s.redis.key_prefix, "b:");
+    assert_eq!((s.policies[0].limit, s.policies[0].window, s.policies[0].burst), (3, 4, 3));
+    assert_eq!(s.redis.failure_mode, FailureMode::Open);
+    assert_eq!((s.redis.timeout, s.redis.connect_timeout), (Duration::from_millis(7), Duration::from_millis(8)));
+    let with_burst = "[[policy]]\nname = \"p\"\nlimit = 9\nwindow = 9\nburst = 20\n";
+    let o = Overrides { limit: Some(3), ..Overrides::default() };
+    assert_eq!(with_env(with_burst, &o, &[]).unwrap().policies[0].burst, 3, "--limit without --burst resets the burst");
+    assert_eq!(settings(with_burst).unwrap().policies[0].burst, 20);
+}
+
+#[test]
+fn limit_and_window_flags_make_a_default_policy_without_a_file() {
+    let o = Overrides { limit: Some(5), window: Some(10), ..Overrides::default() };
+    let s = with_env("", &o, &[]).unwrap();
+    assert_eq!(
+        s.policies,
+        vec![Policy { name: "default".into(), paths: vec!["/".into()], limit: 5, window: 10, burst: 5 }]
+    );
+}
+
+#[test]
+fn a_cluster_or_one_server() {
+    let both = format!("[redis]\nurl = \"redis://a/\"\ncluster_nodes = [\"redis://b/\"]\n{POLICY}");
+    assert!(settings(&both).is_err());
+    let cluster = format!("[redis]\ncluster_nodes = [\"redis://:pw@b:1/\", \"redis://c:2/\"]\n{POLICY}");
+    let s = settings(&cluster).unwrap();
+    assert!(matches!(&s.redis.target, RedisTarget::Cluster(nodes) if nodes.len() == 2));
+    assert!(!format!("{s:?}").contains("pw"));
+    assert_eq!(s.redis.target.to_string(), r#"cluster ["redis://:***@b:1/", "redis://c:2/"]"#);
+    let o = Overrides { redis_url: Some("redis://one/".into()), ..Overrides::default() };
+    let s = with_env(&cluster, &o, &[]).unwrap();
+    assert_eq!(server_url(&s), "redis://one/", "--redis-url picks a single server");
+    let o = Overrides {
+        redis_url: Some("redis://one/".into()),
+        redis_cluster_nodes: vec!["redis://two/".into()],
+        ..Overrides::default()
+    };
+    let e = with_env(POLICY, &o, &[]).err().unwrap();
+    assert!(matches!(e, ConfigError::Conflict { .. }), "{e:?}");
+}
+
+#[test]
+fn the_redis_url_env_var_stands_in_for_the_flag_only_without_redis_flags() {
+    let env = [(REDIS_URL_ENV, "redis://from-env/")];
+    let file = format!("[redis]\nurl = \"redis://from-file/\"\n{POLICY}");
+    assert_eq!(server_url(&with_env(&file, &Overrides::default(), &env).unwrap()), "redis://from-env/");
+    assert_eq!(server_url(&with_env(&file, &Overrides::default(), &[]).unwrap()), "redis://from-file/");
+    // Like --redis-url, it picks one server over the file's cluster.
+    let cluster = format!("[redis]\ncluster_nodes = [\"redis://n1/\"]\n{POLICY}");
+    assert_eq!(server_url(&with_env(&cluster, &Overrides::default(), &env).unwrap()), "redis://from-env/");
+    let flag = Overrides { redis_url: Some("redis://from-flag/".into()), ..Overrides::default() };
+    assert_eq!(server_url(&with_env(&file, &flag, &env).unwrap()), "redis://from-flag/");
+    // With --redis-cluster-node it is ignored, not a conflict.
+    let nodes = Overrides { redis_cluster_nodes: vec!["redis://n2/".into()], ..Overrides::default() };
+    let s = with_env(&file, &nodes, &env).unwrap();
+    assert_eq!(s.redis.target, RedisTarget::Cluster(vec![RedisUrl::new("redis://n2/")]));
+}
+
+#[test]
+fn the_identity_and_timeout_keys() {
+    let s = settings(POLICY).unwrap();
+    assert!(!s.identity.require_api_key);
+    assert_eq!(s.identity.ipv6_prefix, 64);
+    assert_eq!(s.identity.api_key_headers, ["authorization", "x-api-key"]);
+    assert_eq!(s.client_body_timeout, Duration::from_secs(30));
+    assert_eq!(s.client_header_timeout, Duration::from_secs(30));
+    assert_eq!(s.redis.connect_timeout, Duration::from_secs(1));
+    let text = format!(
+        "client_body_timeout_ms = 500\nclient_header_timeout_ms = 700\n{POLICY}[identity]\nrequire_api_key = true\nipv6_prefix = 48\n"
+    );
+    let s = settings(&text).unwrap();
+    assert!(s.identity.require_api_key);
+    assert_eq!(s.identity.ipv6_prefix, 48);
+    assert_eq!(s.client_body_timeout, Duration::from_millis(500));
+    assert_eq!(s.client_header_timeout, Duration::from_millis(700));
+    for bad in ["0", "129"] {
+        let e = settings(&format!("{POLICY}[identity]\nipv6_prefix = {bad}\n")).err().unwrap();
+        assert!(e.to_string().contains("identity.ipv6_prefix"), "{e}");
+    }
+    let e = settings(&format!("client_body_timeout_ms = 0\n{POLICY}")).err().unwrap();
+    assert!(e.to_string().contains("client_body_timeout_ms"), "{e}");
+}
+
+#[test]
+fn the_secret_is_required() {
+    let file = FileConfig::parse(POLICY).unwrap();
+    let e = Settings::resolve(file, &Overrides::default(), |_| None).err().unwrap();
+    assert!(e.to_string().contains(DEFAULT_SECRET_ENV), "{e}");
+    let file = FileConfig::parse(&format!("{POLICY}[identity]\nsecret_env = \"MY_SECRET\"\n")).unwrap();
+    let e = Settings::resolve(file, &Overrides::default(), |_| None).err().unwrap();
+    assert!(matches!(&e, ConfigError::NoSecret { env_var } if env_var == "MY_SECRET"), "{e:?}");
+}
+
+#[test]
+fn debug_output_hides_every_secret() {
+    let text = format!("[redis]\nurl = \"redis://gw:hunter2@h:1/\"\n[identity]\nsecret = \"sekrit-value\"\n{POLICY}");
+    let shown = format!("{:?}", settings(&text).unwrap());
+    assert!(shown.contains("redis://gw:***@h:1/"), "{shown}");
+    assert!(!shown.contains("hunter2") && !shown.contains("sekrit"), "{shown}");
+}
+
+#[test]
+fn upstream_base_path_is_kept() {
+    let u = parse_upstream("http://127.0.0.1:9000/model/", Duration::from_secs(1)).unwrap();
+    assert_eq!((u.origin.as_str(), u.base_path.as_str()), ("http://127.0.0.1:9000", "/model"));
+}
+
+const EXAMPLE: &str = include_str!("../../gateway.toml");
+
+#[test]
+fn the_example_config_parses_and_shows_the_defaults() {
+    let example = settings(EXAMPLE).unwrap();
+    assert!(!example.policies.is_empty());
+    // Every value the example sets outside its policies is the default.
+    let defaults = settings(POLICY).unwrap();
+    let without_policies = |s: Settings| format!("{:?}", Settings { policies: Vec::new(), ..s });
+    assert_eq!(without_policies(example), without_policies(defaults));
+}
+
+/// The flags the example config's header lists (between "Command-line flags override the
+/// file:" and "`gateway serve --help`").
+fn flags_listed_in_the_example() -> BTreeSet<String> {
+    let start = EXAMPLE.find("Command-line flags override the file:").unwrap();
+    let end = start + EXAMPLE[start..].find("`gateway serve --help`").unwrap();
+    EXAMPLE[start..end]
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+        .filter(|word| word.starts_with("--"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn the_example_config_lists_exactly_the_override_flags() {
+    let command = Overrides::augment_args(clap::Command::new("serve"));
+    let flags: BTreeSet<String> =
+        command.get_arguments().filter_map(|a| a.get_long()).map(|long| format!("--{long}")).collect();
+    let listed = flags_listed_in_the_example();
+    assert_eq!(listed.difference(&flags).collect::<Vec<_>>(), Vec::<&String>::new(), "listed but no such flag");
+    assert_eq!(flags.difference(&listed).collect::<Vec<_>>(), Vec::<&String>::new(), "a flag gateway.toml omits");
+    // `serve` has those, plus the config file itself.
+    let serve = ServeArgs::augment_args(clap::Command::new("serve"));
+    let serve_flags: BTreeSet<String> = serve.get_arguments().filter_map(|a| a.get_long()).map(String::from).collect();
+    assert_eq!(serve_flags.len(), flags.len() + 1);
+    assert!(serve_flags.contains("config"));
+}

@@ -1,0 +1,153 @@
+//! The one Redis round trip per request: `RL.CHECK <prefix><policy>:<identity-hash> limit
+//! window BURST burst`, decoded as a [`CheckReply`], over a multiplexed connection that
+//! reconnects by itself: to one server, or to a Redis Cluster (each key lives on one node; the
+//! client routes it there). No command is ever retried: a retry could charge twice.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
+use rl_protocol::CheckReply;
+use tokio::sync::OnceCell;
+
+use super::{LimiterError, RateLimiter};
+use crate::config::{Pem, Policy, Redacted, RedisSettings, RedisTarget};
+
+/// The Redis client could not be set up from a setting (a URL it refuses, for instance).
+#[derive(Debug)]
+pub struct ClientError {
+    /// The setting and, for one server, its URL (password hidden).
+    pub setting: String,
+    pub source: redis::RedisError,
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.setting, self.source)
+    }
+}
+
+impl std::error::Error for ClientError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+#[derive(Clone)]
+enum Backend {
+    Single(ConnectionManager),
+    /// Connected on first use (and again after a failed first attempt), so the gateway
+    /// starts while the cluster is still coming up.
+    Cluster(Arc<ClusterBackend>),
+}
+
+struct ClusterBackend {
+    client: ClusterClient,
+    conn: OnceCell<ClusterConnection>,
+}
+
+/// Command retries of the cluster client: none. `RL.CHECK` is not idempotent, and a retry
+/// after a dropped connection may run it a second time (the first may have been applied), so a
+/// request could be charged twice. A `MOVED` after a resharding therefore fails that one
+/// request (answered per `failure_mode`) while the client refreshes its slot map; the next
+/// request goes to the right node.
+pub const CLUSTER_COMMAND_RETRIES: u32 = 0;
+
+#[derive(Clone)]
+pub struct RedisLimiter {
+    backend: Backend,
+    /// The longest one call may take: answer timeout plus connection timeout.
+    timeout: Duration,
+    prefix: String,
+}
+
+impl RedisLimiter {
+    /// Sets up the connection without waiting for Redis: the gateway starts (and `/readyz`
+    /// reports not ready) while Redis is still coming up.
+    pub fn new(settings: &RedisSettings) -> Result<Self, ClientError> {
+        let certs = settings.tls.as_ref().map(|tls| redis::TlsCertificates {
+            client_tls: tls.client_cert_and_key.clone().map(|(Pem(client_cert), Redacted(Pem(client_key)))| {
+                redis::ClientTlsConfig { client_cert, client_key }
+            }),
+            root_cert: tls.ca.clone().map(|Pem(ca)| ca),
+        });
+        let backend = match &settings.target {
+            RedisTarget::Server(url) => {
+                let described = |source| ClientError { setting: format!("redis.url {url}"), source };
+                let client = match certs {
+                    None => redis::Client::open(url.expose()),
+                    Some(certs) => redis::Client::build_with_tls(url.expose(), certs),
+                }
+                .map_err(described)?;
+                let config = ConnectionManagerConfig::new()
+                    .set_response_timeout(Some(settings.timeout))
+                    .set_connection_timeout(Some(settings.connect_timeout))
+                    .set_number_of_retries(2)
+                    .set_max_delay(Duration::from_millis(500));
+                Backend::Single(ConnectionManager::new_lazy_with_config(client, config).map_err(described)?)
+            }
+            RedisTarget::Cluster(nodes) => {
+                let mut builder = ClusterClientBuilder::new(nodes.iter().map(|node| node.expose()))
+                    .connection_timeout(settings.connect_timeout)
+                    .response_timeout(settings.timeout)
+                    .retries(CLUSTER_COMMAND_RETRIES);
+                if settings.target.is_tls() {
+                    builder = builder.tls(redis::TlsMode::Secure);
+                }
+                if let Some(certs) = certs {
+                    builder = builder.certs(certs);
+                }
+                let client =
+                    builder.build().map_err(|source| ClientError { setting: "redis.cluster_nodes".into(), source })?;
+                Backend::Cluster(Arc::new(ClusterBackend { client, conn: OnceCell::new() }))
+            }
+        };
+        // The connection enforces both timeouts itself; this outer bound is a safety net
+        // that also covers a (re)connection made for this very call.
+        let timeout = settings.timeout + settings.connect_timeout;
+        Ok(RedisLimiter { backend, timeout, prefix: settings.key_prefix.clone() })
+    }
+
+    /// The Redis key for one identity under one policy.
+    pub fn key(&self, policy: &Policy, identity_hash: &str) -> String {
+        format!("{}{}:{}", self.prefix, policy.name, identity_hash)
+    }
+
+    /// Runs `cmd` within the timeout and decodes its answer (an error reply is a Redis error,
+    /// an answer of the wrong shape a [`LimiterError::Reply`]).
+    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, LimiterError> {
+        let call = async {
+            match &self.backend {
+                Backend::Single(conn) => cmd.query_async::<redis::Value>(&mut conn.clone()).await,
+                Backend::Cluster(cluster) => {
+                    let conn = cluster.conn.get_or_try_init(|| cluster.client.get_async_connection()).await?;
+                    cmd.query_async::<redis::Value>(&mut conn.clone()).await
+                }
+            }
+        };
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(value)) => T::from_redis_value(value).map_err(LimiterError::Reply),
+            Ok(Err(e)) => Err(LimiterError::Redis(e)),
+            Err(_) => Err(LimiterError::Timeout(self.timeout)),
+        }
+    }
+}
+
+impl RateLimiter for RedisLimiter {
+    async fn check(&self, policy: &Policy, identity_hash: &str) -> Result<CheckReply, LimiterError> {
+        let mut cmd = redis::cmd("RL.CHECK");
+        cmd.arg(self.key(policy, identity_hash)).arg(policy.limit).arg(policy.window).arg("BURST").arg(policy.burst);
+        self.query(&cmd).await
+    }
+
+    /// A read-only `RL.PEEK` on a probe key: Redis answers and has the module.
+    async fn ready(&self) -> Result<(), LimiterError> {
+        let mut cmd = redis::cmd("RL.PEEK");
+        cmd.arg(format!("{}__readyz__", self.prefix)).arg(1).arg(1);
+        let _: CheckReply = self.query(&cmd).await?;
+        Ok(())
+    }
+}

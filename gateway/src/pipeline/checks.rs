@@ -1,0 +1,127 @@
+//! Step 2: what is wrong with a request whatever its path, refused before any quota is spent:
+//! a target that is not a path (`400`), two different API keys or a `Connection` header
+//! naming a key header (`400`), no key when one is required (`401`), a declared
+//! `Content-Length` over `max_body_bytes` (`413`). Hands the request's [`ApiKey`] on.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, Uri};
+use axum::middleware::Next;
+use axum::response::Response;
+
+use crate::config::Settings;
+use crate::error::{ApiError, BadRequest};
+use crate::identity::api_key;
+
+/// The API key the request carries (`None`: it carries none), for [`super::identify`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiKey(pub Option<Vec<u8>>);
+
+#[derive(Clone)]
+pub struct Checks {
+    api_key_headers: Arc<[String]>,
+    require_api_key: bool,
+    max_body_bytes: u64,
+}
+
+impl Checks {
+    pub fn new(settings: &Settings) -> Self {
+        Checks {
+            api_key_headers: settings.identity.api_key_headers.clone().into(),
+            require_api_key: settings.identity.require_api_key,
+            max_body_bytes: settings.max_body_bytes,
+        }
+    }
+
+    /// The request's API key, or why the request is refused.
+    pub fn check(&self, uri: &Uri, headers: &HeaderMap) -> Result<ApiKey, ApiError> {
+        target_is_path(uri)?;
+        let key = api_key(headers, &self.api_key_headers)?;
+        if key.is_none() && self.require_api_key {
+            return Err(ApiError::Unauthorized);
+        }
+        if declared_length(headers)?.is_some_and(|len| len > self.max_body_bytes) {
+            return Err(ApiError::PayloadTooLarge { limit: self.max_body_bytes });
+        }
+        Ok(ApiKey(key))
+    }
+}
+
+pub async fn check_request(
+    State(checks): State<Checks>,
+    mut request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let key = checks.check(request.uri(), request.headers())?;
+    request.extensions_mut().insert(key);
+    Ok(next.run(request).await)
+}
+
+/// `OPTIONS *`, `CONNECT host:port`: nothing to forward to the model.
+fn target_is_path(uri: &Uri) -> Result<(), BadRequest> {
+    match uri.path().starts_with('/') {
+        true => Ok(()),
+        false => Err(BadRequest::NotAPath),
+    }
+}
+
+/// The `Content-Length` the client declared, if any.
+fn declared_length(headers: &HeaderMap) -> Result<Option<u64>, BadRequest> {
+    match headers.get(header::CONTENT_LENGTH) {
+        None => Ok(None),
+        Some(value) => {
+            value.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()).map(Some).ok_or(BadRequest::ContentLength)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::BadIdentity;
+    use crate::test_support::{headers, settings};
+
+    fn checks(extra: &str) -> Checks {
+        Checks::new(&settings(&format!("max_body_bytes = 10\n{extra}")))
+    }
+
+    fn check(checks: &Checks, uri: &str, pairs: &[(&'static str, &str)]) -> Result<ApiKey, ApiError> {
+        checks.check(&uri.parse().unwrap(), &headers(pairs))
+    }
+
+    #[test]
+    fn the_target_must_be_a_path() {
+        let c = checks("");
+        assert!(matches!(check(&c, "*", &[]), Err(ApiError::BadRequest(BadRequest::NotAPath))));
+        assert!(matches!(check(&c, "127.0.0.1:80", &[]), Err(ApiError::BadRequest(BadRequest::NotAPath))));
+        assert_eq!(check(&c, "/v1/x?q=1", &[]).unwrap(), ApiKey(None));
+    }
+
+    #[test]
+    fn the_key_headers_are_read_once_and_must_agree() {
+        let c = checks("");
+        assert_eq!(check(&c, "/", &[("authorization", "Bearer k")]).unwrap(), ApiKey(Some(b"k".to_vec())));
+        let two = check(&c, "/", &[("authorization", "Bearer a"), ("x-api-key", "b")]);
+        assert!(matches!(two, Err(ApiError::BadRequest(BadRequest::Identity(BadIdentity::ConflictingKeys)))));
+        let hop = check(&c, "/", &[("x-api-key", "a"), ("connection", "x-api-key")]);
+        assert!(matches!(hop, Err(ApiError::BadRequest(BadRequest::Identity(BadIdentity::KeyHeaderIsHopByHop)))));
+    }
+
+    #[test]
+    fn a_key_is_required_only_when_configured() {
+        let required = checks("[identity]\nrequire_api_key = true\n");
+        assert!(matches!(check(&required, "/", &[]), Err(ApiError::Unauthorized)));
+        assert!(check(&required, "/", &[("x-api-key", "k")]).is_ok());
+        assert!(check(&checks(""), "/", &[]).is_ok());
+    }
+
+    #[test]
+    fn a_declared_length_over_the_limit_is_refused() {
+        let c = checks("");
+        assert!(check(&c, "/", &[("content-length", "10")]).is_ok());
+        assert!(matches!(check(&c, "/", &[("content-length", "11")]), Err(ApiError::PayloadTooLarge { limit: 10 })));
+        let bad = check(&c, "/", &[("content-length", "ten")]);
+        assert!(matches!(bad, Err(ApiError::BadRequest(BadRequest::ContentLength))));
+    }
+}

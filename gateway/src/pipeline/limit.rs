@@ -1,0 +1,154 @@
+//! Step 5: one check of the [`Caller`]'s bucket. Refused: `429` with `Retry-After`. Admitted:
+//! on to the proxy. Either way the rate-limit headers go on the answer (also on a later
+//! `408`, `413` or `502`: the token is spent). When the limiter fails, `failure_mode` decides:
+//! `503`, or forward unmetered (without headers) and log a warning. A request without a
+//! caller (no policy covers its path) passes untouched.
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+
+use super::Caller;
+use crate::config::FailureMode;
+use crate::error::ApiError;
+use crate::headers::{rate_limit_headers, retry_after_secs};
+use crate::limiter::RateLimiter;
+
+#[derive(Clone)]
+pub struct Limit<L> {
+    limiter: L,
+    failure_mode: FailureMode,
+}
+
+impl<L: RateLimiter> Limit<L> {
+    pub fn new(limiter: L, failure_mode: FailureMode) -> Self {
+        Limit { limiter, failure_mode }
+    }
+}
+
+pub async fn limit<L: RateLimiter>(
+    State(limit): State<Limit<L>>,
+    caller: Option<Extension<Caller>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(Extension(caller)) = caller else { return next.run(request).await };
+    let decision = match limit.limiter.check(&caller.policy, &caller.identity_hash).await {
+        Ok(decision) => decision,
+        Err(e) => match limit.failure_mode {
+            FailureMode::Closed => return ApiError::LimiterUnavailable { detail: e.to_string() }.into_response(),
+            FailureMode::Open => {
+                tracing::warn!(error = %e, "rate limiter unavailable, forwarding unmetered (failure_mode = open)");
+                return next.run(request).await;
+            }
+        },
+    };
+    let policy = &caller.policy;
+    tracing::debug!(policy = %policy.name, identity = caller.kind, id = %caller.identity_hash, ?decision, "checked");
+    let mut response = if decision.allowed {
+        next.run(request).await
+    } else {
+        ApiError::RateLimited { retry_after_secs: retry_after_secs(&decision) }.into_response()
+    };
+    response.headers_mut().extend(rate_limit_headers(policy, &decision));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use axum::http::StatusCode;
+    use axum::middleware::{from_fn, from_fn_with_state};
+    use axum::Router;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::config::Policy;
+    use crate::limiter::memory::MemoryLimiter;
+    use crate::test_support::{header, json, request};
+
+    fn caller() -> Caller {
+        let policy = Policy { name: "p".into(), paths: vec!["/".into()], limit: 2, window: 2, burst: 2 };
+        Caller { policy: Arc::new(policy), kind: "api_key", identity_hash: "abc".into() }
+    }
+
+    /// The limit step between a stand-in for the identify step (which hands on `caller`) and
+    /// a handler answering `inner`.
+    fn router(limiter: &MemoryLimiter, mode: FailureMode, caller: Option<Caller>, inner: StatusCode) -> Router {
+        let give_caller = move |mut request: Request, next: Next| {
+            if let Some(caller) = caller.clone() {
+                request.extensions_mut().insert(caller);
+            }
+            next.run(request)
+        };
+        Router::new()
+            .fallback(move || async move { inner })
+            .layer(from_fn_with_state(Limit::new(limiter.clone(), mode), limit::<MemoryLimiter>))
+            .layer(from_fn(give_caller))
+    }
+
+    async fn send(router: &Router) -> Response {
+        router.clone().oneshot(request("POST", "/v1/x", &[], "")).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn admitted_requests_pass_and_every_answer_carries_the_headers() {
+        let limiter = MemoryLimiter::new();
+        let ok = router(&limiter, FailureMode::Closed, Some(caller()), StatusCode::OK);
+        let first = send(&ok).await;
+        assert_eq!(first.status(), StatusCode::OK);
+        assert_eq!(header(&first, "ratelimit-policy"), Some("\"p\";q=2;w=2"));
+        assert_eq!(header(&first, "ratelimit"), Some("\"p\";r=1;t=1"));
+        assert_eq!(header(&first, "x-ratelimit-remaining"), Some("1"));
+        assert_eq!(header(&first, "retry-after"), None);
+        // What comes after the check (here a 502) still says what the request cost.
+        let failing = router(&limiter, FailureMode::Closed, Some(caller()), StatusCode::BAD_GATEWAY);
+        let second = send(&failing).await;
+        assert_eq!(second.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(header(&second, "x-ratelimit-remaining"), Some("0"));
+    }
+
+    #[tokio::test]
+    async fn a_refused_request_gets_429_and_never_reaches_the_inner_service() {
+        let limiter = MemoryLimiter::new();
+        let teapot = router(&limiter, FailureMode::Closed, Some(caller()), StatusCode::IM_A_TEAPOT);
+        assert_eq!(send(&teapot).await.status(), StatusCode::IM_A_TEAPOT);
+        assert_eq!(send(&teapot).await.status(), StatusCode::IM_A_TEAPOT);
+        let refused = send(&teapot).await;
+        assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(header(&refused, "retry-after"), Some("1"));
+        assert_eq!(header(&refused, "ratelimit"), Some("\"p\";r=0;t=1"));
+        assert_eq!(header(&refused, "x-ratelimit-reset"), Some("2"));
+        assert_eq!(
+            json(refused).await.to_string(),
+            r#"{"error":{"type":"rate_limited","message":"Client exceeded sending requests. Please try again after 1 second.","retry_after_seconds":1}}"#
+        );
+        limiter.advance(Duration::from_secs(1));
+        assert_eq!(send(&teapot).await.status(), StatusCode::IM_A_TEAPOT, "Retry-After was enough");
+    }
+
+    #[tokio::test]
+    async fn a_failing_limiter_refuses_or_forwards_unmetered_per_failure_mode() {
+        let limiter = MemoryLimiter::new();
+        limiter.set_down(true);
+        let closed = send(&router(&limiter, FailureMode::Closed, Some(caller()), StatusCode::OK)).await;
+        assert_eq!(closed.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(header(&closed, "ratelimit"), None);
+        assert_eq!(json(closed).await["error"]["type"], "rate_limiter_unavailable");
+        let open = send(&router(&limiter, FailureMode::Open, Some(caller()), StatusCode::OK)).await;
+        assert_eq!(open.status(), StatusCode::OK);
+        assert_eq!(header(&open, "ratelimit"), None);
+    }
+
+    #[tokio::test]
+    async fn without_a_caller_nothing_is_checked() {
+        let limiter = MemoryLimiter::new();
+        let answer = send(&router(&limiter, FailureMode::Closed, None, StatusCode::OK)).await;
+        assert_eq!(answer.status(), StatusCode::OK);
+        assert_eq!(header(&answer, "ratelimit"), None);
+        assert_eq!(limiter.checks(), 0);
+    }
+}

@@ -1,0 +1,173 @@
+//! Which policy covers a request: the path is normalized first (percent-escapes decoded, empty
+//! and `.` segments dropped, `..` applied), then matched against the policies' prefixes on
+//! whole segments; the longest prefix wins. The model later receives that same normalized
+//! path, so `/v1/%70redict` or `/x/../v1//predict` cannot slip past a policy for
+//! `/v1/predict` and still reach it.
+
+use std::sync::Arc;
+
+use crate::config::Policy;
+
+/// Where a request goes: its normalized path and the policy covering it, if any.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    /// Decoded and normalized (see [`normalize_path`]); what the model receives.
+    pub path: String,
+    /// `None`: no policy covers the path, it is forwarded without a limit.
+    pub policy: Option<Arc<Policy>>,
+}
+
+/// The policies, in the order of the config file.
+#[derive(Clone, Debug)]
+pub struct Routes {
+    policies: Vec<Arc<Policy>>,
+}
+
+impl Routes {
+    pub fn new(policies: &[Policy]) -> Self {
+        Routes { policies: policies.iter().cloned().map(Arc::new).collect() }
+    }
+
+    /// The route of a request path as received.
+    pub fn route(&self, path: &str) -> Route {
+        let path = normalize_path(path);
+        let policy = self.policy_for_normal(&path).cloned();
+        Route { path, policy }
+    }
+
+    /// The policy for a request path as received: [`Routes::policy_for_normal`] of its
+    /// normalized form.
+    pub fn policy_for(&self, path: &str) -> Option<&Arc<Policy>> {
+        self.policy_for_normal(&normalize_path(path))
+    }
+
+    /// The policy with the longest prefix covering `path` (the first in the file on a tie),
+    /// or `None`. `path` must already be normalized: it is not decoded again (`%2570` stays
+    /// `%70`).
+    pub fn policy_for_normal(&self, path: &str) -> Option<&Arc<Policy>> {
+        let mut best: Option<(&Arc<Policy>, usize)> = None;
+        for policy in &self.policies {
+            if let Some(len) = longest_match(policy, path) {
+                if best.is_none_or(|(_, b)| len > b) {
+                    best = Some((policy, len));
+                }
+            }
+        }
+        best.map(|(p, _)| p)
+    }
+}
+
+/// The length of the longest of the policy's prefixes that covers `path`, if any.
+fn longest_match(policy: &Policy, path: &str) -> Option<usize> {
+    policy.paths.iter().filter(|p| path_under(path, p)).map(|p| p.len()).max()
+}
+
+/// `path` is under `prefix` when it equals it, or continues it at a segment boundary:
+/// `/v1` covers `/v1` and `/v1/predict` but not `/v10`; `/` covers everything.
+fn path_under(path: &str, prefix: &str) -> bool {
+    match path.strip_prefix(prefix) {
+        Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    }
+}
+
+/// The path with percent-escapes decoded, empty and `.` segments dropped and `..` applied.
+/// A trailing `/` is kept; the result always starts with `/`.
+pub fn normalize_path(path: &str) -> String {
+    let bytes = path.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        let hex = |at: usize| bytes.get(at).and_then(|c| (*c as char).to_digit(16));
+        match (b, hex(i + 1), hex(i + 2)) {
+            (b'%', Some(hi), Some(lo)) => {
+                decoded.push((hi * 16 + lo) as u8);
+                i += 3;
+            }
+            _ => {
+                decoded.push(b);
+                i += 1;
+            }
+        }
+    }
+    let decoded = String::from_utf8_lossy(&decoded);
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in decoded.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            s => segments.push(s),
+        }
+    }
+    let mut normal = String::with_capacity(path.len());
+    for segment in &segments {
+        normal.push('/');
+        normal.push_str(segment);
+    }
+    if normal.is_empty() || (path.ends_with('/') && !segments.is_empty()) {
+        normal.push('/');
+    }
+    normal
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(name: &str, paths: &[&str], burst: u64) -> Policy {
+        Policy { name: name.into(), paths: paths.iter().map(|p| p.to_string()).collect(), limit: 9, window: 1, burst }
+    }
+
+    fn name(routes: &Routes, path: &str) -> Option<String> {
+        routes.policy_for(path).map(|p| p.name.clone())
+    }
+
+    #[test]
+    fn longest_prefix_wins_and_segments_matter() {
+        let routes = Routes::new(&[policy("all", &["/"], 100), policy("predict", &["/v1/predict"], 5)]);
+        assert_eq!(name(&routes, "/v1/predict").as_deref(), Some("predict"));
+        assert_eq!(name(&routes, "/v1/predict/batch").as_deref(), Some("predict"));
+        assert_eq!(name(&routes, "/v1/predictions").as_deref(), Some("all"));
+        assert_eq!(name(&routes, "/").as_deref(), Some("all"));
+        assert_eq!(routes.policy_for("/v1/predict").unwrap().burst, 5);
+        assert_eq!(routes.policy_for("/other").unwrap().burst, 100);
+    }
+
+    #[test]
+    fn the_first_policy_wins_a_tie() {
+        let routes = Routes::new(&[policy("a", &["/v1"], 1), policy("b", &["/v1"], 1)]);
+        assert_eq!(name(&routes, "/v1/x").as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn paths_are_matched_normalized() {
+        assert_eq!(normalize_path("/v1/%70redict"), "/v1/predict");
+        assert_eq!(normalize_path("/x/../v1//predict/"), "/v1/predict/");
+        assert_eq!(normalize_path("/v1%2Fpredict"), "/v1/predict");
+        assert_eq!(normalize_path("/../.."), "/");
+        assert_eq!(normalize_path("/a/%zz"), "/a/%zz");
+        let routes = Routes::new(&[policy("all", &["/"], 9), policy("p", &["/v1/predict"], 1)]);
+        for sneaky in ["/v1/%70redict", "/x/../v1/predict", "//v1//predict", "/v1/./predict", "/V1/../v1/predict"] {
+            assert_eq!(name(&routes, sneaky).as_deref(), Some("p"), "{sneaky}");
+        }
+    }
+
+    #[test]
+    fn a_route_carries_the_normalized_path_it_was_chosen_on() {
+        let routes = Routes::new(&[policy("p", &["/v1/predict"], 1)]);
+        let route = routes.route("/v1/%2570/../predict");
+        assert_eq!(route.path, "/v1/predict");
+        assert_eq!(route.policy.as_ref().map(|p| p.name.as_str()), Some("p"));
+        // Decoded once only: `%2570` is the segment `%70`, not `p`.
+        assert_eq!(routes.route("/v1/%2570redict"), Route { path: "/v1/%70redict".into(), policy: None });
+    }
+
+    #[test]
+    fn uncovered_paths_have_no_policy() {
+        let routes = Routes::new(&[policy("p", &["/v1"], 1)]);
+        assert!(routes.policy_for("/v10").is_none());
+        assert!(routes.policy_for("/v1").is_some());
+    }
+}

@@ -19,20 +19,23 @@ use crate::pipeline::{access_log, checks, identify, limit, proxy, route};
 use crate::pipeline::{Checks, Identify, Limit, Proxy};
 use crate::routing::Routes;
 
-/// The router. Every request needs the client address as a
+/// The router. Requests to the pipeline need the client address as a
 /// `ConnectInfo<SocketAddr>` extension (callers without an API key are limited by it):
-/// [`crate::serve::run`] inserts it per connection; a test inserts it by hand.
+/// [`crate::serve::run`] inserts it for each connection; a test inserts it by hand.
 pub fn app<L: RateLimiter>(settings: &Settings, limiter: L) -> Router {
     let pipeline = ServiceBuilder::new()
-        .layer(from_fn_with_state(Checks::new(settings), checks::check_request))
+        .layer(from_fn_with_state(Arc::new(Checks::new(settings)), checks::check_request))
         .layer(from_fn_with_state(Arc::new(Routes::new(&settings.policies)), route::route))
-        .layer(from_fn_with_state(Identify::new(&settings.identity), identify::identify))
-        .layer(from_fn_with_state(Limit::new(limiter.clone(), settings.redis.failure_mode), limit::limit::<L>))
-        .service(proxy::proxy.with_state(Proxy::new(settings)));
+        .layer(from_fn_with_state(Arc::new(Identify::new(&settings.identity)), identify::identify))
+        .layer(from_fn_with_state(
+            Arc::new(Limit::new(limiter.clone(), settings.redis.failure_mode)),
+            limit::limit::<L>,
+        ))
+        .service(proxy::proxy.with_state(Arc::new(Proxy::new(settings))));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz::<L>))
-        .with_state(limiter)
+        .with_state(Arc::new(limiter))
         .fallback_service(pipeline)
         .layer(from_fn(access_log::access_log))
 }
@@ -43,7 +46,7 @@ async fn healthz() -> Json<serde_json::Value> {
 }
 
 /// Ready when the limiter answers (for Redis: it runs and has the module loaded).
-async fn readyz<L: RateLimiter>(State(limiter): State<L>) -> Response {
+async fn readyz<L: RateLimiter>(State(limiter): State<Arc<L>>) -> Response {
     match limiter.ready().await {
         Ok(()) => Json(json!({"status": "ready"})).into_response(),
         Err(e) => {

@@ -18,9 +18,8 @@ use crate::identity::api_key;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ApiKey(pub Option<Vec<u8>>);
 
-#[derive(Clone)]
 pub struct Checks {
-    api_key_headers: Arc<[String]>,
+    api_key_headers: Vec<String>,
     require_api_key: bool,
     max_body_bytes: u64,
 }
@@ -28,7 +27,7 @@ pub struct Checks {
 impl Checks {
     pub fn new(settings: &Settings) -> Self {
         Checks {
-            api_key_headers: settings.identity.api_key_headers.clone().into(),
+            api_key_headers: settings.identity.api_key_headers.clone(),
             require_api_key: settings.identity.require_api_key,
             max_body_bytes: settings.max_body_bytes,
         }
@@ -49,7 +48,7 @@ impl Checks {
 }
 
 pub async fn check_request(
-    State(checks): State<Checks>,
+    State(checks): State<Arc<Checks>>,
     mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {

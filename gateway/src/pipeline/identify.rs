@@ -13,7 +13,7 @@ use axum::Extension;
 use super::ApiKey;
 use crate::config::{IdentitySettings, Policy};
 use crate::error::ApiError;
-use crate::identity::{identify as identify_caller, Hasher};
+use crate::identity::{identify as identify_caller, Hasher, IpNet};
 use crate::routing::Route;
 
 /// Whose bucket a request is charged to, under which policy.
@@ -26,20 +26,24 @@ pub struct Caller {
     pub identity_hash: String,
 }
 
-#[derive(Clone)]
 pub struct Identify {
-    settings: Arc<IdentitySettings>,
+    trusted_proxies: Vec<IpNet>,
+    ipv6_prefix: u8,
     hasher: Hasher,
 }
 
 impl Identify {
     pub fn new(settings: &IdentitySettings) -> Self {
-        Identify { hasher: Hasher::new(&settings.secret.0), settings: Arc::new(settings.clone()) }
+        Identify {
+            trusted_proxies: settings.trusted_proxies.clone(),
+            ipv6_prefix: settings.ipv6_prefix,
+            hasher: Hasher::new(&settings.secret.0),
+        }
     }
 }
 
 pub async fn identify(
-    State(identify): State<Identify>,
+    State(identify): State<Arc<Identify>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Extension(route): Extension<Route>,
     Extension(ApiKey(key)): Extension<ApiKey>,
@@ -47,8 +51,7 @@ pub async fn identify(
     next: Next,
 ) -> Result<Response, ApiError> {
     if let Some(policy) = route.policy {
-        let s = &identify.settings;
-        let identity = identify_caller(key, request.headers(), peer, &s.trusted_proxies, s.ipv6_prefix)?;
+        let identity = identify_caller(key, request.headers(), peer, &identify.trusted_proxies, identify.ipv6_prefix)?;
         let caller = Caller { policy, kind: identity.kind(), identity_hash: identify.hasher.hash(&identity) };
         request.extensions_mut().insert(caller);
     }
@@ -82,9 +85,9 @@ mod tests {
         };
         Router::new().fallback(show).layer(
             ServiceBuilder::new()
-                .layer(from_fn_with_state(Checks::new(&s), checks::check_request))
+                .layer(from_fn_with_state(Arc::new(Checks::new(&s)), checks::check_request))
                 .layer(from_fn_with_state(Arc::new(Routes::new(&s.policies)), route::route))
-                .layer(from_fn_with_state(Identify::new(&s.identity), identify)),
+                .layer(from_fn_with_state(Arc::new(Identify::new(&s.identity)), identify)),
         )
     }
 

@@ -4,6 +4,8 @@
 //! `503`, or forward unmetered (without headers) and log a warning. A request without a
 //! caller (no policy covers its path) passes untouched.
 
+use std::sync::Arc;
+
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -15,7 +17,6 @@ use crate::error::ApiError;
 use crate::headers::{rate_limit_headers, retry_after_secs};
 use crate::limiter::RateLimiter;
 
-#[derive(Clone)]
 pub struct Limit<L> {
     limiter: L,
     failure_mode: FailureMode,
@@ -28,7 +29,7 @@ impl<L: RateLimiter> Limit<L> {
 }
 
 pub async fn limit<L: RateLimiter>(
-    State(limit): State<Limit<L>>,
+    State(limit): State<Arc<Limit<L>>>,
     caller: Option<Extension<Caller>>,
     request: Request,
     next: Next,
@@ -57,7 +58,6 @@ pub async fn limit<L: RateLimiter>(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
     use std::time::Duration;
 
     use axum::http::StatusCode;
@@ -86,7 +86,7 @@ mod tests {
         };
         Router::new()
             .fallback(move || async move { inner })
-            .layer(from_fn_with_state(Limit::new(limiter.clone(), mode), limit::<MemoryLimiter>))
+            .layer(from_fn_with_state(Arc::new(Limit::new(limiter.clone(), mode)), limit::<MemoryLimiter>))
             .layer(from_fn(give_caller))
     }
 

@@ -18,12 +18,11 @@ use crate::identity::{is_trusted, IpNet};
 use crate::routing::Route;
 use crate::upstream::UpstreamClient;
 
-#[derive(Clone)]
 pub struct Proxy {
     upstream: UpstreamClient,
     max_body_bytes: u64,
     body_timeout: Duration,
-    trusted_proxies: Arc<[IpNet]>,
+    trusted_proxies: Vec<IpNet>,
 }
 
 impl Proxy {
@@ -32,13 +31,13 @@ impl Proxy {
             upstream: UpstreamClient::new(settings.upstream.clone()),
             max_body_bytes: settings.max_body_bytes,
             body_timeout: settings.client_body_timeout,
-            trusted_proxies: settings.identity.trusted_proxies.clone().into(),
+            trusted_proxies: settings.identity.trusted_proxies.clone(),
         }
     }
 }
 
 pub async fn proxy(
-    State(proxy): State<Proxy>,
+    State(proxy): State<Arc<Proxy>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Extension(route): Extension<Route>,
     request: Request,
@@ -83,7 +82,7 @@ mod tests {
     fn router(upstream: String, toml: &str) -> Router {
         let s = settings_with(toml, &Overrides { upstream: Some(upstream), ..Overrides::default() });
         Router::new()
-            .fallback_service(proxy.with_state(Proxy::new(&s)))
+            .fallback_service(proxy.with_state(Arc::new(Proxy::new(&s))))
             .layer(from_fn_with_state(Arc::new(Routes::new(&s.policies)), route))
     }
 

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 
 use crate::commands::describe;
-use crate::{redis, wait_until, RedisServer, ServerBuilder};
+use crate::{info_field, redis, wait_until, RedisServer, ServerBuilder};
 
 mod nodes;
 
@@ -235,7 +235,7 @@ impl Cluster {
             views.iter().all(|view| {
                 view.get(new_id).is_some_and(|l| l.is_primary() && l.slots == slots)
                     && view.get(&old_primary_id).is_some_and(|l| l.primary.as_deref() == Some(new_id.as_str()))
-            }) && info_has(&self.nodes[old_primary], "master_link_status:up")
+            }) && link_up(&self.nodes[old_primary])
         });
     }
 
@@ -283,7 +283,7 @@ impl Cluster {
                         view.get(replica).is_some_and(|l| l.primary.as_deref() == Some(self.ids[p].as_str()))
                     })
                 })
-            }) && self.nodes[self.primaries..].iter().all(|n| info_has(n, "master_link_status:up"))
+            }) && self.nodes[self.primaries..].iter().all(link_up)
         });
     }
 
@@ -331,7 +331,7 @@ fn query<T: redis::FromRedisValue>(node: &RedisServer, cmd: &mut redis::Cmd) -> 
         .unwrap_or_else(|e| panic!("{} on port {}: {e}\n{}", describe(cmd), node.port(), node.log_tail()))
 }
 
-fn info_has(node: &RedisServer, needle: &str) -> bool {
-    let info: String = query(node, redis::cmd("INFO").arg("replication"));
-    info.contains(needle)
+/// Whether the replica's link to its primary is up (`master_link_status:up`).
+fn link_up(node: &RedisServer) -> bool {
+    info_field(&mut node.client(), "replication", "master_link_status").as_deref() == Some("up")
 }

@@ -79,14 +79,9 @@ impl DerefMut for Proc {
 /// The status code of `GET path` on a loopback port, or `None` when nothing answers there
 /// (a blocking probe, for waiting on a process that is starting).
 pub fn http_status(port: u16, path: &str) -> Option<u16> {
-    let address = (Ipv4Addr::LOCALHOST, port).into();
-    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(1)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).ok()?;
-    let status_line = String::from_utf8_lossy(&answer);
-    status_line.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
+    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    let answer = try_raw_answer(port, request.as_bytes(), Duration::from_secs(5)).ok()?;
+    answer.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
 }
 
 /// The demo model on a free port.
@@ -204,12 +199,16 @@ pub fn raw_status_line(port: u16, request: &[u8]) -> String {
 /// Writes raw bytes (a request with `Connection: close`) to a port and returns the whole
 /// answer as text, or what arrived before `wait` passed.
 pub fn raw_answer(port: u16, request: &[u8], wait: Duration) -> String {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream.set_read_timeout(Some(wait)).unwrap();
-    stream.write_all(request).unwrap();
+    try_raw_answer(port, request, wait).unwrap_or_else(|e| panic!("send a request to port {port}: {e}"))
+}
+
+fn try_raw_answer(port: u16, request: &[u8], wait: Duration) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect_timeout(&(Ipv4Addr::LOCALHOST, port).into(), Duration::from_secs(1))?;
+    stream.set_read_timeout(Some(wait))?;
+    stream.write_all(request)?;
     let mut answer = Vec::new();
     let _ = stream.read_to_end(&mut answer);
-    String::from_utf8_lossy(&answer).to_string()
+    Ok(String::from_utf8_lossy(&answer).to_string())
 }
 
 /// A config file in a temporary directory (kept while the guard lives).

@@ -67,7 +67,7 @@ mod tests {
     use crate::limiter::memory::MemoryLimiter;
     use crate::test_support::{echo_upstream, header, json, request, settings_with};
 
-    /// The gateway in front of an echo model, with `limit` requests per minute on `/v1`.
+    /// The gateway in front of an echo model: 3 requests per minute on `/v1`, other paths unlimited.
     async fn gateway(limiter: &MemoryLimiter, extra: &str) -> Router {
         let toml = format!("{extra}\n[[policy]]\nname = \"v1\"\npaths = [\"/v1\"]\nlimit = 3\nwindow = 60\n");
         let overrides = Overrides { upstream: Some(echo_upstream().await), ..Overrides::default() };

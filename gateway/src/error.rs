@@ -11,9 +11,11 @@ use crate::identity::BadIdentity;
 
 #[derive(Debug)]
 pub enum ApiError {
-    /// `429`; `retry_after_secs` is `None` when the request can never be admitted.
+    /// `429`; `retry_after_secs` (the longest wait) is `None` when the request can never be
+    /// admitted; `limits` are the limits that refused it.
     RateLimited {
         retry_after_secs: Option<u64>,
+        limits: Vec<RefusedLimit>,
     },
     /// `400`; before any quota is spent, except the two found while forwarding
     /// ([`BadRequest::UnreadableBody`], [`BadRequest::InvalidTarget`]).
@@ -39,6 +41,15 @@ pub enum ApiError {
     LimiterUnavailable {
         detail: String,
     },
+}
+
+/// One limit that refused a request, in the `429` body: `{"policy", "name", "retry_after_ms"}`
+/// (`retry_after_ms` is `null` when this limit can never admit the request).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RefusedLimit {
+    pub policy: String,
+    pub name: String,
+    pub retry_after_ms: Option<u64>,
 }
 
 /// Why a request is refused with `400`.
@@ -105,14 +116,16 @@ impl ApiError {
 
     fn body(&self) -> serde_json::Value {
         match self {
-            ApiError::RateLimited { retry_after_secs: Some(secs) } => json!({"error": {
+            ApiError::RateLimited { retry_after_secs: Some(secs), limits } => json!({"error": {
                 "type": "rate_limited",
                 "message": format!("Client exceeded sending requests. Please try again after {}.", plural(*secs, "second")),
                 "retry_after_seconds": secs,
+                "limits": limits,
             }}),
-            ApiError::RateLimited { retry_after_secs: None } => json!({"error": {
+            ApiError::RateLimited { retry_after_secs: None, limits } => json!({"error": {
                 "type": "rate_limited",
                 "message": "This request is larger than the rate limit allows and can never be admitted.",
+                "limits": limits,
             }}),
             ApiError::BadRequest(why) => json!({"error": {"type": "bad_request", "message": why.message()}}),
             ApiError::Unauthorized => json!({"error": {
@@ -159,7 +172,7 @@ impl IntoResponse for ApiError {
         self.log();
         let mut response = (self.status(), axum::Json(self.body())).into_response();
         match self {
-            ApiError::RateLimited { retry_after_secs: Some(secs) } => {
+            ApiError::RateLimited { retry_after_secs: Some(secs), .. } => {
                 response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
             }
             ApiError::Unauthorized => {

@@ -1,21 +1,24 @@
 //! The rate-limit headers sent with every response a policy applied to, from the module's
-//! answer ([`CheckReply`]).
+//! answer ([`CheckAllReply`], one row per limit of the policy).
 //!
-//! - `RateLimit-Policy: "<policy>";q=<limit>;w=<window>` and `RateLimit: "<policy>";r=<remaining>;t=<seconds>`
-//!   (IETF httpapi draft-10). `t` is the time until the quota is whole again; on a `429` it is
-//!   the `Retry-After` value, so the two never disagree.
+//! - `RateLimit-Policy` and `RateLimit` (IETF httpapi draft-10) list every limit of the
+//!   policy, each as an item named by [`Policy::item_name`] (the policy's name when it has one
+//!   limit, else `<policy>-<limit>`): `"chat-requests";q=60;w=60, "chat-tokens";q=100000;w=60;qu="tokens"`
+//!   and `"chat-requests";r=59;t=1, "chat-tokens";r=98800;t=1`. `t` is the time until that
+//!   quota is whole again; on a `429`, for a limit that refused, it is its wait.
 //! - `X-RateLimit-Limit`, `X-RateLimit-Remaining`, `X-RateLimit-Reset` (seconds until the
-//!   bucket is full again, rounded up), the form most clients already read.
-//! - `q` and `X-RateLimit-Limit` are the policy's limit per window, while `r` and
+//!   bucket is full again, rounded up) for the policy's request limit ([`Policy::primary`]).
+//! - `q` and `X-RateLimit-Limit` are a limit per window, while `r` and
 //!   `X-RateLimit-Remaining` count out of the bucket (`burst`): with a burst above the limit,
 //!   remaining can exceed the limit.
-//! - On `429` only: `Retry-After` (seconds, rounded up, never earlier than the module's answer).
+//! - On `429` only: `Retry-After`, the longest wait of the limits that refused (seconds,
+//!   rounded up, never earlier than the module's answer).
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 
-use rl_protocol::CheckReply;
+use rl_protocol::{CheckAllReply, CheckReply};
 
-use crate::config::Policy;
+use crate::config::{Policy, Unit};
 
 pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
@@ -30,23 +33,41 @@ pub fn ceil_secs(ms: u64) -> u64 {
 
 /// `Retry-After` in whole seconds for a refused request (at least 1), or `None` when the
 /// module says the request can never be admitted.
-pub fn retry_after_secs(decision: &CheckReply) -> Option<u64> {
+pub fn retry_after_secs(decision: &CheckAllReply) -> Option<u64> {
     decision.retry_after_ms.map(|ms| ceil_secs(ms).max(1))
 }
 
+/// `t` of one limit: its wait when it refused the request, else the time until it is full.
+fn t_secs(request_allowed: bool, row: &CheckReply) -> u64 {
+    let reset = ceil_secs(row.reset_after_ms);
+    match (request_allowed || row.allowed, row.retry_after_ms) {
+        (false, Some(ms)) => ceil_secs(ms).max(1),
+        _ => reset,
+    }
+}
+
 /// The headers for a decision of the module under `policy`.
-pub fn rate_limit_headers(policy: &Policy, decision: &CheckReply) -> HeaderMap {
-    let reset = ceil_secs(decision.reset_after_ms);
-    let t = if decision.allowed { reset } else { retry_after_secs(decision).unwrap_or(reset) };
-    // Policy names are checked at start to be letters, digits, '-', '_' and '.', so they
-    // need no escaping inside the structured-field string.
-    let values = [
-        (RATELIMIT_POLICY, format!("\"{}\";q={};w={}", policy.name, policy.limit, policy.window)),
-        (RATELIMIT, format!("\"{}\";r={};t={}", policy.name, decision.remaining, t)),
-        (X_RATELIMIT_LIMIT, policy.limit.to_string()),
-        (X_RATELIMIT_REMAINING, decision.remaining.to_string()),
-        (X_RATELIMIT_RESET, reset.to_string()),
-    ];
+pub fn rate_limit_headers(policy: &Policy, decision: &CheckAllReply) -> HeaderMap {
+    let mut items_policy = Vec::with_capacity(policy.limits.len());
+    let mut items = Vec::with_capacity(policy.limits.len());
+    // Names are checked at start to be letters, digits, '-', '_' and '.', so they need no
+    // escaping inside the structured-field string.
+    for (quota, row) in policy.limits.iter().zip(&decision.limits) {
+        let name = policy.item_name(quota);
+        let unit = match quota.unit {
+            Unit::Requests => "",
+            Unit::Tokens => ";qu=\"tokens\"",
+        };
+        items_policy.push(format!("\"{name}\";q={};w={}{unit}", quota.limit, quota.window));
+        items.push(format!("\"{name}\";r={};t={}", row.remaining, t_secs(decision.allowed, row)));
+    }
+    let mut values = vec![(RATELIMIT_POLICY, items_policy.join(", ")), (RATELIMIT, items.join(", "))];
+    let primary = policy.primary();
+    if let (Some(quota), Some(row)) = (policy.limits.get(primary), decision.limits.get(primary)) {
+        values.push((X_RATELIMIT_LIMIT, quota.limit.to_string()));
+        values.push((X_RATELIMIT_REMAINING, row.remaining.to_string()));
+        values.push((X_RATELIMIT_RESET, ceil_secs(row.reset_after_ms).to_string()));
+    }
     let mut headers = HeaderMap::with_capacity(values.len());
     for (name, value) in values {
         if let Ok(value) = HeaderValue::from_str(&value) {
@@ -61,13 +82,17 @@ mod tests {
     use super::*;
 
     fn policy() -> Policy {
-        Policy { name: "default".into(), paths: vec!["/".into()], limit: 10, window: 60, burst: 10 }
+        Policy::simple("default", &["/"], 10, 60, 10)
+    }
+
+    fn one(row: CheckReply) -> CheckAllReply {
+        CheckAllReply { allowed: row.allowed, retry_after_ms: row.retry_after_ms, limits: vec![row] }
     }
 
     #[test]
     fn allowed() {
         let d = CheckReply { allowed: true, remaining: 7, retry_after_ms: Some(0), reset_after_ms: 41_001, burst: 10 };
-        let h = rate_limit_headers(&policy(), &d);
+        let h = rate_limit_headers(&policy(), &one(d));
         assert_eq!(h[RATELIMIT_POLICY], "\"default\";q=10;w=60");
         assert_eq!(h[RATELIMIT], "\"default\";r=7;t=42");
         assert_eq!(h[X_RATELIMIT_LIMIT], "10");
@@ -79,13 +104,44 @@ mod tests {
     fn refused() {
         let d =
             CheckReply { allowed: false, remaining: 0, retry_after_ms: Some(5_001), reset_after_ms: 59_999, burst: 10 };
-        let h = rate_limit_headers(&policy(), &d);
+        let h = rate_limit_headers(&policy(), &one(d));
         assert_eq!(h[RATELIMIT], "\"default\";r=0;t=6");
         assert_eq!(h[X_RATELIMIT_RESET], "60");
-        assert_eq!(retry_after_secs(&d), Some(6));
+        assert_eq!(retry_after_secs(&one(d)), Some(6));
         let tiny = CheckReply { retry_after_ms: Some(1), ..d };
-        assert_eq!(retry_after_secs(&tiny), Some(1));
+        assert_eq!(retry_after_secs(&one(tiny)), Some(1));
         let never = CheckReply { retry_after_ms: None, ..d };
-        assert_eq!(retry_after_secs(&never), None);
+        assert_eq!(retry_after_secs(&one(never)), None);
+    }
+
+    #[test]
+    fn every_limit_is_listed_and_the_request_limit_is_the_x_header() {
+        let mut policy = Policy::simple("chat", &["/"], 60, 60, 60);
+        policy.limits.insert(
+            0,
+            crate::config::Quota { name: "tokens".into(), unit: Unit::Tokens, limit: 1000, window: 60, burst: 1000 },
+        );
+        let tokens = CheckReply {
+            allowed: false,
+            remaining: 10,
+            retry_after_ms: Some(2_500),
+            reset_after_ms: 59_000,
+            burst: 1000,
+        };
+        let requests =
+            CheckReply { allowed: true, remaining: 59, retry_after_ms: Some(0), reset_after_ms: 1_000, burst: 60 };
+        let d = CheckAllReply { allowed: false, retry_after_ms: Some(2_500), limits: vec![tokens, requests] };
+        let h = rate_limit_headers(&policy, &d);
+        assert_eq!(h[RATELIMIT_POLICY], "\"chat-tokens\";q=1000;w=60;qu=\"tokens\", \"chat-requests\";q=60;w=60");
+        assert_eq!(h[RATELIMIT], "\"chat-tokens\";r=10;t=3, \"chat-requests\";r=59;t=1");
+        assert_eq!(
+            (&h[X_RATELIMIT_LIMIT], &h[X_RATELIMIT_REMAINING], &h[X_RATELIMIT_RESET]),
+            (
+                &"60".parse::<HeaderValue>().unwrap(),
+                &"59".parse::<HeaderValue>().unwrap(),
+                &"1".parse::<HeaderValue>().unwrap()
+            )
+        );
+        assert_eq!(retry_after_secs(&d), Some(3));
     }
 }

@@ -1,5 +1,5 @@
 //! The reference HTTP gateway in front of an ML model API, rate limited by the `ratelimit`
-//! Redis module: one `RL.CHECK` per request. (The demo model and client that share its
+//! Redis module: one `RL.CHECK` (or `RL.CHECKALL`, for several limits) per request. (The demo model and client that share its
 //! binary live in `src/bin/gateway/`, not here.)
 //!
 //! - [`config`]: `gateway.toml` and the `serve` flags, checked once into [`config::Settings`].
@@ -8,7 +8,7 @@
 //!   (access log -> checks -> route -> identify -> limit -> proxy, one module per step).
 //! - [`routing`]: path normalization and the policy covering a path.
 //! - [`identity`]: the caller (API key or client IP) and its keyed hash.
-//! - [`limiter`]: the [`limiter::RateLimiter`] trait and its Redis implementation.
+//! - [`limiter`]: the [`limiter::RateLimiter`] trait and its Redis implementation (key names).
 //! - [`headers`]: `RateLimit-Policy`, `RateLimit`, `X-RateLimit-*` from the module's answer.
 //! - [`upstream`]: the HTTP client that forwards to the model.
 //! - [`error`]: every answer the gateway makes itself.

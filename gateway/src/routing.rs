@@ -117,7 +117,7 @@ mod tests {
     use super::*;
 
     fn policy(name: &str, paths: &[&str], burst: u64) -> Policy {
-        Policy { name: name.into(), paths: paths.iter().map(|p| p.to_string()).collect(), limit: 9, window: 1, burst }
+        Policy::simple(name, paths, 9, 1, burst)
     }
 
     fn name(routes: &Routes, path: &str) -> Option<String> {
@@ -131,8 +131,8 @@ mod tests {
         assert_eq!(name(&routes, "/v1/predict/batch").as_deref(), Some("predict"));
         assert_eq!(name(&routes, "/v1/predictions").as_deref(), Some("all"));
         assert_eq!(name(&routes, "/").as_deref(), Some("all"));
-        assert_eq!(routes.policy_for("/v1/predict").unwrap().burst, 5);
-        assert_eq!(routes.policy_for("/other").unwrap().burst, 100);
+        assert_eq!(routes.policy_for("/v1/predict").unwrap().limits[0].burst, 5);
+        assert_eq!(routes.policy_for("/other").unwrap().limits[0].burst, 100);
     }
 
     #[test]

@@ -64,7 +64,7 @@ pub async fn serve_gateway(settings: Settings) -> Result<(), StartError> {
         redis = %settings.redis.target,
         key_prefix = %settings.redis.key_prefix,
         failure_mode = ?settings.redis.failure_mode,
-        policies = ?settings.policies.iter().map(|p| format!("{}: {}/{}s burst {} on {:?}", p.name, p.limit, p.window, p.burst, p.paths)).collect::<Vec<_>>(),
+        policies = ?settings.policies.iter().map(describe_policy).collect::<Vec<_>>(),
         "gateway configured"
     );
     let limiter = RedisLimiter::new(&settings.redis)?;
@@ -82,4 +82,11 @@ pub async fn serve_gateway(settings: Settings) -> Result<(), StartError> {
     let router = app(&settings, limiter);
     serve::run("gateway", settings.listen, router, settings.client_header_timeout).await?;
     Ok(())
+}
+
+/// `chat on ["/v1/chat"]: requests 60/60s burst 60, tokens 100000/60s burst 100000`, for the log.
+fn describe_policy(policy: &crate::config::Policy) -> String {
+    let limits: Vec<String> =
+        policy.limits.iter().map(|q| format!("{} {}/{}s burst {}", q.name, q.limit, q.window, q.burst)).collect();
+    format!("{} on {:?}: {}", policy.name, policy.paths, limits.join(", "))
 }

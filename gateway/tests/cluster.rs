@@ -43,7 +43,7 @@ async fn a_cluster_shares_every_limit_across_gateways() {
     let mut nodes_with_keys = 0;
     let mut total = 0;
     for (index, node) in cluster.nodes().iter().enumerate() {
-        let keys: Vec<String> = redis::cmd("KEYS").arg("rl:default:*").query(&mut node.client()).unwrap();
+        let keys: Vec<String> = redis::cmd("KEYS").arg("rl:*:default:requests").query(&mut node.client()).unwrap();
         for key in &keys {
             assert_eq!(cluster.owner_index(key), index, "{key} is not on its slot's owner");
         }
@@ -83,7 +83,7 @@ async fn a_connection_lost_after_rl_check_ran_fails_the_request_and_charges_it_o
     proxy.cut_after_reply_to("RL.CHECK");
     let answer = predict(&gateway, &[("x-api-key", "charged-once")]).await;
     assert_eq!(proxy.cuts(), 1, "the proxy never cut the connection\n{}", gateway.logs());
-    let keys: Vec<String> = redis::cmd("KEYS").arg("rl:default:*").query(&mut node.client()).unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS").arg("rl:*:default:requests").query(&mut node.client()).unwrap();
     assert_eq!(keys.len(), 1, "one bucket charged: {keys:?}");
     assert_eq!(
         tokens(&mut node.client(), &keys[0], 5, 60, 5),
@@ -93,4 +93,43 @@ async fn a_connection_lost_after_rl_check_ran_fails_the_request_and_charges_it_o
     );
     assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE, "{answer:?}\n{}", gateway.logs());
     assert_eq!(answer.json()["error"]["type"], "rate_limiter_unavailable");
+}
+
+/// A policy with two limits on a cluster: one caller's keys share a hash tag, so one
+/// RL.CHECKALL (routed by its first key) checks both on the node owning that slot, and a
+/// refusal by one charges nothing on the other.
+#[tokio::test]
+async fn several_limits_of_a_caller_share_a_slot_and_are_checked_atomically() {
+    let cluster = Cluster::start(3, 0);
+    let model = start_model(0);
+    let (_dir, config) = config_file(
+        "[[policy]]\nname = \"p\"\nlimit = 5\nwindow = 60\n[[policy.limits]]\nname = \"hourly\"\nlimit = 2\nwindow = 3600\n",
+    );
+    let mut args = vec!["--config".to_string(), config.display().to_string()];
+    for url in cluster.urls() {
+        args.push("--redis-cluster-node".into());
+        args.push(url);
+    }
+    let gateway = start_serve("gateway", &model.url(""), &args);
+    for i in 0..6 {
+        let key = format!("slot-key-{i}");
+        let auth = [("x-api-key", key.as_str())];
+        assert_eq!(predict(&gateway, &auth).await.status, StatusCode::OK, "{}", gateway.logs());
+        assert_eq!(predict(&gateway, &auth).await.status, StatusCode::OK);
+        let refused = predict(&gateway, &auth).await;
+        assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS, "{}", gateway.logs());
+        assert_eq!(refused.json()["error"]["limits"][0]["name"], "hourly");
+    }
+    let mut total = 0;
+    for node in cluster.nodes() {
+        let keys: Vec<String> = redis::cmd("KEYS").arg("rl:*").query(&mut node.client()).unwrap();
+        for key in keys.iter().filter(|k| k.ends_with(":p:requests")) {
+            let hourly = key.replace(":p:requests", ":p:hourly");
+            assert!(keys.contains(&hourly), "{hourly} is not beside {key}: {keys:?}");
+            assert_eq!(cluster.keyslot(key), cluster.keyslot(&hourly));
+            assert_eq!(tokens(&mut node.client(), key, 5, 60, 5), 3, "{key}: the refusal charged it");
+            total += 1;
+        }
+    }
+    assert_eq!(total, 6);
 }

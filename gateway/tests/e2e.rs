@@ -53,10 +53,17 @@ async fn over_the_limit_429_with_retry_after_then_200_after_waiting_it() {
     assert_eq!(limited.header("x-ratelimit-remaining"), "0");
     assert_eq!(limited.header("x-ratelimit-reset"), "2");
     assert_eq!(limited.header("content-type"), "application/json");
+    let body = limited.json();
     assert_eq!(
-        std::str::from_utf8(&limited.body).unwrap(),
-        r#"{"error":{"type":"rate_limited","message":"Client exceeded sending requests. Please try again after 1 second.","retry_after_seconds":1}}"#
+        body["error"]["message"], "Client exceeded sending requests. Please try again after 1 second.",
+        "{body}"
     );
+    assert_eq!((&body["error"]["type"], &body["error"]["retry_after_seconds"]), (&"rate_limited".into(), &1.into()));
+    let refused = body["error"]["limits"].as_array().unwrap();
+    assert_eq!(refused.len(), 1, "{body}");
+    assert_eq!((&refused[0]["policy"], &refused[0]["name"]), (&"default".into(), &"requests".into()));
+    let wait = refused[0]["retry_after_ms"].as_u64().unwrap();
+    assert!(wait > 0 && wait <= 1000, "{body}");
 
     tokio::time::sleep(Duration::from_secs(1)).await;
     let again = predict(&gateway, &[]).await;
@@ -101,7 +108,9 @@ async fn api_keys_are_isolated_and_never_stored_raw() {
     keys.sort();
     assert_eq!(keys.len(), 3, "{keys:?}");
     for key in &keys {
-        let hash = key.strip_prefix("test:default:").unwrap_or_else(|| panic!("unexpected key {key}"));
+        // test:{<hash>}:<policy>:<limit>
+        let tagged = key.strip_prefix("test:{").and_then(|k| k.strip_suffix("}:default:requests"));
+        let hash = tagged.unwrap_or_else(|| panic!("unexpected key {key}"));
         assert_eq!(hash.len(), 32, "{key}");
         assert!(hash.bytes().all(|b| b.is_ascii_hexdigit()), "{key}");
         assert!(!key.contains("alpha") && !key.contains("beta") && !key.contains("127.0.0.1"), "{key}");

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::{ConfigError, FailureMode};
+use super::{ConfigError, FailureMode, Unit};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -56,13 +56,28 @@ pub struct IdentityFile {
     pub ipv6_prefix: Option<u8>,
 }
 
-/// One `[[policy]]` table.
-#[derive(Debug, Deserialize)]
+/// One `[[policy]]` table: the simple form (`limit`, `window`, `burst`: a limit named
+/// "requests") and/or `[[policy.limits]]` tables.
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyFile {
     pub name: String,
     #[serde(default)]
     pub paths: Option<Vec<String>>,
+    pub limit: Option<u64>,
+    pub window: Option<u64>,
+    pub burst: Option<u64>,
+    #[serde(default)]
+    pub limits: Vec<LimitFile>,
+}
+
+/// One `[[policy.limits]]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitFile {
+    pub name: String,
+    #[serde(default)]
+    pub unit: Unit,
     pub limit: u64,
     pub window: u64,
     pub burst: Option<u64>,

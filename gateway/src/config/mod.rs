@@ -11,6 +11,7 @@
 mod error;
 mod file;
 mod flags;
+mod policies;
 mod resolve;
 mod secret;
 #[cfg(test)]
@@ -24,7 +25,7 @@ use serde::Deserialize;
 use crate::identity::IpNet;
 
 pub use error::ConfigError;
-pub use file::{FileConfig, IdentityFile, PolicyFile, RedisFile, UpstreamFile};
+pub use file::{FileConfig, IdentityFile, LimitFile, PolicyFile, RedisFile, UpstreamFile};
 pub use flags::{Overrides, ServeArgs};
 pub use secret::{redact_url, Pem, Redacted, RedisUrl};
 
@@ -48,6 +49,8 @@ pub const REDIS_URL_ENV: &str = "GATEWAY_REDIS_URL";
 /// policy that names none.
 pub const DEFAULT_POLICY_NAME: &str = "default";
 pub const DEFAULT_POLICY_PATH: &str = "/";
+/// The name of the limit a policy's simple form (`limit`, `window`, `burst`) declares.
+pub const REQUESTS_LIMIT_NAME: &str = "requests";
 
 /// What to do with a request when Redis does not answer in time (or answers an error).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -60,15 +63,61 @@ pub enum FailureMode {
     Open,
 }
 
-/// One rate-limit policy: `limit` requests per `window` seconds, bucket of `burst`, applied
-/// to the request paths under any of `paths` (see [`crate::routing`]).
+/// One rate-limit policy: the request paths under any of `paths` (see [`crate::routing`]),
+/// and its limits, all checked together in one atomic call (all charged or none).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Policy {
     pub name: String,
     pub paths: Vec<String>,
+    /// At least one, names distinct, in the order of the file (the simple form's `limit`,
+    /// `window`, `burst` first, as the limit named [`REQUESTS_LIMIT_NAME`]).
+    pub limits: Vec<Quota>,
+}
+
+/// What one request costs on a limit: one (`requests`), or its tokens (`tokens`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unit {
+    #[default]
+    Requests,
+    Tokens,
+}
+
+/// One limit of a policy: `limit` units per `window` seconds, bucket of `burst`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Quota {
+    /// Letters, digits, '-', '_', '.'; part of the Redis key and the header item name.
+    pub name: String,
+    pub unit: Unit,
     pub limit: u64,
     pub window: u64,
     pub burst: u64,
+}
+
+impl Policy {
+    /// A policy with one request limit named [`REQUESTS_LIMIT_NAME`] (the simple form).
+    pub fn simple(name: &str, paths: &[&str], limit: u64, window: u64, burst: u64) -> Policy {
+        Policy {
+            name: name.to_string(),
+            paths: paths.iter().map(|p| p.to_string()).collect(),
+            limits: vec![Quota { name: REQUESTS_LIMIT_NAME.into(), unit: Unit::Requests, limit, window, burst }],
+        }
+    }
+
+    /// The limit the `X-RateLimit-*` headers describe: the first counted in requests, else
+    /// the first.
+    pub fn primary(&self) -> usize {
+        self.limits.iter().position(|q| q.unit == Unit::Requests).unwrap_or(0)
+    }
+
+    /// The name of limit `quota` in the `RateLimit-Policy` and `RateLimit` headers: the policy's
+    /// name when it has a single limit, else `<policy>-<limit>`.
+    pub fn item_name(&self, quota: &Quota) -> String {
+        match self.limits.len() {
+            1 => self.name.clone(),
+            _ => format!("{}-{}", self.name, quota.name),
+        }
+    }
 }
 
 /// The checked configuration.

@@ -57,7 +57,7 @@ impl Settings {
 
         let redis = resolve_redis(file.redis, overrides, &env)?;
         let identity = resolve_identity(file.identity, overrides, &env)?;
-        let policies = resolve_policies(file.policies, overrides)?;
+        let policies = super::policies::resolve_policies(file.policies, overrides)?;
         Ok(Settings {
             listen,
             max_body_bytes,
@@ -261,48 +261,4 @@ fn resolve_identity(
         require_api_key: file.require_api_key.unwrap_or(false),
         ipv6_prefix,
     })
-}
-
-fn resolve_policies(files: Vec<PolicyFile>, overrides: &Overrides) -> Result<Vec<Policy>, ConfigError> {
-    let files = if files.is_empty() {
-        match (overrides.limit, overrides.window) {
-            (Some(limit), Some(window)) => vec![PolicyFile {
-                name: DEFAULT_POLICY_NAME.into(),
-                paths: None,
-                limit,
-                window,
-                burst: overrides.burst,
-            }],
-            _ => return Err(ConfigError::NoPolicy),
-        }
-    } else {
-        files
-    };
-    let mut policies = Vec::with_capacity(files.len());
-    for f in files {
-        let name = f.name;
-        let invalid = |reason: &str| ConfigError::invalid(format!("policy {name:?}"), reason);
-        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
-            return Err(invalid("a policy name may hold only letters, digits, '-', '_' and '.'"));
-        }
-        if policies.iter().any(|p: &Policy| p.name == name) {
-            return Err(invalid("defined twice"));
-        }
-        let limit = overrides.limit.unwrap_or(f.limit);
-        let window = overrides.window.unwrap_or(f.window);
-        // Flags describe a whole quota: --limit without --burst also resets the burst.
-        let file_burst = if overrides.limit.is_some() { None } else { f.burst };
-        let burst = overrides.burst.or(file_burst).unwrap_or(limit);
-        for (value, key) in [(limit, "limit"), (window, "window"), (burst, "burst")] {
-            if value == 0 || value > i64::MAX as u64 {
-                return Err(invalid(&format!("{key} must be a positive integer")));
-            }
-        }
-        let paths = f.paths.unwrap_or_else(|| vec![DEFAULT_POLICY_PATH.to_string()]);
-        if paths.is_empty() || paths.iter().any(|p| !p.starts_with('/')) {
-            return Err(invalid("paths must be a non-empty list of paths starting with '/'"));
-        }
-        policies.push(Policy { name, paths, limit, window, burst });
-    }
-    Ok(policies)
 }

@@ -86,23 +86,22 @@ fn flags_override_the_file() {
     let s = with_env(file, &o, &[]).unwrap();
     assert_eq!(s.listen.port(), 2);
     assert_eq!(s.redis.key_prefix, "b:");
-    assert_eq!((s.policies[0].limit, s.policies[0].window, s.policies[0].burst), (3, 4, 3));
+    let q = &s.policies[0].limits[0];
+    assert_eq!((q.limit, q.window, q.burst), (3, 4, 3));
     assert_eq!(s.redis.failure_mode, FailureMode::Open);
     assert_eq!((s.redis.timeout, s.redis.connect_timeout), (Duration::from_millis(7), Duration::from_millis(8)));
     let with_burst = "[[policy]]\nname = \"p\"\nlimit = 9\nwindow = 9\nburst = 20\n";
     let o = Overrides { limit: Some(3), ..Overrides::default() };
-    assert_eq!(with_env(with_burst, &o, &[]).unwrap().policies[0].burst, 3, "--limit without --burst resets the burst");
-    assert_eq!(settings(with_burst).unwrap().policies[0].burst, 20);
+    let burst = |s: Settings| s.policies[0].limits[0].burst;
+    assert_eq!(burst(with_env(with_burst, &o, &[]).unwrap()), 3, "--limit without --burst resets the burst");
+    assert_eq!(burst(settings(with_burst).unwrap()), 20);
 }
 
 #[test]
 fn limit_and_window_flags_make_a_default_policy_without_a_file() {
     let o = Overrides { limit: Some(5), window: Some(10), ..Overrides::default() };
     let s = with_env("", &o, &[]).unwrap();
-    assert_eq!(
-        s.policies,
-        vec![Policy { name: "default".into(), paths: vec!["/".into()], limit: 5, window: 10, burst: 5 }]
-    );
+    assert_eq!(s.policies, vec![Policy::simple("default", &["/"], 5, 10, 5)]);
 }
 
 #[test]
@@ -229,4 +228,31 @@ fn the_example_config_lists_exactly_the_override_flags() {
     let serve_flags: BTreeSet<String> = serve.get_arguments().filter_map(|a| a.get_long()).map(String::from).collect();
     assert_eq!(serve_flags.len(), flags.len() + 1);
     assert!(serve_flags.contains("config"));
+}
+
+#[test]
+fn a_policy_declares_several_limits() {
+    let text = "[[policy]]\nname = \"p\"\nlimit = 10\nwindow = 60\n\
+        [[policy.limits]]\nname = \"daily\"\nlimit = 1000\nwindow = 86400\nburst = 100\n";
+    let s = settings(text).unwrap();
+    let limits: Vec<(&str, u64, u64, u64)> =
+        s.policies[0].limits.iter().map(|q| (q.name.as_str(), q.limit, q.window, q.burst)).collect();
+    assert_eq!(limits, [("requests", 10, 60, 10), ("daily", 1000, 86400, 100)]);
+    // Flags apply to every limit counted in requests.
+    let o = Overrides { limit: Some(3), window: Some(4), ..Overrides::default() };
+    let s = with_env(text, &o, &[]).unwrap();
+    assert!(s.policies[0].limits.iter().all(|q| (q.limit, q.window, q.burst) == (3, 4, 3)));
+    let only_tables = "[[policy]]\nname = \"p\"\n[[policy.limits]]\nname = \"rpm\"\nlimit = 5\nwindow = 60\n";
+    assert_eq!(settings(only_tables).unwrap().policies[0].limits[0].name, "rpm");
+    let bad = [
+        ("[[policy]]\nname = \"p\"\n", "needs a limit"),
+        ("[[policy]]\nname = \"p\"\nlimit = 1\n", "limit and window go together"),
+        (&format!("{POLICY}[[policy.limits]]\nname = \"requests\"\nlimit = 1\nwindow = 1\n"), "defined twice"),
+        (&format!("{POLICY}[[policy.limits]]\nname = \"a b\"\nlimit = 1\nwindow = 1\n"), "limit name"),
+        (&format!("{POLICY}[[policy.limits]]\nname = \"x\"\nlimit = 1\nwindow = 0\n"), "window must be"),
+    ];
+    for (text, needle) in bad {
+        let e = settings(text).err().unwrap_or_else(|| panic!("{text:?} was accepted"));
+        assert!(e.to_string().contains(needle), "{text:?}: {e}");
+    }
 }

@@ -6,10 +6,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rl_protocol::CheckReply;
+use rl_protocol::{CheckAllReply, CheckReply};
 
 use super::{LimiterError, RateLimiter};
-use crate::config::Policy;
+use crate::config::{Policy, Quota};
 
 #[derive(Clone, Default)]
 pub struct MemoryLimiter(Arc<Mutex<State>>);
@@ -46,8 +46,15 @@ impl MemoryLimiter {
     /// The identity hashes that own a bucket under `policy`.
     pub fn identities(&self, policy: &str) -> Vec<String> {
         let state = self.0.lock().unwrap();
-        let prefix = format!("{policy}:");
-        state.tats.keys().filter_map(|k| k.strip_prefix(&prefix)).map(str::to_string).collect()
+        let infix = format!("}}:{policy}:");
+        let mut ids: Vec<String> = state
+            .tats
+            .keys()
+            .filter_map(|k| k.split_once(&infix).map(|(id, _)| id.trim_start_matches('{').to_string()))
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids
     }
 }
 
@@ -55,38 +62,82 @@ fn ceil_ms(us: u64) -> u64 {
     us.div_ceil(1000)
 }
 
+/// The GCRA for one bucket at `now`: the decision for `cost` and the new TAT if admitted.
+fn decide(quota: &Quota, tat: Option<u64>, now: u64, cost: u64) -> (CheckReply, Option<u64>) {
+    let interval = quota.window * 1_000_000 / quota.limit;
+    let tolerance = quota.burst * interval;
+    let tat = tat.unwrap_or(now).max(now);
+    let new_tat = tat + cost * interval;
+    let remaining = |tat: u64| (tolerance.saturating_sub(tat - now)) / interval;
+    if new_tat - now <= tolerance {
+        let reply = CheckReply {
+            allowed: true,
+            remaining: remaining(new_tat),
+            retry_after_ms: Some(0),
+            reset_after_ms: ceil_ms(new_tat - now),
+            burst: quota.burst,
+        };
+        (reply, (cost > 0).then_some(new_tat))
+    } else {
+        let retry = (cost <= quota.burst).then(|| ceil_ms(new_tat - now - tolerance));
+        let reply = CheckReply {
+            allowed: false,
+            remaining: remaining(tat),
+            retry_after_ms: retry,
+            reset_after_ms: ceil_ms(tat - now),
+            burst: quota.burst,
+        };
+        (reply, None)
+    }
+}
+
+/// The bucket of one limit: `{hash}:policy:limit`, like the Redis key without its prefix.
+fn key(policy: &Policy, quota: &Quota, identity_hash: &str) -> String {
+    format!("{{{identity_hash}}}:{}:{}", policy.name, quota.name)
+}
+
 impl RateLimiter for MemoryLimiter {
-    async fn check(&self, policy: &Policy, identity_hash: &str) -> Result<CheckReply, LimiterError> {
+    async fn check(&self, policy: &Policy, identity_hash: &str, costs: &[u64]) -> Result<CheckAllReply, LimiterError> {
         let mut state = self.0.lock().unwrap();
         if state.down {
             return Err(LimiterError::Timeout(Duration::from_millis(1)));
         }
         state.checks += 1;
         let now = state.now_us;
-        let interval = policy.window * 1_000_000 / policy.limit;
-        let tolerance = policy.burst * interval;
-        let key = format!("{}:{identity_hash}", policy.name);
-        let tat = state.tats.get(&key).copied().unwrap_or(now).max(now);
-        let new_tat = tat + interval;
-        let reply = if new_tat - now <= tolerance {
-            state.tats.insert(key, new_tat);
-            CheckReply {
-                allowed: true,
-                remaining: (tolerance - (new_tat - now)) / interval,
-                retry_after_ms: Some(0),
-                reset_after_ms: ceil_ms(new_tat - now),
-                burst: policy.burst,
+        let decisions: Vec<(String, CheckReply, Option<u64>)> = policy
+            .limits
+            .iter()
+            .enumerate()
+            .map(|(i, q)| {
+                let key = key(policy, q, identity_hash);
+                let (reply, tat) = decide(q, state.tats.get(&key).copied(), now, costs[i]);
+                (key, reply, tat)
+            })
+            .collect();
+        let allowed = decisions.iter().all(|(_, r, _)| r.allowed);
+        let mut retry_after_ms = Some(0);
+        for (key, reply, tat) in &decisions {
+            if allowed {
+                if let Some(tat) = tat {
+                    state.tats.insert(key.clone(), *tat);
+                }
+            } else if !reply.allowed {
+                retry_after_ms = match (retry_after_ms, reply.retry_after_ms) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    _ => None,
+                };
             }
-        } else {
-            CheckReply {
-                allowed: false,
-                remaining: (tolerance - (tat - now)) / interval,
-                retry_after_ms: Some(ceil_ms(new_tat - now - tolerance)),
-                reset_after_ms: ceil_ms(tat - now),
-                burst: policy.burst,
-            }
-        };
-        Ok(reply)
+        }
+        // A refusal reports each bucket untouched (an admitted row says what it would leave).
+        let limits = decisions
+            .into_iter()
+            .zip(&policy.limits)
+            .map(|((key, reply, _), q)| match (allowed, reply.allowed) {
+                (false, true) => CheckReply { allowed: true, ..decide(q, state.tats.get(&key).copied(), now, 0).0 },
+                _ => reply,
+            })
+            .collect();
+        Ok(CheckAllReply { allowed, retry_after_ms, limits })
     }
 
     async fn ready(&self) -> Result<(), LimiterError> {
@@ -104,11 +155,11 @@ mod tests {
     #[tokio::test]
     async fn it_answers_like_the_module() {
         // 3 per minute: a token every 20 s, a bucket of 3 (the e2e tests' numbers).
-        let policy = Policy { name: "p".into(), paths: vec!["/".into()], limit: 3, window: 60, burst: 3 };
+        let policy = Policy::simple("p", &["/"], 3, 60, 3);
         let limiter = MemoryLimiter::new();
         let mut replies = Vec::new();
         for _ in 0..4 {
-            let r = limiter.check(&policy, "id").await.unwrap();
+            let r = limiter.check(&policy, "id", &[1]).await.unwrap().limits[0];
             replies.push((r.allowed, r.remaining, r.retry_after_ms, r.reset_after_ms));
         }
         #[rustfmt::skip]
@@ -119,8 +170,31 @@ mod tests {
             (false, 0, Some(20_000), 60_000),
         ]);
         limiter.advance(Duration::from_secs(20));
-        assert!(limiter.check(&policy, "id").await.unwrap().allowed);
-        assert!(limiter.check(&policy, "other").await.unwrap().allowed, "buckets are per identity");
+        assert!(limiter.check(&policy, "id", &[1]).await.unwrap().allowed);
+        assert!(limiter.check(&policy, "other", &[1]).await.unwrap().allowed, "buckets are per identity");
         assert_eq!(limiter.checks(), 6);
+    }
+
+    #[tokio::test]
+    async fn several_limits_are_charged_all_or_none() {
+        let mut policy = Policy::simple("p", &["/"], 10, 60, 10);
+        policy.limits.push(Quota {
+            name: "hourly".into(),
+            unit: crate::config::Unit::Requests,
+            limit: 2,
+            window: 3600,
+            burst: 2,
+        });
+        let limiter = MemoryLimiter::new();
+        assert!(limiter.check(&policy, "id", &[1, 1]).await.unwrap().allowed);
+        assert!(limiter.check(&policy, "id", &[1, 1]).await.unwrap().allowed);
+        let refused = limiter.check(&policy, "id", &[1, 1]).await.unwrap();
+        assert!(!refused.allowed);
+        assert_eq!(refused.retry_after_ms, Some(1_800_000));
+        assert_eq!((refused.limits[0].allowed, refused.limits[0].remaining), (true, 8), "untouched by the refusal");
+        assert!(!refused.limits[1].allowed);
+        let never = limiter.check(&policy, "id", &[11, 0]).await.unwrap();
+        assert_eq!(never.retry_after_ms, None);
+        assert_eq!(limiter.identities("p"), ["id"]);
     }
 }

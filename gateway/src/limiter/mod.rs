@@ -1,5 +1,6 @@
-//! The limit behind each request, reached through [`RateLimiter`]: one `RL.CHECK` on Redis
-//! ([`RedisLimiter`]), or in unit tests an in-memory stand-in (`memory::MemoryLimiter`).
+//! The limits behind each request, reached through [`RateLimiter`]: one `RL.CHECK` (a policy
+//! with one limit) or one `RL.CHECKALL` (several) on Redis ([`RedisLimiter`]), or in unit
+//! tests an in-memory stand-in (`memory::MemoryLimiter`).
 
 #[cfg(test)]
 pub mod memory;
@@ -9,7 +10,7 @@ use std::fmt;
 use std::future::Future;
 use std::time::Duration;
 
-use rl_protocol::CheckReply;
+use rl_protocol::CheckAllReply;
 
 use crate::config::Policy;
 
@@ -19,13 +20,15 @@ pub use self::redis::{ClientError, RedisLimiter, CLUSTER_COMMAND_RETRIES};
 /// every request, so the trait is used through generics (static dispatch, no boxed future per
 /// request) and need not be object safe.
 pub trait RateLimiter: Clone + Send + Sync + 'static {
-    /// Takes one token from the bucket of `identity_hash` under `policy`, and says what is
-    /// left. A refused request takes nothing.
+    /// Takes `costs[i]` from the bucket of limit `i` of `policy` for `identity_hash`, all of
+    /// them or (when any limit refuses) none, and says what is left: one row per limit, in
+    /// the policy's order. `costs` has one entry per limit.
     fn check(
         &self,
         policy: &Policy,
         identity_hash: &str,
-    ) -> impl Future<Output = Result<CheckReply, LimiterError>> + Send;
+        costs: &[u64],
+    ) -> impl Future<Output = Result<CheckAllReply, LimiterError>> + Send;
 
     /// Whether the limiter answers (for `/readyz` and the start-up probe); takes nothing.
     fn ready(&self) -> impl Future<Output = Result<(), LimiterError>> + Send;
@@ -36,7 +39,7 @@ pub trait RateLimiter: Clone + Send + Sync + 'static {
 pub enum LimiterError {
     Timeout(Duration),
     Redis(::redis::RedisError),
-    /// The answer is not the shape of an `RL.CHECK` reply.
+    /// The answer is not the shape of the command's reply.
     Reply(::redis::ParsingError),
 }
 
@@ -45,7 +48,7 @@ impl fmt::Display for LimiterError {
         match self {
             LimiterError::Timeout(d) => write!(f, "redis did not answer within {} ms", d.as_millis()),
             LimiterError::Redis(e) => write!(f, "redis error: {e}"),
-            LimiterError::Reply(r) => write!(f, "unexpected reply from RL.CHECK: {r}"),
+            LimiterError::Reply(r) => write!(f, "unexpected reply from the ratelimit module: {r}"),
         }
     }
 }

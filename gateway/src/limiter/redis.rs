@@ -1,7 +1,9 @@
-//! The one Redis round trip per request: `RL.CHECK <prefix><policy>:<identity-hash> limit
-//! window BURST burst`, decoded as a [`CheckReply`], over a multiplexed connection that
-//! reconnects by itself: to one server, or to a Redis Cluster (each key lives on one node; the
-//! client routes it there). No command is ever retried: a retry could charge twice.
+//! The one Redis round trip per request: `RL.CHECK key limit window COST cost BURST burst` for
+//! a policy with one limit, `RL.CHECKALL n key... (limit window cost burst)...` for several
+//! (all charged or none), over a multiplexed connection that reconnects by itself: to one
+//! server, or to a Redis Cluster. Keys are `<prefix>{<identity-hash>}:<policy>:<limit>`: the
+//! hash tag puts all of one caller's limits in one slot, and the cluster client routes the
+//! command by its first key. No command is ever retried: a retry could charge twice.
 
 use std::fmt;
 use std::sync::Arc;
@@ -10,11 +12,12 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
-use rl_protocol::CheckReply;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+use rl_protocol::{CheckAllReply, CheckReply};
 use tokio::sync::OnceCell;
 
 use super::{LimiterError, RateLimiter};
-use crate::config::{Pem, Policy, Redacted, RedisSettings, RedisTarget};
+use crate::config::{Pem, Policy, Quota, Redacted, RedisSettings, RedisTarget};
 
 /// The Redis client could not be set up from a setting (a URL it refuses, for instance).
 #[derive(Debug)]
@@ -111,20 +114,24 @@ impl RedisLimiter {
         Ok(RedisLimiter { backend, timeout, prefix: settings.key_prefix.clone() })
     }
 
-    /// The Redis key for one identity under one policy.
-    pub fn key(&self, policy: &Policy, identity_hash: &str) -> String {
-        format!("{}{}:{}", self.prefix, policy.name, identity_hash)
+    /// The Redis key of one limit of one identity under one policy.
+    pub fn key(&self, policy: &Policy, quota: &Quota, identity_hash: &str) -> String {
+        key(&self.prefix, policy, quota, identity_hash)
     }
 
     /// Runs `cmd` within the timeout and decodes its answer (an error reply is a Redis error,
-    /// an answer of the wrong shape a [`LimiterError::Reply`]).
-    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, LimiterError> {
+    /// an answer of the wrong shape a [`LimiterError::Reply`]). On a cluster it goes to the
+    /// primary owning `key` (so RL.CHECKALL, whose first argument is not a key, needs no
+    /// `MOVED` round trip, which the retry-free client would not follow).
+    async fn query<T: redis::FromRedisValue>(&self, cmd: redis::Cmd, key: &str) -> Result<T, LimiterError> {
         let call = async {
             match &self.backend {
                 Backend::Single(conn) => cmd.query_async::<redis::Value>(&mut conn.clone()).await,
                 Backend::Cluster(cluster) => {
                     let conn = cluster.conn.get_or_try_init(|| cluster.client.get_async_connection()).await?;
-                    cmd.query_async::<redis::Value>(&mut conn.clone()).await
+                    let route = Route::with_key(key, SlotAddr::Master);
+                    let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
+                    conn.clone().route_command(cmd, routing).await
                 }
             }
         };
@@ -136,18 +143,40 @@ impl RedisLimiter {
     }
 }
 
+/// `<prefix>{<identity-hash>}:<policy>:<limit>`, e.g. `rl:{3fa9...}:chat:tokens`.
+pub fn key(prefix: &str, policy: &Policy, quota: &Quota, identity_hash: &str) -> String {
+    format!("{prefix}{{{identity_hash}}}:{}:{}", policy.name, quota.name)
+}
+
 impl RateLimiter for RedisLimiter {
-    async fn check(&self, policy: &Policy, identity_hash: &str) -> Result<CheckReply, LimiterError> {
-        let mut cmd = redis::cmd("RL.CHECK");
-        cmd.arg(self.key(policy, identity_hash)).arg(policy.limit).arg(policy.window).arg("BURST").arg(policy.burst);
-        self.query(&cmd).await
+    async fn check(&self, policy: &Policy, identity_hash: &str, costs: &[u64]) -> Result<CheckAllReply, LimiterError> {
+        let keys: Vec<String> = policy.limits.iter().map(|q| self.key(policy, q, identity_hash)).collect();
+        let first = keys.first().cloned().unwrap_or_default();
+        let cost = |i: usize| costs.get(i).copied().unwrap_or(1);
+        match policy.limits.as_slice() {
+            [q] => {
+                let mut cmd = redis::cmd("RL.CHECK");
+                cmd.arg(&first).arg(q.limit).arg(q.window).arg("COST").arg(cost(0)).arg("BURST").arg(q.burst);
+                let reply: CheckReply = self.query(cmd, &first).await?;
+                Ok(CheckAllReply { allowed: reply.allowed, retry_after_ms: reply.retry_after_ms, limits: vec![reply] })
+            }
+            limits => {
+                let mut cmd = redis::cmd("RL.CHECKALL");
+                cmd.arg(keys.len()).arg(&keys);
+                for (i, q) in limits.iter().enumerate() {
+                    cmd.arg(q.limit).arg(q.window).arg(cost(i)).arg(q.burst);
+                }
+                self.query(cmd, &first).await
+            }
+        }
     }
 
     /// A read-only `RL.PEEK` on a probe key: Redis answers and has the module.
     async fn ready(&self) -> Result<(), LimiterError> {
+        let probe = format!("{}__readyz__", self.prefix);
         let mut cmd = redis::cmd("RL.PEEK");
-        cmd.arg(format!("{}__readyz__", self.prefix)).arg(1).arg(1);
-        let _: CheckReply = self.query(&cmd).await?;
+        cmd.arg(&probe).arg(1).arg(1);
+        let _: CheckReply = self.query(cmd, &probe).await?;
         Ok(())
     }
 }

@@ -1,5 +1,6 @@
-//! Step 5: one check of the [`Caller`]'s bucket. Refused: `429` with `Retry-After`. Admitted:
-//! on to the proxy. Either way the rate-limit headers go on the answer (also on a later
+//! Step 5: one atomic check of all the limits of the [`Caller`]'s policy (each request costs 1
+//! on a limit counted in requests): all charged, or none. Refused: `429` with `Retry-After`
+//! and the refusing limits in the body. Admitted: on to the proxy. Either way the rate-limit headers go on the answer (also on a later
 //! `408`, `413` or `502`: the token is spent). When the limiter fails, `failure_mode` decides:
 //! `503`, or forward unmetered (without headers) and log a warning. A request without a
 //! caller (no policy covers its path) passes untouched.
@@ -13,7 +14,7 @@ use axum::Extension;
 
 use super::Caller;
 use crate::config::FailureMode;
-use crate::error::ApiError;
+use crate::error::{ApiError, RefusedLimit};
 use crate::headers::{rate_limit_headers, retry_after_secs};
 use crate::limiter::RateLimiter;
 
@@ -35,7 +36,8 @@ pub async fn limit<L: RateLimiter>(
     next: Next,
 ) -> Response {
     let Some(Extension(caller)) = caller else { return next.run(request).await };
-    let decision = match limit.limiter.check(&caller.policy, &caller.identity_hash).await {
+    let costs = vec![1; caller.policy.limits.len()];
+    let decision = match limit.limiter.check(&caller.policy, &caller.identity_hash, &costs).await {
         Ok(decision) => decision,
         Err(e) => match limit.failure_mode {
             FailureMode::Closed => return ApiError::LimiterUnavailable { detail: e.to_string() }.into_response(),
@@ -50,7 +52,18 @@ pub async fn limit<L: RateLimiter>(
     let mut response = if decision.allowed {
         next.run(request).await
     } else {
-        ApiError::RateLimited { retry_after_secs: retry_after_secs(&decision) }.into_response()
+        let limits = policy
+            .limits
+            .iter()
+            .zip(&decision.limits)
+            .filter(|(_, row)| !row.allowed)
+            .map(|(q, row)| RefusedLimit {
+                policy: policy.name.clone(),
+                name: q.name.clone(),
+                retry_after_ms: row.retry_after_ms,
+            })
+            .collect();
+        ApiError::RateLimited { retry_after_secs: retry_after_secs(&decision), limits }.into_response()
     };
     response.headers_mut().extend(rate_limit_headers(policy, &decision));
     response
@@ -71,8 +84,7 @@ mod tests {
     use crate::test_support::{header, json, request};
 
     fn caller() -> Caller {
-        let policy = Policy { name: "p".into(), paths: vec!["/".into()], limit: 2, window: 2, burst: 2 };
-        Caller { policy: Arc::new(policy), kind: "api_key", identity_hash: "abc".into() }
+        Caller { policy: Arc::new(Policy::simple("p", &["/"], 2, 2, 2)), kind: "api_key", identity_hash: "abc".into() }
     }
 
     /// The limit step between a stand-in for the identify step (which hands on `caller`) and
@@ -124,7 +136,7 @@ mod tests {
         assert_eq!(header(&refused, "x-ratelimit-reset"), Some("2"));
         assert_eq!(
             json(refused).await.to_string(),
-            r#"{"error":{"type":"rate_limited","message":"Client exceeded sending requests. Please try again after 1 second.","retry_after_seconds":1}}"#
+            r#"{"error":{"type":"rate_limited","message":"Client exceeded sending requests. Please try again after 1 second.","retry_after_seconds":1,"limits":[{"policy":"p","name":"requests","retry_after_ms":1000}]}}"#
         );
         limiter.advance(Duration::from_secs(1));
         assert_eq!(send(&teapot).await.status(), StatusCode::IM_A_TEAPOT, "Retry-After was enough");

@@ -38,7 +38,7 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the gateway: identify, rate limit (one RL.CHECK per request), forward to the model.
+    /// Run the gateway: identify, rate limit (one RL.CHECK or RL.CHECKALL per request), forward to the model.
     Serve(ServeArgs),
     /// Run the demo model API (POST /v1/predict {"text": ...} -> sentiment).
     Model(ModelArgs),

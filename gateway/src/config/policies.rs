@@ -1,0 +1,93 @@
+//! `[[policy]]` tables to [`Policy`]s: the simple form (`limit`, `window`, `burst`) is a limit
+//! named "requests"; `[[policy.limits]]` add more (tokens per minute, requests per day...).
+//! `--limit`, `--window`, `--burst` apply to every limit counted in requests.
+
+use super::*;
+
+/// Letters, digits, '-', '_', '.': safe in a Redis key and in a structured-field string.
+fn is_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+pub(super) fn resolve_policies(files: Vec<PolicyFile>, overrides: &Overrides) -> Result<Vec<Policy>, ConfigError> {
+    let files = if files.is_empty() {
+        match (overrides.limit, overrides.window) {
+            (Some(limit), Some(window)) => vec![PolicyFile {
+                name: DEFAULT_POLICY_NAME.into(),
+                limit: Some(limit),
+                window: Some(window),
+                burst: overrides.burst,
+                ..PolicyFile::default()
+            }],
+            _ => return Err(ConfigError::NoPolicy),
+        }
+    } else {
+        files
+    };
+    let mut policies: Vec<Policy> = Vec::with_capacity(files.len());
+    for f in files {
+        let name = f.name.clone();
+        let invalid = |reason: &str| ConfigError::invalid(format!("policy {name:?}"), reason.to_string());
+        if !is_name(&name) {
+            return Err(invalid("a policy name may hold only letters, digits, '-', '_' and '.'"));
+        }
+        if policies.iter().any(|p| p.name == name) {
+            return Err(invalid("defined twice"));
+        }
+        let paths = f.paths.clone().unwrap_or_else(|| vec![DEFAULT_POLICY_PATH.to_string()]);
+        if paths.is_empty() || paths.iter().any(|p| !p.starts_with('/')) {
+            return Err(invalid("paths must be a non-empty list of paths starting with '/'"));
+        }
+        let limits = resolve_limits(f, overrides).map_err(|reason| invalid(&reason))?;
+        policies.push(Policy { name, paths, limits });
+    }
+    Ok(policies)
+}
+
+/// The policy's limits, or why they are unusable.
+fn resolve_limits(f: PolicyFile, overrides: &Overrides) -> Result<Vec<Quota>, String> {
+    let mut declared = Vec::with_capacity(f.limits.len() + 1);
+    match (f.limit, f.window) {
+        (Some(limit), Some(window)) => declared.push(LimitFile {
+            name: REQUESTS_LIMIT_NAME.into(),
+            unit: Unit::Requests,
+            limit,
+            window,
+            burst: f.burst,
+        }),
+        (None, None) if f.burst.is_none() => {}
+        _ => return Err("limit and window go together (burst needs them too)".into()),
+    }
+    declared.extend(f.limits);
+    if declared.is_empty() {
+        return Err("needs a limit: limit and window, or [[policy.limits]] tables".into());
+    }
+    let mut limits: Vec<Quota> = Vec::with_capacity(declared.len());
+    for l in declared {
+        if !is_name(&l.name) {
+            return Err(format!("limit {:?}: a limit name may hold only letters, digits, '-', '_' and '.'", l.name));
+        }
+        if limits.iter().any(|q| q.name == l.name) {
+            return Err(format!("limit {:?} defined twice (limit/window on the policy is named \"requests\")", l.name));
+        }
+        if l.unit == Unit::Tokens {
+            return Err(format!("limit {:?}: unit \"tokens\" needs an LLM policy", l.name));
+        }
+        // Flags describe a whole quota of requests: --limit without --burst also resets the burst.
+        let by_flags = l.unit == Unit::Requests;
+        let limit = overrides.limit.filter(|_| by_flags).unwrap_or(l.limit);
+        let window = overrides.window.filter(|_| by_flags).unwrap_or(l.window);
+        let file_burst = if by_flags && overrides.limit.is_some() { None } else { l.burst };
+        let burst = overrides.burst.filter(|_| by_flags).or(file_burst).unwrap_or(limit);
+        for (value, key) in [(limit, "limit"), (window, "window"), (burst, "burst")] {
+            if value == 0 || value > i64::MAX as u64 {
+                return Err(format!("limit {:?}: {key} must be a positive integer", l.name));
+            }
+        }
+        limits.push(Quota { name: l.name, unit: l.unit, limit, window, burst });
+    }
+    if limits.len() > 64 {
+        return Err("at most 64 limits per policy (RL.CHECKALL takes 64 keys)".into());
+    }
+    Ok(limits)
+}

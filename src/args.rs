@@ -6,7 +6,7 @@ use std::num::NonZeroU64;
 use crate::error::Error;
 use crate::gcra::Quota;
 
-pub const CHECK_USAGE: &str = "RL.CHECK key limit window [COST cost] [BURST burst]";
+pub const CHECK_USAGE: &str = "RL.CHECK key limit window [COST cost] [BURST burst] [FORCE]";
 pub const CHECKALL_USAGE: &str =
     "RL.CHECKALL numkeys key [key ...] limit window cost burst [limit window cost burst ...]";
 pub const PEEK_USAGE: &str = "RL.PEEK key limit window [BURST burst]";
@@ -68,6 +68,16 @@ fn non_negative(bytes: Option<&[u8]>, name: &'static str) -> Result<u64, Error> 
 pub struct CheckRequest {
     pub quota: Quota,
     pub cost: u64,
+    /// RL.CHECK's `FORCE`: admit and charge even when the bucket is short
+    /// ([`crate::gcra::decide_forced`]). Always false for the other commands.
+    pub force: bool,
+}
+
+impl CheckRequest {
+    /// A request that is admitted only when the bucket has the tokens.
+    pub fn new(quota: Quota, cost: u64) -> Self {
+        CheckRequest { quota, cost, force: false }
+    }
 }
 
 /// The options after `key limit window`, shared by the commands that take them.
@@ -75,10 +85,12 @@ pub struct CheckRequest {
 struct Options {
     cost: Option<u64>,
     burst: Option<NonZeroU64>,
+    force: bool,
 }
 
-/// Parses `[COST n] [BURST b]` (any order, case-insensitive, each at most once) from
-/// `first` on; `allow_cost` is false for commands that take only BURST.
+/// Parses `[COST n] [BURST b] [FORCE]` (any order, case-insensitive, each at most once) from
+/// `first` on; `allow_cost` is false for commands that take only BURST, and only commands
+/// that take COST take the flag FORCE (it has no value).
 fn parse_options<A: Args + ?Sized>(
     args: &A,
     first: usize,
@@ -99,6 +111,13 @@ fn parse_options<A: Args + ?Sized>(
                 return Err(Error::RepeatedOption { option: "BURST" });
             }
             options.burst = Some(positive(Some(value.ok_or(Error::MissingValue { option: "BURST" })?), "burst")?);
+        } else if word.eq_ignore_ascii_case(b"FORCE") && allow_cost {
+            if options.force {
+                return Err(Error::RepeatedOption { option: "FORCE" });
+            }
+            options.force = true;
+            i += 1;
+            continue;
         } else {
             return Err(Error::UnknownOption { option: String::from_utf8_lossy(word).into_owned(), usage });
         }
@@ -124,10 +143,10 @@ fn parse_keyed_quota<A: Args + ?Sized>(
     Ok((Quota::new(limit, window, options.burst.unwrap_or(limit))?, options))
 }
 
-/// `RL.CHECK key limit window [COST cost] [BURST burst]`.
+/// `RL.CHECK key limit window [COST cost] [BURST burst] [FORCE]`.
 pub fn parse_check<A: Args + ?Sized>(args: &A) -> Result<CheckRequest, Error> {
     let (quota, options) = parse_keyed_quota(args, 0, true, CHECK_USAGE)?;
-    Ok(CheckRequest { quota, cost: options.cost.unwrap_or(1) })
+    Ok(CheckRequest { quota, cost: options.cost.unwrap_or(1), force: options.force })
 }
 
 /// `RL.PEEK key limit window [BURST burst]`: a cost-1 check that writes nothing.
@@ -186,7 +205,7 @@ pub fn parse_checkall<A: Args + ?Sized>(args: &A) -> Result<(usize, Vec<CheckReq
         let window = positive(args.get(at + 1), "window")?;
         let cost = non_negative(args.get(at + 2), "cost")?;
         let burst = positive(args.get(at + 3), "burst")?;
-        requests.push(CheckRequest { quota: Quota::new(limit, window, burst)?, cost });
+        requests.push(CheckRequest::new(Quota::new(limit, window, burst)?, cost));
     }
     Ok((numkeys, requests))
 }
@@ -203,7 +222,7 @@ pub fn parse_throttle<A: Args + ?Sized>(args: &A) -> Result<CheckRequest, Error>
     let count = positive(args.get(3), "count_per_period")?;
     let period = positive(args.get(4), "period")?;
     let cost = if args.count() == 6 { non_negative(args.get(5), "quantity")? } else { 1 };
-    Ok(CheckRequest { quota: Quota::new(count, period, burst)?, cost })
+    Ok(CheckRequest::new(Quota::new(count, period, burst)?, cost))
 }
 
 #[cfg(test)]
@@ -228,16 +247,44 @@ mod tests {
 
     #[test]
     fn check_defaults_cost_one_and_burst_limit() {
-        assert_eq!(check("RL.CHECK k 10 60"), Ok(CheckRequest { quota: quota(10, 60, 10), cost: 1 }));
+        assert_eq!(check("RL.CHECK k 10 60"), Ok(CheckRequest::new(quota(10, 60, 10), 1)));
     }
 
     #[test]
     fn check_options_in_any_order_and_any_case() {
-        let want = Ok(CheckRequest { quota: quota(10, 60, 20), cost: 3 });
+        let want = Ok(CheckRequest::new(quota(10, 60, 20), 3));
         assert_eq!(check("RL.CHECK k 10 60 COST 3 BURST 20"), want);
         assert_eq!(check("RL.CHECK k 10 60 burst 20 cost 3"), want);
         assert_eq!(check("RL.CHECK k 10 60 BuRsT 20 CoSt 3"), want);
-        assert_eq!(check("RL.CHECK k 10 60 COST 0"), Ok(CheckRequest { quota: quota(10, 60, 10), cost: 0 }));
+        assert_eq!(check("RL.CHECK k 10 60 COST 0"), Ok(CheckRequest::new(quota(10, 60, 10), 0)));
+    }
+
+    #[test]
+    fn check_takes_force_as_a_flag_in_any_position() {
+        let forced = |cost| Ok(CheckRequest { quota: quota(10, 60, 20), cost, force: true });
+        assert_eq!(check("RL.CHECK k 10 60 COST 3 BURST 20 FORCE"), forced(3));
+        assert_eq!(check("RL.CHECK k 10 60 force COST 3 BURST 20"), forced(3));
+        assert_eq!(check("RL.CHECK k 10 60 BURST 20 FoRcE COST 3"), forced(3));
+        assert_eq!(check("RL.CHECK k 10 60 BURST 20 FORCE"), forced(1));
+        assert_eq!(check("RL.CHECK k 10 60 COST 0 BURST 20 FORCE"), forced(0));
+        assert_eq!(check("RL.CHECK k 10 60").map(|r| r.force), Ok(false));
+    }
+
+    #[test]
+    fn force_is_refused_twice_with_a_value_or_outside_rl_check() {
+        assert_eq!(check("RL.CHECK k 10 60 FORCE FORCE").err(), Some(Error::RepeatedOption { option: "FORCE" }));
+        assert_eq!(check("RL.CHECK k 10 60 FORCE COST 2 force").err(), Some(Error::RepeatedOption { option: "FORCE" }));
+        // A value after FORCE is read as the next option.
+        assert_eq!(
+            check("RL.CHECK k 10 60 FORCE 1").err(),
+            Some(Error::UnknownOption { option: "1".into(), usage: CHECK_USAGE })
+        );
+        assert!(matches!(parse_peek(line("RL.PEEK k 5 10 FORCE").as_slice()), Err(Error::UnknownOption { .. })));
+        assert!(matches!(parse_refund(line("RL.REFUND k 5 10 1 FORCE").as_slice()), Err(Error::UnknownOption { .. })));
+        assert_eq!(
+            parse_throttle(line("CL.THROTTLE k 4 1 1 FORCE").as_slice()).err(),
+            Some(Error::Negative { name: "quantity" })
+        );
     }
 
     #[test]
@@ -296,13 +343,7 @@ mod tests {
         let (n, reqs) = parse_checkall(line("RL.CHECKALL 2 a b 10 60 1 10 1000 60 250 2000").as_slice())
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(n, 2);
-        assert_eq!(
-            reqs,
-            vec![
-                CheckRequest { quota: quota(10, 60, 10), cost: 1 },
-                CheckRequest { quota: quota(1000, 60, 2000), cost: 250 }
-            ]
-        );
+        assert_eq!(reqs, vec![CheckRequest::new(quota(10, 60, 10), 1), CheckRequest::new(quota(1000, 60, 2000), 250)]);
         for bad in [
             "RL.CHECKALL 0 a 1 1 1 1",
             "RL.CHECKALL 2 a 1 1 1 1",
@@ -345,13 +386,10 @@ mod tests {
 
     #[test]
     fn throttle_uses_redis_cell_arguments() {
-        assert_eq!(
-            parse_throttle(line("CL.THROTTLE k 4 1 1").as_slice()),
-            Ok(CheckRequest { quota: quota(1, 1, 5), cost: 1 })
-        );
+        assert_eq!(parse_throttle(line("CL.THROTTLE k 4 1 1").as_slice()), Ok(CheckRequest::new(quota(1, 1, 5), 1)));
         assert_eq!(
             parse_throttle(line("CL.THROTTLE k 0 30 60 3").as_slice()),
-            Ok(CheckRequest { quota: quota(30, 60, 1), cost: 3 })
+            Ok(CheckRequest::new(quota(30, 60, 1), 3))
         );
         assert_eq!(
             parse_throttle(line("CL.THROTTLE k 9223372036854775807 1 1").as_slice()).err(),

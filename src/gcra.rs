@@ -234,6 +234,38 @@ pub fn decide(quota: &Quota, stored: Option<Tat>, now_nanos: u64, cost: u64) -> 
     })
 }
 
+/// Like [`decide`], but always admits (RL.CHECK ... FORCE): charging after the fact, e.g. the
+/// tokens an LLM answer used beyond what was reserved. The TAT moves to
+/// `max(TAT, now) + cost × interval` even when that is past `now + tolerance`: the part
+/// beyond is a *debt*, and later requests wait until it is repaid and their own tokens have
+/// refilled, exactly as GCRA says for that TAT.
+///
+/// The debt is bounded: the new TAT is at most `now + 2 × tolerance` (at most one full burst
+/// owed; any charge beyond that is forgiven), so `cost > burst` is accepted and charges up to
+/// the cap. A TAT already beyond the cap (only after the clock stepped back, or from a
+/// hand-written value) is never moved earlier: such a call writes nothing. `cost == 0`
+/// reports, like [`decide`]. With the 100-year tolerance bound, `2 × tolerance` is at most
+/// 200 years, and the stored instant is still checked to fit `i64` nanoseconds.
+pub fn decide_forced(quota: &Quota, stored: Option<Tat>, now_nanos: u64, cost: u64) -> Result<Decision, MathError> {
+    if cost == 0 {
+        return decide(quota, stored, now_nanos, 0);
+    }
+    let now = quota.scaled_now(now_nanos);
+    let tat = stored.map_or(now, |t| quota.scaled_tat(t)).max(now);
+    // `2 × tolerance` is at most 200 years in scaled units (< 2^127), and `now` far below that.
+    let cap = now.saturating_add(quota.tolerance.saturating_mul(2));
+    let charged = tat.saturating_add(quota.interval.saturating_mul(u128::from(cost)));
+    let new_tat = charged.min(cap).max(tat);
+    let write = if new_tat > tat { Some(quota.tat_at(now_nanos, new_tat - now)?) } else { None };
+    Ok(Decision {
+        allowed: true,
+        remaining: quota.tokens_left(new_tat, now),
+        retry_after: RetryAfter::Now,
+        reset_after_ms: quota.millis_ceil(new_tat - now),
+        new_tat: write,
+    })
+}
+
 /// What a refund does to the stored state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RefundWrite {

@@ -1,5 +1,6 @@
-//! `RL.CHECK key limit window [COST cost] [BURST burst]`: take `cost` tokens if the bucket
-//! has them. Reply `[allowed, remaining, retry_after_ms, reset_after_ms, burst]`.
+//! `RL.CHECK key limit window [COST cost] [BURST burst] [FORCE]`: take `cost` tokens if the
+//! bucket has them (with `FORCE`: always, going into bounded debt when it is short). Reply
+//! `[allowed, remaining, retry_after_ms, reset_after_ms, burst]`.
 
 use crate::args::parse_check;
 use crate::error::Error;

@@ -19,17 +19,21 @@ mod tests;
 
 use crate::args::CheckRequest;
 use crate::error::Error;
-use crate::gcra::{decide, Decision};
+use crate::gcra::{decide, decide_forced, Decision};
 use crate::stats;
 use crate::store::{Access, Store};
 
-/// Takes `request.cost` tokens from the key at argument 1 if its bucket has them: read,
-/// decide, write and replicate the effect, count. RL.CHECK and CL.THROTTLE differ only in
-/// their arguments and reply.
+/// Takes `request.cost` tokens from the key at argument 1 if its bucket has them (or always,
+/// with `FORCE`): read, decide, write and replicate the effect, count. RL.CHECK and
+/// CL.THROTTLE differ only in their arguments and reply.
 fn take<S: Store>(store: &mut S, line: &S::Line, request: &CheckRequest, now: u64) -> Result<Decision, Error> {
     let key = store.open(line, 1, Access::Write)?;
     let stored = store.read(&key)?;
-    let decision = decide(&request.quota, stored, now, request.cost)?;
+    let decision = if request.force {
+        decide_forced(&request.quota, stored, now, request.cost)?
+    } else {
+        decide(&request.quota, stored, now, request.cost)?
+    };
     if let Some(tat) = decision.new_tat {
         store.write(&key, &tat)?;
     }

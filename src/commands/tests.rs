@@ -98,6 +98,35 @@ fn check_refuses_foreign_values_and_bad_lines_without_writing() {
 }
 
 #[test]
+fn a_forced_check_charges_into_debt_and_replicates_the_new_tat() {
+    let mut db = Memory::new();
+    // 5 per 10 s: a token every 2 s, tolerance 10 s. 4 paid, 3 owed: TAT 14 s ahead.
+    assert_eq!(ok(&mut db, check::run, "RL.CHECK k 5 10 COST 7 FORCE", T0), Reply::Check(row(true, 0, 0, 14_000, 5)));
+    assert_eq!(db.take_effects(), [set("k", T0 + 14 * SEC)]);
+    // The next request waits until the debt is repaid and its own token refilled.
+    assert_eq!(ok(&mut db, check::run, "RL.CHECK k 5 10", T0), Reply::Check(row(false, 0, 6000, 14_000, 5)));
+    // More than a burst beyond: the debt is capped at one burst (TAT at most 20 s ahead).
+    assert_eq!(ok(&mut db, check::run, "RL.CHECK k 5 10 force COST 100", T0), Reply::Check(row(true, 0, 0, 20_000, 5)));
+    assert_eq!(db.take_effects(), [set("k", T0 + 20 * SEC)]);
+    // Already at the cap: admitted, nothing to write.
+    assert_eq!(ok(&mut db, check::run, "RL.CHECK k 5 10 FORCE", T0), Reply::Check(row(true, 0, 0, 20_000, 5)));
+    assert_eq!(ok(&mut db, check::run, "RL.CHECK k 5 10 COST 0 FORCE", T0), Reply::Check(row(true, 0, 0, 20_000, 5)));
+    assert_eq!(db.take_effects(), []);
+    assert_eq!(db.tat("k"), Some(Tat::from_nanos(T0 + 20 * SEC)));
+}
+
+#[test]
+fn a_forced_check_refuses_foreign_values_and_bad_lines_without_writing() {
+    assert_foreign_values_refused(check::run, |key| format!("RL.CHECK {key} 5 10 COST 3 FORCE"));
+    let mut db = Memory::new();
+    assert_eq!(
+        call(&mut db, check::run, "RL.CHECK k 5 10 FORCE FORCE", T0),
+        Err(Error::RepeatedOption { option: "FORCE" })
+    );
+    assert_eq!((db.value("k"), db.take_effects()), (None, vec![]));
+}
+
+#[test]
 fn peek_answers_what_the_next_cost_one_check_gets_and_writes_nothing() {
     let mut db = Memory::new();
     let peeked = ok(&mut db, peek::run, "RL.PEEK k 5 10", T0);

@@ -30,6 +30,7 @@ const LATEST_START: u64 = 2_000_000_000_000_000_000;
 const CENTURY_SECS: u64 = 3_153_600_000;
 
 mod bounds;
+mod forced;
 mod generators;
 mod properties;
 mod stories;

@@ -30,7 +30,7 @@ fn assert_reply_shape(q: &Quota, c: &Call) {
     assert_eq!(d.reset_after_ms == 0, d.remaining == q.burst(), "{c:?}: reset 0 exactly when full");
 }
 
-fn assert_retry_after_is_exact(q: &Quota, c: &Call) {
+pub(super) fn assert_retry_after_is_exact(q: &Quota, c: &Call) {
     let Millis(ms) = c.reply.retry_after else { return };
     let Some(on_time) = after_ms(c.now, ms) else { return };
     assert!(check(q, c.stored, on_time, c.cost).allowed, "{c:?}: waiting exactly {ms} ms must admit");
@@ -38,7 +38,7 @@ fn assert_retry_after_is_exact(q: &Quota, c: &Call) {
     assert!(!check(q, c.stored, early, c.cost).allowed, "{c:?}: {ms} ms is rounded up, so one less must not admit");
 }
 
-fn assert_reset_after_is_exact(q: &Quota, c: &Call) {
+pub(super) fn assert_reset_after_is_exact(q: &Quota, c: &Call) {
     let ms = c.reply.reset_after_ms;
     let Some(full_at) = after_ms(c.now, ms) else { return };
     let full = peek(q, c.after(), full_at);
@@ -49,7 +49,7 @@ fn assert_reset_after_is_exact(q: &Quota, c: &Call) {
     }
 }
 
-fn assert_remaining_is_exact(q: &Quota, c: &Call) {
+pub(super) fn assert_remaining_is_exact(q: &Quota, c: &Call) {
     let left = c.reply.remaining;
     if left > 0 {
         assert!(check(q, c.after(), c.now, left).allowed, "{c:?}: the {left} remaining can be taken");

@@ -27,10 +27,7 @@ pub fn app<L: RateLimiter>(settings: &Settings, limiter: L) -> Router {
         .layer(from_fn_with_state(Arc::new(Checks::new(settings)), checks::check_request))
         .layer(from_fn_with_state(Arc::new(Routes::new(&settings.policies)), route::route))
         .layer(from_fn_with_state(Arc::new(Identify::new(&settings.identity)), identify::identify))
-        .layer(from_fn_with_state(
-            Arc::new(Limit::new(limiter.clone(), settings.redis.failure_mode)),
-            limit::limit::<L>,
-        ))
+        .layer(from_fn_with_state(Arc::new(Limit::new(limiter.clone(), settings)), limit::limit::<L>))
         .service(proxy::proxy.with_state(Arc::new(Proxy::new(settings))));
     Router::new()
         .route("/healthz", get(healthz))

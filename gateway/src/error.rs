@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::identity::BadIdentity;
+use crate::llm::BadLlmRequest;
 
 #[derive(Debug)]
 pub enum ApiError {
@@ -20,6 +21,9 @@ pub enum ApiError {
     /// `400`; before any quota is spent, except the two found while forwarding
     /// ([`BadRequest::UnreadableBody`], [`BadRequest::InvalidTarget`]).
     BadRequest(BadRequest),
+    /// `400 invalid_request_error`: an LLM route's body is not the JSON it expects (nothing
+    /// charged).
+    InvalidLlmRequest(BadLlmRequest),
     /// `401`: no API key and `identity.require_api_key = true`.
     Unauthorized,
     /// `408`: the request body did not arrive within `client_body_timeout_ms`.
@@ -104,7 +108,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::BadRequest(_) | ApiError::InvalidLlmRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -128,6 +132,11 @@ impl ApiError {
                 "limits": limits,
             }}),
             ApiError::BadRequest(why) => json!({"error": {"type": "bad_request", "message": why.message()}}),
+            ApiError::InvalidLlmRequest(why) => json!({"error": {
+                "type": "invalid_request_error",
+                "message": why.message(),
+                "param": why.param(),
+            }}),
             ApiError::Unauthorized => json!({"error": {
                 "type": "unauthorized",
                 "message": "An API key is required.",
@@ -161,6 +170,7 @@ impl ApiError {
             ApiError::UpstreamTimeout { detail } => tracing::warn!(%detail, "upstream timed out"),
             ApiError::LimiterUnavailable { detail } => tracing::error!(%detail, "rate limiter unavailable, refusing"),
             ApiError::BadRequest(why) => tracing::debug!(why = why.message(), "bad request"),
+            ApiError::InvalidLlmRequest(why) => tracing::debug!(why = %why.message(), "invalid LLM request"),
             ApiError::RequestTimeout { ms } => tracing::debug!(ms, "request body timed out"),
             ApiError::PayloadTooLarge { .. } | ApiError::RateLimited { .. } | ApiError::Unauthorized => {}
         }

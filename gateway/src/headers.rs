@@ -26,6 +26,51 @@ pub const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-l
 pub const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
 pub const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 
+/// A duration as OpenAI (and Go's `time.Duration`) writes it: `20ms`, `1s`, `1.5s`, `6m0s`,
+/// `1h2m3s`; `0s` for zero.
+pub fn go_duration(ms: u64) -> String {
+    if ms == 0 {
+        return "0s".into();
+    }
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let (h, m, s, frac) = (ms / 3_600_000, ms / 60_000 % 60, ms / 1000 % 60, ms % 1000);
+    let secs = match frac {
+        0 => format!("{s}s"),
+        f => format!("{s}.{}s", format!("{f:03}").trim_end_matches('0')),
+    };
+    match (h, m) {
+        (0, 0) => secs,
+        (0, m) => format!("{m}m{secs}"),
+        (h, m) => format!("{h}h{m}m{secs}"),
+    }
+}
+
+/// On LLM routes, OpenAI's headers: `x-ratelimit-{limit,remaining,reset}-requests` for the
+/// first limit counted in requests and `...-tokens` for the first counted in tokens (resets
+/// as durations, [`go_duration`]).
+pub fn openai_headers(policy: &Policy, decision: &CheckAllReply) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for (unit, suffix) in [(Unit::Requests, "requests"), (Unit::Tokens, "tokens")] {
+        let Some(index) = policy.limits.iter().position(|q| q.unit == unit) else { continue };
+        let (Some(quota), Some(row)) = (policy.limits.get(index), decision.limits.get(index)) else { continue };
+        for (what, value) in [
+            ("limit", quota.limit.to_string()),
+            ("remaining", row.remaining.to_string()),
+            ("reset", go_duration(row.reset_after_ms)),
+        ] {
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(format!("x-ratelimit-{what}-{suffix}").as_bytes()),
+                HeaderValue::from_str(&value),
+            ) {
+                headers.insert(name, value);
+            }
+        }
+    }
+    headers
+}
+
 /// Whole seconds, rounded up: a client told to wait this long is never early.
 pub fn ceil_secs(ms: u64) -> u64 {
     ms.div_ceil(1000)
@@ -143,5 +188,13 @@ mod tests {
             )
         );
         assert_eq!(retry_after_secs(&d), Some(3));
+    }
+
+    #[test]
+    fn durations_read_like_openai_s() {
+        let cases = [(0, "0s"), (20, "20ms"), (1000, "1s"), (1500, "1.5s"), (1_020, "1.02s"), (360_000, "6m0s")];
+        for (ms, text) in cases.into_iter().chain([(61_500, "1m1.5s"), (3_723_000, "1h2m3s"), (3_600_000, "1h0m0s")]) {
+            assert_eq!(go_duration(ms), text, "{ms}");
+        }
     }
 }

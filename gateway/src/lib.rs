@@ -1,6 +1,7 @@
 //! The reference HTTP gateway in front of an ML model API, rate limited by the `ratelimit`
-//! Redis module: one `RL.CHECK` (or `RL.CHECKALL`, for several limits) per request. (The demo model and client that share its
-//! binary live in `src/bin/gateway/`, not here.)
+//! Redis module: one `RL.CHECK` (or `RL.CHECKALL`, for several limits) per request, and on
+//! LLM routes a settlement after the answer. (The demo model and client that share its binary
+//! live in `src/bin/gateway/`, not here.)
 //!
 //! - [`config`]: `gateway.toml` and the `serve` flags, checked once into [`config::Settings`].
 //! - [`startup`]: `gateway serve` with resolved settings; [`serve`] runs a router on a socket.
@@ -9,6 +10,7 @@
 //! - [`routing`]: path normalization and the policy covering a path.
 //! - [`identity`]: the caller (API key or client IP) and its keyed hash.
 //! - [`limiter`]: the [`limiter::RateLimiter`] trait and its Redis implementation (key names).
+//! - [`llm`]: OpenAI-compatible routes: the token estimate, and settlement on `usage`.
 //! - [`headers`]: `RateLimit-Policy`, `RateLimit`, `X-RateLimit-*` from the module's answer.
 //! - [`upstream`]: the HTTP client that forwards to the model.
 //! - [`error`]: every answer the gateway makes itself.
@@ -21,6 +23,7 @@ pub mod error;
 pub mod headers;
 pub mod identity;
 pub mod limiter;
+pub mod llm;
 pub mod pipeline;
 pub mod routing;
 pub mod serve;

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::{ConfigError, FailureMode, Unit};
+use super::{ConfigError, FailureMode, PolicyKind, Unit};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -69,6 +69,11 @@ pub struct PolicyFile {
     pub burst: Option<u64>,
     #[serde(default)]
     pub limits: Vec<LimitFile>,
+    /// `"openai"`: an OpenAI-compatible LLM route (reserve tokens, then settle).
+    pub kind: Option<PolicyKind>,
+    pub chars_per_token: Option<u64>,
+    pub default_max_tokens: Option<u64>,
+    pub max_response_bytes: Option<u64>,
 }
 
 /// One `[[policy.limits]]` table.

@@ -51,6 +51,9 @@ pub const DEFAULT_POLICY_NAME: &str = "default";
 pub const DEFAULT_POLICY_PATH: &str = "/";
 /// The name of the limit a policy's simple form (`limit`, `window`, `burst`) declares.
 pub const REQUESTS_LIMIT_NAME: &str = "requests";
+pub const DEFAULT_CHARS_PER_TOKEN: u64 = 4;
+pub const DEFAULT_MAX_TOKENS: u64 = 1024;
+pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 8 * 1024 * 1024;
 
 /// What to do with a request when Redis does not answer in time (or answers an error).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -72,6 +75,32 @@ pub struct Policy {
     /// At least one, names distinct, in the order of the file (the simple form's `limit`,
     /// `window`, `burst` first, as the limit named [`REQUESTS_LIMIT_NAME`]).
     pub limits: Vec<Quota>,
+    /// `Some` for an OpenAI-compatible LLM route (`kind = "openai"`): tokens are estimated
+    /// from the request, reserved, and settled on the answer's `usage`.
+    pub llm: Option<Llm>,
+}
+
+/// `kind` of a policy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyKind {
+    /// Any HTTP API: every request costs 1 on each limit.
+    #[default]
+    Plain,
+    /// OpenAI-compatible JSON (`/v1/chat/completions`, `/v1/completions`, `/v1/embeddings`).
+    Openai,
+}
+
+/// How an LLM policy estimates and settles tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Llm {
+    /// Characters of prompt text counted as one token (rounded up).
+    pub chars_per_token: u64,
+    /// Completion tokens reserved when the request names no `max_completion_tokens`/`max_tokens`.
+    pub default_max_tokens: u64,
+    /// The largest non-streamed answer buffered to read its `usage`; a larger one is passed
+    /// through and keeps its reservation.
+    pub max_response_bytes: u64,
 }
 
 /// What one request costs on a limit: one (`requests`), or its tokens (`tokens`).
@@ -101,6 +130,7 @@ impl Policy {
             name: name.to_string(),
             paths: paths.iter().map(|p| p.to_string()).collect(),
             limits: vec![Quota { name: REQUESTS_LIMIT_NAME.into(), unit: Unit::Requests, limit, window, burst }],
+            llm: None,
         }
     }
 

@@ -38,14 +38,39 @@ pub(super) fn resolve_policies(files: Vec<PolicyFile>, overrides: &Overrides) ->
         if paths.is_empty() || paths.iter().any(|p| !p.starts_with('/')) {
             return Err(invalid("paths must be a non-empty list of paths starting with '/'"));
         }
-        let limits = resolve_limits(f, overrides).map_err(|reason| invalid(&reason))?;
-        policies.push(Policy { name, paths, limits });
+        let llm = resolve_llm(&f).map_err(|reason| invalid(&reason))?;
+        let limits = resolve_limits(f, llm.is_some(), overrides).map_err(|reason| invalid(&reason))?;
+        policies.push(Policy { name, paths, limits, llm });
     }
     Ok(policies)
 }
 
 /// The policy's limits, or why they are unusable.
-fn resolve_limits(f: PolicyFile, overrides: &Overrides) -> Result<Vec<Quota>, String> {
+/// The LLM settings of a `kind = "openai"` policy (`None` for a plain one, which may not set them).
+fn resolve_llm(f: &PolicyFile) -> Result<Option<Llm>, String> {
+    let set = [
+        ("chars_per_token", f.chars_per_token),
+        ("default_max_tokens", f.default_max_tokens),
+        ("max_response_bytes", f.max_response_bytes),
+    ];
+    if f.kind.unwrap_or_default() == PolicyKind::Plain {
+        return match set.into_iter().find(|(_, v)| v.is_some()) {
+            Some((key, _)) => Err(format!("{key} needs kind = \"openai\"")),
+            None => Ok(None),
+        };
+    }
+    let llm = Llm {
+        chars_per_token: f.chars_per_token.unwrap_or(DEFAULT_CHARS_PER_TOKEN),
+        default_max_tokens: f.default_max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
+        max_response_bytes: f.max_response_bytes.unwrap_or(DEFAULT_MAX_RESPONSE_BYTES),
+    };
+    if llm.chars_per_token == 0 || llm.max_response_bytes == 0 {
+        return Err("chars_per_token and max_response_bytes must be at least 1".into());
+    }
+    Ok(Some(llm))
+}
+
+fn resolve_limits(f: PolicyFile, llm: bool, overrides: &Overrides) -> Result<Vec<Quota>, String> {
     let mut declared = Vec::with_capacity(f.limits.len() + 1);
     match (f.limit, f.window) {
         (Some(limit), Some(window)) => declared.push(LimitFile {
@@ -70,8 +95,8 @@ fn resolve_limits(f: PolicyFile, overrides: &Overrides) -> Result<Vec<Quota>, St
         if limits.iter().any(|q| q.name == l.name) {
             return Err(format!("limit {:?} defined twice (limit/window on the policy is named \"requests\")", l.name));
         }
-        if l.unit == Unit::Tokens {
-            return Err(format!("limit {:?}: unit \"tokens\" needs an LLM policy", l.name));
+        if l.unit == Unit::Tokens && !llm {
+            return Err(format!("limit {:?}: unit \"tokens\" needs kind = \"openai\" on the policy", l.name));
         }
         // Flags describe a whole quota of requests: --limit without --burst also resets the burst.
         let by_flags = l.unit == Unit::Requests;

@@ -256,3 +256,24 @@ fn a_policy_declares_several_limits() {
         assert!(e.to_string().contains(needle), "{text:?}: {e}");
     }
 }
+
+#[test]
+fn an_llm_policy_counts_tokens() {
+    let text = "[[policy]]\nname = \"chat\"\nkind = \"openai\"\nlimit = 60\nwindow = 60\nchars_per_token = 3\n\
+        [[policy.limits]]\nname = \"tokens\"\nunit = \"tokens\"\nlimit = 100000\nwindow = 60\n";
+    let p = &settings(text).unwrap().policies[0];
+    assert_eq!(p.llm, Some(Llm { chars_per_token: 3, default_max_tokens: 1024, max_response_bytes: 8 << 20 }));
+    assert_eq!(p.limits[1].unit, Unit::Tokens);
+    // Flags leave token limits alone.
+    let o = Overrides { limit: Some(5), window: Some(10), ..Overrides::default() };
+    let p = &with_env(text, &o, &[]).unwrap().policies[0];
+    assert_eq!((p.limits[0].limit, p.limits[1].limit, p.limits[1].window), (5, 100000, 60));
+    let tokens_on_plain =
+        "[[policy]]\nname = \"p\"\n[[policy.limits]]\nname = \"t\"\nunit = \"tokens\"\nlimit = 1\nwindow = 1\n";
+    assert!(settings(tokens_on_plain).err().unwrap().to_string().contains("kind = \"openai\""));
+    let llm_key_on_plain = format!("{POLICY}chars_per_token = 2\n");
+    assert!(settings(&llm_key_on_plain).err().unwrap().to_string().contains("chars_per_token needs kind"));
+    let zero = "[[policy]]\nname = \"p\"\nkind = \"openai\"\nlimit = 1\nwindow = 1\nchars_per_token = 0\n";
+    assert!(settings(zero).is_err());
+    assert!(settings("[[policy]]\nname = \"p\"\nkind = \"grpc\"\nlimit = 1\nwindow = 1\n").is_err());
+}

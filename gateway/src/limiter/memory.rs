@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rl_protocol::{CheckAllReply, CheckReply};
+use rl_protocol::{CheckAllReply, CheckReply, RefundReply};
 
 use super::{LimiterError, RateLimiter};
 use crate::config::{Policy, Quota};
@@ -41,6 +41,13 @@ impl MemoryLimiter {
     /// How many checks were made (admitted or not): a request refused earlier made none.
     pub fn checks(&self) -> u64 {
         self.0.lock().unwrap().checks
+    }
+
+    /// Whole tokens in limit `index` of `policy` for `identity_hash` now, taking nothing.
+    pub fn tokens(&self, policy: &Policy, identity_hash: &str, index: usize) -> u64 {
+        let state = self.0.lock().unwrap();
+        let q = &policy.limits[index];
+        decide(q, state.tats.get(&key(policy, q, identity_hash)).copied(), state.now_us, 0).0.remaining
     }
 
     /// The identity hashes that own a bucket under `policy`.
@@ -138,6 +145,50 @@ impl RateLimiter for MemoryLimiter {
             })
             .collect();
         Ok(CheckAllReply { allowed, retry_after_ms, limits })
+    }
+
+    async fn refund(
+        &self,
+        policy: &Policy,
+        identity_hash: &str,
+        index: usize,
+        amount: u64,
+    ) -> Result<RefundReply, LimiterError> {
+        let mut state = self.0.lock().unwrap();
+        if state.down {
+            return Err(LimiterError::Timeout(Duration::from_millis(1)));
+        }
+        let q = &policy.limits[index];
+        let key = key(policy, q, identity_hash);
+        let now = state.now_us;
+        let interval = q.window * 1_000_000 / q.limit;
+        if let Some(tat) = state.tats.get(&key).copied() {
+            let back = tat.saturating_sub(amount * interval).max(now);
+            state.tats.insert(key.clone(), back);
+        }
+        let (peek, _) = decide(q, state.tats.get(&key).copied(), now, 0);
+        Ok(RefundReply { remaining: peek.remaining, reset_after_ms: peek.reset_after_ms })
+    }
+
+    async fn force(
+        &self,
+        policy: &Policy,
+        identity_hash: &str,
+        index: usize,
+        amount: u64,
+    ) -> Result<CheckReply, LimiterError> {
+        let mut state = self.0.lock().unwrap();
+        if state.down {
+            return Err(LimiterError::Timeout(Duration::from_millis(1)));
+        }
+        let q = &policy.limits[index];
+        let key = key(policy, q, identity_hash);
+        let now = state.now_us;
+        let interval = q.window * 1_000_000 / q.limit;
+        let tat = state.tats.get(&key).copied().unwrap_or(now).max(now) + amount * interval;
+        state.tats.insert(key, tat);
+        let (peek, _) = decide(q, Some(tat), now, 0);
+        Ok(CheckReply { allowed: true, ..peek })
     }
 
     async fn ready(&self) -> Result<(), LimiterError> {

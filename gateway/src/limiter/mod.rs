@@ -10,7 +10,7 @@ use std::fmt;
 use std::future::Future;
 use std::time::Duration;
 
-use rl_protocol::CheckAllReply;
+use rl_protocol::{CheckAllReply, CheckReply, RefundReply};
 
 use crate::config::Policy;
 
@@ -30,6 +30,26 @@ pub trait RateLimiter: Clone + Send + Sync + 'static {
         costs: &[u64],
     ) -> impl Future<Output = Result<CheckAllReply, LimiterError>> + Send;
 
+    /// Gives `amount` back to limit `index` of `policy` for `identity_hash` (`RL.REFUND`), never
+    /// above its burst.
+    fn refund(
+        &self,
+        policy: &Policy,
+        identity_hash: &str,
+        index: usize,
+        amount: u64,
+    ) -> impl Future<Output = Result<RefundReply, LimiterError>> + Send;
+
+    /// Charges `amount` on limit `index` whatever is left (`RL.CHECK ... FORCE`): a debt the
+    /// caller pays back by waiting.
+    fn force(
+        &self,
+        policy: &Policy,
+        identity_hash: &str,
+        index: usize,
+        amount: u64,
+    ) -> impl Future<Output = Result<CheckReply, LimiterError>> + Send;
+
     /// Whether the limiter answers (for `/readyz` and the start-up probe); takes nothing.
     fn ready(&self) -> impl Future<Output = Result<(), LimiterError>> + Send;
 }
@@ -41,6 +61,8 @@ pub enum LimiterError {
     Redis(::redis::RedisError),
     /// The answer is not the shape of the command's reply.
     Reply(::redis::ParsingError),
+    /// A settlement named a limit the policy does not have (a bug, never a client's doing).
+    NoSuchLimit(usize),
 }
 
 impl fmt::Display for LimiterError {
@@ -49,6 +71,7 @@ impl fmt::Display for LimiterError {
             LimiterError::Timeout(d) => write!(f, "redis did not answer within {} ms", d.as_millis()),
             LimiterError::Redis(e) => write!(f, "redis error: {e}"),
             LimiterError::Reply(r) => write!(f, "unexpected reply from the ratelimit module: {r}"),
+            LimiterError::NoSuchLimit(i) => write!(f, "the policy has no limit #{i}"),
         }
     }
 }
@@ -56,7 +79,7 @@ impl fmt::Display for LimiterError {
 impl std::error::Error for LimiterError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            LimiterError::Timeout(_) => None,
+            LimiterError::Timeout(_) | LimiterError::NoSuchLimit(_) => None,
             LimiterError::Redis(e) => Some(e),
             LimiterError::Reply(e) => Some(e),
         }

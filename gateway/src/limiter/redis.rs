@@ -13,7 +13,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
-use rl_protocol::{CheckAllReply, CheckReply};
+use rl_protocol::{CheckAllReply, CheckReply, RefundReply};
 use tokio::sync::OnceCell;
 
 use super::{LimiterError, RateLimiter};
@@ -169,6 +169,34 @@ impl RateLimiter for RedisLimiter {
                 self.query(cmd, &first).await
             }
         }
+    }
+
+    async fn refund(
+        &self,
+        policy: &Policy,
+        identity_hash: &str,
+        index: usize,
+        amount: u64,
+    ) -> Result<RefundReply, LimiterError> {
+        let q = policy.limits.get(index).ok_or(LimiterError::NoSuchLimit(index))?;
+        let key = self.key(policy, q, identity_hash);
+        let mut cmd = redis::cmd("RL.REFUND");
+        cmd.arg(&key).arg(q.limit).arg(q.window).arg(amount).arg("BURST").arg(q.burst);
+        self.query(cmd, &key).await
+    }
+
+    async fn force(
+        &self,
+        policy: &Policy,
+        identity_hash: &str,
+        index: usize,
+        amount: u64,
+    ) -> Result<CheckReply, LimiterError> {
+        let q = policy.limits.get(index).ok_or(LimiterError::NoSuchLimit(index))?;
+        let key = self.key(policy, q, identity_hash);
+        let mut cmd = redis::cmd("RL.CHECK");
+        cmd.arg(&key).arg(q.limit).arg(q.window).arg("COST").arg(amount).arg("BURST").arg(q.burst).arg("FORCE");
+        self.query(cmd, &key).await
     }
 
     /// A read-only `RL.PEEK` on a probe key: Redis answers and has the module.

@@ -1,31 +1,47 @@
-//! Step 5: one atomic check of all the limits of the [`Caller`]'s policy (each request costs 1
-//! on a limit counted in requests): all charged, or none. Refused: `429` with `Retry-After`
-//! and the refusing limits in the body. Admitted: on to the proxy. Either way the rate-limit headers go on the answer (also on a later
-//! `408`, `413` or `502`: the token is spent). When the limiter fails, `failure_mode` decides:
-//! `503`, or forward unmetered (without headers) and log a warning. A request without a
-//! caller (no policy covers its path) passes untouched.
+//! Step 5: one atomic check of all the limits of the [`Caller`]'s policy: all charged, or
+//! none. Each request costs 1 on a limit counted in requests; on an LLM policy
+//! (`kind = "openai"`) the body is read first and its token estimate ([`crate::llm`]) is the
+//! cost on each limit counted in tokens (a body that is not the expected JSON gets `400
+//! invalid_request_error` and costs nothing). Refused: `429` with `Retry-After` and the
+//! refusing limits in the body. Admitted: on to the proxy, and on an LLM policy the answer's
+//! usage settles the reservation ([`crate::llm::settle`]). Either way the rate-limit headers go
+//! on the answer (also on a later `408`, `413` or `502`: the request is spent). When the
+//! limiter fails, `failure_mode` decides: `503`, or forward unmetered (without headers) and log
+//! a warning. A request without a caller (no policy covers its path) passes untouched.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 
+use super::proxy::read_body;
 use super::Caller;
-use crate::config::FailureMode;
+use crate::config::{FailureMode, Settings, Unit};
 use crate::error::{ApiError, RefusedLimit};
-use crate::headers::{rate_limit_headers, retry_after_secs};
+use crate::headers::{openai_headers, rate_limit_headers, retry_after_secs};
 use crate::limiter::RateLimiter;
+use crate::llm::{estimate, settle};
 
 pub struct Limit<L> {
     limiter: L,
     failure_mode: FailureMode,
+    /// For reading an LLM route's body before the check.
+    max_body_bytes: u64,
+    body_timeout: Duration,
 }
 
 impl<L: RateLimiter> Limit<L> {
-    pub fn new(limiter: L, failure_mode: FailureMode) -> Self {
-        Limit { limiter, failure_mode }
+    pub fn new(limiter: L, settings: &Settings) -> Self {
+        Limit {
+            limiter,
+            failure_mode: settings.redis.failure_mode,
+            max_body_bytes: settings.max_body_bytes,
+            body_timeout: settings.client_body_timeout,
+        }
     }
 }
 
@@ -36,8 +52,33 @@ pub async fn limit<L: RateLimiter>(
     next: Next,
 ) -> Response {
     let Some(Extension(caller)) = caller else { return next.run(request).await };
-    let costs = vec![1; caller.policy.limits.len()];
-    let decision = match limit.limiter.check(&caller.policy, &caller.identity_hash, &costs).await {
+    let policy = &caller.policy;
+    // An LLM route: the body (bounded, with a timeout), its estimate, and the body put back.
+    let (request, tokens) = match &policy.llm {
+        None => (request, None),
+        Some(llm) => {
+            let (parts, body) = request.into_parts();
+            let body = match read_body(body, limit.max_body_bytes, limit.body_timeout).await {
+                Ok(body) => body,
+                Err(e) => return e.into_response(),
+            };
+            let estimate = match estimate(&body, llm) {
+                Ok(estimate) => estimate,
+                Err(why) => return ApiError::InvalidLlmRequest(why).into_response(),
+            };
+            tracing::debug!(?estimate, "estimated");
+            (Request::from_parts(parts, Body::from(body)), Some(estimate.total()))
+        }
+    };
+    let costs: Vec<u64> = policy
+        .limits
+        .iter()
+        .map(|q| match q.unit {
+            Unit::Requests => 1,
+            Unit::Tokens => tokens.unwrap_or(0),
+        })
+        .collect();
+    let mut decision = match limit.limiter.check(policy, &caller.identity_hash, &costs).await {
         Ok(decision) => decision,
         Err(e) => match limit.failure_mode {
             FailureMode::Closed => return ApiError::LimiterUnavailable { detail: e.to_string() }.into_response(),
@@ -47,10 +88,16 @@ pub async fn limit<L: RateLimiter>(
             }
         },
     };
-    let policy = &caller.policy;
     tracing::debug!(policy = %policy.name, identity = caller.kind, id = %caller.identity_hash, ?decision, "checked");
     let mut response = if decision.allowed {
-        next.run(request).await
+        let response = next.run(request).await;
+        match (tokens, &policy.llm) {
+            (Some(reserved), Some(llm)) => {
+                let hash = &caller.identity_hash;
+                settle(&limit.limiter, policy, hash, reserved, llm.max_response_bytes, &mut decision, response).await
+            }
+            _ => response,
+        }
     } else {
         let limits = policy
             .limits
@@ -66,6 +113,9 @@ pub async fn limit<L: RateLimiter>(
         ApiError::RateLimited { retry_after_secs: retry_after_secs(&decision), limits }.into_response()
     };
     response.headers_mut().extend(rate_limit_headers(policy, &decision));
+    if policy.llm.is_some() {
+        response.headers_mut().extend(openai_headers(policy, &decision));
+    }
     response
 }
 
@@ -81,7 +131,15 @@ mod tests {
     use super::*;
     use crate::config::Policy;
     use crate::limiter::memory::MemoryLimiter;
-    use crate::test_support::{header, json, request};
+    use crate::test_support::{header, json, request, settings};
+
+    fn settings_mode(mode: FailureMode) -> Settings {
+        let mode = match mode {
+            FailureMode::Closed => "closed",
+            FailureMode::Open => "open",
+        };
+        settings(&format!("[redis]\nfailure_mode = \"{mode}\"\n"))
+    }
 
     fn caller() -> Caller {
         Caller { policy: Arc::new(Policy::simple("p", &["/"], 2, 2, 2)), kind: "api_key", identity_hash: "abc".into() }
@@ -98,7 +156,10 @@ mod tests {
         };
         Router::new()
             .fallback(move || async move { inner })
-            .layer(from_fn_with_state(Arc::new(Limit::new(limiter.clone(), mode)), limit::<MemoryLimiter>))
+            .layer(from_fn_with_state(
+                Arc::new(Limit::new(limiter.clone(), &settings_mode(mode))),
+                limit::<MemoryLimiter>,
+            ))
             .layer(from_fn(give_caller))
     }
 

@@ -50,7 +50,7 @@ pub async fn proxy(
 
 /// The whole body, refusing more than `max` bytes (also when no length was declared) and a
 /// body that takes longer than `timeout` to arrive.
-async fn read_body(body: Body, max: u64, timeout: Duration) -> Result<Bytes, ApiError> {
+pub async fn read_body(body: Body, max: u64, timeout: Duration) -> Result<Bytes, ApiError> {
     let limit = usize::try_from(max).unwrap_or(usize::MAX);
     match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
         Ok(Ok(collected)) => Ok(collected.to_bytes()),

@@ -1,0 +1,15 @@
+//! OpenAI-compatible LLM routes (`kind = "openai"` policies): reserve, then settle.
+//!
+//! Before forwarding, [`estimate`] reads the JSON body and estimates what the request can cost
+//! in tokens: its prompt (text length / `chars_per_token`) plus the completion it may produce
+//! (`max_completion_tokens` or `max_tokens`, else the policy's `default_max_tokens`, times `n`;
+//! 0 for embeddings). That estimate is reserved on every limit counted in tokens, together with
+//! 1 on the request limits, in the one atomic check. After the answer, [`settle`] reads
+//! `usage.total_tokens` from the JSON response and gives back what was reserved but not used
+//! (`RL.REFUND`), or charges what was used beyond it (`RL.CHECK ... FORCE`, a bounded debt).
+
+pub mod estimate;
+pub mod settle;
+
+pub use estimate::{estimate, BadLlmRequest, Estimate};
+pub use settle::{settle, usage_total_tokens};

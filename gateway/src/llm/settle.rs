@@ -1,0 +1,134 @@
+//! Settling an admitted LLM request on the answer's `usage.total_tokens`.
+//!
+//! The rule, per limit counted in tokens (`reserved` is the estimate charged at admission):
+//! - `usage < reserved`: `RL.REFUND` of `reserved - usage`;
+//! - `usage > reserved`: `RL.CHECK ... COST (usage - reserved) FORCE` (always charged, even
+//!   when the bucket is short: the caller waits that debt off);
+//! - no usage to read (a streamed answer, a body that is not JSON or has no
+//!   `usage.total_tokens`, a body over `max_response_bytes`, an upstream error): the
+//!   reservation is kept as charged.
+//!
+//! A non-streamed answer is buffered (up to `max_response_bytes`) to read its usage, and is
+//! settled before its headers are sent, so its `x-ratelimit-remaining-tokens` and `RateLimit`
+//! already show the settled bucket. A failed settlement call is logged and the answer is sent
+//! with the reservation-time headers.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use axum::body::{Body, Bytes, HttpBody};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use http_body_util::BodyExt;
+use rl_protocol::CheckAllReply;
+
+use crate::config::{Policy, Unit};
+use crate::error::ApiError;
+use crate::limiter::RateLimiter;
+
+/// `usage.total_tokens` of a JSON answer, if it has one.
+pub fn usage_total_tokens(body: &[u8]) -> Option<u64> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    value.get("usage")?.get("total_tokens")?.as_u64()
+}
+
+/// A body that yields `prefix` first, then the rest of the original body.
+struct Prefixed {
+    prefix: Option<Bytes>,
+    rest: Body,
+}
+
+impl HttpBody for Prefixed {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        if let Some(prefix) = self.prefix.take() {
+            return Poll::Ready(Some(Ok(hyper::body::Frame::data(prefix))));
+        }
+        Pin::new(&mut self.rest).poll_frame(cx)
+    }
+}
+
+/// The whole body when it fits in `max` bytes (`Ok(Ok(bytes))`), else a body that replays what
+/// was read and streams the rest (`Ok(Err(body))`). `Err` when the model broke off.
+async fn buffer(mut body: Body, max: u64) -> Result<Result<Bytes, Body>, axum::Error> {
+    let mut buffered: Vec<u8> = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else { continue };
+        buffered.extend_from_slice(&data);
+        if buffered.len() as u64 > max {
+            return Ok(Err(Body::new(Prefixed { prefix: Some(Bytes::from(buffered)), rest: body })));
+        }
+    }
+    Ok(Ok(Bytes::from(buffered)))
+}
+
+fn is_event_stream(response: &Response) -> bool {
+    response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("text/event-stream"))
+}
+
+/// Settles `reserved` tokens against the answer's usage (see the module's rule), updating the
+/// token rows of `decision` to the settled buckets; returns the answer to send.
+pub async fn settle<L: RateLimiter>(
+    limiter: &L,
+    policy: &Policy,
+    identity_hash: &str,
+    reserved: u64,
+    max_response_bytes: u64,
+    decision: &mut CheckAllReply,
+    response: Response,
+) -> Response {
+    if is_event_stream(&response) {
+        tracing::debug!(reserved, "streamed answer: reservation kept");
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let bytes = match buffer(body, max_response_bytes).await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(body)) => {
+            tracing::debug!(reserved, max_response_bytes, "answer too large to read its usage: reservation kept");
+            return Response::from_parts(parts, body);
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, reserved, "the model broke off its answer: reservation kept");
+            return ApiError::UpstreamUnavailable { detail: e.to_string() }.into_response();
+        }
+    };
+    let Some(used) = usage_total_tokens(&bytes) else {
+        tracing::debug!(
+            reserved,
+            status = parts.status.as_u16(),
+            "no usage.total_tokens in the answer: reservation kept"
+        );
+        return Response::from_parts(parts, Body::from(bytes));
+    };
+    for (index, quota) in policy.limits.iter().enumerate().filter(|(_, q)| q.unit == Unit::Tokens) {
+        let settled = if used < reserved {
+            limiter.refund(policy, identity_hash, index, reserved - used).await.map(|r| (r.remaining, r.reset_after_ms))
+        } else if used > reserved {
+            limiter.force(policy, identity_hash, index, used - reserved).await.map(|c| (c.remaining, c.reset_after_ms))
+        } else {
+            continue;
+        };
+        match (settled, decision.limits.get_mut(index)) {
+            (Ok((remaining, reset_after_ms)), Some(row)) => {
+                row.remaining = remaining;
+                row.reset_after_ms = reset_after_ms;
+            }
+            (Ok(_), None) => {}
+            (Err(e), _) => {
+                tracing::warn!(error = %e, limit = %quota.name, reserved, used, "settlement failed: reservation kept")
+            }
+        }
+    }
+    tracing::debug!(reserved, used, "settled");
+    Response::from_parts(parts, Body::from(bytes))
+}

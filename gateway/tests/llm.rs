@@ -1,0 +1,195 @@
+//! LLM routes end to end: a real gateway process and Redis with the module, in front of a
+//! small OpenAI-shaped upstream started by the test, whose `usage.total_tokens` the test
+//! chooses (header `x-test-usage`; without it the answer has no usage).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use axum::body::{to_bytes, Bytes};
+use axum::extract::Request;
+use axum::{Json, Router};
+use common::*;
+use hyper::{Method, StatusCode};
+use serde_json::json;
+use testkit::{redis, tokens};
+
+/// 3 requests a minute and 1000 tokens a day (so nothing refills during a test) on
+/// /v1/chat/completions.
+const CHAT: &str = "[[policy]]\nname = \"chat\"\npaths = [\"/v1\"]\nkind = \"openai\"\nlimit = 3\nwindow = 60\n\
+    [[policy.limits]]\nname = \"tokens\"\nunit = \"tokens\"\nlimit = 1000\nwindow = 86400\n";
+
+/// The upstream: answers a chat completion with the usage the request's `x-test-usage` asks for.
+async fn llm_upstream() -> String {
+    async fn answer(request: Request) -> Json<serde_json::Value> {
+        let usage = request.headers().get("x-test-usage").and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        let body = to_bytes(request.into_body(), usize::MAX).await.unwrap();
+        let mut reply = json!({"object": "chat.completion", "choices": [], "seen_bytes": body.len()});
+        if let Some(total) = usage {
+            reply["usage"] =
+                json!({"prompt_tokens": 1, "completion_tokens": total.saturating_sub(1), "total_tokens": total});
+        }
+        Json(reply)
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, Router::new().fallback(answer)).await.unwrap() });
+    url
+}
+
+struct Setup {
+    redis: RedisServer,
+    gateway: Proc,
+    _dir: tempfile::TempDir,
+}
+
+async fn setup(config: &str) -> Setup {
+    let redis = RedisServer::start();
+    let (dir, path) = config_file(config);
+    let upstream = llm_upstream().await;
+    let gateway = start_gateway_args(&redis.url(), &upstream, &["--config".into(), path.display().to_string()]);
+    Setup { redis, gateway, _dir: dir }
+}
+
+/// A chat completion of "abcd" (1 token at 4 characters a token) with `max_tokens`: it reserves
+/// `1 + max_tokens`.
+async fn chat(gateway: &Proc, key: &str, max_tokens: u64, usage: Option<u64>) -> Answer {
+    let usage = usage.map(|u| u.to_string());
+    let mut headers = vec![("x-api-key", key), ("content-type", "application/json")];
+    if let Some(usage) = &usage {
+        headers.push(("x-test-usage", usage.as_str()));
+    }
+    let body = json!({"model": "m", "messages": [{"role": "user", "content": "abcd"}], "max_tokens": max_tokens});
+    send(Method::POST, &gateway.url("/v1/chat/completions"), &headers, body.to_string())
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", gateway.logs()))
+}
+
+/// The one caller's key of limit `name`.
+fn key_of(con: &mut redis::Connection, name: &str) -> String {
+    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("rl:*:chat:{name}")).query(con).unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    keys[0].clone()
+}
+
+/// Whole tokens left (RL.PEEK) in the one caller's limit `name` (burst = limit).
+fn left(con: &mut redis::Connection, name: &str, limit: u64, window: u64) -> u64 {
+    let key = key_of(con, name);
+    tokens(con, &key, limit, window, limit)
+}
+
+#[tokio::test]
+async fn requests_and_tokens_are_limited_together_and_a_refusal_costs_nothing() {
+    let s = setup(CHAT).await;
+    let first = chat(&s.gateway, "k", 99, Some(100)).await;
+    assert_eq!(first.status, StatusCode::OK, "{}", s.gateway.logs());
+    assert_eq!(
+        first.header("ratelimit-policy"),
+        "\"chat-requests\";q=3;w=60, \"chat-tokens\";q=1000;w=86400;qu=\"tokens\""
+    );
+    assert_eq!(
+        (first.header("x-ratelimit-limit-tokens"), first.header("x-ratelimit-remaining-tokens")),
+        ("1000", "900")
+    );
+    assert_eq!(
+        (first.header("x-ratelimit-limit-requests"), first.header("x-ratelimit-remaining-requests")),
+        ("3", "2")
+    );
+    assert_eq!(first.header("x-ratelimit-reset-requests"), "20s");
+    assert!(first.header("x-ratelimit-reset-tokens").ends_with('s'), "{first:?}");
+
+    // 901 tokens do not fit in the 900 left: refused by the token limit alone, nothing charged.
+    let refused = chat(&s.gateway, "k", 900, Some(1)).await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    let limits = refused.json()["error"]["limits"].clone();
+    assert_eq!(limits.as_array().unwrap().len(), 1, "{limits}");
+    assert_eq!((&limits[0]["policy"], &limits[0]["name"]), (&json!("chat"), &json!("tokens")));
+    assert_eq!(refused.header("x-ratelimit-remaining-requests"), "2");
+    let mut con = s.redis.client();
+    assert_eq!(left(&mut con, "requests", 3, 60), 2, "the refusal took a request");
+    assert_eq!(left(&mut con, "tokens", 1000, 86400), 900, "the refusal took tokens");
+
+    // The request limit refuses on its own too, and then no tokens are taken.
+    assert_eq!(chat(&s.gateway, "k", 9, Some(10)).await.status, StatusCode::OK);
+    assert_eq!(chat(&s.gateway, "k", 9, Some(10)).await.status, StatusCode::OK);
+    let no_requests = chat(&s.gateway, "k", 9, Some(10)).await;
+    assert_eq!(no_requests.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(no_requests.json()["error"]["limits"][0]["name"], "requests");
+    assert_eq!(left(&mut con, "tokens", 1000, 86400), 880);
+}
+
+#[tokio::test]
+async fn a_smaller_usage_is_refunded_and_the_answer_shows_the_settled_bucket() {
+    let s = setup(CHAT).await;
+    // Reserves 101, uses 40: 61 come back before the answer's headers are written.
+    let answer = chat(&s.gateway, "k", 100, Some(40)).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", s.gateway.logs());
+    assert_eq!(answer.json()["usage"]["total_tokens"], 40, "the model's answer is relayed whole");
+    assert_eq!(answer.header("x-ratelimit-remaining-tokens"), "960");
+    assert!(answer.header("ratelimit").ends_with("\"chat-tokens\";r=960;t=3456"), "{answer:?}");
+    let mut con = s.redis.client();
+    assert_eq!(left(&mut con, "tokens", 1000, 86400), 960);
+    // Without a usage in the answer the reservation is kept.
+    let kept = chat(&s.gateway, "k", 100, None).await;
+    assert_eq!(kept.header("x-ratelimit-remaining-tokens"), "859");
+    assert_eq!(left(&mut con, "tokens", 1000, 86400), 859);
+}
+
+#[tokio::test]
+async fn a_larger_usage_is_charged_as_a_debt() {
+    let s = setup(CHAT).await;
+    // Reserves 11, uses 150: 139 more are charged though only 989 are asked to fit.
+    let answer = chat(&s.gateway, "k", 10, Some(150)).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", s.gateway.logs());
+    let mut con = s.redis.client();
+    assert_eq!(left(&mut con, "tokens", 1000, 86400), 850, "{}", s.gateway.logs());
+    assert_eq!(answer.header("x-ratelimit-remaining-tokens"), "850");
+}
+
+#[tokio::test]
+async fn concurrent_requests_never_overspend_the_token_budget() {
+    let config = "[[policy]]\nname = \"chat\"\npaths = [\"/v1\"]\nkind = \"openai\"\nlimit = 100\nwindow = 60\n\
+        [[policy.limits]]\nname = \"tokens\"\nunit = \"tokens\"\nlimit = 1000\nwindow = 86400\n";
+    let s = setup(config).await;
+    let url = s.gateway.url("/v1/chat/completions");
+    // Each reserves 100 (an empty prompt, max_tokens 100) and uses exactly that.
+    let body = json!({"messages": [{"role": "user", "content": ""}], "max_tokens": 100}).to_string();
+    let requests: Vec<_> = (0..20)
+        .map(|_| {
+            let (url, body) = (url.clone(), Bytes::from(body.clone()));
+            tokio::spawn(
+                async move { send(Method::POST, &url, &[("x-api-key", "k"), ("x-test-usage", "100")], body).await },
+            )
+        })
+        .collect();
+    let mut admitted = 0;
+    for request in requests {
+        match request.await.unwrap().unwrap().status {
+            StatusCode::OK => admitted += 1,
+            StatusCode::TOO_MANY_REQUESTS => {}
+            other => panic!("{other}\n{}", s.gateway.logs()),
+        }
+    }
+    assert_eq!(admitted, 10, "exactly the budget's worth");
+    let mut con = s.redis.client();
+    assert_eq!(left(&mut con, "tokens", 1000, 86400), 0);
+    assert_eq!(left(&mut con, "requests", 100, 60), 90, "refusals took no request");
+}
+
+#[tokio::test]
+async fn a_body_that_is_not_the_expected_json_gets_400_and_costs_nothing() {
+    let s = setup(CHAT).await;
+    let url = s.gateway.url("/v1/chat/completions");
+    for (body, param) in
+        [("not json", None), (r#"{"model":"m"}"#, None), (r#"{"messages":[],"max_tokens":"9"}"#, Some("max_tokens"))]
+    {
+        let answer = send(Method::POST, &url, &[("x-api-key", "k")], body).await.unwrap();
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{body}");
+        let error = &answer.json()["error"];
+        assert_eq!(error["type"], "invalid_request_error", "{body}");
+        assert_eq!(error["param"].as_str(), param, "{body}");
+        assert!(answer.headers.get("ratelimit").is_none());
+    }
+    let keys: Vec<String> = redis::cmd("KEYS").arg("rl:*").query(&mut s.redis.client()).unwrap();
+    assert!(keys.is_empty(), "{keys:?}");
+}

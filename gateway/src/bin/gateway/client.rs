@@ -9,7 +9,16 @@
 //! The numbers come from the `RateLimit` header (else `X-RateLimit-Remaining`/`-Reset`) and
 //! `Retry-After`. With `wait`, a `429` pauses every sender for `Retry-After` seconds before
 //! the next request. A connection error stops the run with a clear message and exit code 2.
+//!
+//! With `--chat` it sends OpenAI chat completions instead ([`chat`]) and prints the tokens
+//! used and what is left of both budgets, or which limit refused:
+//!
+//! ```text
+//! Request 1: OK, 28 tokens used (14 prompt + 14 completion). Left: 9 of 10 requests (full in 6s), 172 of 200 tokens (full in 8.4s).
+//! Request 6: rate limited by the tokens limit. Please try again after 5 seconds.
+//! ```
 
+mod chat;
 mod report;
 
 use std::io::Write;
@@ -25,6 +34,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
+use chat::classify_chat;
 use report::{classify, describe, plural, Outcome, Summary};
 
 /// The longest the client waits: between two requests (`--rate`) and for a `Retry-After`.
@@ -77,12 +87,18 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
+/// The endpoint without `--url`.
+pub const DEFAULT_URL: &str = "http://127.0.0.1:8080/v1/predict";
+/// The endpoint without `--url` in chat mode.
+pub const DEFAULT_CHAT_URL: &str = "http://127.0.0.1:8080/v1/chat/completions";
+
 /// The flags of `gateway client`.
 #[derive(Args, Clone, Debug)]
 pub struct ClientArgs {
-    /// Endpoint to call.
-    #[arg(long, default_value = "http://127.0.0.1:8080/v1/predict")]
-    pub url: Uri,
+    /// Endpoint to call [default: http://127.0.0.1:8080/v1/predict, with --chat
+    /// http://127.0.0.1:8080/v1/chat/completions].
+    #[arg(long)]
+    pub url: Option<Uri>,
     /// Number of requests.
     #[arg(long, short = 'n', default_value_t = 10)]
     pub count: u64,
@@ -92,12 +108,25 @@ pub struct ClientArgs {
     /// Requests in flight at once.
     #[arg(long, short = 'c', default_value_t = 1)]
     pub concurrency: usize,
-    /// HTTP method; POST sends {"text": TEXT} as JSON.
+    /// HTTP method; POST sends {"text": TEXT} as JSON (with --chat, a chat completion).
     #[arg(long, default_value = "POST")]
     pub method: Method,
-    /// Text to score.
-    #[arg(long, default_value = "I love how fast this model is!")]
+    /// Text to score; with --chat, the user message.
+    #[arg(long, visible_alias = "prompt", default_value = "I love how fast this model is!")]
     pub text: String,
+    /// Send OpenAI chat completions ({"model", "messages": [{"role": "user", "content": TEXT}],
+    /// "max_tokens"}) and print the tokens used and left, or which limit refused.
+    #[arg(long)]
+    pub chat: bool,
+    /// Chat mode: the model to name.
+    #[arg(long, default_value = "lexicon-chat-v1")]
+    pub model: String,
+    /// Chat mode: max_tokens to ask for (0: send none, the gateway then reserves its default).
+    #[arg(long, default_value_t = 64)]
+    pub max_tokens: u64,
+    /// Chat mode: stream the answer (server-sent events, with stream_options.include_usage).
+    #[arg(long)]
+    pub stream: bool,
     /// API key to send (default: none, so the gateway limits by client IP).
     #[arg(long)]
     pub api_key: Option<String>,
@@ -113,6 +142,23 @@ pub struct ClientArgs {
 }
 
 impl ClientArgs {
+    /// `--url`, else the default of the mode.
+    pub fn url(&self) -> Uri {
+        self.url.clone().unwrap_or_else(|| Uri::from_static(if self.chat { DEFAULT_CHAT_URL } else { DEFAULT_URL }))
+    }
+
+    /// The request body (empty for GET and HEAD).
+    fn body(&self) -> Bytes {
+        if self.method == Method::GET || self.method == Method::HEAD {
+            Bytes::new()
+        } else if self.chat {
+            let max_tokens = (self.max_tokens > 0).then_some(self.max_tokens);
+            Bytes::from(chat::body(&self.model, &self.text, max_tokens, self.stream))
+        } else {
+            Bytes::from(serde_json::json!({ "text": self.text }).to_string())
+        }
+    }
+
     /// The time allowed for one request (at least 1 ms).
     fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms.max(1))
@@ -121,6 +167,7 @@ impl ClientArgs {
 
 struct Shared {
     options: ClientArgs,
+    url: Uri,
     client: Client<HttpConnector, Full<Bytes>>,
     next_request: AtomicU64,
     stop: AtomicBool,
@@ -157,12 +204,8 @@ impl Shared {
 
     fn request(&self) -> Result<Request<Full<Bytes>>, String> {
         let o = &self.options;
-        let body = if o.method == Method::GET || o.method == Method::HEAD {
-            Bytes::new()
-        } else {
-            Bytes::from(serde_json::json!({ "text": o.text }).to_string())
-        };
-        let mut builder = Request::builder().method(o.method.clone()).uri(o.url.clone());
+        let body = o.body();
+        let mut builder = Request::builder().method(o.method.clone()).uri(self.url.clone());
         if !body.is_empty() {
             builder = builder.header(header::CONTENT_TYPE, "application/json");
         }
@@ -188,6 +231,7 @@ impl Shared {
         })
         .await;
         match answer {
+            Ok(Ok((parts, body))) if self.options.chat => classify_chat(parts.status, &parts.headers, &body),
             Ok(Ok((parts, body))) => classify(parts.status, &parts.headers, &body),
             Ok(Err(why)) => Outcome::Unreachable(why),
             Err(_) => Outcome::Failed {
@@ -218,7 +262,12 @@ async fn sender(shared: Arc<Shared>) {
         if let Ok(mut summary) = shared.summary.lock() {
             match &outcome {
                 Outcome::Ok { .. } => summary.ok += 1,
-                Outcome::Limited { retry_after_secs } => {
+                Outcome::Chat { usage, .. } => {
+                    summary.ok += 1;
+                    let used = usage.as_ref().map_or(0, |u| u.total);
+                    summary.tokens = Some(summary.tokens.unwrap_or(0).saturating_add(used));
+                }
+                Outcome::Limited { retry_after_secs, .. } => {
                     summary.limited += 1;
                     if let (true, Some(secs)) = (shared.options.wait, retry_after_secs) {
                         if n < shared.options.count {
@@ -245,13 +294,15 @@ pub async fn run(options: ClientArgs) -> i32 {
     let client = Client::builder(TokioExecutor::new()).build(connector);
     let concurrency = options.concurrency.clamp(1, 1024);
     let now = Instant::now();
+    let chat = options.chat;
     let shared = Arc::new(Shared {
+        url: options.url(),
         options,
         client,
         next_request: AtomicU64::new(1),
         stop: AtomicBool::new(false),
         schedule: Mutex::new((now, now)),
-        summary: Mutex::new(Summary::default()),
+        summary: Mutex::new(Summary { tokens: chat.then_some(0), ..Summary::default() }),
     });
     let start = Instant::now();
     let workers: Vec<_> = (0..concurrency).map(|_| tokio::spawn(sender(shared.clone()))).collect();
@@ -262,7 +313,7 @@ pub async fn run(options: ClientArgs) -> i32 {
     summary.elapsed = start.elapsed();
     println!("{}", summary.line());
     if let Some(why) = &summary.unreachable {
-        eprintln!("error: cannot connect to {}: {why}. Is the gateway running there?", shared.options.url);
+        eprintln!("error: cannot connect to {}: {why}. Is the gateway running there?", shared.url);
     }
     summary.exit_code()
 }
@@ -270,6 +321,36 @@ pub async fn run(options: ClientArgs) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn args(flags: &[&str]) -> ClientArgs {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            client: ClientArgs,
+        }
+        use clap::Parser;
+        Cli::try_parse_from(std::iter::once("client").chain(flags.iter().copied())).unwrap().client
+    }
+
+    #[test]
+    fn chat_mode_changes_the_default_url_and_the_body_only() {
+        let predict = args(&[]);
+        assert_eq!(predict.url(), DEFAULT_URL);
+        assert_eq!(predict.body(), r#"{"text":"I love how fast this model is!"}"#);
+        let chat = args(&["--chat", "--prompt", "hello there", "--max-tokens", "5", "--stream"]);
+        assert_eq!(chat.url(), DEFAULT_CHAT_URL);
+        let body: serde_json::Value = serde_json::from_slice(&chat.body()).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"model": "lexicon-chat-v1", "messages": [{"role": "user", "content": "hello there"}],
+                "max_tokens": 5, "stream": true, "stream_options": {"include_usage": true}})
+        );
+        let no_cap: serde_json::Value = serde_json::from_slice(&args(&["--chat", "--max-tokens", "0"]).body()).unwrap();
+        assert!(no_cap.get("max_tokens").is_none());
+        let given = args(&["--chat", "--url", "http://10.0.0.1:9/v1/chat/completions"]);
+        assert_eq!(given.url(), "http://10.0.0.1:9/v1/chat/completions");
+        assert!(args(&["--method", "GET", "--chat"]).body().is_empty());
+    }
 
     #[test]
     fn rates_and_waits_are_bounded() {
@@ -291,19 +372,12 @@ mod tests {
     #[tokio::test]
     async fn a_huge_retry_after_or_rate_does_not_panic() {
         let now = Instant::now();
-        let options = ClientArgs {
-            url: Uri::from_static("http://127.0.0.1:1/"),
-            count: 1,
-            rate: Some(1e-300),
-            concurrency: 1,
-            method: Method::GET,
-            text: String::new(),
-            api_key: None,
-            api_key_header: header::AUTHORIZATION,
-            wait: true,
-            timeout_ms: 1000,
-        };
+        let mut options = args(&["--method", "GET", "--text", "", "--wait", "--timeout-ms", "1000"]);
+        options.url = Some(Uri::from_static("http://127.0.0.1:1/"));
+        options.count = 1;
+        options.rate = Some(1e-300);
         let shared = Shared {
+            url: options.url(),
             options,
             client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
             next_request: AtomicU64::new(1),

@@ -1,5 +1,5 @@
-//! What the client prints: one line per answer, read from the rate-limit headers, and the
-//! summary with the exit code.
+//! What the client prints: one line per answer, read from the rate-limit headers (and in chat
+//! mode from the usage), and the summary with the exit code.
 
 use std::time::Duration;
 
@@ -14,13 +14,85 @@ pub fn plural(n: u64, word: &str) -> String {
     }
 }
 
+/// The `usage` of a chat completion.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt: Option<u64>,
+    pub completion: Option<u64>,
+    pub total: u64,
+}
+
+/// What is left of one budget: `x-ratelimit-remaining-*`, `-limit-*` and `-reset-*` (a
+/// duration as sent, such as `6s` or `1m0s`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Budget {
+    pub remaining: u64,
+    pub limit: Option<u64>,
+    pub reset: Option<String>,
+}
+
+/// The request and token budgets an answer reports.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Left {
+    pub requests: Option<Budget>,
+    pub tokens: Option<Budget>,
+}
+
 /// What happened to one request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    Ok { remaining: Option<u64>, reset_secs: Option<u64> },
-    Limited { retry_after_secs: Option<u64> },
-    Failed { status: u16, message: String },
+    Ok {
+        remaining: Option<u64>,
+        reset_secs: Option<u64>,
+    },
+    /// An admitted chat completion.
+    Chat {
+        usage: Option<Usage>,
+        left: Left,
+        streamed: bool,
+    },
+    /// `why`: which limits refused (chat mode), e.g. `by the tokens limit`.
+    Limited {
+        retry_after_secs: Option<u64>,
+        why: Option<String>,
+    },
+    Failed {
+        status: u16,
+        message: String,
+    },
     Unreachable(String),
+}
+
+fn budget_text(budget: &Budget, unit: &str) -> String {
+    let mut text = budget.remaining.to_string();
+    if let Some(limit) = budget.limit {
+        text.push_str(&format!(" of {limit}"));
+    }
+    text.push_str(&format!(" {unit}"));
+    if let Some(reset) = &budget.reset {
+        text.push_str(&format!(" (full in {reset})"));
+    }
+    text
+}
+
+/// `OK, 13 tokens used (5 prompt + 8 completion). Left: 9 of 10 requests (full in 6s), 287 of 300 tokens (full in 3.9s).`
+fn describe_chat(usage: Option<&Usage>, left: &Left, streamed: bool) -> String {
+    let mut line = String::from(if streamed { "OK (streamed), " } else { "OK, " });
+    match usage {
+        Some(Usage { prompt: Some(p), completion: Some(c), total }) => {
+            line.push_str(&format!("{total} tokens used ({p} prompt + {c} completion)."))
+        }
+        Some(Usage { total, .. }) => line.push_str(&format!("{total} tokens used.")),
+        None => line.push_str("tokens used unknown (the answer has no usage)."),
+    }
+    let budgets: Vec<String> = [(&left.requests, "requests"), (&left.tokens, "tokens")]
+        .into_iter()
+        .filter_map(|(budget, unit)| budget.as_ref().map(|b| budget_text(b, unit)))
+        .collect();
+    if !budgets.is_empty() {
+        line.push_str(&format!(" Left: {}.", budgets.join(", ")));
+    }
+    line
 }
 
 /// The line printed for request `n`.
@@ -36,10 +108,21 @@ pub fn describe(n: u64, outcome: &Outcome) -> String {
             format!("Request {n}: OK. You can send {r} more {}.", if *r == 1 { "request" } else { "requests" })
         }
         Outcome::Ok { .. } => format!("Request {n}: OK."),
-        Outcome::Limited { retry_after_secs: Some(s) } => {
-            format!("Request {n}: rate limited. Please try again after {}.", plural(*s, "second"))
+        Outcome::Chat { usage, left, streamed } => {
+            format!("Request {n}: {}", describe_chat(usage.as_ref(), left, *streamed))
         }
-        Outcome::Limited { retry_after_secs: None } => format!("Request {n}: rate limited."),
+        Outcome::Limited { retry_after_secs, why } => {
+            let mut line = format!("Request {n}: rate limited");
+            if let Some(why) = why {
+                line.push(' ');
+                line.push_str(why);
+            }
+            line.push('.');
+            if let Some(s) = retry_after_secs {
+                line.push_str(&format!(" Please try again after {}.", plural(*s, "second")));
+            }
+            line
+        }
         Outcome::Failed { status, message } => format!("Request {n}: failed with HTTP {status}: {message}"),
         Outcome::Unreachable(why) => format!("Request {n}: cannot connect: {why}"),
     }
@@ -60,14 +143,14 @@ pub fn parse_ratelimit(value: &str) -> (Option<u64>, Option<u64>) {
     (remaining, reset)
 }
 
-fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
+pub fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
     headers.get(name)?.to_str().ok()?.trim().parse().ok()
 }
 
 /// Classifies an answer from its status, headers and body.
 pub fn classify(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Outcome {
     if status == StatusCode::TOO_MANY_REQUESTS {
-        return Outcome::Limited { retry_after_secs: header_u64(headers, "retry-after") };
+        return Outcome::Limited { retry_after_secs: header_u64(headers, "retry-after"), why: None };
     }
     if status.is_success() {
         let (mut remaining, mut reset_secs) =
@@ -91,6 +174,8 @@ pub struct Summary {
     pub failed: u64,
     pub unreachable: Option<String>,
     pub elapsed: Duration,
+    /// Chat mode: the `usage.total_tokens` of the admitted requests, summed.
+    pub tokens: Option<u64>,
 }
 
 impl Summary {
@@ -105,6 +190,9 @@ impl Summary {
         );
         if self.failed > 0 {
             line.push_str(&format!(", {} failed", self.failed));
+        }
+        if let Some(tokens) = self.tokens {
+            line.push_str(&format!(", {} used", plural(tokens, "token")));
         }
         line.push('.');
         line
@@ -132,7 +220,7 @@ mod tests {
     fn lines_read_as_the_issue_asks() {
         let ok = Outcome::Ok { remaining: Some(7), reset_secs: Some(42) };
         assert_eq!(describe(3, &ok), "Request 3: OK. You can send 7 more requests in the next 42 seconds.");
-        let limited = Outcome::Limited { retry_after_secs: Some(6) };
+        let limited = Outcome::Limited { retry_after_secs: Some(6), why: None };
         assert_eq!(describe(11, &limited), "Request 11: rate limited. Please try again after 6 seconds.");
         let one = Outcome::Ok { remaining: Some(1), reset_secs: Some(1) };
         assert_eq!(describe(1, &one), "Request 1: OK. You can send 1 more request in the next 1 second.");
@@ -160,6 +248,8 @@ mod tests {
         let mut s = Summary { ok: 5, limited: 3, elapsed: Duration::from_millis(1234), ..Summary::default() };
         assert_eq!(s.line(), "Summary: 8 requests in 1.2 s: 5 OK, 3 rate limited.");
         assert_eq!(s.exit_code(), 0);
+        s.tokens = Some(140);
+        assert_eq!(s.line(), "Summary: 8 requests in 1.2 s: 5 OK, 3 rate limited, 140 tokens used.");
         s.failed = 1;
         assert_eq!(s.exit_code(), 1);
         s.unreachable = Some("refused".into());

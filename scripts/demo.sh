@@ -3,7 +3,12 @@
 #   redis-server with the repo's redis.conf and the ratelimit module,
 #   the demo model API (gateway model), the gateway in front of it (5 requests per 10 s),
 #   then the client: 8 requests (admitted, then rate limited), the headers of one answer,
-#   and a round that waits for Retry-After and goes on.
+#   and a round that waits for Retry-After and goes on;
+#   then an LLM route (a second gateway, 10 requests and 200 tokens a minute, in front of the
+#   model's OpenAI-compatible /v1/chat/completions): a client stopped by its token budget
+#   before its request budget, the refund of unused tokens in x-ratelimit-remaining-tokens,
+#   the 429 naming the limit, and a streamed answer. That part runs only when the gateway
+#   accepts `kind = "openai"` policies; an older build skips it with a note.
 # Everything is stopped on exit, on error and on Ctrl-C. Ports are picked free at start.
 #
 # Needs: the release build (`cargo build --release --workspace`), redis-server, curl.
@@ -98,9 +103,21 @@ wait_until() {
 }
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
+# up_or_exited NAME PID URL: 0 when URL answers, 1 when PID exited first (within 10 s).
+up_or_exited() {
+  local name=$1 pid=$2 url=$3 _
+  for _ in $(seq 1 200); do
+    if curl -sf "$url" >/dev/null 2>&1; then return 0; fi
+    kill -0 "$pid" 2>/dev/null || return 1
+    sleep 0.05
+  done
+  die "$name did not come up in 10 s"
+}
+
 pick_port REDIS_PORT
 pick_port MODEL_PORT
 pick_port GATEWAY_PORT
+pick_port CHAT_PORT
 GATEWAY=http://127.0.0.1:$GATEWAY_PORT
 export GATEWAY_KEY_SECRET="demo-secret-$RANDOM$RANDOM"
 export RUST_LOG=${RUST_LOG:-warn}
@@ -144,4 +161,64 @@ bold "6. Another API key has its own budget"
 bold "7. The client waits for Retry-After and goes on"
 "$BIN" client --url "$GATEWAY/v1/predict" --count 4 --wait --api-key demo-key-1
 
-bold "Done: Redis, the model and the gateway are stopped."
+bold "8. An LLM route: requests and tokens per minute, tokens reserved then settled"
+# A second gateway with one OpenAI-style policy on /v1/chat/completions: 10 requests and 200
+# tokens a minute per API key. Before forwarding it reserves prompt tokens (characters / 4,
+# rounded up) + max_tokens on the token limit, 1 on the request limit, in one atomic call; after
+# a non-streamed answer it settles on usage.total_tokens before writing the headers.
+cat >"$WORK/chat.toml" <<'TOML'
+[[policy]]
+name = "chat"
+paths = ["/v1/chat/completions"]
+kind = "openai"
+limit = 10
+window = 60
+
+[[policy.limits]]
+name = "tokens"
+unit = "tokens"
+limit = 200
+window = 60
+TOML
+CHAT=http://127.0.0.1:$CHAT_PORT
+PROMPT="Please summarise the rate limits of this gateway for me"
+start chat-gateway "$BIN" serve --config "$WORK/chat.toml" --listen "127.0.0.1:$CHAT_PORT" \
+  --upstream "http://127.0.0.1:$MODEL_PORT" --redis-url "redis://127.0.0.1:$REDIS_PORT/"
+if ! up_or_exited chat-gateway "${PIDS[-1]}" "$CHAT/readyz"; then
+  if grep -qi 'unknown field\|unknown variant' "$WORK/chat-gateway.log"; then
+    echo "Skipped: this gateway build does not accept LLM policies (kind = \"openai\" with"
+    echo "[[policy.limits]] unit = \"tokens\"): $(grep -i 'unknown' "$WORK/chat-gateway.log" | tail -n 1)"
+    bold "Done: Redis, the model and the gateway are stopped."
+    exit 0
+  fi
+  die "chat-gateway exited at start (see its log below)"
+fi
+echo "gateway serve --config chat.toml --listen 127.0.0.1:$CHAT_PORT ...   with chat.toml:"
+sed 's/^/    /' "$WORK/chat.toml"
+echo
+echo "The model answers chat completions itself, with a usage (prompt: 55 characters -> 14 tokens;"
+echo "reply: 4 words + the 10 words of the message = 14 tokens):"
+echo "\$ curl -s http://127.0.0.1:$MODEL_PORT/v1/chat/completions -d '{\"model\": \"lexicon-chat-v1\", \"messages\": [{\"role\": \"user\", \"content\": \"$PROMPT\"}], \"max_tokens\": 64}'"
+curl -s -X POST "http://127.0.0.1:$MODEL_PORT/v1/chat/completions" -H 'content-type: application/json' \
+  -d "{\"model\": \"lexicon-chat-v1\", \"messages\": [{\"role\": \"user\", \"content\": \"$PROMPT\"}], \"max_tokens\": 64}"
+echo
+
+bold "9. Through the gateway: the token budget runs out before the request budget"
+echo "Each request reserves 14 + 64 (max_tokens) = 78 tokens and uses 28: the 50 unused come back"
+echo "before the answer, so the tokens left drop by 28 a request, not 78. With 60 left, the next"
+echo "78 do not fit: refused by the tokens limit while 5 requests of the 10 remain."
+"$BIN" client --chat --url "$CHAT/v1/chat/completions" --count 7 --max-tokens 64 --prompt "$PROMPT" \
+  --api-key demo-chat-1
+
+bold "10. The 429 says which limit refused"
+echo "\$ curl -si -X POST $CHAT/v1/chat/completions -H 'Authorization: Bearer demo-chat-1' -d '{... \"max_tokens\": 64}'"
+curl -si -X POST "$CHAT/v1/chat/completions" -H 'Authorization: Bearer demo-chat-1' -H 'content-type: application/json' \
+  -d "{\"model\": \"lexicon-chat-v1\", \"messages\": [{\"role\": \"user\", \"content\": \"$PROMPT\"}], \"max_tokens\": 64}" |
+  tr -d '\r' | grep -iv '^date:'
+
+bold "11. Streamed answers (server-sent events): the usage comes in the last chunk"
+echo "The headers go out before the stream, so they show the reservation (78), not the 28 used."
+"$BIN" client --chat --stream --url "$CHAT/v1/chat/completions" --count 2 --max-tokens 64 --prompt "$PROMPT" \
+  --api-key demo-chat-2
+
+bold "Done: Redis, the model and the gateways are stopped."

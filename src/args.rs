@@ -5,6 +5,7 @@ use std::num::NonZeroU64;
 
 use crate::error::Error;
 use crate::gcra::Quota;
+use crate::lease::{MAX_ID_BYTES, MAX_LEASES, MAX_LEASE_MS};
 
 pub const CHECK_USAGE: &str = "RL.CHECK key limit window [COST cost] [BURST burst] [FORCE]";
 pub const CHECKALL_USAGE: &str =
@@ -12,6 +13,9 @@ pub const CHECKALL_USAGE: &str =
 pub const PEEK_USAGE: &str = "RL.PEEK key limit window [BURST burst]";
 pub const REFUND_USAGE: &str = "RL.REFUND key limit window amount [BURST burst]";
 pub const RESET_USAGE: &str = "RL.RESET key";
+pub const ACQUIRE_USAGE: &str = "RL.ACQUIRE key max lease_ms ID id";
+pub const RELEASE_USAGE: &str = "RL.RELEASE key id";
+pub const RENEW_USAGE: &str = "RL.RENEW key id lease_ms";
 pub const THROTTLE_USAGE: &str = "CL.THROTTLE key max_burst count_per_period period [quantity]";
 
 /// Read access to a command line: `get(0)` is the command name, `get(1)` usually the key.
@@ -225,6 +229,63 @@ pub fn parse_throttle<A: Args + ?Sized>(args: &A) -> Result<CheckRequest, Error>
     Ok(CheckRequest::new(Quota::new(count, period, burst)?, cost))
 }
 
+/// An integer in `1..=max`.
+fn bounded(bytes: Option<&[u8]>, name: &'static str, max: u64) -> Result<u64, Error> {
+    bytes
+        .and_then(parse_i64)
+        .and_then(|v| u64::try_from(v).ok())
+        .filter(|v| (1..=max).contains(v))
+        .ok_or(Error::OutOfRange { name, max })
+}
+
+/// A lease id: any bytes, 1 to [`MAX_ID_BYTES`] of them.
+fn lease_id(bytes: Option<&[u8]>) -> Result<(), Error> {
+    match bytes {
+        Some(id) if !id.is_empty() && id.len() <= MAX_ID_BYTES => Ok(()),
+        _ => Err(Error::BadLeaseId),
+    }
+}
+
+/// Where a lease command's id is on its line.
+pub const ACQUIRE_ID: usize = 5;
+pub const RELEASE_ID: usize = 2;
+pub const RENEW_ID: usize = 2;
+
+/// `RL.ACQUIRE key max lease_ms ID id`: `(max, lease_ms)`; the id is argument [`ACQUIRE_ID`].
+pub fn parse_acquire<A: Args + ?Sized>(args: &A) -> Result<(u64, u64), Error> {
+    if args.count() != 6 {
+        return Err(Error::Arity { usage: ACQUIRE_USAGE });
+    }
+    let max = bounded(args.get(2), "max", MAX_LEASES)?;
+    let lease_ms = bounded(args.get(3), "lease_ms", MAX_LEASE_MS)?;
+    match args.get(4) {
+        Some(word) if word.eq_ignore_ascii_case(b"ID") => {}
+        word => {
+            let option = String::from_utf8_lossy(word.unwrap_or_default()).into_owned();
+            return Err(Error::UnknownOption { option, usage: ACQUIRE_USAGE });
+        }
+    }
+    lease_id(args.get(ACQUIRE_ID))?;
+    Ok((max, lease_ms))
+}
+
+/// `RL.RELEASE key id`; the id is argument [`RELEASE_ID`].
+pub fn parse_release<A: Args + ?Sized>(args: &A) -> Result<(), Error> {
+    if args.count() != 3 {
+        return Err(Error::Arity { usage: RELEASE_USAGE });
+    }
+    lease_id(args.get(RELEASE_ID))
+}
+
+/// `RL.RENEW key id lease_ms`: the lease; the id is argument [`RENEW_ID`].
+pub fn parse_renew<A: Args + ?Sized>(args: &A) -> Result<u64, Error> {
+    if args.count() != 4 {
+        return Err(Error::Arity { usage: RENEW_USAGE });
+    }
+    lease_id(args.get(RENEW_ID))?;
+    bounded(args.get(3), "lease_ms", MAX_LEASE_MS)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -399,6 +460,39 @@ mod tests {
         assert_eq!(parse_throttle(line("CL.THROTTLE k -1 1 1").as_slice()), Err(Error::Negative { name: "max_burst" }));
     }
 
+    #[test]
+    fn lease_commands_take_bounded_integers_and_an_id() {
+        let acquire = |words: &str| parse_acquire(line(words).as_slice());
+        assert_eq!(acquire("RL.ACQUIRE k 3 30000 ID req-1"), Ok((3, 30_000)));
+        assert_eq!(acquire("RL.ACQUIRE k 10000 86400000 id x"), Ok((10_000, 86_400_000)));
+        let cases: &[(&str, Error)] = &[
+            ("RL.ACQUIRE k 3 30000 ID", Error::Arity { usage: ACQUIRE_USAGE }),
+            ("RL.ACQUIRE k 3 30000 ID a b", Error::Arity { usage: ACQUIRE_USAGE }),
+            ("RL.ACQUIRE k 0 30000 ID a", Error::OutOfRange { name: "max", max: 10_000 }),
+            ("RL.ACQUIRE k 10001 30000 ID a", Error::OutOfRange { name: "max", max: 10_000 }),
+            ("RL.ACQUIRE k -1 30000 ID a", Error::OutOfRange { name: "max", max: 10_000 }),
+            ("RL.ACQUIRE k 3 0 ID a", Error::OutOfRange { name: "lease_ms", max: 86_400_000 }),
+            ("RL.ACQUIRE k 3 86400001 ID a", Error::OutOfRange { name: "lease_ms", max: 86_400_000 }),
+            ("RL.ACQUIRE k 3 1.5 ID a", Error::OutOfRange { name: "lease_ms", max: 86_400_000 }),
+            ("RL.ACQUIRE k 3 100 AS a", Error::UnknownOption { option: "AS".into(), usage: ACQUIRE_USAGE }),
+            ("RL.ACQUIRE k 3 100 ID ", Error::BadLeaseId),
+        ];
+        for (words, want) in cases {
+            assert_eq!(acquire(words).as_ref().err(), Some(want), "{words}");
+        }
+        let long = format!("RL.ACQUIRE k 3 100 ID {}", "x".repeat(MAX_ID_BYTES + 1));
+        assert_eq!(acquire(&long), Err(Error::BadLeaseId));
+        assert_eq!(parse_release(line("RL.RELEASE k a").as_slice()), Ok(()));
+        assert_eq!(parse_release(line("RL.RELEASE k").as_slice()), Err(Error::Arity { usage: RELEASE_USAGE }));
+        assert_eq!(parse_release(line("RL.RELEASE k ").as_slice()), Err(Error::BadLeaseId));
+        assert_eq!(parse_renew(line("RL.RENEW k a 500").as_slice()), Ok(500));
+        assert_eq!(
+            parse_renew(line("RL.RENEW k a 0").as_slice()),
+            Err(Error::OutOfRange { name: "lease_ms", max: 86_400_000 })
+        );
+        assert_eq!(parse_renew(line("RL.RENEW k a").as_slice()), Err(Error::Arity { usage: RENEW_USAGE }));
+    }
+
     proptest::proptest! {
         #[test]
         fn no_command_line_panics(words in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..8), 0..12)) {
@@ -408,6 +502,9 @@ mod tests {
             let _ = parse_refund(line.as_slice());
             let _ = parse_checkall(line.as_slice());
             let _ = parse_throttle(line.as_slice());
+            let _ = parse_acquire(line.as_slice());
+            let _ = parse_release(line.as_slice());
+            let _ = parse_renew(line.as_slice());
         }
     }
 }

@@ -39,8 +39,18 @@ pub enum Error {
     },
     /// RL.CHECKALL named one key twice.
     DuplicateKey,
-    /// The key holds a Redis type other than a string.
+    /// `name` must be an integer in `1..=max`.
+    OutOfRange {
+        name: &'static str,
+        max: u64,
+    },
+    /// A lease id that is empty or longer than [`crate::lease::MAX_ID_BYTES`].
+    BadLeaseId,
+    /// The key holds a Redis type other than the command's (a string for the limiter, a
+    /// sorted set for leases).
     WrongType,
+    /// The key holds a sorted set that is not lease state.
+    NotLeaseState,
     /// The key holds a string that is not rate-limiter state.
     NotLimiterState,
     Math(MathError),
@@ -71,6 +81,13 @@ impl fmt::Display for Error {
                     crate::args::MAX_CHECKALL_KEYS
                 )
             }
+            Error::OutOfRange { name, max } => write!(f, "ERR {name} must be an integer between 1 and {max}"),
+            Error::BadLeaseId => {
+                write!(f, "ERR id must be a non-empty string of at most {} bytes", crate::lease::MAX_ID_BYTES)
+            }
+            Error::NotLeaseState => f.write_str(
+                "ERR key holds a sorted set that is not lease state; it was left unchanged (delete it or use another key)",
+            ),
             Error::DuplicateKey => f.write_str("ERR RL.CHECKALL keys must be distinct"),
             Error::WrongType => f.write_str("WRONGTYPE Operation against a key holding the wrong kind of value"),
             Error::NotLimiterState => f.write_str(

@@ -15,6 +15,7 @@ pub mod commands;
 pub mod error;
 pub mod ffi;
 pub mod gcra;
+pub mod lease;
 pub mod reply;
 pub mod state;
 pub mod stats;
@@ -31,7 +32,7 @@ use crate::ffi::register::{handler, CommandSpec, Keys};
 // Redis 7.0. `ffi::register` adds key specs, `getkeys-api` and the `ratelimit` ACL category only
 // where the server has them. Each command's legacy first/last/step key range and
 // `getkeys-api` flag are derived from its `keys`.
-const COMMANDS: [CommandSpec; 6] = [
+const COMMANDS: [CommandSpec; 9] = [
     CommandSpec {
         name: c"RL.CHECK",
         handler: handler!(commands::check::run),
@@ -61,6 +62,26 @@ const COMMANDS: [CommandSpec; 6] = [
         handler: handler!(commands::reset::run),
         flags: "write fast",
         keys: Keys::First(Delete),
+    },
+    // The lease commands purge expired leases as they go: at most `lease::MAX_LEASES` members
+    // per call (amortised one per lease ever taken), so they are not flagged `fast`.
+    CommandSpec {
+        name: c"RL.ACQUIRE",
+        handler: handler!(commands::acquire::run),
+        flags: "write deny-oom",
+        keys: Keys::First(Update),
+    },
+    CommandSpec {
+        name: c"RL.RELEASE",
+        handler: handler!(commands::release::run),
+        flags: "write",
+        keys: Keys::First(Update),
+    },
+    CommandSpec {
+        name: c"RL.RENEW",
+        handler: handler!(commands::renew::run),
+        flags: "write deny-oom",
+        keys: Keys::First(Update),
     },
     CommandSpec {
         name: c"CL.THROTTLE",

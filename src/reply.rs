@@ -16,7 +16,10 @@ pub enum Reply {
     Refund { remaining: i64, reset_after_ms: i64 },
     /// CL.THROTTLE: `[limited, limit, remaining, retry_after_s, reset_after_s]`.
     Throttle(ThrottleReply),
-    /// A single integer: RL.RESET's 1 (a key was removed) or 0.
+    /// RL.ACQUIRE: `[acquired, in_flight, max, retry_after_ms]`.
+    Acquire(AcquireReply),
+    /// A single integer: RL.RESET's 1 (a key was removed) or 0; RL.RELEASE's and RL.RENEW's
+    /// 1 (the lease was live) or 0.
     Int(i64),
 }
 
@@ -72,6 +75,33 @@ impl ThrottleReply {
     /// The integers in wire order.
     pub fn to_array(&self) -> [i64; 5] {
         [i64::from(self.limited), self.limit, self.remaining, self.retry_after_s, self.reset_after_s]
+    }
+}
+
+/// RL.ACQUIRE's four integers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AcquireReply {
+    /// Sent as 1 (the lease is held) or 0 (refused).
+    pub acquired: bool,
+    pub in_flight: i64,
+    pub max: i64,
+    /// 0 when acquired; else milliseconds until the earliest live lease ends.
+    pub retry_after_ms: i64,
+}
+
+impl AcquireReply {
+    pub fn new(decision: &crate::lease::Acquire, max: u64) -> Self {
+        AcquireReply {
+            acquired: decision.acquired,
+            in_flight: saturating_i64(decision.in_flight),
+            max: saturating_i64(max),
+            retry_after_ms: saturating_i64(decision.retry_after_ms),
+        }
+    }
+
+    /// The integers in wire order.
+    pub fn to_array(&self) -> [i64; 4] {
+        [i64::from(self.acquired), self.in_flight, self.max, self.retry_after_ms]
     }
 }
 

@@ -8,6 +8,7 @@
 use crate::args::Args;
 use crate::error::Error;
 use crate::gcra::Tat;
+use crate::lease::LeaseView;
 
 #[cfg(test)]
 pub mod memory;
@@ -44,4 +45,55 @@ pub trait Store {
 
     /// Deletes the key, signals it, and replicates `DEL key`.
     fn delete(&mut self, key: &Self::Key) -> Result<(), Error>;
+}
+
+/// The lowest deadline a lease set may hold, in ms since the epoch (September 2001): every
+/// deadline a server clock produces is later, while application sorted sets (scores,
+/// counters, ranks) use smaller numbers, so they are refused as not lease state.
+pub const MIN_DEADLINE_MS: f64 = 1e12;
+
+/// The highest: 2^53, the last integer every double holds exactly.
+pub const MAX_DEADLINE_MS: f64 = 9_007_199_254_740_992.0;
+
+/// Whether a score read from a sorted set can be a lease deadline: an integer within
+/// [`MIN_DEADLINE_MS`]..=[`MAX_DEADLINE_MS`]; then it is that many milliseconds.
+pub fn deadline_of(score: f64) -> Option<u64> {
+    // The range check first: it also refuses NaN and the infinities.
+    if (MIN_DEADLINE_MS..=MAX_DEADLINE_MS).contains(&score) && score.fract() == 0.0 {
+        // Exact: an integer below 2^53.
+        Some(score as u64)
+    } else {
+        None
+    }
+}
+
+/// Lease sets by key: a Redis sorted set with one member per lease id, scored by its
+/// deadline in milliseconds since the epoch. The lease commands' ids are named by their
+/// position on the line, like keys.
+///
+/// A sorted set is taken as lease state when its lowest and highest scores are deadlines
+/// ([`deadline_of`]) and it has at most [`crate::lease::MAX_LEASES`] members (which the lease
+/// commands never exceed); anything else is [`Error::NotLeaseState`], read before any write.
+pub trait LeaseStore: Store {
+    /// What the set holds at `now_ms` for the id at argument `id_index`: `Default` for a
+    /// missing key, [`Error::WrongType`] for another type, [`Error::NotLeaseState`] for a
+    /// sorted set that is not lease state.
+    fn read_leases(&self, key: &Self::Key, line: &Self::Line, id_index: usize, now_ms: u64)
+        -> Result<LeaseView, Error>;
+
+    /// Removes every lease whose deadline is at or before `now_ms` (at most
+    /// [`crate::lease::MAX_LEASES`]), and replicates `ZREMRANGEBYSCORE key -inf now_ms`.
+    fn purge_leases(&mut self, key: &Self::Key, now_ms: u64) -> Result<(), Error>;
+
+    /// Stores the id at `id_index` with `deadline_ms`, and replicates `ZADD key deadline id`.
+    fn put_lease(&mut self, key: &Self::Key, line: &Self::Line, id_index: usize, deadline_ms: u64)
+        -> Result<(), Error>;
+
+    /// Removes the id at `id_index`, and replicates `ZREM key id`.
+    fn remove_lease(&mut self, key: &Self::Key, line: &Self::Line, id_index: usize) -> Result<(), Error>;
+
+    /// Sets the key to expire with its last lease (`PEXPIREAT key <highest deadline>`) and
+    /// replicates that; nothing when the key is gone (a set emptied by removals is deleted,
+    /// on replicas too).
+    fn expire_with_last_lease(&mut self, key: &Self::Key) -> Result<(), Error>;
 }

@@ -233,7 +233,20 @@ fn acl_user_limited_to_the_rate_limit_commands() {
         let commands: Vec<String> = redis::cmd("ACL").arg(&["CAT", "ratelimit"]).query(&mut admin).unwrap();
         let mut commands: Vec<String> = commands.into_iter().map(|c| c.to_lowercase()).collect();
         commands.sort();
-        assert_eq!(commands, ["cl.throttle", "rl.check", "rl.checkall", "rl.peek", "rl.refund", "rl.reset"]);
+        assert_eq!(
+            commands,
+            [
+                "cl.throttle",
+                "rl.acquire",
+                "rl.check",
+                "rl.checkall",
+                "rl.peek",
+                "rl.refund",
+                "rl.release",
+                "rl.renew",
+                "rl.reset"
+            ]
+        );
     }
 }
 

@@ -56,6 +56,20 @@ pub struct ThrottleReply {
     pub reset_after_secs: u64,
 }
 
+/// `RL.ACQUIRE`: `[acquired, in_flight, max, retry_after_ms]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AcquireReply {
+    /// The lease is held now (taken, or renewed when the id already held one).
+    pub acquired: bool,
+    /// Live leases after the call, this one included when acquired.
+    pub in_flight: u64,
+    /// The `max` the call was made with.
+    pub max: u64,
+    /// 0 when acquired; else milliseconds until the earliest live lease ends (an upper bound
+    /// on the wait, as a lease may also be released earlier).
+    pub retry_after_ms: u64,
+}
+
 fn bad(what: &str, value: &dyn std::fmt::Debug) -> ParsingError {
     ParsingError::from(format!("not an {what} reply: {value:?}"))
 }
@@ -169,6 +183,21 @@ impl FromRedisValue for ThrottleReply {
     }
 }
 
+impl FromRedisValue for AcquireReply {
+    fn from_redis_value(v: Value) -> Result<Self, ParsingError> {
+        const WHAT: &str = "RL.ACQUIRE";
+        match *ints(WHAT, v)? {
+            [acquired, in_flight, max, retry] => Ok(AcquireReply {
+                acquired: flag(WHAT, acquired)?,
+                in_flight: count(WHAT, in_flight)?,
+                max: count(WHAT, max)?,
+                retry_after_ms: count(WHAT, retry)?,
+            }),
+            ref other => Err(bad(WHAT, &other)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,5 +253,16 @@ mod tests {
             t,
             ThrottleReply { limited: false, limit: 5, remaining: 4, retry_after_secs: None, reset_after_secs: 1 }
         );
+    }
+
+    #[test]
+    fn acquire_replies() {
+        assert_eq!(
+            AcquireReply::from_redis_value(array(&[0, 3, 3, 250])).unwrap(),
+            AcquireReply { acquired: false, in_flight: 3, max: 3, retry_after_ms: 250 }
+        );
+        for bad in [vec![1, 1, 3], vec![2, 1, 3, 0], vec![1, -1, 3, 0], vec![0, 3, 3, -1]] {
+            assert!(AcquireReply::from_redis_value(array(&bad)).is_err(), "{bad:?}");
+        }
     }
 }

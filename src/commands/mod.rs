@@ -6,11 +6,14 @@
 //! Inside Redis the store is the keyspace and the caller the FFI edge; in the unit tests
 //! (`tests.rs`) it is an in-memory map and the clock a constant.
 
+pub mod acquire;
 pub mod check;
 pub mod checkall;
 pub mod debug;
 pub mod peek;
 pub mod refund;
+pub mod release;
+pub mod renew;
 pub mod reset;
 pub mod throttle;
 
@@ -20,8 +23,9 @@ mod tests;
 use crate::args::CheckRequest;
 use crate::error::Error;
 use crate::gcra::{decide, decide_forced, Decision};
+use crate::lease::LeaseView;
 use crate::stats;
-use crate::store::{Access, Store};
+use crate::store::{Access, LeaseStore, Store};
 
 /// Takes `request.cost` tokens from the key at argument 1 if its bucket has them (or always,
 /// with `FORCE`): read, decide, write and replicate the effect, count. RL.CHECK and
@@ -39,4 +43,42 @@ fn take<S: Store>(store: &mut S, line: &S::Line, request: &CheckRequest, now: u6
     }
     stats::count_decision(decision.allowed);
     Ok(decision)
+}
+
+/// A lease set opened for a lease command: the key at argument 1 and what it holds at
+/// `now_ms` for the id at `id_index`, read (and validated) before anything is written.
+fn open_leases<S: LeaseStore>(
+    store: &mut S,
+    line: &S::Line,
+    id_index: usize,
+    now_ms: u64,
+) -> Result<(S::Key, LeaseView), Error> {
+    let key = store.open(line, 1, Access::Write)?;
+    let view = store.read_leases(&key, line, id_index, now_ms)?;
+    Ok((key, view))
+}
+
+/// Every lease command's write, in order: purge the expired leases (if any), apply the
+/// command's own change, and let the key expire with its last lease. Writes nothing when
+/// nothing changes.
+fn write_leases<S: LeaseStore>(
+    store: &mut S,
+    key: &S::Key,
+    view: &LeaseView,
+    now_ms: u64,
+    change: impl FnOnce(&mut S) -> Result<bool, Error>,
+) -> Result<(), Error> {
+    let purged = view.expired > 0;
+    if purged {
+        store.purge_leases(key, now_ms)?;
+    }
+    if change(store)? || purged {
+        store.expire_with_last_lease(key)?;
+    }
+    Ok(())
+}
+
+/// The server clock in whole milliseconds, the unit of lease deadlines.
+fn millis(now_nanos: u64) -> u64 {
+    now_nanos / 1_000_000
 }

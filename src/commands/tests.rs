@@ -3,10 +3,11 @@
 //! effects it would have replicated. The math itself is tested in `gcra`; the same commands
 //! against real servers in `tests/`.
 
-use super::{check, checkall, peek, refund, reset, throttle};
+use super::{acquire, check, checkall, peek, refund, release, renew, reset, throttle};
 use crate::error::Error;
 use crate::gcra::Tat;
-use crate::reply::{CheckReply, Reply, ThrottleReply};
+use crate::reply::{AcquireReply, CheckReply, Reply, ThrottleReply};
+use crate::store::memory::Value;
 use crate::store::memory::{Effect, Line, Memory};
 
 const MS: u64 = 1_000_000;
@@ -291,4 +292,118 @@ fn refunding_a_missing_key_is_a_no_op() {
 #[test]
 fn refund_refuses_foreign_values() {
     assert_foreign_values_refused(refund::run, |key| format!("RL.REFUND {key} 5 5 1"));
+}
+
+// ---------------------------------------------------------------------------------------
+// RL.ACQUIRE, RL.RELEASE, RL.RENEW
+// ---------------------------------------------------------------------------------------
+
+/// T0 in milliseconds, the unit of lease deadlines.
+const T0_MS: u64 = T0 / MS;
+
+fn acquired(acquired: bool, in_flight: i64, max: i64, retry_after_ms: i64) -> Reply {
+    Reply::Acquire(AcquireReply { acquired, in_flight, max, retry_after_ms })
+}
+
+fn zadd(key: &str, score: u64, member: &str) -> Effect {
+    Effect::Zadd { key: key.into(), score, member: member.into() }
+}
+
+fn pexpireat(key: &str, ms: u64) -> Effect {
+    Effect::PexpireAt { key: key.into(), ms }
+}
+
+#[test]
+fn acquire_takes_up_to_max_slots_and_then_says_when_one_frees() {
+    let mut db = Memory::new();
+    assert_eq!(ok(&mut db, acquire::run, "RL.ACQUIRE l 2 1000 ID a", T0), acquired(true, 1, 2, 0));
+    assert_eq!(db.take_effects(), [zadd("l", T0_MS + 1000, "a"), pexpireat("l", T0_MS + 1000)]);
+    assert_eq!(ok(&mut db, acquire::run, "RL.ACQUIRE l 2 1000 ID b", T0 + 100 * MS), acquired(true, 2, 2, 0));
+    assert_eq!(db.take_effects(), [zadd("l", T0_MS + 1100, "b"), pexpireat("l", T0_MS + 1100)]);
+    // Full: the earliest lease (a) ends 800 ms later; nothing is written.
+    assert_eq!(ok(&mut db, acquire::run, "RL.ACQUIRE l 2 1000 ID c", T0 + 200 * MS), acquired(false, 2, 2, 800));
+    assert_eq!(db.take_effects(), []);
+    // A retried acquire renews and counts once.
+    assert_eq!(ok(&mut db, acquire::run, "RL.ACQUIRE l 2 1000 ID a", T0 + 300 * MS), acquired(true, 2, 2, 0));
+    assert_eq!(db.take_effects(), [zadd("l", T0_MS + 1300, "a"), pexpireat("l", T0_MS + 1300)]);
+    assert_eq!(db.lease_expiry("l"), Some(T0_MS + 1300));
+}
+
+#[test]
+fn an_expired_lease_frees_its_slot_and_is_purged_by_the_next_call() {
+    let mut db = Memory::new();
+    ok(&mut db, acquire::run, "RL.ACQUIRE l 1 1000 ID a", T0);
+    db.take_effects();
+    // At its deadline the lease has ended.
+    assert_eq!(ok(&mut db, acquire::run, "RL.ACQUIRE l 1 500 ID b", T0 + SEC), acquired(true, 1, 1, 0));
+    assert_eq!(
+        db.take_effects(),
+        [
+            Effect::ZremRangeByScore { key: "l".into(), max: T0_MS + 1000 },
+            zadd("l", T0_MS + 1500, "b"),
+            pexpireat("l", T0_MS + 1500)
+        ]
+    );
+    // A refused call still purges; the set emptied by it is deleted.
+    assert_eq!(ok(&mut db, release::run, "RL.RELEASE l b", T0 + 2 * SEC), Reply::Int(0));
+    assert_eq!(db.take_effects(), [Effect::ZremRangeByScore { key: "l".into(), max: T0_MS + 2000 }]);
+    assert_eq!(db.value("l"), None);
+}
+
+#[test]
+fn release_and_renew_act_only_on_a_live_lease() {
+    let mut db = Memory::new();
+    ok(&mut db, acquire::run, "RL.ACQUIRE l 3 1000 ID a", T0);
+    ok(&mut db, acquire::run, "RL.ACQUIRE l 3 5000 ID b", T0);
+    db.take_effects();
+    assert_eq!(ok(&mut db, renew::run, "RL.RENEW l a 9000", T0 + 10 * MS), Reply::Int(1));
+    assert_eq!(db.take_effects(), [zadd("l", T0_MS + 9010, "a"), pexpireat("l", T0_MS + 9010)]);
+    assert_eq!(ok(&mut db, renew::run, "RL.RENEW l nobody 9000", T0), Reply::Int(0));
+    assert_eq!(ok(&mut db, release::run, "RL.RELEASE l nobody", T0), Reply::Int(0));
+    assert_eq!(db.take_effects(), []);
+    // Releasing the latest lease moves the expiry to the one left.
+    assert_eq!(ok(&mut db, release::run, "RL.RELEASE l a", T0 + 20 * MS), Reply::Int(1));
+    assert_eq!(db.take_effects(), [Effect::Zrem { key: "l".into(), member: "a".into() }, pexpireat("l", T0_MS + 5000)]);
+    assert_eq!(ok(&mut db, release::run, "RL.RELEASE l a", T0 + 20 * MS), Reply::Int(0));
+    // An ended lease is not renewed.
+    assert_eq!(ok(&mut db, renew::run, "RL.RENEW l b 1000", T0 + 5 * SEC), Reply::Int(0));
+    assert_eq!(db.value("l"), None, "purged, and the empty set deleted");
+}
+
+#[test]
+fn lease_commands_refuse_foreign_values_and_bad_lines_without_writing() {
+    let lines = ["RL.ACQUIRE {} 2 1000 ID a", "RL.RELEASE {} a", "RL.RENEW {} a 1000"];
+    let bodies: [Body; 3] = [acquire::run, release::run, renew::run];
+    for (line, body) in lines.iter().zip(bodies) {
+        let mut db = Memory::new();
+        db.set_string("hello", b"hello");
+        db.set_zset("board", &[("alice", 3.0), ("bob", 7.5)]);
+        db.set_zset("fraction", &[("a", T0_MS as f64 + 0.5)]);
+        for (key, want) in
+            [("hello", Error::WrongType), ("board", Error::NotLeaseState), ("fraction", Error::NotLeaseState)]
+        {
+            let before = db.value(key);
+            let words = line.replace("{}", key);
+            assert_eq!(call(&mut db, body, &words, T0), Err(want), "{words}");
+            assert_eq!(db.value(key), before, "{words}: unchanged");
+        }
+        assert_eq!(db.take_effects(), [], "{line}: nothing replicated");
+    }
+    let mut db = Memory::new();
+    for bad in ["RL.ACQUIRE l 0 1000 ID a", "RL.ACQUIRE l 1 0 ID a", "RL.ACQUIRE l 1 1000 ID", "RL.RENEW l a 0"] {
+        let body: Body = if bad.starts_with("RL.RENEW") { renew::run } else { acquire::run };
+        assert!(call(&mut db, body, bad, T0).is_err(), "{bad}");
+    }
+    assert_eq!((db.value("l"), db.take_effects()), (None, vec![]));
+}
+
+#[test]
+fn limiter_commands_refuse_a_lease_set_as_the_wrong_type() {
+    let mut db = Memory::new();
+    ok(&mut db, acquire::run, "RL.ACQUIRE l 1 1000 ID a", T0);
+    db.take_effects();
+    assert_eq!(call(&mut db, check::run, "RL.CHECK l 5 10", T0), Err(Error::WrongType));
+    assert_eq!(call(&mut db, reset::run, "RL.RESET l", T0), Err(Error::WrongType));
+    assert!(matches!(db.value("l"), Some(Value::Zset(_))));
+    assert_eq!(db.take_effects(), []);
 }

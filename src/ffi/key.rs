@@ -63,11 +63,11 @@ impl Store for Keyspace {
 
 /// An open key, closed on drop.
 pub struct Key {
-    ctx: RawCtx,
-    name: NonNull<raw::RedisModuleString>,
+    pub(super) ctx: RawCtx,
+    pub(super) name: NonNull<raw::RedisModuleString>,
     /// NULL only for a missing key opened read-only; never written through then (read-only
     /// keys are never written).
-    key: *mut raw::RedisModuleKey,
+    pub(super) key: *mut raw::RedisModuleKey,
 }
 
 impl Key {
@@ -149,7 +149,7 @@ impl Key {
     /// Tells WATCH and client-side caching that the key changed, and emits the keyspace events
     /// the equivalent core commands emit (`SET … PXAT`: `set` and `expire`; `DEL`: `del`), so
     /// subscribers see the same events on the primary as on replicas applying the effect.
-    unsafe fn signal_and_notify(&self, events: &[(c_int, &CStr)]) {
+    pub(super) unsafe fn signal_and_notify(&self, events: &[(c_int, &CStr)]) {
         if let Some(signal) = raw::RedisModule_SignalModifiedKey {
             signal(self.ctx, self.name.as_ptr());
         }
@@ -217,7 +217,7 @@ impl Drop for Key {
 
 /// Sets the key to expire at `expiry_ms` (Unix milliseconds). `SetAbsExpire` exists from
 /// Redis 6.2.2; on older servers a relative expiry from the millisecond clock is the fallback.
-unsafe fn set_absolute_expiry(key: *mut raw::RedisModuleKey, expiry_ms: i64) {
+pub(super) unsafe fn set_absolute_expiry(key: *mut raw::RedisModuleKey, expiry_ms: i64) {
     if let Some(set_abs) = raw::RedisModule_SetAbsExpire {
         set_abs(key, expiry_ms);
     } else if let (Some(set_rel), Some(millis)) = (raw::RedisModule_SetExpire, raw::RedisModule_Milliseconds) {

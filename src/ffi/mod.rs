@@ -7,6 +7,8 @@
 //!   (`now_nanos`) and writing the reply;
 //! - `key.rs`: the Redis key as a store ([`Keyspace`]): read, write with expiry, delete,
 //!   keyspace events and effect replication;
+//! - `lease.rs`: the same keys as lease sets (sorted sets): reading what a set holds,
+//!   purging, adding, removing, the expiry with the last lease, each replicated as its effect;
 //! - [`register`]: loading the module: commands, key specs, key-position requests, the ACL
 //!   category, the INFO section;
 //! - [`alloc`]: the global allocator.
@@ -18,6 +20,7 @@
 
 pub mod alloc;
 mod key;
+mod lease;
 pub mod register;
 
 use std::ffi::CStr;
@@ -86,6 +89,7 @@ fn write_reply(ctx: Ctx, reply: &Reply) {
         }
         Reply::Refund { remaining, reset_after_ms } => reply_ints(ctx, &[*remaining, *reset_after_ms]),
         Reply::Throttle(throttle) => reply_ints(ctx, &throttle.to_array()),
+        Reply::Acquire(acquire) => reply_ints(ctx, &acquire.to_array()),
         Reply::Int(v) => reply_int(ctx, *v),
     }
 }

@@ -5,10 +5,11 @@
 
 use std::collections::BTreeMap;
 
-use super::{Access, Store};
+use super::{deadline_of, Access, LeaseStore, Store};
 use crate::args::Args;
 use crate::error::Error;
 use crate::gcra::Tat;
+use crate::lease::{LeaseView, MAX_LEASES};
 use crate::state;
 
 /// A command line, one argument per space-separated word: `Line::new("RL.CHECK k 5 10")`.
@@ -31,10 +32,12 @@ impl Args for Line {
 }
 
 /// What a key holds.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Value {
     /// A string value: limiter state, or anything an application stored.
     String(Vec<u8>),
+    /// A sorted set, member to score: lease state, or an application's.
+    Zset(BTreeMap<Vec<u8>, f64>),
     /// A value of another type (a list, a hash, ...).
     Other,
 }
@@ -46,11 +49,21 @@ pub enum Effect {
     Set { key: String, value: String, pxat_ms: u64 },
     /// `DEL key`
     Del { key: String },
+    /// `ZADD key score member`
+    Zadd { key: String, score: u64, member: String },
+    /// `ZREM key member`
+    Zrem { key: String, member: String },
+    /// `ZREMRANGEBYSCORE key -inf max`
+    ZremRangeByScore { key: String, max: u64 },
+    /// `PEXPIREAT key ms`
+    PexpireAt { key: String, ms: u64 },
 }
 
 #[derive(Default)]
 pub struct Memory {
     values: BTreeMap<Vec<u8>, Value>,
+    /// Absolute expiries set by the lease commands (string expiries are in the effects).
+    expiries: BTreeMap<Vec<u8>, u64>,
     effects: Vec<Effect>,
 }
 
@@ -73,6 +86,18 @@ impl Memory {
     /// Stores a value of another type (`RPUSH key x`), recording no effect.
     pub fn set_other(&mut self, key: &str) {
         self.values.insert(key.as_bytes().to_vec(), Value::Other);
+    }
+
+    /// Stores a sorted set as an application would (`ZADD key score member ...`), recording
+    /// no effect.
+    pub fn set_zset(&mut self, key: &str, members: &[(&str, f64)]) {
+        let set = members.iter().map(|&(m, score)| (m.as_bytes().to_vec(), score)).collect();
+        self.values.insert(key.as_bytes().to_vec(), Value::Zset(set));
+    }
+
+    /// The expiry a lease set was last given (`PEXPIREAT`), if it exists.
+    pub fn lease_expiry(&self, key: &str) -> Option<u64> {
+        self.expiries.get(key.as_bytes()).copied()
     }
 
     pub fn value(&self, key: &str) -> Option<Value> {
@@ -113,7 +138,7 @@ impl Store for Memory {
         match self.values.get(&key.name) {
             None => Ok(None),
             Some(Value::String(bytes)) => state::decode(bytes).map(Some).ok_or(Error::NotLimiterState),
-            Some(Value::Other) => Err(Error::WrongType),
+            Some(Value::Other | Value::Zset(_)) => Err(Error::WrongType),
         }
     }
 
@@ -133,6 +158,93 @@ impl Store for Memory {
         Memory::writable(key)?;
         self.values.remove(&key.name);
         self.effects.push(Effect::Del { key: String::from_utf8_lossy(&key.name).into_owned() });
+        Ok(())
+    }
+}
+
+impl Memory {
+    fn zset(&self, key: &MemoryKey) -> Result<Option<&BTreeMap<Vec<u8>, f64>>, Error> {
+        match self.values.get(&key.name) {
+            None => Ok(None),
+            Some(Value::Zset(set)) => Ok(Some(set)),
+            Some(_) => Err(Error::WrongType),
+        }
+    }
+
+    fn zset_mut(&mut self, key: &MemoryKey) -> Result<&mut BTreeMap<Vec<u8>, f64>, Error> {
+        Memory::writable(key)?;
+        let entry = self.values.entry(key.name.clone()).or_insert_with(|| Value::Zset(BTreeMap::new()));
+        match entry {
+            Value::Zset(set) => Ok(set),
+            _ => Err(Error::WrongType),
+        }
+    }
+
+    /// A set emptied by removals is deleted, as Redis does.
+    fn drop_if_empty(&mut self, key: &MemoryKey) {
+        if matches!(self.values.get(&key.name), Some(Value::Zset(set)) if set.is_empty()) {
+            self.values.remove(&key.name);
+            self.expiries.remove(&key.name);
+        }
+    }
+
+    fn name(key: &MemoryKey) -> String {
+        String::from_utf8_lossy(&key.name).into_owned()
+    }
+}
+
+impl LeaseStore for Memory {
+    fn read_leases(&self, key: &MemoryKey, line: &Line, id_index: usize, now_ms: u64) -> Result<LeaseView, Error> {
+        let Some(set) = self.zset(key)? else { return Ok(LeaseView::default()) };
+        let lowest = set.values().copied().reduce(f64::min);
+        let highest = set.values().copied().reduce(f64::max);
+        let is_lease_state = set.len() as u64 <= MAX_LEASES
+            && lowest.and_then(deadline_of).is_some()
+            && highest.and_then(deadline_of).is_some();
+        if !is_lease_state {
+            return Err(Error::NotLeaseState);
+        }
+        let id = line.get(id_index).ok_or(Error::Internal)?;
+        let deadlines = || set.values().filter_map(|&score| deadline_of(score));
+        Ok(LeaseView {
+            live: deadlines().filter(|&d| d > now_ms).count() as u64,
+            expired: deadlines().filter(|&d| d <= now_ms).count() as u64,
+            held: set.get(id).and_then(|&score| deadline_of(score)),
+            earliest_live: deadlines().filter(|&d| d > now_ms).min(),
+        })
+    }
+
+    fn purge_leases(&mut self, key: &MemoryKey, now_ms: u64) -> Result<(), Error> {
+        let set = self.zset_mut(key)?;
+        set.retain(|_, score| *score > now_ms as f64);
+        self.effects.push(Effect::ZremRangeByScore { key: Memory::name(key), max: now_ms });
+        self.drop_if_empty(key);
+        Ok(())
+    }
+
+    fn put_lease(&mut self, key: &MemoryKey, line: &Line, id_index: usize, deadline_ms: u64) -> Result<(), Error> {
+        let id = line.get(id_index).ok_or(Error::Internal)?.to_vec();
+        let member = String::from_utf8_lossy(&id).into_owned();
+        self.zset_mut(key)?.insert(id, deadline_ms as f64);
+        self.effects.push(Effect::Zadd { key: Memory::name(key), score: deadline_ms, member });
+        Ok(())
+    }
+
+    fn remove_lease(&mut self, key: &MemoryKey, line: &Line, id_index: usize) -> Result<(), Error> {
+        let id = line.get(id_index).ok_or(Error::Internal)?;
+        let member = String::from_utf8_lossy(id).into_owned();
+        let id = id.to_vec();
+        self.zset_mut(key)?.remove(&id);
+        self.effects.push(Effect::Zrem { key: Memory::name(key), member });
+        self.drop_if_empty(key);
+        Ok(())
+    }
+
+    fn expire_with_last_lease(&mut self, key: &MemoryKey) -> Result<(), Error> {
+        let Some(set) = self.zset(key)? else { return Ok(()) };
+        let Some(last) = set.values().copied().reduce(f64::max).and_then(deadline_of) else { return Ok(()) };
+        self.expiries.insert(key.name.clone(), last);
+        self.effects.push(Effect::PexpireAt { key: Memory::name(key), ms: last });
         Ok(())
     }
 }

@@ -13,7 +13,7 @@
 
 use redis::{ConnectionLike, FromRedisValue, ToRedisArgs};
 
-use crate::reply::{CheckAllReply, CheckReply, RefundReply, ThrottleReply};
+use crate::reply::{AcquireReply, CheckAllReply, CheckReply, RefundReply, ThrottleReply};
 
 /// `name args...`, decoded as `T`.
 fn run<T: FromRedisValue>(con: &mut impl ConnectionLike, name: &str, args: impl ToRedisArgs) -> T {
@@ -61,6 +61,21 @@ pub fn rl_reset(con: &mut impl ConnectionLike, key: impl ToRedisArgs) -> u64 {
 /// `CL.THROTTLE args...` (`key max_burst count_per_period period [quantity]`), as written.
 pub fn cl_throttle(con: &mut impl ConnectionLike, args: impl ToRedisArgs) -> ThrottleReply {
     run(con, "CL.THROTTLE", args)
+}
+
+/// `RL.ACQUIRE key max lease_ms ID id`.
+pub fn rl_acquire(con: &mut impl ConnectionLike, key: &str, max: u64, lease_ms: u64, id: &str) -> AcquireReply {
+    run(con, "RL.ACQUIRE", (key, max, lease_ms, "ID", id))
+}
+
+/// `RL.RELEASE key id`: whether a live lease was released.
+pub fn rl_release(con: &mut impl ConnectionLike, key: &str, id: &str) -> bool {
+    run::<i64>(con, "RL.RELEASE", (key, id)) == 1
+}
+
+/// `RL.RENEW key id lease_ms`: whether a live lease was renewed.
+pub fn rl_renew(con: &mut impl ConnectionLike, key: &str, id: &str, lease_ms: u64) -> bool {
+    run::<i64>(con, "RL.RENEW", (key, id, lease_ms)) == 1
 }
 
 /// `RL.CHECK key limit window COST cost BURST burst`.

@@ -27,6 +27,33 @@ impl Stored {
     }
 }
 
+/// What the server holds for one lease set: its members with their scores, lowest first, as
+/// the server prints them (`ZRANGE key 0 -1 WITHSCORES`), and its absolute expiry in ms
+/// (`PEXPIRETIME`: -1 without expiry, -2 when the key is missing).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredLeases {
+    pub members: Vec<(String, String)>,
+    pub pexpiretime: i64,
+}
+
+impl StoredLeases {
+    /// `ZRANGE key 0 -1 WITHSCORES` and `PEXPIRETIME key`.
+    pub fn of(con: &mut impl ConnectionLike, key: &str) -> StoredLeases {
+        let (flat, pexpiretime): (Vec<String>, i64) = redis::pipe()
+            .cmd("ZRANGE")
+            .arg(key)
+            .arg(0)
+            .arg(-1)
+            .arg("WITHSCORES")
+            .cmd("PEXPIRETIME")
+            .arg(key)
+            .query(con)
+            .unwrap_or_else(|e| panic!("ZRANGE/PEXPIRETIME {key}: {e}"));
+        let members = flat.chunks(2).map(|pair| (pair[0].clone(), pair[1].clone())).collect();
+        StoredLeases { members, pexpiretime }
+    }
+}
+
 /// `GET` and `PEXPIRETIME` of each key, in one round trip.
 pub fn stored(con: &mut impl ConnectionLike, keys: &[String]) -> BTreeMap<String, Stored> {
     if keys.is_empty() {

@@ -13,12 +13,13 @@
 //!   for replicas over a cluster connection.
 //! - **Typed commands** ([`commands`]): [`check`], [`peek`], [`tokens`] for a limiter given
 //!   as numbers; [`rl_check`], [`rl_peek`], [`rl_checkall`], [`rl_refund`], [`rl_reset`],
-//!   [`cl_throttle`] for arguments exactly as written. Replies are the typed values of
+//!   [`cl_throttle`] for arguments exactly as written; [`rl_acquire`], [`rl_release`],
+//!   [`rl_renew`] for concurrency leases. Replies are the typed values of
 //!   [`reply`] (the `rl-protocol` crate): [`CheckReply`], [`CheckAllReply`], [`RefundReply`],
-//!   [`ThrottleReply`].
+//!   [`ThrottleReply`], [`AcquireReply`].
 //! - **Inspection** ([`inspect`]): what a server holds ([`Stored`], [`stored`], [`snapshot`],
-//!   [`all_keys`]), what it reports ([`info_field`], [`repl_offset`], [`redis_version`],
-//!   [`is_valkey`]), and [`wait_for_replicas`] (`WAIT`).
+//!   [`all_keys`]; [`StoredLeases`] for a lease set), what it reports ([`info_field`],
+//!   [`repl_offset`], [`redis_version`], [`is_valkey`]), and [`wait_for_replicas`] (`WAIT`).
 //! - **Processes** ([`process`]): [`ChildGuard`] runs any binary with its output in files and
 //!   kills it on drop; the gateway's tests run the `gateway` binary with it.
 //! - **Faults** ([`proxy`]): [`Proxy`], a loopback TCP relay that can drop a connection after
@@ -42,7 +43,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 pub use redis;
 /// The module's replies as typed values (the `rl-protocol` crate).
 pub use rl_protocol as reply;
-pub use rl_protocol::{CheckAllReply, CheckReply, RefundReply, ThrottleReply};
+pub use rl_protocol::{AcquireReply, CheckAllReply, CheckReply, RefundReply, ThrottleReply};
 
 pub mod cluster;
 pub mod commands;
@@ -53,9 +54,13 @@ pub mod server;
 pub mod wait;
 
 pub use cluster::{Cluster, ClusterBuilder, SLOTS};
-pub use commands::{check, cl_throttle, peek, rl_check, rl_checkall, rl_peek, rl_refund, rl_reset, tokens};
+pub use commands::{
+    check, cl_throttle, peek, rl_acquire, rl_check, rl_checkall, rl_peek, rl_refund, rl_release, rl_renew, rl_reset,
+    tokens,
+};
 pub use inspect::{
     all_keys, info_field, is_valkey, redis_version, repl_offset, snapshot, stored, wait_for_replicas, Stored,
+    StoredLeases,
 };
 pub use process::ChildGuard;
 pub use proxy::Proxy;

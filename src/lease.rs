@@ -1,0 +1,144 @@
+//! Concurrency leases (RL.ACQUIRE, RL.RELEASE, RL.RENEW), pure: what the lease set holds at
+//! `now` in, the decision out. No Redis types, no clock reads.
+//!
+//! Vocabulary:
+//! - a **lease** is one of `max` slots, held by a caller-chosen `id` until its **deadline**
+//!   (milliseconds since the Unix epoch): taken or renewed at `now`, it ends at
+//!   `now + lease_ms`;
+//! - a lease is **live** while `now < deadline`; at its deadline it has ended by itself and
+//!   is **expired** (purged by the next call on the key);
+//! - **in flight**: the live leases.
+//!
+//! The set is stored as a Redis sorted set (member = id, score = deadline), so the store tells
+//! this code only the few numbers a decision needs ([`LeaseView`]).
+
+/// The longest lease (and renewal) accepted: one day. Holders of longer work renew.
+pub const MAX_LEASE_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// The largest `max` accepted. A set only grows through an acquire that finds fewer than
+/// `max` live leases after purging the expired ones, so a lease set never holds more than
+/// this many members, and one call never purges more than this many.
+pub const MAX_LEASES: u64 = 10_000;
+
+/// The longest lease id accepted, in bytes.
+pub const MAX_ID_BYTES: usize = 256;
+
+/// What the lease set holds at `now`, as read before anything is changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct LeaseView {
+    /// Live leases (deadline after `now`).
+    pub live: u64,
+    /// Expired leases still stored (deadline at or before `now`); the call purges them.
+    pub expired: u64,
+    /// The deadline of the caller's `id`, if the set holds it (live or expired).
+    pub held: Option<u64>,
+    /// The earliest deadline among the live leases.
+    pub earliest_live: Option<u64>,
+}
+
+impl LeaseView {
+    /// Whether the caller's id holds a live lease at `now`.
+    fn holds(&self, now_ms: u64) -> bool {
+        self.held.is_some_and(|deadline| deadline > now_ms)
+    }
+}
+
+/// The outcome of RL.ACQUIRE.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Acquire {
+    pub acquired: bool,
+    /// Live leases after the call.
+    pub in_flight: u64,
+    /// 0 when acquired, else milliseconds until the earliest live lease ends (at least 1).
+    pub retry_after_ms: u64,
+    /// The deadline to store for the caller's id, when acquired.
+    pub deadline: Option<u64>,
+}
+
+/// Takes a slot for the caller's id if fewer than `max` leases are live; an id that already
+/// holds a live lease renews it and is counted once (so a retried call is safe).
+pub fn acquire(view: &LeaseView, now_ms: u64, max: u64, lease_ms: u64) -> Acquire {
+    let deadline = now_ms.saturating_add(lease_ms);
+    if view.holds(now_ms) {
+        return Acquire { acquired: true, in_flight: view.live, retry_after_ms: 0, deadline: Some(deadline) };
+    }
+    if view.live < max {
+        return Acquire { acquired: true, in_flight: view.live + 1, retry_after_ms: 0, deadline: Some(deadline) };
+    }
+    // Refused: every live lease has a deadline after now, so the wait is at least 1 ms. With
+    // `max >= 1` and `live >= max` there is an earliest live lease.
+    let retry_after_ms = view.earliest_live.map_or(1, |earliest| earliest.saturating_sub(now_ms).max(1));
+    Acquire { acquired: false, in_flight: view.live, retry_after_ms, deadline: None }
+}
+
+/// RL.RELEASE: whether the caller's id held a live lease (which is then removed).
+pub fn release(view: &LeaseView, now_ms: u64) -> bool {
+    view.holds(now_ms)
+}
+
+/// RL.RENEW: the new deadline, if the caller's id holds a live lease.
+pub fn renew(view: &LeaseView, now_ms: u64, lease_ms: u64) -> Option<u64> {
+    view.holds(now_ms).then(|| now_ms.saturating_add(lease_ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: u64 = 1_764_441_600_000;
+
+    fn view(live: u64, held: Option<u64>, earliest_live: Option<u64>) -> LeaseView {
+        LeaseView { live, expired: 0, held, earliest_live }
+    }
+
+    #[test]
+    #[rustfmt::skip]
+    fn acquire_takes_a_free_slot_renews_a_held_one_and_otherwise_says_when_one_frees() {
+        /// `(acquired, in_flight, retry_after_ms, deadline)`.
+        type Want = (bool, u64, u64, Option<u64>);
+        let cases: &[(LeaseView, u64, Want)] = &[
+            // view                                      max   (acquired, in_flight, retry, deadline)
+            (view(0, None, None),                        1,    (true, 1, 0, Some(T0 + 500))),
+            (view(2, None, Some(T0 + 10)),               3,    (true, 3, 0, Some(T0 + 500))),
+            (view(3, None, Some(T0 + 10)),               3,    (false, 3, 10, None)),
+            (view(3, Some(T0 + 10), Some(T0 + 10)),      3,    (true, 3, 0, Some(T0 + 500))), // a retry renews, counted once
+            (view(3, Some(T0), Some(T0 + 10)),           3,    (false, 3, 10, None)),          // its lease ended at T0
+            (view(5, None, Some(T0 + 1)),                2,    (false, 5, 1, None)),           // max lowered below in flight
+        ];
+        for (i, &(v, max, want)) in cases.iter().enumerate() {
+            let a = acquire(&v, T0, max, 500);
+            assert_eq!((a.acquired, a.in_flight, a.retry_after_ms, a.deadline), want, "case {i}");
+        }
+    }
+
+    #[test]
+    fn release_and_renew_act_only_on_a_live_lease() {
+        assert!(release(&view(1, Some(T0 + 1), Some(T0 + 1)), T0));
+        assert!(!release(&view(1, Some(T0), Some(T0 + 5)), T0), "ended at its deadline");
+        assert!(!release(&view(1, None, Some(T0 + 5)), T0));
+        assert_eq!(renew(&view(1, Some(T0 + 1), Some(T0 + 1)), T0, 300), Some(T0 + 300));
+        assert_eq!(renew(&view(1, Some(T0 - 1), None), T0, 300), None);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn acquire_never_exceeds_max_and_a_refusal_waits_for_a_live_lease(
+            live in 0u64..20, max in 1u64..20, held_ahead in proptest::option::of(-5i64..50),
+            earliest in 1u64..100, lease_ms in 1u64..=MAX_LEASE_MS,
+        ) {
+            let held = held_ahead.map(|a| T0.saturating_add_signed(a));
+            // A live lease of the caller's is one of the live ones.
+            let live = if held.is_some_and(|d| d > T0) { live.max(1) } else { live };
+            let v = view(live, held, (live > 0).then_some(T0 + earliest));
+            let a = acquire(&v, T0, max, lease_ms);
+            if a.acquired {
+                proptest::prop_assert!(a.in_flight <= max.max(live), "{v:?} {a:?}");
+                proptest::prop_assert_eq!(a.in_flight, if v.holds(T0) { live } else { live + 1 });
+                proptest::prop_assert_eq!(a.deadline, Some(T0 + lease_ms));
+            } else {
+                proptest::prop_assert!(live >= max && !v.holds(T0));
+                proptest::prop_assert_eq!((a.in_flight, a.retry_after_ms), (live, earliest));
+            }
+        }
+    }
+}

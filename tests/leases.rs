@@ -1,0 +1,212 @@
+//! Concurrency leases (RL.ACQUIRE, RL.RELEASE, RL.RENEW) against real servers: slots up to
+//! `max`, refusals that say when a slot frees, renewal, release, retries counted once, slots
+//! that come back by themselves when a holder vanishes, and state that replicas and the AOF
+//! hold byte for byte (members, scores and expiry), on a single server and on a cluster.
+
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use testkit::redis::{self, Connection, Value};
+use testkit::{
+    repl_offset, rl_acquire, rl_release, rl_renew, wait_for_replicas, wait_until, AcquireReply, Cluster, RedisServer,
+    StoredLeases,
+};
+
+/// Long enough that no lease ends during a test unless the test waits for it.
+const LONG: u64 = 600_000;
+
+fn error_of(con: &mut Connection, args: &[&str]) -> String {
+    let (name, rest) = args.split_first().unwrap();
+    match redis::cmd(name).arg(rest).query::<Value>(con) {
+        Err(e) => format!("{} {}", e.code().unwrap_or(""), e.detail().unwrap_or("")).trim().to_string(),
+        Ok(v) => panic!("{args:?} should fail, got {v:?}"),
+    }
+}
+
+#[test]
+fn acquire_takes_up_to_max_then_refuses_with_the_wait_for_the_earliest_lease() {
+    let server = RedisServer::start();
+    let mut con = server.client();
+    for (id, in_flight) in [("a", 1), ("b", 2), ("c", 3)] {
+        let reply = rl_acquire(&mut con, "jobs", 3, LONG, id);
+        assert_eq!(reply, AcquireReply { acquired: true, in_flight, max: 3, retry_after_ms: 0 }, "{id}");
+    }
+    let refused = rl_acquire(&mut con, "jobs", 3, LONG, "d");
+    assert!(!refused.acquired && refused.in_flight == 3 && refused.max == 3, "{refused:?}");
+    assert!((LONG - 1000..=LONG).contains(&refused.retry_after_ms), "a's lease ends first: {refused:?}");
+    // The state is a plain sorted set expiring with its last lease.
+    let stored = StoredLeases::of(&mut con, "jobs");
+    let ids: Vec<&str> = stored.members.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(ids, ["a", "b", "c"]);
+    let last: i64 = stored.members[2].1.parse().unwrap();
+    assert_eq!(stored.pexpiretime, last, "the key expires at the latest deadline");
+}
+
+#[test]
+fn a_retried_acquire_renews_and_counts_once() {
+    let server = RedisServer::start();
+    let mut con = server.client();
+    rl_acquire(&mut con, "k", 2, LONG, "req-1");
+    let before = StoredLeases::of(&mut con, "k");
+    sleep(Duration::from_millis(5));
+    let again = rl_acquire(&mut con, "k", 2, LONG, "req-1");
+    assert_eq!((again.acquired, again.in_flight), (true, 1), "{again:?}");
+    let after = StoredLeases::of(&mut con, "k");
+    assert_eq!(after.members.len(), 1);
+    assert!(after.pexpiretime > before.pexpiretime, "renewed: {before:?} then {after:?}");
+}
+
+#[test]
+fn release_and_renew_act_on_live_leases_only() {
+    let server = RedisServer::start();
+    let mut con = server.client();
+    rl_acquire(&mut con, "k", 1, LONG, "a");
+    assert!(!rl_acquire(&mut con, "k", 1, LONG, "b").acquired);
+    assert!(rl_renew(&mut con, "k", "a", 2 * LONG));
+    let renewed = StoredLeases::of(&mut con, "k");
+    assert!(!rl_renew(&mut con, "k", "b", LONG), "b holds nothing");
+    assert!(!rl_release(&mut con, "k", "b"));
+    assert_eq!(StoredLeases::of(&mut con, "k"), renewed, "refused calls change nothing");
+    assert!(rl_release(&mut con, "k", "a"));
+    assert!(!rl_release(&mut con, "k", "a"), "released once");
+    assert_eq!(
+        StoredLeases::of(&mut con, "k"),
+        StoredLeases { members: vec![], pexpiretime: -2 },
+        "the empty set is gone"
+    );
+    assert!(rl_acquire(&mut con, "k", 1, LONG, "b").acquired, "the slot is free again");
+}
+
+#[test]
+fn an_expired_lease_frees_its_slot_by_itself() {
+    let server = RedisServer::start();
+    let mut con = server.client();
+    assert!(rl_acquire(&mut con, "k", 1, 200, "crashed").acquired);
+    let refused = rl_acquire(&mut con, "k", 1, LONG, "next");
+    assert!(!refused.acquired && (1..=200).contains(&refused.retry_after_ms), "{refused:?}");
+    sleep(Duration::from_millis(refused.retry_after_ms));
+    let taken = rl_acquire(&mut con, "k", 1, LONG, "next");
+    assert_eq!((taken.acquired, taken.in_flight), (true, 1), "waiting retry_after_ms is enough: {taken:?}");
+    let ids: Vec<String> = StoredLeases::of(&mut con, "k").members.into_iter().map(|(id, _)| id).collect();
+    assert_eq!(ids, ["next"], "the expired lease was purged");
+    // With no call at all, the key expires with its last lease.
+    rl_acquire(&mut con, "gone", 5, 100, "x");
+    let gone = wait_until(Instant::now() + Duration::from_secs(5), || {
+        redis::cmd("EXISTS").arg("gone").query::<i64>(&mut con).unwrap() == 0
+    });
+    assert!(gone, "the lease set expires with its last lease");
+}
+
+#[test]
+fn replicas_and_the_aof_hold_the_same_lease_set() {
+    let primary = RedisServer::builder().arg("appendonly", "yes").arg("appendfsync", "always").start();
+    let replica = RedisServer::builder().start_replica_of(&primary);
+    let mut p = primary.client();
+    let mut r = replica.client();
+    for id in ["a", "b", "c"] {
+        rl_acquire(&mut p, "jobs", 3, LONG, id);
+    }
+    rl_acquire(&mut p, "jobs", 3, 50, "short");
+    rl_release(&mut p, "jobs", "b");
+    rl_renew(&mut p, "jobs", "a", 2 * LONG);
+    rl_acquire(&mut p, "short-lived", 2, 1, "x");
+    sleep(Duration::from_millis(60));
+    // Purges the expired "short" and takes its slot.
+    assert!(rl_acquire(&mut p, "jobs", 3, LONG, "d").acquired);
+    rl_release(&mut p, "short-lived", "x");
+    wait_for_replicas(&mut p, 1);
+    let on_primary = StoredLeases::of(&mut p, "jobs");
+    assert_eq!(on_primary.members.len(), 3, "{on_primary:?}");
+    assert_eq!(StoredLeases::of(&mut r, "jobs"), on_primary, "identical on the replica");
+    assert_eq!(StoredLeases::of(&mut r, "short-lived").pexpiretime, -2, "the purge emptied and deleted it there too");
+
+    let aof = primary.aof_files(".aof");
+    assert!(aof.contains("ZADD") && aof.contains("PEXPIREAT"), "the AOF holds the effects: {aof}");
+    assert!(!aof.to_uppercase().contains("RL.ACQUIRE"), "never the command: {aof}");
+    drop(p);
+    let mut primary = primary;
+    primary.restart();
+    let mut p = primary.client();
+    assert_eq!(StoredLeases::of(&mut p, "jobs"), on_primary, "reloaded byte for byte");
+    assert!(!rl_acquire(&mut p, "jobs", 3, LONG, "e").acquired, "no slot handed out by the restart");
+}
+
+#[test]
+fn nothing_is_propagated_when_nothing_changes() {
+    let primary = RedisServer::start();
+    let _replica = RedisServer::builder().start_replica_of(&primary);
+    let mut p = primary.client();
+    rl_acquire(&mut p, "k", 1, LONG, "a");
+    wait_for_replicas(&mut p, 1);
+    let before = repl_offset(&mut p);
+    assert!(!rl_acquire(&mut p, "k", 1, LONG, "b").acquired);
+    assert!(!rl_release(&mut p, "k", "b"));
+    assert!(!rl_renew(&mut p, "k", "b", 10));
+    assert!(!rl_release(&mut p, "missing", "b"));
+    error_of(&mut p, &["RL.ACQUIRE", "k", "0", "10", "ID", "a"]);
+    assert_eq!(repl_offset(&mut p), before, "refusals and errors propagate nothing");
+}
+
+#[test]
+fn bad_arguments_and_foreign_keys_are_refused_and_change_nothing() {
+    let server = RedisServer::start();
+    let mut con = server.client();
+    rl_acquire(&mut con, "k", 2, LONG, "a");
+    let _: () = redis::cmd("SET").arg("text").arg("hello").query(&mut con).unwrap();
+    let _: () = redis::cmd("ZADD").arg("board").arg(3).arg("alice").query(&mut con).unwrap();
+    let before = (StoredLeases::of(&mut con, "k"), StoredLeases::of(&mut con, "board"));
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["RL.ACQUIRE", "k", "2", "1000", "ID"],
+            "wrong number of arguments, usage: RL.ACQUIRE key max lease_ms ID id",
+        ),
+        (&["RL.ACQUIRE", "k", "0", "1000", "ID", "b"], "max must be an integer between 1 and 10000"),
+        (&["RL.ACQUIRE", "k", "10001", "1000", "ID", "b"], "max must be an integer between 1 and 10000"),
+        (&["RL.ACQUIRE", "k", "2", "0", "ID", "b"], "lease_ms must be an integer between 1 and 86400000"),
+        (&["RL.ACQUIRE", "k", "2", "86400001", "ID", "b"], "lease_ms must be an integer between 1 and 86400000"),
+        (&["RL.ACQUIRE", "k", "2", "1000", "FOR", "b"], "unknown option 'FOR'"),
+        (&["RL.ACQUIRE", "k", "2", "1000", "ID", ""], "id must be a non-empty string of at most 256 bytes"),
+        (&["RL.RELEASE", "k"], "wrong number of arguments, usage: RL.RELEASE key id"),
+        (&["RL.RENEW", "k", "a", "-5"], "lease_ms must be an integer between 1 and 86400000"),
+        (&["RL.ACQUIRE", "text", "2", "1000", "ID", "b"], "WRONGTYPE"),
+        (&["RL.RELEASE", "text", "a"], "WRONGTYPE"),
+        (&["RL.ACQUIRE", "board", "2", "1000", "ID", "b"], "not lease state"),
+        (&["RL.RENEW", "board", "alice", "1000"], "not lease state"),
+        (&["RL.CHECK", "k", "5", "10"], "WRONGTYPE"),
+        (&["RL.RESET", "k"], "WRONGTYPE"),
+    ];
+    for (args, want) in cases {
+        let got = error_of(&mut con, args);
+        assert!(got.contains(want), "{args:?}: {got}");
+        assert!(got.starts_with("ERR") || got.starts_with("WRONGTYPE"), "{args:?}: {got}");
+    }
+    assert_eq!((StoredLeases::of(&mut con, "k"), StoredLeases::of(&mut con, "board")), before, "unchanged");
+    let text: String = redis::cmd("GET").arg("text").query(&mut con).unwrap();
+    assert_eq!(text, "hello");
+    let keys: Vec<String> =
+        redis::cmd("COMMAND").arg("GETKEYS").arg(&["RL.ACQUIRE", "k", "1", "1", "ID", "x"]).query(&mut con).unwrap();
+    assert_eq!(keys, ["k"]);
+}
+
+#[test]
+fn a_cluster_routes_lease_commands_to_the_slot_owner() {
+    let cluster = Cluster::start(3, 0);
+    let mut con = cluster.cluster_connection();
+    let keys: Vec<String> = (0..30).map(|i| format!("leases:{i}")).collect();
+    for key in &keys {
+        let reply: AcquireReply =
+            redis::cmd("RL.ACQUIRE").arg(key).arg(1).arg(LONG).arg("ID").arg("a").query(&mut con).unwrap();
+        assert!(reply.acquired, "{key}");
+        let again: AcquireReply =
+            redis::cmd("RL.ACQUIRE").arg(key).arg(1).arg(LONG).arg("ID").arg("b").query(&mut con).unwrap();
+        assert!(!again.acquired, "{key}: the one slot is taken");
+    }
+    let owners: std::collections::BTreeSet<usize> = keys.iter().map(|k| cluster.owner_index(k)).collect();
+    assert!(owners.len() > 1, "the keys span several primaries");
+    for key in &keys {
+        let mut owner = cluster.owner_of(key).client();
+        assert_eq!(StoredLeases::of(&mut owner, key).members.len(), 1, "{key} lives on its slot owner");
+        let released: i64 = redis::cmd("RL.RELEASE").arg(key).arg("a").query(&mut con).unwrap();
+        assert_eq!(released, 1, "{key}");
+    }
+}

@@ -17,15 +17,20 @@ use crate::config::Settings;
 use crate::limiter::RateLimiter;
 use crate::pipeline::{access_log, checks, identify, limit, proxy, route};
 use crate::pipeline::{Checks, Identify, Limit, Proxy};
-use crate::routing::Routes;
+use crate::routing::{LiveRoutes, Routes};
 
 /// The router. Requests to the pipeline need the client address as a
 /// `ConnectInfo<SocketAddr>` extension (callers without an API key are limited by it):
 /// [`crate::serve::run`] inserts it for each connection; a test inserts it by hand.
 pub fn app<L: RateLimiter>(settings: &Settings, limiter: L) -> Router {
+    app_with_routes(settings, limiter, Arc::new(LiveRoutes::new(Routes::from_settings(settings))))
+}
+
+/// [`app`] on routes the caller keeps, to replace them on a reload ([`LiveRoutes::replace`]).
+pub fn app_with_routes<L: RateLimiter>(settings: &Settings, limiter: L, routes: Arc<LiveRoutes>) -> Router {
     let pipeline = ServiceBuilder::new()
         .layer(from_fn_with_state(Arc::new(Checks::new(settings)), checks::check_request))
-        .layer(from_fn_with_state(Arc::new(Routes::new(&settings.policies)), route::route))
+        .layer(from_fn_with_state(routes, route::route))
         .layer(from_fn_with_state(Arc::new(Identify::new(&settings.identity)), identify::identify))
         .layer(from_fn_with_state(Arc::new(Limit::new(limiter.clone(), settings)), limit::limit::<L>))
         .service(proxy::proxy.with_state(Arc::new(Proxy::new(settings))));

@@ -8,6 +8,7 @@
 //! - [`app`]: the router: `/healthz`, `/readyz`, and the [`pipeline`] for everything else
 //!   (access log -> checks -> route -> identify -> limit -> proxy, one module per step).
 //! - [`routing`]: path normalization and the policy covering a path.
+//! - [`hash_key`]: `gateway hash-key`, the digest of an API key for `[[tier]] keys`.
 //! - [`identity`]: the caller (API key or client IP) and its keyed hash.
 //! - [`limiter`]: the [`limiter::RateLimiter`] trait and its Redis implementation (key names).
 //! - [`llm`]: OpenAI-compatible routes: the token estimate, and settlement on `usage`.
@@ -20,6 +21,7 @@
 pub mod app;
 pub mod config;
 pub mod error;
+pub mod hash_key;
 pub mod headers;
 pub mod identity;
 pub mod limiter;

@@ -4,35 +4,47 @@
 //! path, so `/v1/%70redict` or `/x/../v1//predict` cannot slip past a policy for
 //! `/v1/predict` and still reach it.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
-use crate::config::Policy;
+use crate::config::{Policy, Settings, Tiers};
 
-/// Where a request goes: its normalized path and the policy covering it, if any.
+/// Where a request goes: its normalized path and the policy covering it, if any, with the
+/// tiers of the same configuration (so a reload between steps cannot mix two of them).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Route {
     /// Decoded and normalized (see [`normalize_path`]); what the model receives.
     pub path: String,
     /// `None`: no policy covers the path, it is forwarded without a limit.
     pub policy: Option<Arc<Policy>>,
+    pub tiers: Arc<Tiers>,
 }
 
-/// The policies, in the order of the config file.
+/// The policies, in the order of the config file, and the tiers.
 #[derive(Clone, Debug)]
 pub struct Routes {
     policies: Vec<Arc<Policy>>,
+    tiers: Arc<Tiers>,
 }
 
 impl Routes {
+    /// Policies with the default tiers (no key listed).
     pub fn new(policies: &[Policy]) -> Self {
-        Routes { policies: policies.iter().cloned().map(Arc::new).collect() }
+        Routes::with_tiers(policies, Tiers::default())
+    }
+
+    pub fn with_tiers(policies: &[Policy], tiers: Tiers) -> Self {
+        Routes { policies: policies.iter().cloned().map(Arc::new).collect(), tiers: Arc::new(tiers) }
+    }
+
+    pub fn from_settings(settings: &Settings) -> Self {
+        Routes::with_tiers(&settings.policies, settings.tiers.clone())
     }
 
     /// The route of a request path as received.
     pub fn route(&self, path: &str) -> Route {
         let path = normalize_path(path);
         let policy = self.policy_for_normal(&path).cloned();
-        Route { path, policy }
+        Route { path, policy, tiers: self.tiers.clone() }
     }
 
     /// The policy for a request path as received: [`Routes::policy_for_normal`] of its
@@ -54,6 +66,26 @@ impl Routes {
             }
         }
         best.map(|(p, _)| p)
+    }
+}
+
+/// The routes in force, replaced whole on a reload (SIGHUP): a request reads one snapshot.
+#[derive(Debug)]
+pub struct LiveRoutes(RwLock<Arc<Routes>>);
+
+impl LiveRoutes {
+    pub fn new(routes: Routes) -> Self {
+        LiveRoutes(RwLock::new(Arc::new(routes)))
+    }
+
+    /// The current snapshot (a poisoned lock still holds a whole snapshot: it is used).
+    pub fn current(&self) -> Arc<Routes> {
+        self.0.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    /// Puts `routes` in force for every request that starts from now on.
+    pub fn replace(&self, routes: Routes) {
+        *self.0.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(routes);
     }
 }
 
@@ -161,7 +193,8 @@ mod tests {
         assert_eq!(route.path, "/v1/predict");
         assert_eq!(route.policy.as_ref().map(|p| p.name.as_str()), Some("p"));
         // Decoded once only: `%2570` is the segment `%70`, not `p`.
-        assert_eq!(routes.route("/v1/%2570redict"), Route { path: "/v1/%70redict".into(), policy: None });
+        let decoded_once = routes.route("/v1/%2570redict");
+        assert_eq!((decoded_once.path.as_str(), decoded_once.policy), ("/v1/%70redict", None));
     }
 
     #[test]

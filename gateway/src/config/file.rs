@@ -22,6 +22,40 @@ pub struct FileConfig {
     pub identity: IdentityFile,
     #[serde(default, rename = "policy")]
     pub policies: Vec<PolicyFile>,
+    #[serde(default)]
+    pub tiers: TiersFile,
+    #[serde(default, rename = "tier")]
+    pub tier_list: Vec<TierFile>,
+}
+
+/// `[tiers]`: the tier of API keys no `[[tier]]` lists, and of callers without a key.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TiersFile {
+    pub default: Option<String>,
+    pub ip: Option<String>,
+}
+
+/// One `[[tier]]`: its name and the HMAC digests of its API keys (`gateway hash-key`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierFile {
+    pub name: String,
+    #[serde(default)]
+    pub keys: Vec<String>,
+}
+
+/// One `[[policy.tier]]`: the limits of the policy for callers of `tier`, replacing the
+/// policy's own (same keys as the policy's simple form and `[[policy.tier.limits]]`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyTierFile {
+    pub tier: String,
+    pub limit: Option<u64>,
+    pub window: Option<u64>,
+    pub burst: Option<u64>,
+    #[serde(default)]
+    pub limits: Vec<LimitFile>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -74,6 +108,9 @@ pub struct PolicyFile {
     pub chars_per_token: Option<u64>,
     pub default_max_tokens: Option<u64>,
     pub max_response_bytes: Option<u64>,
+    /// `[[policy.tier]]` tables.
+    #[serde(default, rename = "tier")]
+    pub tiers: Vec<PolicyTierFile>,
 }
 
 /// One `[[policy.limits]]` table.

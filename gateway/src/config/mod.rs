@@ -16,8 +16,11 @@ mod resolve;
 mod secret;
 #[cfg(test)]
 mod tests;
+mod tiers;
 
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -25,8 +28,11 @@ use serde::Deserialize;
 use crate::identity::IpNet;
 
 pub use error::ConfigError;
-pub use file::{FileConfig, IdentityFile, LimitFile, PolicyFile, RedisFile, UpstreamFile};
+pub use file::{
+    FileConfig, IdentityFile, LimitFile, PolicyFile, PolicyTierFile, RedisFile, TierFile, TiersFile, UpstreamFile,
+};
 pub use flags::{Overrides, ServeArgs};
+pub use resolve::key_secret;
 pub use secret::{redact_url, Pem, Redacted, RedisUrl};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -51,6 +57,10 @@ pub const DEFAULT_POLICY_NAME: &str = "default";
 pub const DEFAULT_POLICY_PATH: &str = "/";
 /// The name of the limit a policy's simple form (`limit`, `window`, `burst`) declares.
 pub const REQUESTS_LIMIT_NAME: &str = "requests";
+/// The tier of API keys no `[[tier]]` lists, and of callers without a key, when `[tiers]` does
+/// not say.
+pub const DEFAULT_TIER: &str = "default";
+pub const DEFAULT_IP_TIER: &str = "anonymous";
 pub const DEFAULT_CHARS_PER_TOKEN: u64 = 4;
 pub const DEFAULT_MAX_TOKENS: u64 = 1024;
 pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 8 * 1024 * 1024;
@@ -78,6 +88,35 @@ pub struct Policy {
     /// `Some` for an OpenAI-compatible LLM route (`kind = "openai"`): tokens are estimated
     /// from the request, reserved, and settled on the answer's `usage`.
     pub llm: Option<Llm>,
+    /// The policy as it applies to callers of a tier with limits of its own (`[[policy.tier]]`),
+    /// by tier name; each has the same name, paths and LLM settings, and no tiers. Callers of
+    /// any other tier get this policy's `limits`.
+    pub tiers: BTreeMap<String, Arc<Policy>>,
+}
+
+/// Which tier a caller is in: API keys by their HMAC digest, unknown keys `default`, callers
+/// without a key `ip`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Tiers {
+    pub default: String,
+    pub ip: String,
+    /// HMAC digest of an API key (32 hex digits) -> its tier.
+    pub keys: HashMap<String, String>,
+}
+
+impl Tiers {
+    /// The tier of a caller with the API key whose digest is `key_digest`, or without a key.
+    pub fn of(&self, key_digest: Option<&str>) -> &str {
+        match key_digest {
+            Some(digest) => self.keys.get(digest).map_or(&self.default, |t| t),
+            None => &self.ip,
+        }
+    }
+
+    /// The policy `policy` as it applies to a caller of `tier`.
+    pub fn policy_for(policy: &Arc<Policy>, tier: &str) -> Arc<Policy> {
+        policy.tiers.get(tier).cloned().unwrap_or_else(|| policy.clone())
+    }
 }
 
 /// `kind` of a policy.
@@ -131,6 +170,7 @@ impl Policy {
             paths: paths.iter().map(|p| p.to_string()).collect(),
             limits: vec![Quota { name: REQUESTS_LIMIT_NAME.into(), unit: Unit::Requests, limit, window, burst }],
             llm: None,
+            tiers: BTreeMap::new(),
         }
     }
 
@@ -163,6 +203,7 @@ pub struct Settings {
     pub redis: RedisSettings,
     pub identity: IdentitySettings,
     pub policies: Vec<Policy>,
+    pub tiers: Tiers,
 }
 
 #[derive(Clone, Debug)]

@@ -2,6 +2,9 @@
 //! named "requests"; `[[policy.limits]]` add more (tokens per minute, requests per day...).
 //! `--limit`, `--window`, `--burst` apply to every limit counted in requests.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
 use super::*;
 
 /// Letters, digits, '-', '_', '.': safe in a Redis key and in a structured-field string.
@@ -9,7 +12,11 @@ fn is_name(name: &str) -> bool {
     !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
-pub(super) fn resolve_policies(files: Vec<PolicyFile>, overrides: &Overrides) -> Result<Vec<Policy>, ConfigError> {
+pub(super) fn resolve_policies(
+    files: Vec<PolicyFile>,
+    overrides: &Overrides,
+    tier_names: &BTreeSet<String>,
+) -> Result<Vec<Policy>, ConfigError> {
     let files = if files.is_empty() {
         match (overrides.limit, overrides.window) {
             (Some(limit), Some(window)) => vec![PolicyFile {
@@ -25,7 +32,7 @@ pub(super) fn resolve_policies(files: Vec<PolicyFile>, overrides: &Overrides) ->
         files
     };
     let mut policies: Vec<Policy> = Vec::with_capacity(files.len());
-    for f in files {
+    for mut f in files {
         let name = f.name.clone();
         let invalid = |reason: &str| ConfigError::invalid(format!("policy {name:?}"), reason.to_string());
         if !is_name(&name) {
@@ -39,8 +46,31 @@ pub(super) fn resolve_policies(files: Vec<PolicyFile>, overrides: &Overrides) ->
             return Err(invalid("paths must be a non-empty list of paths starting with '/'"));
         }
         let llm = resolve_llm(&f).map_err(|reason| invalid(&reason))?;
+        let mut tiers = BTreeMap::new();
+        for t in std::mem::take(&mut f.tiers) {
+            let tier = t.tier.clone();
+            if !tier_names.contains(&tier) {
+                return Err(invalid(&format!(
+                    "[[policy.tier]] names tier {tier:?}, which [tiers] and [[tier]] do not"
+                )));
+            }
+            // A tier's limits are its own: the flags (--limit...) change only the policy's.
+            let own = PolicyFile {
+                limit: t.limit,
+                window: t.window,
+                burst: t.burst,
+                limits: t.limits,
+                ..PolicyFile::default()
+            };
+            let limits = resolve_limits(own, llm.is_some(), &Overrides::default())
+                .map_err(|reason| invalid(&format!("tier {tier:?}: {reason}")))?;
+            let variant = Policy { name: name.clone(), paths: paths.clone(), limits, llm, tiers: BTreeMap::new() };
+            if tiers.insert(tier.clone(), Arc::new(variant)).is_some() {
+                return Err(invalid(&format!("tier {tier:?} has two [[policy.tier]] tables")));
+            }
+        }
         let limits = resolve_limits(f, llm.is_some(), overrides).map_err(|reason| invalid(&reason))?;
-        policies.push(Policy { name, paths, limits, llm });
+        policies.push(Policy { name, paths, limits, llm, tiers });
     }
     Ok(policies)
 }

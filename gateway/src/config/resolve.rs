@@ -57,7 +57,8 @@ impl Settings {
 
         let redis = resolve_redis(file.redis, overrides, &env)?;
         let identity = resolve_identity(file.identity, overrides, &env)?;
-        let policies = super::policies::resolve_policies(file.policies, overrides)?;
+        let (tiers, tier_names) = super::tiers::resolve_tiers(file.tiers, file.tier_list)?;
+        let policies = super::policies::resolve_policies(file.policies, overrides, &tier_names)?;
         Ok(Settings {
             listen,
             max_body_bytes,
@@ -67,6 +68,7 @@ impl Settings {
             redis,
             identity,
             policies,
+            tiers,
         })
     }
 }
@@ -213,7 +215,7 @@ fn resolve_identity(
     env: &impl Fn(&str) -> Option<String>,
 ) -> Result<IdentitySettings, ConfigError> {
     let headers =
-        file.api_key_headers.unwrap_or_else(|| DEFAULT_API_KEY_HEADERS.iter().map(|h| h.to_string()).collect());
+        file.api_key_headers.clone().unwrap_or_else(|| DEFAULT_API_KEY_HEADERS.iter().map(|h| h.to_string()).collect());
     let mut api_key_headers = Vec::with_capacity(headers.len());
     for h in headers {
         let lower = h.to_ascii_lowercase();
@@ -223,22 +225,7 @@ fn resolve_identity(
         api_key_headers.push(lower);
     }
 
-    let secret = match (file.secret, file.secret_env) {
-        (Some(_), Some(_)) => {
-            return Err(ConfigError::invalid("identity", "set either secret or secret_env, not both"));
-        }
-        (Some(secret), None) => secret,
-        (None, name) => {
-            let env_var = name.unwrap_or_else(|| DEFAULT_SECRET_ENV.to_string());
-            match env(&env_var) {
-                Some(secret) => secret,
-                None => return Err(ConfigError::NoSecret { env_var }),
-            }
-        }
-    };
-    if secret.is_empty() {
-        return Err(ConfigError::invalid("identity.secret", "the key-hashing secret is empty"));
-    }
+    let secret = key_secret(&file, env)?;
 
     let mut trusted_proxies = Vec::new();
     for text in file.trusted_proxies.unwrap_or_default().iter().chain(&overrides.trusted_proxies) {
@@ -261,4 +248,26 @@ fn resolve_identity(
         require_api_key: file.require_api_key.unwrap_or(false),
         ipv6_prefix,
     })
+}
+
+/// The key-hashing secret: `identity.secret`, else the environment variable named by
+/// `identity.secret_env` (default [`DEFAULT_SECRET_ENV`]). Also what `gateway hash-key` uses.
+pub fn key_secret(file: &IdentityFile, env: &impl Fn(&str) -> Option<String>) -> Result<String, ConfigError> {
+    let secret = match (&file.secret, &file.secret_env) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::invalid("identity", "set either secret or secret_env, not both"));
+        }
+        (Some(secret), None) => secret.clone(),
+        (None, name) => {
+            let env_var = name.clone().unwrap_or_else(|| DEFAULT_SECRET_ENV.to_string());
+            match env(&env_var) {
+                Some(secret) => secret,
+                None => return Err(ConfigError::NoSecret { env_var }),
+            }
+        }
+    };
+    if secret.is_empty() {
+        return Err(ConfigError::invalid("identity.secret", "the key-hashing secret is empty"));
+    }
+    Ok(secret)
 }

@@ -1,4 +1,5 @@
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
@@ -276,4 +277,48 @@ fn an_llm_policy_counts_tokens() {
     let zero = "[[policy]]\nname = \"p\"\nkind = \"openai\"\nlimit = 1\nwindow = 1\nchars_per_token = 0\n";
     assert!(settings(zero).is_err());
     assert!(settings("[[policy]]\nname = \"p\"\nkind = \"grpc\"\nlimit = 1\nwindow = 1\n").is_err());
+}
+
+#[test]
+fn tiers_give_listed_keys_their_own_limits() {
+    let digest = "0123456789abcdef0123456789abcdef";
+    let text = format!(
+        "[tiers]\ndefault = \"free\"\nip = \"anonymous\"\n[[tier]]\nname = \"pro\"\nkeys = [\"{digest}\"]\n\
+         {POLICY}[[policy.tier]]\ntier = \"pro\"\nlimit = 100\nwindow = 60\n\
+         [[policy.tier]]\ntier = \"anonymous\"\n[[policy.tier.limits]]\nname = \"rpm\"\nlimit = 2\nwindow = 60\n"
+    );
+    let s = settings(&text).unwrap();
+    assert_eq!((s.tiers.of(Some(digest)), s.tiers.of(Some("other")), s.tiers.of(None)), ("pro", "free", "anonymous"));
+    let p = Arc::new(s.policies[0].clone());
+    assert_eq!(Tiers::policy_for(&p, "pro").limits[0].limit, 100);
+    assert_eq!(Tiers::policy_for(&p, "anonymous").limits[0].name, "rpm");
+    assert_eq!(Tiers::policy_for(&p, "free").limits[0].limit, 1, "no table of its own: the policy's limits");
+    // --limit changes the policy's own limits, not a tier's.
+    let o = Overrides { limit: Some(7), window: Some(9), ..Overrides::default() };
+    let s = with_env(&text, &o, &[]).unwrap();
+    assert_eq!((s.policies[0].limits[0].limit, s.policies[0].tiers["pro"].limits[0].limit), (7, 100));
+    let bad = [
+        (format!("{POLICY}[[policy.tier]]\ntier = \"gold\"\nlimit = 1\nwindow = 1\n"), "gold"),
+        ("[[tier]]\nname = \"pro\"\nkeys = [\"not-a-digest\"]\n".to_string() + POLICY, "not a key digest"),
+        (format!("[[tier]]\nname = \"a\"\nkeys = [\"{digest}\"]\n[[tier]]\nname = \"b\"\nkeys = [\"{digest}\"]\n{POLICY}"), "also in tier"),
+        (format!("[[tier]]\nname = \"pro\"\n{POLICY}[[policy.tier]]\ntier = \"pro\"\n"), "needs a limit"),
+    ];
+    for (text, needle) in bad {
+        let e = settings(&text).err().unwrap_or_else(|| panic!("{text:?} was accepted"));
+        assert!(e.to_string().contains(needle), "{text:?}: {e}");
+    }
+}
+
+#[test]
+fn the_commented_tier_example_in_the_example_config_is_valid() {
+    let start = EXAMPLE.find("#   [tiers]").unwrap();
+    let end = start + EXAMPLE[start..].find("\n\n").unwrap();
+    let example: String = EXAMPLE[start..end]
+        .lines()
+        .map(|line| line.strip_prefix("#   ").or(line.strip_prefix("#")).unwrap_or(line).to_string() + "\n")
+        .collect();
+    let s = settings(&example).unwrap_or_else(|e| panic!("{e}\n{example}"));
+    assert_eq!(s.tiers.keys.len(), 3);
+    assert_eq!(s.policies[0].tiers["pro"].limits[1].limit, 1_000_000);
+    assert_eq!(s.policies[0].tiers["anonymous"].limits[0].limit, 5);
 }

@@ -1,6 +1,7 @@
 //! Step 4: for a path a policy covers, who is asking: the API key found by the checks, else
 //! the client IP (from `X-Forwarded-For` only behind a trusted proxy; a malformed one is a
-//! `400`), hashed with the secret. Hands the [`Caller`] on; uncovered paths get none.
+//! `400`), hashed with the secret, and its tier (a key by its digest, see [`Tiers`]), which
+//! picks the policy's limits for it. Hands the [`Caller`] on; uncovered paths get none.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,15 +12,19 @@ use axum::response::Response;
 use axum::Extension;
 
 use super::ApiKey;
-use crate::config::{IdentitySettings, Policy};
+use crate::config::{IdentitySettings, Policy, Tiers};
 use crate::error::ApiError;
-use crate::identity::{identify as identify_caller, Hasher, IpNet};
+use crate::identity::{identify as identify_caller, Hasher, Identity, IpNet};
 use crate::routing::Route;
 
-/// Whose bucket a request is charged to, under which policy.
+/// Whose bucket a request is charged to, under which policy (as it applies to the caller's
+/// tier).
 #[derive(Clone, Debug)]
 pub struct Caller {
     pub policy: Arc<Policy>,
+    /// The caller's tier: its API key's in `[[tier]]`, else `[tiers] default`; `[tiers] ip`
+    /// without a key.
+    pub tier: String,
     /// `api_key` or `ip`, for logs (the value itself is never logged).
     pub kind: &'static str,
     /// The keyed hash of the identity, as it appears in the Redis key.
@@ -52,7 +57,13 @@ pub async fn identify(
 ) -> Result<Response, ApiError> {
     if let Some(policy) = route.policy {
         let identity = identify_caller(key, request.headers(), peer, &identify.trusted_proxies, identify.ipv6_prefix)?;
-        let caller = Caller { policy, kind: identity.kind(), identity_hash: identify.hasher.hash(&identity) };
+        let identity_hash = identify.hasher.hash(&identity);
+        let tier = match identity {
+            Identity::ApiKey(_) => route.tiers.of(Some(&identity_hash)),
+            Identity::Ip(_) => route.tiers.of(None),
+        };
+        let policy = Tiers::policy_for(&policy, tier);
+        let caller = Caller { policy, tier: tier.to_string(), kind: identity.kind(), identity_hash };
         request.extensions_mut().insert(caller);
     }
     Ok(next.run(request).await)
@@ -68,7 +79,7 @@ mod tests {
 
     use super::*;
     use crate::pipeline::{checks, route, Checks};
-    use crate::routing::Routes;
+    use crate::routing::{LiveRoutes, Routes};
     use crate::test_support::{json, request_from, settings};
 
     const CONFIG: &str = "[identity]\ntrusted_proxies = [\"10.0.0.0/8\"]\nipv6_prefix = 64\n\
@@ -86,7 +97,7 @@ mod tests {
         Router::new().fallback(show).layer(
             ServiceBuilder::new()
                 .layer(from_fn_with_state(Arc::new(Checks::new(&s)), checks::check_request))
-                .layer(from_fn_with_state(Arc::new(Routes::new(&s.policies)), route::route))
+                .layer(from_fn_with_state(Arc::new(LiveRoutes::new(Routes::from_settings(&s))), route::route))
                 .layer(from_fn_with_state(Arc::new(Identify::new(&s.identity)), identify)),
         )
     }

@@ -88,7 +88,7 @@ pub async fn limit<L: RateLimiter>(
             }
         },
     };
-    tracing::debug!(policy = %policy.name, identity = caller.kind, id = %caller.identity_hash, ?decision, "checked");
+    tracing::debug!(policy = %policy.name, tier = %caller.tier, identity = caller.kind, id = %caller.identity_hash, ?decision, "checked");
     let mut response = if decision.allowed {
         let response = next.run(request).await;
         match (tokens, &policy.llm) {
@@ -142,7 +142,8 @@ mod tests {
     }
 
     fn caller() -> Caller {
-        Caller { policy: Arc::new(Policy::simple("p", &["/"], 2, 2, 2)), kind: "api_key", identity_hash: "abc".into() }
+        let policy = Arc::new(Policy::simple("p", &["/"], 2, 2, 2));
+        Caller { policy, tier: "default".into(), kind: "api_key", identity_hash: "abc".into() }
     }
 
     /// The limit step between a stand-in for the identify step (which hands on `caller`) and

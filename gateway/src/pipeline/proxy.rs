@@ -75,7 +75,7 @@ mod tests {
     use super::*;
     use crate::config::Overrides;
     use crate::pipeline::route::route;
-    use crate::routing::Routes;
+    use crate::routing::{LiveRoutes, Routes};
     use crate::test_support::{dead_upstream, echo_upstream, header, json, request, request_from, settings_with};
 
     /// The route step and the proxy, in front of the model at `upstream`.
@@ -83,7 +83,7 @@ mod tests {
         let s = settings_with(toml, &Overrides { upstream: Some(upstream), ..Overrides::default() });
         Router::new()
             .fallback_service(proxy.with_state(Arc::new(Proxy::new(&s))))
-            .layer(from_fn_with_state(Arc::new(Routes::new(&s.policies)), route))
+            .layer(from_fn_with_state(Arc::new(LiveRoutes::new(Routes::from_settings(&s))), route))
     }
 
     /// A body whose bytes never come.

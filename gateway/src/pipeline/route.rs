@@ -1,5 +1,6 @@
 //! Step 3: the request's [`Route`]: its normalized path (what the model will receive) and
-//! the policy covering that path, if any (see [`crate::routing`]).
+//! the policy covering that path, if any (see [`crate::routing`]), from the configuration in
+//! force when the request arrived.
 
 use std::sync::Arc;
 
@@ -7,10 +8,10 @@ use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 
-use crate::routing::{Route, Routes};
+use crate::routing::{LiveRoutes, Route};
 
-pub async fn route(State(routes): State<Arc<Routes>>, mut request: Request, next: Next) -> Response {
-    let route: Route = routes.route(request.uri().path());
+pub async fn route(State(routes): State<Arc<LiveRoutes>>, mut request: Request, next: Next) -> Response {
+    let route: Route = routes.current().route(request.uri().path());
     request.extensions_mut().insert(route);
     next.run(request).await
 }
@@ -23,11 +24,12 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
+    use crate::routing::Routes;
     use crate::test_support::{json, request, settings};
 
     /// The route step alone, in front of a handler that shows the route it was handed.
     fn router(toml: &str) -> Router {
-        let routes = Arc::new(Routes::new(&settings(toml).policies));
+        let routes = Arc::new(LiveRoutes::new(Routes::new(&settings(toml).policies)));
         Router::new()
             .fallback(|Extension(route): Extension<Route>| async move {
                 Json(json!({"path": route.path, "policy": route.policy.map(|p| p.name.clone())}))

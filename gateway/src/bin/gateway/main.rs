@@ -1,4 +1,4 @@
-//! `gateway serve | model | client`: the rate-limiting gateway (the `gateway` library), and
+//! `gateway serve | model | client | hash-key`: the rate-limiting gateway (the `gateway` library), and
 //! beside it the demo model API ([`model`]) and the demo client ([`client`]), which share
 //! nothing with the gateway but [`gateway::serve::run`]. `gateway <command> --help` lists
 //! every flag.
@@ -16,6 +16,7 @@ use tracing_subscriber::filter::Targets;
 
 use client::ClientArgs;
 use gateway::config::{ServeArgs, Settings};
+use gateway::hash_key::HashKeyArgs;
 use gateway::serve;
 use gateway::startup::{serve_gateway, StartError};
 use model::ModelArgs;
@@ -44,6 +45,8 @@ enum Command {
     Model(ModelArgs),
     /// Send requests and print, per request, whether it was admitted or rate limited.
     Client(ClientArgs),
+    /// Print the digest of an API key, to list it in a [[tier]] of the config.
+    HashKey(HashKeyArgs),
 }
 
 fn init_logs(format: LogFormat) {
@@ -78,6 +81,18 @@ fn main() -> ExitCode {
             exit(serve_model(args))
         }
         Command::Client(args) => run_client(args),
+        Command::HashKey(args) => {
+            match gateway::hash_key::run(&args, std::io::stdin(), |name| std::env::var(name).ok()) {
+                Ok(digest) => {
+                    println!("{digest}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
     }
 }
 
@@ -94,7 +109,7 @@ fn exit<E: std::fmt::Display>(result: Result<(), E>) -> ExitCode {
 
 fn run_gateway(args: ServeArgs) -> Result<(), StartError> {
     let settings = Settings::load(&args, |name| std::env::var(name).ok())?;
-    runtime()?.block_on(serve_gateway(settings))
+    runtime()?.block_on(serve_gateway(settings, args))
 }
 
 fn serve_model(args: ModelArgs) -> std::io::Result<()> {

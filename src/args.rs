@@ -7,9 +7,9 @@ use crate::error::Error;
 use crate::gcra::Quota;
 use crate::lease::{MAX_ID_BYTES, MAX_LEASES, MAX_LEASE_MS};
 
-pub const CHECK_USAGE: &str = "RL.CHECK key limit window [COST cost] [BURST burst] [FORCE]";
+pub const CHECK_USAGE: &str = "RL.CHECK key limit window [COST cost] [BURST burst] [KEEP keep] [FORCE]";
 pub const CHECKALL_USAGE: &str =
-    "RL.CHECKALL numkeys key [key ...] limit window cost burst [limit window cost burst ...]";
+    "RL.CHECKALL numkeys key [key ...] limit window cost burst [keep] [limit window cost burst [keep] ...]";
 pub const PEEK_USAGE: &str = "RL.PEEK key limit window [BURST burst]";
 pub const REFUND_USAGE: &str = "RL.REFUND key limit window amount [BURST burst]";
 pub const RESET_USAGE: &str = "RL.RESET key";
@@ -72,6 +72,9 @@ fn non_negative(bytes: Option<&[u8]>, name: &'static str) -> Result<u64, Error> 
 pub struct CheckRequest {
     pub quota: Quota,
     pub cost: u64,
+    /// Tokens that must remain after the request for it to be admitted (RL.CHECK's `KEEP`,
+    /// RL.CHECKALL's fifth spec integer; [`crate::gcra::decide_keeping`]); 0 by default.
+    pub keep: u64,
     /// RL.CHECK's `FORCE`: admit and charge even when the bucket is short
     /// ([`crate::gcra::decide_forced`]). Always false for the other commands.
     pub force: bool,
@@ -80,7 +83,7 @@ pub struct CheckRequest {
 impl CheckRequest {
     /// A request that is admitted only when the bucket has the tokens.
     pub fn new(quota: Quota, cost: u64) -> Self {
-        CheckRequest { quota, cost, force: false }
+        CheckRequest { quota, cost, keep: 0, force: false }
     }
 }
 
@@ -89,12 +92,14 @@ impl CheckRequest {
 struct Options {
     cost: Option<u64>,
     burst: Option<NonZeroU64>,
+    keep: Option<u64>,
     force: bool,
 }
 
-/// Parses `[COST n] [BURST b] [FORCE]` (any order, case-insensitive, each at most once) from
-/// `first` on; `allow_cost` is false for commands that take only BURST, and only commands
-/// that take COST take the flag FORCE (it has no value).
+/// Parses `[COST n] [BURST b] [KEEP k] [FORCE]` (any order, case-insensitive, each at most
+/// once) from `first` on; `allow_cost` is false for commands that take only BURST, and only
+/// commands that take COST take KEEP and the flag FORCE (which has no value). KEEP and FORCE
+/// exclude each other.
 fn parse_options<A: Args + ?Sized>(
     args: &A,
     first: usize,
@@ -115,6 +120,11 @@ fn parse_options<A: Args + ?Sized>(
                 return Err(Error::RepeatedOption { option: "BURST" });
             }
             options.burst = Some(positive(Some(value.ok_or(Error::MissingValue { option: "BURST" })?), "burst")?);
+        } else if word.eq_ignore_ascii_case(b"KEEP") && allow_cost {
+            if options.keep.is_some() {
+                return Err(Error::RepeatedOption { option: "KEEP" });
+            }
+            options.keep = Some(non_negative(Some(value.ok_or(Error::MissingValue { option: "KEEP" })?), "keep")?);
         } else if word.eq_ignore_ascii_case(b"FORCE") && allow_cost {
             if options.force {
                 return Err(Error::RepeatedOption { option: "FORCE" });
@@ -126,6 +136,9 @@ fn parse_options<A: Args + ?Sized>(
             return Err(Error::UnknownOption { option: String::from_utf8_lossy(word).into_owned(), usage });
         }
         i += 2;
+    }
+    if options.force && options.keep.is_some() {
+        return Err(Error::KeepWithForce);
     }
     Ok(options)
 }
@@ -147,10 +160,10 @@ fn parse_keyed_quota<A: Args + ?Sized>(
     Ok((Quota::new(limit, window, options.burst.unwrap_or(limit))?, options))
 }
 
-/// `RL.CHECK key limit window [COST cost] [BURST burst] [FORCE]`.
+/// `RL.CHECK key limit window [COST cost] [BURST burst] [KEEP keep] [FORCE]`.
 pub fn parse_check<A: Args + ?Sized>(args: &A) -> Result<CheckRequest, Error> {
     let (quota, options) = parse_keyed_quota(args, 0, true, CHECK_USAGE)?;
-    Ok(CheckRequest { quota, cost: options.cost.unwrap_or(1), force: options.force })
+    Ok(CheckRequest { quota, cost: options.cost.unwrap_or(1), keep: options.keep.unwrap_or(0), force: options.force })
 }
 
 /// `RL.PEEK key limit window [BURST burst]`: a cost-1 check that writes nothing.
@@ -178,24 +191,38 @@ pub fn parse_reset<A: Args + ?Sized>(args: &A) -> Result<(), Error> {
 /// (quadratic, but allocation-free) bounded.
 pub const MAX_CHECKALL_KEYS: usize = 64;
 
-/// RL.CHECKALL's `numkeys`, when it is within `1..=MAX_CHECKALL_KEYS` and matches the line:
-/// each key takes one argument and four spec integers, so `argc == 2 + 5 * numkeys`.
-pub fn parse_checkall_numkeys<A: Args + ?Sized>(args: &A) -> Option<usize> {
+/// RL.CHECKALL's `numkeys` and spec width, when `numkeys` is within `1..=MAX_CHECKALL_KEYS`
+/// and matches the line: each key takes one argument and a spec of four integers (`limit
+/// window cost burst`) or five (`... keep`), the same width for every spec, so
+/// `argc == 2 + 5 * numkeys` or `argc == 2 + 6 * numkeys`.
+pub fn parse_checkall_shape<A: Args + ?Sized>(args: &A) -> Option<(usize, usize)> {
     let numkeys = args
         .get(1)
         .and_then(parse_i64)
         .and_then(|n| usize::try_from(n).ok())
         .filter(|n| (1..=MAX_CHECKALL_KEYS).contains(n))?;
-    (numkeys.checked_mul(5).and_then(|n| n.checked_add(2)) == Some(args.count())).then_some(numkeys)
+    let per_key = args.count().checked_sub(2)? / numkeys;
+    // The key itself, then 4 or 5 spec integers.
+    let width = match per_key {
+        5 => 4,
+        6 => 5,
+        _ => return None,
+    };
+    (args.count() == 2 + per_key * numkeys).then_some((numkeys, width))
+}
+
+/// RL.CHECKALL's `numkeys`, when the line is well formed ([`parse_checkall_shape`]).
+pub fn parse_checkall_numkeys<A: Args + ?Sized>(args: &A) -> Option<usize> {
+    parse_checkall_shape(args).map(|(numkeys, _)| numkeys)
 }
 
 /// `RL.CHECKALL numkeys key... spec...`: the number of keys (at `2..2 + numkeys`) and one
-/// request per key, from the four integers `limit window cost burst` after the keys.
+/// request per key, from the integers `limit window cost burst [keep]` after the keys.
 pub fn parse_checkall<A: Args + ?Sized>(args: &A) -> Result<(usize, Vec<CheckRequest>), Error> {
     if args.count() < 7 {
         return Err(Error::Arity { usage: CHECKALL_USAGE });
     }
-    let numkeys = parse_checkall_numkeys(args).ok_or(Error::KeyCount { usage: CHECKALL_USAGE })?;
+    let (numkeys, width) = parse_checkall_shape(args).ok_or(Error::KeyCount { usage: CHECKALL_USAGE })?;
     // The same key twice would be charged once while reporting two charges.
     for i in 2..2 + numkeys {
         if (i + 1..2 + numkeys).any(|j| args.get(i) == args.get(j)) {
@@ -204,12 +231,13 @@ pub fn parse_checkall<A: Args + ?Sized>(args: &A) -> Result<(usize, Vec<CheckReq
     }
     let mut requests = Vec::with_capacity(numkeys);
     for k in 0..numkeys {
-        let at = 2 + numkeys + 4 * k;
+        let at = 2 + numkeys + width * k;
         let limit = positive(args.get(at), "limit")?;
         let window = positive(args.get(at + 1), "window")?;
         let cost = non_negative(args.get(at + 2), "cost")?;
         let burst = positive(args.get(at + 3), "burst")?;
-        requests.push(CheckRequest::new(Quota::new(limit, window, burst)?, cost));
+        let keep = if width == 5 { non_negative(args.get(at + 4), "keep")? } else { 0 };
+        requests.push(CheckRequest { keep, ..CheckRequest::new(Quota::new(limit, window, burst)?, cost) });
     }
     Ok((numkeys, requests))
 }
@@ -322,13 +350,55 @@ mod tests {
 
     #[test]
     fn check_takes_force_as_a_flag_in_any_position() {
-        let forced = |cost| Ok(CheckRequest { quota: quota(10, 60, 20), cost, force: true });
+        let forced = |cost| Ok(CheckRequest { quota: quota(10, 60, 20), cost, keep: 0, force: true });
         assert_eq!(check("RL.CHECK k 10 60 COST 3 BURST 20 FORCE"), forced(3));
         assert_eq!(check("RL.CHECK k 10 60 force COST 3 BURST 20"), forced(3));
         assert_eq!(check("RL.CHECK k 10 60 BURST 20 FoRcE COST 3"), forced(3));
         assert_eq!(check("RL.CHECK k 10 60 BURST 20 FORCE"), forced(1));
         assert_eq!(check("RL.CHECK k 10 60 COST 0 BURST 20 FORCE"), forced(0));
         assert_eq!(check("RL.CHECK k 10 60").map(|r| r.force), Ok(false));
+    }
+
+    #[test]
+    fn check_takes_keep_with_a_value_but_not_with_force() {
+        let keeping = |cost, keep| Ok(CheckRequest { keep, ..CheckRequest::new(quota(10, 60, 10), cost) });
+        assert_eq!(check("RL.CHECK k 10 60 KEEP 3"), keeping(1, 3));
+        assert_eq!(check("RL.CHECK k 10 60 cost 2 keep 0"), keeping(2, 0));
+        assert_eq!(check("RL.CHECK k 10 60 KEEP 1 KEEP 2").err(), Some(Error::RepeatedOption { option: "KEEP" }));
+        assert_eq!(check("RL.CHECK k 10 60 KEEP").err(), Some(Error::MissingValue { option: "KEEP" }));
+        assert_eq!(check("RL.CHECK k 10 60 KEEP -1").err(), Some(Error::Negative { name: "keep" }));
+        assert_eq!(check("RL.CHECK k 10 60 KEEP 1 FORCE").err(), Some(Error::KeepWithForce));
+        assert!(matches!(parse_peek(line("RL.PEEK k 5 10 KEEP 1").as_slice()), Err(Error::UnknownOption { .. })));
+    }
+
+    #[test]
+    fn checkall_shape_of_short_lines_is_none_not_a_panic() {
+        assert_eq!(parse_checkall_shape(line("RL.CHECKALL 1").as_slice()), None);
+        assert_eq!(parse_checkall_shape(line("RL.CHECKALL 2 a").as_slice()), None);
+        assert_eq!(parse_checkall_shape(line("RL.CHECKALL 64 a b c d e f g").as_slice()), None);
+    }
+
+    #[test]
+    fn checkall_specs_take_an_optional_fifth_integer_keep() {
+        let (n, reqs) = parse_checkall(line("RL.CHECKALL 2 a b 10 60 1 10 2 1000 60 250 2000 500").as_slice()).unwrap();
+        assert_eq!(n, 2);
+        assert_eq!(
+            reqs,
+            vec![
+                CheckRequest { keep: 2, ..CheckRequest::new(quota(10, 60, 10), 1) },
+                CheckRequest { keep: 500, ..CheckRequest::new(quota(1000, 60, 2000), 250) }
+            ]
+        );
+        // One key: 4 or 5 integers; widths are never mixed.
+        assert_eq!(parse_checkall(line("RL.CHECKALL 1 a 10 60 1 10 3").as_slice()).map(|(_, r)| r[0].keep), Ok(3));
+        assert_eq!(
+            parse_checkall(line("RL.CHECKALL 2 a b 10 60 1 10 2 10 60 1 10").as_slice()).err(),
+            Some(Error::KeyCount { usage: CHECKALL_USAGE })
+        );
+        assert_eq!(
+            parse_checkall(line("RL.CHECKALL 1 a 10 60 1 10 -1").as_slice()).err(),
+            Some(Error::Negative { name: "keep" })
+        );
     }
 
     #[test]
@@ -410,7 +480,7 @@ mod tests {
             "RL.CHECKALL 2 a 1 1 1 1",
             "RL.CHECKALL -1 a 1 1 1 1",
             "RL.CHECKALL x a 1 1 1 1",
-            "RL.CHECKALL 1 a 1 1 1 1 extra",
+            "RL.CHECKALL 1 a 1 1 1 1 1 extra",
             "RL.CHECKALL 9223372036854775807 a 1 1 1 1",
         ] {
             assert_eq!(

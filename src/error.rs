@@ -29,6 +29,8 @@ pub enum Error {
     RepeatedOption {
         option: &'static str,
     },
+    /// RL.CHECK with both KEEP and FORCE.
+    KeepWithForce,
     /// An option at the end of the line without its value.
     MissingValue {
         option: &'static str,
@@ -73,6 +75,7 @@ impl fmt::Display for Error {
             Error::Negative { name } => write!(f, "ERR {name} must be a non-negative integer"),
             Error::UnknownOption { option, usage } => write!(f, "ERR unknown option '{option}', usage: {usage}"),
             Error::RepeatedOption { option } => write!(f, "ERR option {option} given more than once"),
+            Error::KeepWithForce => f.write_str("ERR KEEP and FORCE cannot be combined"),
             Error::MissingValue { option } => write!(f, "ERR option {option} needs a value"),
             Error::KeyCount { usage } => {
                 write!(

@@ -187,12 +187,28 @@ pub struct Decision {
 /// a full bucket). `cost == 0` only reports. A clock that went backwards never adds tokens:
 /// the TAT is never moved earlier than stored.
 pub fn decide(quota: &Quota, stored: Option<Tat>, now_nanos: u64, cost: u64) -> Result<Decision, MathError> {
+    decide_keeping(quota, stored, now_nanos, cost, 0)
+}
+
+/// Like [`decide`], but admits only when at least `keep` tokens remain after the request
+/// (RL.CHECK ... KEEP): it is admitted exactly when a request of `cost + keep` would be,
+/// waits as long as that one would, and takes only `cost`. `cost + keep > burst` can never
+/// be admitted. `keep == 0` is [`decide`]; with `cost == 0` it reports whether `keep`
+/// tokens are there, writing nothing.
+pub fn decide_keeping(
+    quota: &Quota,
+    stored: Option<Tat>,
+    now_nanos: u64,
+    cost: u64,
+    keep: u64,
+) -> Result<Decision, MathError> {
     let now = quota.scaled_now(now_nanos);
     let tat = stored.map_or(now, |t| quota.scaled_tat(t)).max(now);
     // Only answers that leave the state as it is report its reset time; computed when needed.
     let reset_after_ms = || quota.millis_ceil(tat - now);
 
-    if cost > quota.burst() {
+    let needed = cost.checked_add(keep).filter(|&n| n <= quota.burst());
+    let Some(needed) = needed else {
         return Ok(Decision {
             allowed: false,
             remaining: quota.tokens_left(tat, now),
@@ -200,8 +216,8 @@ pub fn decide(quota: &Quota, stored: Option<Tat>, now_nanos: u64, cost: u64) -> 
             reset_after_ms: reset_after_ms(),
             new_tat: None,
         });
-    }
-    if cost == 0 {
+    };
+    if needed == 0 {
         // A report: always answered, even when a clock step back left the TAT beyond the
         // tolerance.
         return Ok(Decision {
@@ -212,10 +228,10 @@ pub fn decide(quota: &Quota, stored: Option<Tat>, now_nanos: u64, cost: u64) -> 
             new_tat: None,
         });
     }
-    // cost <= burst, so the increment is at most the tolerance; only a TAT near the end of
+    // needed <= burst, so the increment is at most the tolerance; only a TAT near the end of
     // the u64 clock could overflow, and that is refused like any out-of-range state.
-    let new_tat = tat.checked_add(quota.interval * u128::from(cost)).ok_or(MathError::StateOutOfRange)?;
-    let earliest = new_tat.saturating_sub(quota.tolerance);
+    let needed_tat = tat.checked_add(quota.interval * u128::from(needed)).ok_or(MathError::StateOutOfRange)?;
+    let earliest = needed_tat.saturating_sub(quota.tolerance);
     if earliest > now {
         return Ok(Decision {
             allowed: false,
@@ -225,12 +241,14 @@ pub fn decide(quota: &Quota, stored: Option<Tat>, now_nanos: u64, cost: u64) -> 
             new_tat: None,
         });
     }
+    // cost <= needed, so this fits too.
+    let new_tat = tat + quota.interval * u128::from(cost);
     Ok(Decision {
         allowed: true,
         remaining: quota.tokens_left(new_tat, now),
         retry_after: RetryAfter::Now,
         reset_after_ms: quota.millis_ceil(new_tat - now),
-        new_tat: Some(quota.tat_at(now_nanos, new_tat - now)?),
+        new_tat: if cost == 0 { None } else { Some(quota.tat_at(now_nanos, new_tat - now)?) },
     })
 }
 

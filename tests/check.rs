@@ -167,3 +167,20 @@ fn binary_and_unusual_key_names_work() {
         assert!(stored.is_some());
     }
 }
+
+#[test]
+fn keep_admits_only_while_that_many_tokens_would_remain() {
+    let server = RedisServer::start();
+    let mut con = server.client();
+    // 5 per 1000 s: a token every 200 s.
+    let first = rl_check(&mut con, &["k", "5", "1000", "COST", "2", "KEEP", "3"]);
+    assert_eq!((first.allowed, first.remaining), (true, 3), "{first:?}");
+    let before = Stored::of(&mut con, "k");
+    let refused = rl_check(&mut con, &["k", "5", "1000", "KEEP", "3"]);
+    assert_eq!((refused.allowed, refused.remaining), (false, 3), "{refused:?}");
+    assert!(matches!(refused.retry_after_ms, Some(199_000..=200_000)), "one more token needed: {refused:?}");
+    assert_eq!(Stored::of(&mut con, "k"), before, "a refusal writes nothing");
+    let never = rl_check(&mut con, &["k", "5", "1000", "COST", "3", "KEEP", "3"]);
+    assert_eq!((never.allowed, never.retry_after_ms), (false, None), "3 + 3 is more than the bucket");
+    assert!(rl_check(&mut con, &["k", "5", "1000", "KEEP", "2"]).allowed);
+}

@@ -52,6 +52,34 @@ fn checkall_refused_by_one_limit_charges_none() {
 }
 
 #[test]
+fn checkall_specs_with_a_fifth_integer_keep_tokens_in_reserve() {
+    let server = RedisServer::start();
+    let mut con = server.client();
+    rl_check(&mut con, &["{k}:tpm", "1000", "600", "COST", "600"]);
+    let before = Stored::of(&mut con, "{k}:tpm");
+    // 400 tokens left; taking 300 while keeping 200 is refused, keeping 100 is admitted.
+    let refused = rl_checkall(
+        &mut con,
+        &["2", "{k}:rpm", "{k}:tpm", "10", "600", "1", "10", "0", "1000", "600", "300", "1000", "200"],
+    );
+    assert!(!refused.allowed, "{refused:?}");
+    // 100 tokens short at 600 ms per token: about 60 s.
+    assert!(matches!(refused.retry_after_ms, Some(59_000..=60_000)), "{refused:?}");
+    assert_eq!(Stored::of(&mut con, "{k}:tpm"), before, "nothing charged");
+    let admitted = rl_checkall(
+        &mut con,
+        &["2", "{k}:rpm", "{k}:tpm", "10", "600", "1", "10", "0", "1000", "600", "300", "1000", "100"],
+    );
+    assert!(admitted.allowed, "{admitted:?}");
+    assert_eq!(admitted.limits[1].remaining, 100, "{admitted:?}");
+    let keys: Vec<String> = redis::cmd("COMMAND")
+        .arg(&["GETKEYS", "RL.CHECKALL", "1", "only", "1", "1", "1", "1", "0"])
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(keys, ["only"], "a five-integer spec declares its key too");
+}
+
+#[test]
 fn checkall_declares_its_keys() {
     let server = RedisServer::start();
     let mut con = server.client();

@@ -1,4 +1,5 @@
-//! `RL.CHECKALL numkeys key [key ...] spec [spec ...]`, each spec `limit window cost burst`:
+//! `RL.CHECKALL numkeys key [key ...] spec [spec ...]`, each spec `limit window cost burst
+//! [keep]` (all specs of one width):
 //! all-or-nothing over several limits (e.g. requests per minute *and* tokens per minute).
 //! If every limit admits, all are charged; if any refuses, none is.
 //! Reply `[allowed, retry_after_ms, [[allowed_i, remaining_i, retry_i, reset_i, burst_i] ...]]`.
@@ -7,7 +8,7 @@ use std::ops::Range;
 
 use crate::args::{parse_checkall, parse_checkall_numkeys, Args};
 use crate::error::Error;
-use crate::gcra::{decide, RetryAfter};
+use crate::gcra::{decide, decide_keeping, RetryAfter};
 use crate::reply::{saturating_i64, CheckReply, Reply};
 use crate::stats;
 use crate::store::{Access, Store};
@@ -21,7 +22,7 @@ pub fn run<S: Store>(store: &mut S, line: &S::Line, now: u64) -> Result<Reply, E
     for (i, request) in requests.iter().enumerate() {
         let key = store.open(line, 2 + i, Access::Write)?;
         let stored = store.read(&key)?;
-        decisions.push((stored, decide(&request.quota, stored, now, request.cost)?));
+        decisions.push((stored, decide_keeping(&request.quota, stored, now, request.cost, request.keep)?));
         keys.push(key);
     }
     let allowed = decisions.iter().all(|(_, d)| d.allowed);

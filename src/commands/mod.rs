@@ -22,13 +22,13 @@ mod tests;
 
 use crate::args::CheckRequest;
 use crate::error::Error;
-use crate::gcra::{decide, decide_forced, Decision};
+use crate::gcra::{decide_forced, decide_keeping, Decision};
 use crate::lease::LeaseView;
 use crate::stats;
 use crate::store::{Access, LeaseStore, Store};
 
-/// Takes `request.cost` tokens from the key at argument 1 if its bucket has them (or always,
-/// with `FORCE`): read, decide, write and replicate the effect, count. RL.CHECK and
+/// Takes `request.cost` tokens from the key at argument 1 if its bucket has them and
+/// `request.keep` more (or always, with `FORCE`): read, decide, write and replicate the effect, count. RL.CHECK and
 /// CL.THROTTLE differ only in their arguments and reply.
 fn take<S: Store>(store: &mut S, line: &S::Line, request: &CheckRequest, now: u64) -> Result<Decision, Error> {
     let key = store.open(line, 1, Access::Write)?;
@@ -36,7 +36,7 @@ fn take<S: Store>(store: &mut S, line: &S::Line, request: &CheckRequest, now: u6
     let decision = if request.force {
         decide_forced(&request.quota, stored, now, request.cost)?
     } else {
-        decide(&request.quota, stored, now, request.cost)?
+        decide_keeping(&request.quota, stored, now, request.cost, request.keep)?
     };
     if let Some(tat) = decision.new_tat {
         store.write(&key, &tat)?;

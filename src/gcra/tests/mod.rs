@@ -32,6 +32,7 @@ const CENTURY_SECS: u64 = 3_153_600_000;
 mod bounds;
 mod forced;
 mod generators;
+mod keep;
 mod properties;
 mod stories;
 

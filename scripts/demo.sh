@@ -66,11 +66,19 @@ trap cleanup EXIT
 trap 'echo; echo "demo: interrupted"; exit 130' INT TERM
 
 USED_PORTS=" "
+# Ports are picked below the kernel's ephemeral range: a port there may be the local end of
+# some outgoing connection (a test suite running beside the demo), which the probe below does
+# not see but which makes the bind fail.
+PORT_LOW=20000
+PORT_HIGH=50000
+if read -r ephemeral_low _ </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null && ((ephemeral_low > PORT_LOW + 1000)); then
+  PORT_HIGH=$((ephemeral_low < PORT_HIGH ? ephemeral_low : PORT_HIGH))
+fi
 # pick_port VAR: a loopback port nobody listens on, not handed out before.
 pick_port() {
   local port _
   for _ in $(seq 1 500); do
-    port=$((20000 + RANDOM % 30000))
+    port=$((PORT_LOW + RANDOM % (PORT_HIGH - PORT_LOW)))
     [[ $USED_PORTS == *" $port "* ]] && continue
     if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
       USED_PORTS+="$port "

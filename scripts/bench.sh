@@ -196,6 +196,8 @@ CASES_MAIN=(
     "checkall_rand|rand|16|$REQUESTS|RL.CHECKALL 2 keys, random|rl.checkall 2 {u:__rand_int__}:rpm {u:__rand_int__}:tpm 100 60 1 100 100000 60 500 100000"
     "throttle_rand|rand|16|$REQUESTS|CL.THROTTLE random keys|cl.throttle key:__rand_int__ 99 100 60"
     "lua_rand|rand|16|$REQUESTS|Lua GCRA (EVALSHA) random keys|evalsha __SHA__ 1 key:__rand_int__ 100 60 1 100"
+    "acquire_rand|rand|16|$REQUESTS|RL.ACQUIRE random keys, new ids|rl.acquire lease:__rand_int__ 10000 60000 ID id:__rand_int__"
+    "acquire_renew_rand|rand|16|$REQUESTS|RL.ACQUIRE random keys, one id renewed|rl.acquire lease:__rand_int__ 10000 60000 ID req"
     "incr_hot|hot|16|$REQUESTS|INCR one hot key|incr hot"
     "check_hot|hot|16|$REQUESTS|RL.CHECK one hot key (limited)|rl.check hot 100 60"
     "throttle_hot|hot|16|$REQUESTS|CL.THROTTLE one hot key (limited)|cl.throttle hot 99 100 60"
@@ -437,6 +439,8 @@ if [ "$CALLGRIND" = 1 ]; then
     callgrind_case "CL.THROTTLE (admitted, writes)" 1000 cl.throttle key:__rand_int__ 99 100 60
     callgrind_case "RL.CHECKALL 2 keys (admitted)" 1000 rl.checkall 2 "{u:__rand_int__}:rpm" "{u:__rand_int__}:tpm" 100 60 1 100 100000 60 500 100000
     callgrind_case "Lua GCRA (EVALSHA)" 1000 evalsha __SHA__ 1 key:__rand_int__ 100 60 1 100
+    callgrind_case "RL.ACQUIRE (new ids, ~20 per set)" 1000 rl.acquire lease:__rand_int__ 10000 60000 ID id:__rand_int__
+    callgrind_case "RL.ACQUIRE (one id renewed)" 1000 rl.acquire lease:__rand_int__ 10000 60000 ID req
     echo "one hot key:"
     callgrind_case "INCR hot" 1 incr hot
     callgrind_case "RL.CHECK hot (limited after 100)" 1 rl.check hot 100 60
@@ -453,7 +457,7 @@ echo "server:  $("$SERVER_BIN" --version)"
 echo "module:  $MODULE (commit $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown))"
 echo "counts:  $REQUESTS requests per pipelined run ($REQUESTS_P1 unpipelined), $ROUNDS rounds, $MEM_KEYS keys for memory$([ "$SMOKE" = 1 ] && echo ' (smoke)')"
 
-ALL_IDS="incr_rand set_px_rand check_rand checkall_rand throttle_rand lua_rand incr_hot check_hot throttle_hot incr_p1 check_p1 cell_incr_rand cell_throttle_rand cell_incr_hot cell_throttle_hot"
+ALL_IDS="incr_rand set_px_rand check_rand checkall_rand throttle_rand lua_rand acquire_rand acquire_renew_rand incr_hot check_hot throttle_hot incr_p1 check_p1 cell_incr_rand cell_throttle_rand cell_incr_hot cell_throttle_hot"
 SHA=""
 for config in $CONFIGS; do
     stop_servers

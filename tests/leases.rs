@@ -210,3 +210,27 @@ fn a_cluster_routes_lease_commands_to_the_slot_owner() {
         assert_eq!(released, 1, "{key}");
     }
 }
+
+#[test]
+fn lease_writes_emit_the_keyspace_events_of_the_equivalent_core_commands() {
+    let server = RedisServer::builder().arg("notify-keyspace-events", "KEA").start();
+    let mut subscriber = server.client();
+    subscriber.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut pubsub = subscriber.as_pubsub();
+    pubsub.psubscribe("__keyevent@0__:*").unwrap();
+    let mut con = server.client();
+    let mut next_event = || {
+        let message = pubsub.get_message().expect("a keyspace event");
+        let key: String = message.get_payload().unwrap();
+        (message.get_channel_name().trim_start_matches("__keyevent@0__:").to_string(), key)
+    };
+    let event = |name: &str| (name.to_string(), "ev".to_string());
+    rl_acquire(&mut con, "ev", 1, LONG, "a");
+    assert_eq!(next_event(), event("zadd"));
+    assert_eq!(next_event(), event("expire"));
+    // A refusal writes nothing and says nothing; the next events are the release's.
+    rl_acquire(&mut con, "ev", 1, LONG, "b");
+    rl_release(&mut con, "ev", "a");
+    assert_eq!(next_event(), event("zrem"));
+    assert_eq!(next_event(), event("del"));
+}

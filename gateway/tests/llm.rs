@@ -9,6 +9,8 @@ mod common;
 use axum::body::{to_bytes, Bytes};
 use axum::extract::Request;
 use axum::{Json, Router};
+use std::time::{Duration, Instant};
+
 use common::*;
 use hyper::{Method, StatusCode};
 use serde_json::json;
@@ -19,22 +21,87 @@ use testkit::{redis, tokens};
 const CHAT: &str = "[[policy]]\nname = \"chat\"\npaths = [\"/v1\"]\nkind = \"openai\"\nlimit = 3\nwindow = 60\n\
     [[policy.limits]]\nname = \"tokens\"\nunit = \"tokens\"\nlimit = 1000\nwindow = 86400\n";
 
-/// The upstream: answers a chat completion with the usage the request's `x-test-usage` asks for.
+/// The upstream: answers a chat completion with the usage the request's `x-test-usage` asks for;
+/// with `"stream": true`, as server-sent events (two content chunks that say whether usage
+/// was asked for, then the usage chunk if it was, then `[DONE]`).
 async fn llm_upstream() -> String {
-    async fn answer(request: Request) -> Json<serde_json::Value> {
+    async fn answer(request: Request) -> axum::response::Response {
+        use axum::response::IntoResponse;
         let usage = request.headers().get("x-test-usage").and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        let headers_events =
+            request.headers().get("x-test-events").and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
         let body = to_bytes(request.into_body(), usize::MAX).await.unwrap();
+        let sent: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        if sent["stream"] == true {
+            let asked = sent["stream_options"]["include_usage"] == true;
+            let chunk = json!({"choices": [{"delta": {"content": format!("include_usage={asked}")}}]});
+            let n = headers_events.unwrap_or(2);
+            let mut events: Vec<String> = (0..n).map(|_| format!("data: {chunk}\n\n")).collect();
+            if let (true, Some(total)) = (asked, usage) {
+                events.push(format!("data: {}\n\n", json!({"choices": [], "usage": {"total_tokens": total}})));
+            }
+            events.push("data: [DONE]\n\n".into());
+            let stream = futures_stream(events);
+            return ([("content-type", "text/event-stream")], axum::body::Body::new(stream)).into_response();
+        }
         let mut reply = json!({"object": "chat.completion", "choices": [], "seen_bytes": body.len()});
         if let Some(total) = usage {
             reply["usage"] =
                 json!({"prompt_tokens": 1, "completion_tokens": total.saturating_sub(1), "total_tokens": total});
         }
-        Json(reply)
+        Json(reply).into_response()
     }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, Router::new().fallback(answer)).await.unwrap() });
     url
+}
+
+/// A body yielding `events` one frame each, 20 ms apart (so the gateway sees them separately).
+fn futures_stream(events: Vec<String>) -> frames::Frames {
+    frames::Frames::new(events)
+}
+
+mod frames {
+    use std::collections::VecDeque;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+    use std::time::Duration;
+
+    use axum::body::Bytes;
+    use hyper::body::Frame;
+
+    /// Frames from a list, with a pause before each.
+    pub struct Frames {
+        events: VecDeque<String>,
+        sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    }
+
+    impl Frames {
+        pub fn new(events: Vec<String>) -> Self {
+            Frames { events: events.into(), sleep: None }
+        }
+    }
+
+    impl axum::body::HttpBody for Frames {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            if self.events.is_empty() {
+                return Poll::Ready(None);
+            }
+            let sleep = self.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep(Duration::from_millis(20))));
+            if std::future::Future::poll(sleep.as_mut(), cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.sleep = None;
+            Poll::Ready(self.events.pop_front().map(|e| Ok(Frame::data(Bytes::from(e)))))
+        }
+    }
 }
 
 struct Setup {
@@ -192,4 +259,64 @@ async fn a_body_that_is_not_the_expected_json_gets_400_and_costs_nothing() {
     }
     let keys: Vec<String> = redis::cmd("KEYS").arg("rl:*").query(&mut s.redis.client()).unwrap();
     assert!(keys.is_empty(), "{keys:?}");
+}
+
+/// A chat completion with `"stream": true` (and `include_usage` if `asked`); the SSE text.
+async fn stream_chat(gateway: &Proc, max_tokens: u64, usage: u64, asked: bool) -> Answer {
+    let mut body = json!({"stream": true, "messages": [{"role": "user", "content": "abcd"}], "max_tokens": max_tokens});
+    if asked {
+        body["stream_options"] = json!({"include_usage": true});
+    }
+    let usage = usage.to_string();
+    let headers = [("x-api-key", "k"), ("x-test-usage", usage.as_str())];
+    send(Method::POST, &gateway.url("/v1/chat/completions"), &headers, body.to_string()).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_stream_passes_through_and_settles_on_its_final_usage_chunk() {
+    let s = setup(CHAT).await;
+    // Reserves 101, uses 30: settled (refund of 71) when the stream ends.
+    let answer = stream_chat(&s.gateway, 100, 30, false).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", s.gateway.logs());
+    assert_eq!(answer.header("content-type"), "text/event-stream");
+    let text = String::from_utf8(answer.body.to_vec()).unwrap();
+    assert!(text.contains("include_usage=true"), "the gateway asked for the usage: {text}");
+    assert!(!text.contains("total_tokens"), "a client that did not ask gets no usage chunk: {text}");
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    assert_eq!(answer.header("x-ratelimit-remaining-tokens"), "899", "headers are sent with the reservation");
+    let mut con = s.redis.client();
+    let settled = wait_until(Instant::now() + Duration::from_secs(5), || left(&mut con, "tokens", 1000, 86400) == 970);
+    assert!(settled, "{}", s.gateway.logs());
+    // The next answer's headers show it; a client that asked for usage gets the chunk.
+    let next = stream_chat(&s.gateway, 100, 101, true).await;
+    assert_eq!(next.header("x-ratelimit-remaining-tokens"), "869");
+    assert!(String::from_utf8(next.body.to_vec()).unwrap().contains("\"total_tokens\":101"));
+}
+
+// Multi-threaded: the test reads its socket blocking while the in-test upstream streams.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_disconnects_mid_stream_keeps_the_reservation() {
+    use std::io::{Read, Write};
+    let s = setup(CHAT).await;
+    let body =
+        json!({"stream": true, "messages": [{"role": "user", "content": "abcd"}], "max_tokens": 100}).to_string();
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-API-Key: k\r\nX-Test-Usage: 5\r\nX-Test-Events: 40\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", s.gateway.port)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("include_usage") {
+        let n = stream.read(&mut buf).unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    drop(stream); // after the first chunk, long before the usage chunk (40 chunks, 20 ms apart)
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut con = s.redis.client();
+    assert_eq!(left(&mut con, "tokens", 1000, 86400), 899, "the reservation of 101 stays\n{}", s.gateway.logs());
 }

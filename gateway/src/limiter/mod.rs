@@ -19,7 +19,7 @@ pub use self::redis::{ClientError, RedisLimiter, CLUSTER_COMMAND_RETRIES};
 /// Where the buckets live. The gateway picks one implementation at start and uses it for
 /// every request, so the trait is used through generics (static dispatch, no boxed future per
 /// request) and need not be object safe.
-pub trait RateLimiter: Clone + Send + Sync + 'static {
+pub trait RateLimiter: Clone + Send + Sync + Unpin + 'static {
     /// Takes `costs[i]` from the bucket of limit `i` of `policy` for `identity_hash`, all of
     /// them or (when any limit refuses) none, and says what is left: one row per limit, in
     /// the policy's order. `costs` has one entry per limit.

@@ -7,9 +7,12 @@
 //! 1 on the request limits, in the one atomic check. After the answer, [`settle`] reads
 //! `usage.total_tokens` from the JSON response and gives back what was reserved but not used
 //! (`RL.REFUND`), or charges what was used beyond it (`RL.CHECK ... FORCE`, a bounded debt).
+//! A streamed answer ([`stream`]) passes through event by event and settles when it ends.
 
 pub mod estimate;
 pub mod settle;
+pub mod stream;
 
 pub use estimate::{estimate, BadLlmRequest, Estimate};
-pub use settle::{settle, usage_total_tokens};
+pub use settle::{settle_usage, usage_total_tokens, Settlement};
+pub use stream::ask_for_usage;

@@ -4,9 +4,11 @@
 //! - `usage < reserved`: `RL.REFUND` of `reserved - usage`;
 //! - `usage > reserved`: `RL.CHECK ... COST (usage - reserved) FORCE` (always charged, even
 //!   when the bucket is short: the caller waits that debt off);
-//! - no usage to read (a streamed answer, a body that is not JSON or has no
-//!   `usage.total_tokens`, a body over `max_response_bytes`, an upstream error): the
-//!   reservation is kept as charged.
+//! - no usage to read (a body that is not JSON or has no `usage.total_tokens`, a body over
+//!   `max_response_bytes`, an upstream error, a stream that breaks off): the reservation is
+//!   kept as charged.
+//!
+//! A streamed answer (`text/event-stream`) is settled when it ends ([`super::stream`]).
 //!
 //! A non-streamed answer is buffered (up to `max_response_bytes`) to read its usage, and is
 //! settled before its headers are sent, so its `x-ratelimit-remaining-tokens` and `RateLimit`
@@ -14,6 +16,7 @@
 //! with the reservation-time headers.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::body::{Body, Bytes, HttpBody};
@@ -75,41 +78,62 @@ fn is_event_stream(response: &Response) -> bool {
         .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("text/event-stream"))
 }
 
-/// Settles `reserved` tokens against the answer's usage (see the module's rule), updating the
-/// token rows of `decision` to the settled buckets; returns the answer to send.
-pub async fn settle<L: RateLimiter>(
+/// What an admitted LLM request must settle, and with whom.
+pub struct Settlement<L> {
+    pub limiter: L,
+    pub policy: Arc<Policy>,
+    pub identity_hash: String,
+    /// The estimate charged on each limit counted in tokens.
+    pub reserved: u64,
+    pub max_response_bytes: u64,
+    /// Set when the gateway asked for `stream_options.include_usage` on the client's behalf:
+    /// the usage-only final chunk is then not forwarded.
+    pub strip_usage_chunk: bool,
+}
+
+impl<L: RateLimiter> Settlement<L> {
+    /// Settles against the answer's usage (see the module's rule), updating the token rows of
+    /// `decision` to the settled buckets (for a streamed answer they stay as reserved: it
+    /// settles when the stream ends); returns the answer to send.
+    pub async fn settle(self, decision: &mut CheckAllReply, response: Response) -> Response {
+        let reserved = self.reserved;
+        if is_event_stream(&response) {
+            let (parts, body) = response.into_parts();
+            return Response::from_parts(parts, super::stream::settled_on_end(body, self));
+        }
+        let (parts, body) = response.into_parts();
+        let bytes = match buffer(body, self.max_response_bytes).await {
+            Ok(Ok(bytes)) => bytes,
+            Ok(Err(body)) => {
+                tracing::debug!(reserved, "answer over max_response_bytes: reservation kept");
+                return Response::from_parts(parts, body);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, reserved, "the model broke off its answer: reservation kept");
+                return ApiError::UpstreamUnavailable { detail: e.to_string() }.into_response();
+            }
+        };
+        let Some(used) = usage_total_tokens(&bytes) else {
+            let status = parts.status.as_u16();
+            tracing::debug!(reserved, status, "no usage.total_tokens in the answer: reservation kept");
+            return Response::from_parts(parts, Body::from(bytes));
+        };
+        settle_usage(&self.limiter, &self.policy, &self.identity_hash, reserved, used, decision).await;
+        tracing::debug!(reserved, used, "settled");
+        Response::from_parts(parts, Body::from(bytes))
+    }
+}
+
+/// Settles `reserved` against `used` on every limit counted in tokens (refund or forced
+/// charge), updating those rows of `decision` to the settled buckets.
+pub async fn settle_usage<L: RateLimiter>(
     limiter: &L,
     policy: &Policy,
     identity_hash: &str,
     reserved: u64,
-    max_response_bytes: u64,
+    used: u64,
     decision: &mut CheckAllReply,
-    response: Response,
-) -> Response {
-    if is_event_stream(&response) {
-        tracing::debug!(reserved, "streamed answer: reservation kept");
-        return response;
-    }
-    let (parts, body) = response.into_parts();
-    let bytes = match buffer(body, max_response_bytes).await {
-        Ok(Ok(bytes)) => bytes,
-        Ok(Err(body)) => {
-            tracing::debug!(reserved, max_response_bytes, "answer too large to read its usage: reservation kept");
-            return Response::from_parts(parts, body);
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, reserved, "the model broke off its answer: reservation kept");
-            return ApiError::UpstreamUnavailable { detail: e.to_string() }.into_response();
-        }
-    };
-    let Some(used) = usage_total_tokens(&bytes) else {
-        tracing::debug!(
-            reserved,
-            status = parts.status.as_u16(),
-            "no usage.total_tokens in the answer: reservation kept"
-        );
-        return Response::from_parts(parts, Body::from(bytes));
-    };
+) {
     for (index, quota) in policy.limits.iter().enumerate().filter(|(_, q)| q.unit == Unit::Tokens) {
         let settled = if used < reserved {
             limiter.refund(policy, identity_hash, index, reserved - used).await.map(|r| (r.remaining, r.reset_after_ms))
@@ -129,6 +153,4 @@ pub async fn settle<L: RateLimiter>(
             }
         }
     }
-    tracing::debug!(reserved, used, "settled");
-    Response::from_parts(parts, Body::from(bytes))
 }

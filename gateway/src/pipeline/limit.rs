@@ -4,7 +4,8 @@
 //! cost on each limit counted in tokens (a body that is not the expected JSON gets `400
 //! invalid_request_error` and costs nothing). Refused: `429` with `Retry-After` and the
 //! refusing limits in the body. Admitted: on to the proxy, and on an LLM policy the answer's
-//! usage settles the reservation ([`crate::llm::settle`]). Either way the rate-limit headers go
+//! usage settles the reservation ([`crate::llm::settle`]; a streamed answer when it ends,
+//! [`crate::llm::stream`]). Either way the rate-limit headers go
 //! on the answer (also on a later `408`, `413` or `502`: the request is spent). When the
 //! limiter fails, `failure_mode` decides: `503`, or forward unmetered (without headers) and log
 //! a warning. A request without a caller (no policy covers its path) passes untouched.
@@ -24,7 +25,7 @@ use crate::config::{FailureMode, Settings, Unit};
 use crate::error::{ApiError, RefusedLimit};
 use crate::headers::{openai_headers, rate_limit_headers, retry_after_secs};
 use crate::limiter::RateLimiter;
-use crate::llm::{estimate, settle};
+use crate::llm::{ask_for_usage, estimate, Settlement};
 
 pub struct Limit<L> {
     limiter: L,
@@ -67,7 +68,9 @@ pub async fn limit<L: RateLimiter>(
                 Err(why) => return ApiError::InvalidLlmRequest(why).into_response(),
             };
             tracing::debug!(?estimate, "estimated");
-            (Request::from_parts(parts, Body::from(body)), Some(estimate.total()))
+            // A streamed request also asks the model for its usage (see crate::llm::stream).
+            let (body, strip) = ask_for_usage(&body).unwrap_or((body, false));
+            (Request::from_parts(parts, Body::from(body)), Some((estimate.total(), strip)))
         }
     };
     let costs: Vec<u64> = policy
@@ -75,7 +78,7 @@ pub async fn limit<L: RateLimiter>(
         .iter()
         .map(|q| match q.unit {
             Unit::Requests => 1,
-            Unit::Tokens => tokens.unwrap_or(0),
+            Unit::Tokens => tokens.map_or(0, |(reserved, _)| reserved),
         })
         .collect();
     let mut decision = match limit.limiter.check(policy, &caller.identity_hash, &costs).await {
@@ -92,9 +95,16 @@ pub async fn limit<L: RateLimiter>(
     let mut response = if decision.allowed {
         let response = next.run(request).await;
         match (tokens, &policy.llm) {
-            (Some(reserved), Some(llm)) => {
-                let hash = &caller.identity_hash;
-                settle(&limit.limiter, policy, hash, reserved, llm.max_response_bytes, &mut decision, response).await
+            (Some((reserved, strip_usage_chunk)), Some(llm)) => {
+                let settlement = Settlement {
+                    limiter: limit.limiter.clone(),
+                    policy: policy.clone(),
+                    identity_hash: caller.identity_hash.clone(),
+                    reserved,
+                    max_response_bytes: llm.max_response_bytes,
+                    strip_usage_chunk,
+                };
+                settlement.settle(&mut decision, response).await
             }
             _ => response,
         }

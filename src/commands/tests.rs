@@ -407,3 +407,64 @@ fn limiter_commands_refuse_a_lease_set_as_the_wrong_type() {
     assert!(matches!(db.value("l"), Some(Value::Zset(_))));
     assert_eq!(db.take_effects(), []);
 }
+
+/// Live leases in the store at `now_ms` (deadline after now).
+fn live_leases(db: &Memory, key: &str, now_ms: u64) -> u64 {
+    match db.value(key) {
+        Some(Value::Zset(set)) => set.values().filter(|&&score| score > now_ms as f64).count() as u64,
+        _ => 0,
+    }
+}
+
+proptest::proptest! {
+    /// Random acquire / release / renew calls on one lease set: the reply's in-flight count is
+    /// what the set holds afterwards and never exceeds `max`; a refusal's retry_after is
+    /// exact (an acquire that waits that long, with nothing else in between, gets a slot; one
+    /// millisecond less does not);
+    /// the set never holds expired leases after a call, and its expiry is its last deadline.
+    #[test]
+    fn lease_calls_keep_in_flight_within_max_and_a_refusal_says_exactly_when_a_slot_frees(
+        max in 1u64..5,
+        calls in proptest::collection::vec((0u8..3, 0u8..6, 0u64..400, 1u64..600), 1..40),
+    ) {
+        let mut db = Memory::new();
+        let mut now_ms = T0_MS;
+        for (kind, id, step, lease_ms) in calls {
+            now_ms += step;
+            let now = now_ms * MS;
+            match kind {
+                0 => {
+                    let line = format!("RL.ACQUIRE l {max} {lease_ms} ID id{id}");
+                    let Reply::Acquire(reply) = ok(&mut db, acquire::run, &line, now) else { panic!("{line}") };
+                    proptest::prop_assert_eq!(reply.in_flight as u64, live_leases(&db, "l", now_ms), "{}", line);
+                    proptest::prop_assert!(reply.in_flight as u64 <= max, "{line}: {reply:?}");
+                    if !reply.acquired {
+                        proptest::prop_assert!(reply.retry_after_ms >= 1);
+                        // Ask again, on a copy, after exactly the wait.
+                        let mut later = db.clone();
+                        let at = (now_ms + reply.retry_after_ms as u64) * MS;
+                        let early = ok(&mut db.clone(), acquire::run, &line, at - MS);
+                        proptest::prop_assert!(matches!(early, Reply::Acquire(r) if !r.acquired), "{line}: a ms early: {early:?}");
+                        let retried = ok(&mut later, acquire::run, &line, at);
+                        proptest::prop_assert!(matches!(retried, Reply::Acquire(r) if r.acquired), "{line}: waited {reply:?}, got {retried:?}");
+                    }
+                }
+                1 => {
+                    ok(&mut db, release::run, &format!("RL.RELEASE l id{id}"), now);
+                }
+                _ => {
+                    ok(&mut db, renew::run, &format!("RL.RENEW l id{id} {lease_ms}"), now);
+                }
+            }
+            match db.value("l") {
+                Some(Value::Zset(set)) => {
+                    proptest::prop_assert!(set.values().all(|&s| s > now_ms as f64), "expired leases purged: {set:?}");
+                    let last = set.values().copied().fold(0.0, f64::max) as u64;
+                    proptest::prop_assert_eq!(db.lease_expiry("l"), Some(last));
+                }
+                None => {}
+                other => proptest::prop_assert!(false, "{other:?}"),
+            }
+        }
+    }
+}

@@ -59,7 +59,7 @@ pub enum Effect {
     PexpireAt { key: String, ms: u64 },
 }
 
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct Memory {
     values: BTreeMap<Vec<u8>, Value>,
     /// Absolute expiries set by the lease commands (string expiries are in the effects).

@@ -154,3 +154,58 @@ pub async fn settle_usage<L: RateLimiter>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Quota;
+    use crate::limiter::memory::MemoryLimiter;
+    use crate::test_support::header;
+
+    fn chat() -> Arc<Policy> {
+        let mut policy = Policy::simple("chat", &["/"], 10, 60, 10);
+        policy.limits.push(Quota { name: "tokens".into(), unit: Unit::Tokens, limit: 1000, window: 60, burst: 1000 });
+        Arc::new(policy)
+    }
+
+    async fn settle_answer(limiter: &MemoryLimiter, reserved: u64, body: &str) -> (CheckAllReply, Response) {
+        let policy = chat();
+        let mut decision = limiter.check(&policy, "id", &[1, reserved]).await.unwrap();
+        let settlement = Settlement {
+            limiter: limiter.clone(),
+            policy,
+            identity_hash: "id".into(),
+            reserved,
+            max_response_bytes: 64,
+            strip_usage_chunk: false,
+        };
+        let answer = Response::builder().header("x-model", "m").body(Body::from(body.to_string())).unwrap();
+        let response = settlement.settle(&mut decision, answer).await;
+        (decision, response)
+    }
+
+    #[tokio::test]
+    async fn the_bucket_ends_at_exactly_the_usage() {
+        let limiter = MemoryLimiter::new();
+        let (decision, response) = settle_answer(&limiter, 100, r#"{"usage":{"total_tokens":30}}"#).await;
+        assert_eq!(decision.limits[1].remaining, 970, "the refund shows in the headers' row");
+        assert_eq!(limiter.tokens(&chat(), "id", 1), 970);
+        assert_eq!(header(&response, "x-model"), Some("m"));
+        let (decision, _) = settle_answer(&limiter, 10, r#"{"usage":{"total_tokens":70}}"#).await;
+        assert_eq!((decision.limits[1].remaining, limiter.tokens(&chat(), "id", 1)), (900, 900), "overage forced");
+    }
+
+    #[tokio::test]
+    async fn without_a_readable_usage_the_reservation_stays() {
+        let limiter = MemoryLimiter::new();
+        for body in
+            ["not json", r#"{"usage":{}}"#, &format!(r#"{{"usage":{{"total_tokens":1}},"pad":"{}"}}"#, "x".repeat(64))]
+        {
+            let before = limiter.tokens(&chat(), "id", 1);
+            let (_, response) = settle_answer(&limiter, 50, body).await;
+            let sent = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+            assert_eq!(sent, body.as_bytes(), "the answer is relayed whole");
+            assert_eq!(limiter.tokens(&chat(), "id", 1), before - 50, "{body}");
+        }
+    }
+}

@@ -5,7 +5,7 @@ use std::num::NonZeroU64;
 
 use crate::error::Error;
 use crate::gcra::Quota;
-use crate::lease::{MAX_ID_BYTES, MAX_LEASES, MAX_LEASE_MS};
+use crate::lease::{MARKER, MAX_ID_BYTES, MAX_LEASES, MAX_LEASE_MS};
 
 pub const CHECK_USAGE: &str = "RL.CHECK key limit window [COST cost] [BURST burst] [KEEP keep] [FORCE]";
 pub const CHECKALL_USAGE: &str =
@@ -266,10 +266,10 @@ fn bounded(bytes: Option<&[u8]>, name: &'static str, max: u64) -> Result<u64, Er
         .ok_or(Error::OutOfRange { name, max })
 }
 
-/// A lease id: any bytes, 1 to [`MAX_ID_BYTES`] of them.
+/// A lease id: any bytes, 1 to [`MAX_ID_BYTES`] of them, except the lease sets' [`MARKER`].
 fn lease_id(bytes: Option<&[u8]>) -> Result<(), Error> {
     match bytes {
-        Some(id) if !id.is_empty() && id.len() <= MAX_ID_BYTES => Ok(()),
+        Some(id) if !id.is_empty() && id.len() <= MAX_ID_BYTES && id != MARKER => Ok(()),
         _ => Err(Error::BadLeaseId),
     }
 }
@@ -552,6 +552,18 @@ mod tests {
         }
         let long = format!("RL.ACQUIRE k 3 100 ID {}", "x".repeat(MAX_ID_BYTES + 1));
         assert_eq!(acquire(&long), Err(Error::BadLeaseId));
+        let mut marker = b"RL.ACQUIRE k 3 100 ID ".to_vec();
+        marker.extend_from_slice(MARKER);
+        assert_eq!(
+            parse_acquire(marker.as_slice().split(|&b| b == b' ').collect::<Vec<_>>().as_slice()),
+            Err(Error::BadLeaseId),
+            "the marker is reserved"
+        );
+        assert_eq!(
+            parse_release([&b"RL.RELEASE"[..], b"k", b"\x00binary-uuid"].as_slice()),
+            Ok(()),
+            "other NUL-led ids are fine"
+        );
         assert_eq!(parse_release(line("RL.RELEASE k a").as_slice()), Ok(()));
         assert_eq!(parse_release(line("RL.RELEASE k").as_slice()), Err(Error::Arity { usage: RELEASE_USAGE }));
         assert_eq!(parse_release(line("RL.RELEASE k ").as_slice()), Err(Error::BadLeaseId));

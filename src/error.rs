@@ -46,7 +46,8 @@ pub enum Error {
         name: &'static str,
         max: u64,
     },
-    /// A lease id that is empty or longer than [`crate::lease::MAX_ID_BYTES`].
+    /// A lease id that is empty, longer than [`crate::lease::MAX_ID_BYTES`], or the lease
+    /// sets' reserved [`crate::lease::MARKER`].
     BadLeaseId,
     /// The key holds a Redis type other than the command's (a string for the limiter, a
     /// sorted set for leases).
@@ -86,7 +87,11 @@ impl fmt::Display for Error {
             }
             Error::OutOfRange { name, max } => write!(f, "ERR {name} must be an integer between 1 and {max}"),
             Error::BadLeaseId => {
-                write!(f, "ERR id must be a non-empty string of at most {} bytes", crate::lease::MAX_ID_BYTES)
+                write!(
+                    f,
+                    "ERR id must be a non-empty string of at most {} bytes, other than the reserved \\x00rl-leases",
+                    crate::lease::MAX_ID_BYTES
+                )
             }
             Error::NotLeaseState => f.write_str(
                 "ERR key holds a sorted set that is not lease state; it was left unchanged (delete it or use another key)",

@@ -80,7 +80,9 @@ const COMMANDS: [CommandSpec; 9] = [
     CommandSpec {
         name: c"RL.RENEW",
         handler: handler!(commands::renew::run),
-        flags: "write deny-oom",
+        // Not `deny-oom`, like RL.RELEASE: under memory pressure a holder must still be able
+        // to keep its slot (a refused renewal would let its lease end and over-admit).
+        flags: "write",
         keys: Keys::First(Update),
     },
     CommandSpec {

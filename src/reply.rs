@@ -85,7 +85,7 @@ pub struct AcquireReply {
     pub acquired: bool,
     pub in_flight: i64,
     pub max: i64,
-    /// 0 when acquired; else milliseconds until the earliest live lease ends.
+    /// 0 when acquired; else milliseconds until enough live leases end for a slot to free.
     pub retry_after_ms: i64,
 }
 

@@ -68,12 +68,15 @@ pub fn deadline_of(score: f64) -> Option<u64> {
 }
 
 /// Lease sets by key: a Redis sorted set with one member per lease id, scored by its
-/// deadline in milliseconds since the epoch. The lease commands' ids are named by their
-/// position on the line, like keys.
+/// deadline in milliseconds since the epoch, plus the marker [`crate::lease::MARKER`] scored
+/// [`crate::lease::MARKER_SCORE`] (0), written with the set's first lease. The lease commands'
+/// ids are named by their position on the line, like keys.
 ///
-/// A sorted set is taken as lease state when its lowest and highest scores are deadlines
-/// ([`deadline_of`]) and it has at most [`crate::lease::MAX_LEASES`] members (which the lease
-/// commands never exceed); anything else is [`Error::NotLeaseState`], read before any write.
+/// A sorted set is taken as lease state only when it holds the marker scored 0 (one O(1)
+/// lookup), no other member scored at or below 0, at most [`crate::lease::MAX_LEASES`] leases
+/// (which the lease commands never exceed), and its lowest and highest lease scores are
+/// deadlines ([`deadline_of`]); anything else, such as an application's log of millisecond
+/// timestamps, is [`Error::NotLeaseState`], read before any write.
 pub trait LeaseStore: Store {
     /// What the set holds at `now_ms` for the id at argument `id_index`: `Default` for a
     /// missing key, [`Error::WrongType`] for another type, [`Error::NotLeaseState`] for a
@@ -81,19 +84,25 @@ pub trait LeaseStore: Store {
     fn read_leases(&self, key: &Self::Key, line: &Self::Line, id_index: usize, now_ms: u64)
         -> Result<LeaseView, Error>;
 
+    /// The deadline of the `rank`-th live lease at `now_ms` (1 = the earliest), if there are
+    /// that many (a rank is at most [`crate::lease::MAX_LEASES`]). Only after [`Self::read_leases`].
+    fn live_deadline(&self, key: &Self::Key, now_ms: u64, rank: u64) -> Result<Option<u64>, Error>;
+
     /// Removes every lease whose deadline is at or before `now_ms` (at most
-    /// [`crate::lease::MAX_LEASES`]), and replicates `ZREMRANGEBYSCORE key -inf now_ms`.
+    /// [`crate::lease::MAX_LEASES`]; never the marker), and replicates
+    /// `ZREMRANGEBYSCORE key 1 now_ms`.
     fn purge_leases(&mut self, key: &Self::Key, now_ms: u64) -> Result<(), Error>;
 
-    /// Stores the id at `id_index` with `deadline_ms`, and replicates `ZADD key deadline id`.
+    /// Stores the id at `id_index` with `deadline_ms`, and replicates `ZADD key deadline id`;
+    /// on a missing key, creates the set with its marker: `ZADD key 0 <marker> deadline id`.
     fn put_lease(&mut self, key: &Self::Key, line: &Self::Line, id_index: usize, deadline_ms: u64)
         -> Result<(), Error>;
 
     /// Removes the id at `id_index`, and replicates `ZREM key id`.
     fn remove_lease(&mut self, key: &Self::Key, line: &Self::Line, id_index: usize) -> Result<(), Error>;
 
-    /// Sets the key to expire with its last lease (`PEXPIREAT key <highest deadline>`) and
-    /// replicates that; nothing when the key is gone (a set emptied by removals is deleted,
-    /// on replicas too).
-    fn expire_with_last_lease(&mut self, key: &Self::Key) -> Result<(), Error>;
+    /// Ends a call that changed the set: deletes the key when no lease is left (only the
+    /// marker; replicates `DEL key`), else sets it to expire with its last lease
+    /// (`PEXPIREAT key <highest deadline>`, replicated) unless that is still `last_before`.
+    fn settle_leases(&mut self, key: &Self::Key, last_before: Option<u64>) -> Result<(), Error>;
 }

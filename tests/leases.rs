@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use testkit::redis::{self, Connection, Value};
 use testkit::{
     repl_offset, rl_acquire, rl_release, rl_renew, wait_for_replicas, wait_until, AcquireReply, Cluster, RedisServer,
-    StoredLeases,
+    StoredLeases, LEASE_MARKER,
 };
 
 /// Long enough that no lease ends during a test unless the test waits for it.
@@ -34,11 +34,11 @@ fn acquire_takes_up_to_max_then_refuses_with_the_wait_for_the_earliest_lease() {
     let refused = rl_acquire(&mut con, "jobs", 3, LONG, "d");
     assert!(!refused.acquired && refused.in_flight == 3 && refused.max == 3, "{refused:?}");
     assert!((LONG - 1000..=LONG).contains(&refused.retry_after_ms), "a's lease ends first: {refused:?}");
-    // The state is a plain sorted set expiring with its last lease.
+    // The state is a plain sorted set, marked as lease state, expiring with its last lease.
     let stored = StoredLeases::of(&mut con, "jobs");
-    let ids: Vec<&str> = stored.members.iter().map(|(id, _)| id.as_str()).collect();
-    assert_eq!(ids, ["a", "b", "c"]);
-    let last: i64 = stored.members[2].1.parse().unwrap();
+    assert!(stored.is_marked(), "{stored:?}");
+    assert_eq!(stored.ids(), ["a", "b", "c"]);
+    let last: i64 = stored.members[3].1.parse().unwrap();
     assert_eq!(stored.pexpiretime, last, "the key expires at the latest deadline");
 }
 
@@ -52,7 +52,7 @@ fn a_retried_acquire_renews_and_counts_once() {
     let again = rl_acquire(&mut con, "k", 2, LONG, "req-1");
     assert_eq!((again.acquired, again.in_flight), (true, 1), "{again:?}");
     let after = StoredLeases::of(&mut con, "k");
-    assert_eq!(after.members.len(), 1);
+    assert_eq!(after.ids(), ["req-1"]);
     assert!(after.pexpiretime > before.pexpiretime, "renewed: {before:?} then {after:?}");
 }
 
@@ -81,14 +81,15 @@ fn release_and_renew_act_on_live_leases_only() {
 fn an_expired_lease_frees_its_slot_by_itself() {
     let server = RedisServer::start();
     let mut con = server.client();
-    assert!(rl_acquire(&mut con, "k", 1, 200, "crashed").acquired);
-    let refused = rl_acquire(&mut con, "k", 1, LONG, "next");
+    // A long lease keeps the key alive, so only the purge can remove the short one.
+    assert!(rl_acquire(&mut con, "k", 2, LONG, "long").acquired);
+    assert!(rl_acquire(&mut con, "k", 2, 200, "crashed").acquired);
+    let refused = rl_acquire(&mut con, "k", 2, LONG, "next");
     assert!(!refused.acquired && (1..=200).contains(&refused.retry_after_ms), "{refused:?}");
     sleep(Duration::from_millis(refused.retry_after_ms));
-    let taken = rl_acquire(&mut con, "k", 1, LONG, "next");
-    assert_eq!((taken.acquired, taken.in_flight), (true, 1), "waiting retry_after_ms is enough: {taken:?}");
-    let ids: Vec<String> = StoredLeases::of(&mut con, "k").members.into_iter().map(|(id, _)| id).collect();
-    assert_eq!(ids, ["next"], "the expired lease was purged");
+    let taken = rl_acquire(&mut con, "k", 2, LONG, "next");
+    assert_eq!((taken.acquired, taken.in_flight), (true, 2), "waiting retry_after_ms is enough: {taken:?}");
+    assert_eq!(StoredLeases::of(&mut con, "k").ids(), ["long", "next"], "the expired lease was purged");
     // With no call at all, the key expires with its last lease.
     rl_acquire(&mut con, "gone", 5, 100, "x");
     let gone = wait_until(Instant::now() + Duration::from_secs(5), || {
@@ -109,25 +110,39 @@ fn replicas_and_the_aof_hold_the_same_lease_set() {
     rl_acquire(&mut p, "jobs", 3, 50, "short");
     rl_release(&mut p, "jobs", "b");
     rl_renew(&mut p, "jobs", "a", 2 * LONG);
-    rl_acquire(&mut p, "short-lived", 2, 1, "x");
+    // Two sets whose long lease keeps them alive, so only purges remove the short ones.
+    for key in ["emptied", "purged"] {
+        rl_acquire(&mut p, key, 2, 1, "x");
+        rl_acquire(&mut p, key, 2, LONG, "keep");
+    }
     sleep(Duration::from_millis(60));
     // Purges the expired "short" and takes its slot.
     assert!(rl_acquire(&mut p, "jobs", 3, LONG, "d").acquired);
-    rl_release(&mut p, "short-lived", "x");
+    // Purges x and releases keep: no lease is left, so the set is deleted.
+    assert!(rl_release(&mut p, "emptied", "keep"));
+    // Refused (max 1, keep is live), but x is purged all the same.
+    assert!(!rl_acquire(&mut p, "purged", 1, LONG, "y").acquired);
     wait_for_replicas(&mut p, 1);
     let on_primary = StoredLeases::of(&mut p, "jobs");
-    assert_eq!(on_primary.members.len(), 3, "{on_primary:?}");
+    assert_eq!(on_primary.ids(), ["c", "d", "a"], "{on_primary:?}");
     assert_eq!(StoredLeases::of(&mut r, "jobs"), on_primary, "identical on the replica");
-    assert_eq!(StoredLeases::of(&mut r, "short-lived").pexpiretime, -2, "the purge emptied and deleted it there too");
+    assert_eq!(StoredLeases::of(&mut p, "emptied").pexpiretime, -2, "deleted when no lease is left");
+    assert_eq!(StoredLeases::of(&mut r, "emptied").pexpiretime, -2, "deleted there too");
+    let purged = StoredLeases::of(&mut p, "purged");
+    assert_eq!(purged.ids(), ["keep"], "{purged:?}");
+    assert_eq!(StoredLeases::of(&mut r, "purged"), purged, "the refused call's purge reached the replica");
 
     let aof = primary.aof_files(".aof");
     assert!(aof.contains("ZADD") && aof.contains("PEXPIREAT"), "the AOF holds the effects: {aof}");
+    assert!(aof.contains(LEASE_MARKER), "and the marker: {aof}");
     assert!(!aof.to_uppercase().contains("RL.ACQUIRE"), "never the command: {aof}");
     drop(p);
     let mut primary = primary;
     primary.restart();
     let mut p = primary.client();
     assert_eq!(StoredLeases::of(&mut p, "jobs"), on_primary, "reloaded byte for byte");
+    assert_eq!(StoredLeases::of(&mut p, "purged"), purged, "reloaded byte for byte");
+    assert_eq!(StoredLeases::of(&mut p, "emptied").pexpiretime, -2);
     assert!(!rl_acquire(&mut p, "jobs", 3, LONG, "e").acquired, "no slot handed out by the restart");
 }
 
@@ -145,6 +160,79 @@ fn nothing_is_propagated_when_nothing_changes() {
     assert!(!rl_release(&mut p, "missing", "b"));
     error_of(&mut p, &["RL.ACQUIRE", "k", "0", "10", "ID", "a"]);
     assert_eq!(repl_offset(&mut p), before, "refusals and errors propagate nothing");
+}
+
+#[test]
+fn a_refused_call_propagates_exactly_the_purge_of_expired_leases() {
+    let primary = RedisServer::builder().arg("appendonly", "yes").arg("appendfsync", "always").start();
+    let replica = RedisServer::builder().start_replica_of(&primary);
+    let mut p = primary.client();
+    rl_acquire(&mut p, "k", 2, LONG, "long");
+    rl_acquire(&mut p, "k", 2, 1, "short");
+    sleep(Duration::from_millis(20));
+    wait_for_replicas(&mut p, 1);
+    let (offset, aof) = (repl_offset(&mut p), primary.aof_files(".incr.aof"));
+    let before = StoredLeases::of(&mut p, "k");
+    // Refused: long holds the one slot; short has ended and is purged.
+    assert!(!rl_acquire(&mut p, "k", 1, LONG, "b").acquired);
+    wait_for_replicas(&mut p, 1);
+    let after = StoredLeases::of(&mut p, "k");
+    assert_eq!(after.ids(), ["long"], "{after:?}");
+    assert_eq!(after.pexpiretime, before.pexpiretime, "the expiry is the long lease's still");
+    assert_eq!(StoredLeases::of(&mut replica.client(), "k"), after, "the replica applied the purge");
+    assert!(repl_offset(&mut p) > offset, "the purge is propagated");
+    let added = primary.aof_files(".incr.aof");
+    let added = added.strip_prefix(aof.as_str()).unwrap_or_else(|| panic!("the AOF grows at its end: {added}"));
+    assert!(added.contains("ZREMRANGEBYSCORE"), "{added:?}");
+    for not_there in ["ZADD", "ZREM\r", "PEXPIREAT", "DEL"] {
+        assert!(!added.contains(not_there), "only the purge, no {not_there}: {added:?}");
+    }
+    // Nothing expired any more: the same refusal propagates nothing.
+    let offset = repl_offset(&mut p);
+    assert!(!rl_acquire(&mut p, "k", 1, LONG, "b").acquired);
+    assert_eq!(repl_offset(&mut p), offset, "nothing left to purge, nothing propagated");
+}
+
+#[test]
+fn an_application_sorted_set_of_millisecond_timestamps_is_refused_and_left_unchanged() {
+    let server = RedisServer::start();
+    let mut con = server.client();
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    // A sliding-window log: members scored by when they happened.
+    let _: () = redis::cmd("ZADD")
+        .arg("events")
+        .arg(&[(now_ms - 5000).to_string(), "e1".into(), (now_ms - 3000).to_string(), "e2".into()])
+        .arg(&[(now_ms + 1000).to_string(), "e3".into()])
+        .query(&mut con)
+        .unwrap();
+    let _: () = redis::cmd("PEXPIREAT").arg("events").arg(now_ms + LONG as i64).query(&mut con).unwrap();
+    let before = StoredLeases::of(&mut con, "events");
+    for args in [
+        &["RL.ACQUIRE", "events", "5", "1000", "ID", "x"][..],
+        &["RL.RELEASE", "events", "e3"],
+        &["RL.RENEW", "events", "e3", "1000"],
+    ] {
+        assert!(error_of(&mut con, args).contains("not lease state"), "{args:?}");
+    }
+    assert_eq!(StoredLeases::of(&mut con, "events"), before, "members, scores and TTL untouched");
+    // Nor is a set that holds the marker with another score, or an id equal to the marker.
+    let _: () = redis::cmd("ZADD").arg("fake").arg(5).arg(LEASE_MARKER).query(&mut con).unwrap();
+    assert!(error_of(&mut con, &["RL.ACQUIRE", "fake", "5", "1000", "ID", "x"]).contains("not lease state"));
+    let refused = error_of(&mut con, &["RL.ACQUIRE", "k", "5", "1000", "ID", LEASE_MARKER]);
+    assert!(refused.contains("id must be"), "{refused}");
+    assert!(rl_acquire(&mut con, "k", 5, 1000, "\0another-id").acquired, "other NUL-led ids are fine");
+}
+
+#[test]
+fn renew_and_release_are_not_refused_under_memory_pressure() {
+    let server = RedisServer::start();
+    let mut con = server.client();
+    for (command, deny_oom) in [("rl.acquire", true), ("rl.release", false), ("rl.renew", false)] {
+        let info: Value = redis::cmd("COMMAND").arg("INFO").arg(command).query(&mut con).unwrap();
+        let text = format!("{info:?}");
+        assert!(text.contains("write"), "{command}: {text}");
+        assert_eq!(text.contains("denyoom"), deny_oom, "{command}: {text}");
+    }
 }
 
 #[test]
@@ -205,7 +293,7 @@ fn a_cluster_routes_lease_commands_to_the_slot_owner() {
     assert!(owners.len() > 1, "the keys span several primaries");
     for key in &keys {
         let mut owner = cluster.owner_of(key).client();
-        assert_eq!(StoredLeases::of(&mut owner, key).members.len(), 1, "{key} lives on its slot owner");
+        assert_eq!(StoredLeases::of(&mut owner, key).ids(), ["a"], "{key} lives on its slot owner");
         let released: i64 = redis::cmd("RL.RELEASE").arg(key).arg("a").query(&mut con).unwrap();
         assert_eq!(released, 1, "{key}");
     }
@@ -270,7 +358,7 @@ fn a_random_lease_workload_leaves_the_replica_and_the_reloaded_aof_identical() {
     }
     wait_for_replicas(&mut p, 1);
     let on_primary: Vec<StoredLeases> = keys.iter().map(|k| StoredLeases::of(&mut p, k)).collect();
-    assert!(on_primary.iter().all(|s| s.members.iter().any(|(id, _)| id == "anchor")), "{on_primary:?}");
+    assert!(on_primary.iter().all(|s| s.is_marked() && s.ids().contains(&"anchor")), "{on_primary:?}");
     let mut r = replica.client();
     let on_replica: Vec<StoredLeases> = keys.iter().map(|k| StoredLeases::of(&mut r, k)).collect();
     assert_eq!(on_replica, on_primary, "the replica holds the same members, scores and expiries");

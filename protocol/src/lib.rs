@@ -65,8 +65,9 @@ pub struct AcquireReply {
     pub in_flight: u64,
     /// The `max` the call was made with.
     pub max: u64,
-    /// 0 when acquired; else milliseconds until the earliest live lease ends (an upper bound
-    /// on the wait, as a lease may also be released earlier).
+    /// 0 when acquired; else milliseconds until enough live leases end for a slot to free
+    /// (the earliest one, unless `max` was lowered below the leases in flight; an upper bound
+    /// on the wait, as holders may release earlier).
     pub retry_after_ms: u64,
 }
 

@@ -13,7 +13,11 @@ pub fn run<S: LeaseStore>(store: &mut S, line: &S::Line, now: u64) -> Result<Rep
     let (max, lease_ms) = parse_acquire(line)?;
     let now_ms = super::millis(now);
     let (key, view) = super::open_leases(store, line, ACQUIRE_ID, now_ms)?;
-    let decision = lease::acquire(&view, now_ms, max, lease_ms);
+    let frees_at = match lease::rank_to_wait_for(&view, now_ms, max) {
+        Some(rank) => store.live_deadline(&key, now_ms, rank)?,
+        None => None,
+    };
+    let decision = lease::acquire(&view, frees_at, now_ms, max, lease_ms);
     super::write_leases(store, &key, &view, now_ms, |store| match decision.deadline {
         Some(deadline) => store.put_lease(&key, line, ACQUIRE_ID, deadline).map(|()| true),
         None => Ok(false),

@@ -59,8 +59,8 @@ fn open_leases<S: LeaseStore>(
 }
 
 /// Every lease command's write, in order: purge the expired leases (if any), apply the
-/// command's own change, and let the key expire with its last lease. Writes nothing when
-/// nothing changes.
+/// command's own change, then delete the set if no lease is left or let it expire with its
+/// last lease (when that moved). Writes nothing when nothing changes.
 fn write_leases<S: LeaseStore>(
     store: &mut S,
     key: &S::Key,
@@ -73,7 +73,7 @@ fn write_leases<S: LeaseStore>(
         store.purge_leases(key, now_ms)?;
     }
     if change(store)? || purged {
-        store.expire_with_last_lease(key)?;
+        store.settle_leases(key, view.last)?;
     }
     Ok(())
 }

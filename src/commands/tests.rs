@@ -306,27 +306,43 @@ fn acquired(acquired: bool, in_flight: i64, max: i64, retry_after_ms: i64) -> Re
 }
 
 fn zadd(key: &str, score: u64, member: &str) -> Effect {
-    Effect::Zadd { key: key.into(), score, member: member.into() }
+    Effect::Zadd { key: key.into(), score, member: member.into(), with_marker: false }
+}
+
+/// The `ZADD key 0 <marker> score member` that creates a lease set.
+fn zadd_new(key: &str, score: u64, member: &str) -> Effect {
+    Effect::Zadd { key: key.into(), score, member: member.into(), with_marker: true }
 }
 
 fn pexpireat(key: &str, ms: u64) -> Effect {
     Effect::PexpireAt { key: key.into(), ms }
 }
 
+fn purge(key: &str, max: u64) -> Effect {
+    Effect::ZremRangeByScore { key: key.into(), max }
+}
+
+/// The marker as a member name for [`Memory::set_zset`].
+const MARKER: &str = "\0rl-leases";
+
 #[test]
 fn acquire_takes_up_to_max_slots_and_then_says_when_one_frees() {
     let mut db = Memory::new();
     assert_eq!(ok(&mut db, acquire::run, "RL.ACQUIRE l 2 1000 ID a", T0), acquired(true, 1, 2, 0));
-    assert_eq!(db.take_effects(), [zadd("l", T0_MS + 1000, "a"), pexpireat("l", T0_MS + 1000)]);
+    assert_eq!(db.take_effects(), [zadd_new("l", T0_MS + 1000, "a"), pexpireat("l", T0_MS + 1000)]);
     assert_eq!(ok(&mut db, acquire::run, "RL.ACQUIRE l 2 1000 ID b", T0 + 100 * MS), acquired(true, 2, 2, 0));
     assert_eq!(db.take_effects(), [zadd("l", T0_MS + 1100, "b"), pexpireat("l", T0_MS + 1100)]);
     // Full: the earliest lease (a) ends 800 ms later; nothing is written.
     assert_eq!(ok(&mut db, acquire::run, "RL.ACQUIRE l 2 1000 ID c", T0 + 200 * MS), acquired(false, 2, 2, 800));
     assert_eq!(db.take_effects(), []);
+    // With `max` lowered to 1, both must end: b's lease, 900 ms later.
+    assert_eq!(ok(&mut db, acquire::run, "RL.ACQUIRE l 1 1000 ID c", T0 + 200 * MS), acquired(false, 2, 1, 900));
     // A retried acquire renews and counts once.
     assert_eq!(ok(&mut db, acquire::run, "RL.ACQUIRE l 2 1000 ID a", T0 + 300 * MS), acquired(true, 2, 2, 0));
     assert_eq!(db.take_effects(), [zadd("l", T0_MS + 1300, "a"), pexpireat("l", T0_MS + 1300)]);
     assert_eq!(db.lease_expiry("l"), Some(T0_MS + 1300));
+    let Some(Value::Zset(set)) = db.value("l") else { panic!("a lease set") };
+    assert_eq!(set.get(MARKER.as_bytes()), Some(&0.0), "marked as lease state: {set:?}");
 }
 
 #[test]
@@ -338,16 +354,24 @@ fn an_expired_lease_frees_its_slot_and_is_purged_by_the_next_call() {
     assert_eq!(ok(&mut db, acquire::run, "RL.ACQUIRE l 1 500 ID b", T0 + SEC), acquired(true, 1, 1, 0));
     assert_eq!(
         db.take_effects(),
-        [
-            Effect::ZremRangeByScore { key: "l".into(), max: T0_MS + 1000 },
-            zadd("l", T0_MS + 1500, "b"),
-            pexpireat("l", T0_MS + 1500)
-        ]
+        [purge("l", T0_MS + 1000), zadd("l", T0_MS + 1500, "b"), pexpireat("l", T0_MS + 1500)]
     );
-    // A refused call still purges; the set emptied by it is deleted.
+    // A refused call still purges; the set left with its marker only is deleted.
     assert_eq!(ok(&mut db, release::run, "RL.RELEASE l b", T0 + 2 * SEC), Reply::Int(0));
-    assert_eq!(db.take_effects(), [Effect::ZremRangeByScore { key: "l".into(), max: T0_MS + 2000 }]);
+    assert_eq!(db.take_effects(), [purge("l", T0_MS + 2000), Effect::Del { key: "l".into() }]);
     assert_eq!(db.value("l"), None);
+}
+
+#[test]
+fn a_purge_that_leaves_the_last_deadline_in_place_sets_no_expiry() {
+    let mut db = Memory::new();
+    ok(&mut db, acquire::run, "RL.ACQUIRE l 1 100 ID short", T0);
+    ok(&mut db, acquire::run, "RL.ACQUIRE l 2 5000 ID long", T0);
+    db.take_effects();
+    // `short` has ended: the refused call purges it and nothing else, the expiry stays.
+    assert_eq!(ok(&mut db, acquire::run, "RL.ACQUIRE l 1 1000 ID c", T0 + SEC), acquired(false, 1, 1, 4000));
+    assert_eq!(db.take_effects(), [purge("l", T0_MS + 1000)]);
+    assert_eq!(db.lease_expiry("l"), Some(T0_MS + 5000));
 }
 
 #[test]
@@ -367,25 +391,32 @@ fn release_and_renew_act_only_on_a_live_lease() {
     assert_eq!(ok(&mut db, release::run, "RL.RELEASE l a", T0 + 20 * MS), Reply::Int(0));
     // An ended lease is not renewed.
     assert_eq!(ok(&mut db, renew::run, "RL.RENEW l b 1000", T0 + 5 * SEC), Reply::Int(0));
-    assert_eq!(db.value("l"), None, "purged, and the empty set deleted");
+    assert_eq!(db.value("l"), None, "purged, and the set left with its marker only deleted");
 }
 
 #[test]
 fn lease_commands_refuse_foreign_values_and_bad_lines_without_writing() {
     let lines = ["RL.ACQUIRE {} 2 1000 ID a", "RL.RELEASE {} a", "RL.RENEW {} a 1000"];
     let bodies: [Body; 3] = [acquire::run, release::run, renew::run];
+    let now = T0_MS as f64;
     for (line, body) in lines.iter().zip(bodies) {
         let mut db = Memory::new();
         db.set_string("hello", b"hello");
         db.set_zset("board", &[("alice", 3.0), ("bob", 7.5)]);
-        db.set_zset("fraction", &[("a", T0_MS as f64 + 0.5)]);
-        for (key, want) in
-            [("hello", Error::WrongType), ("board", Error::NotLeaseState), ("fraction", Error::NotLeaseState)]
-        {
+        // A sliding-window log of millisecond timestamps, without the marker.
+        db.set_zset("events", &[("e1", now - 5000.0), ("e2", now - 3000.0), ("a", now + 10.0)]);
+        db.set_zset("fraction", &[(MARKER, 0.0), ("a", now + 0.5)]);
+        db.set_zset("moved-marker", &[(MARKER, 7.0), ("a", now + 10.0)]);
+        db.set_zset("zero", &[(MARKER, 0.0), ("z", 0.0), ("a", now + 10.0)]);
+        db.set_zset("negative", &[(MARKER, 0.0), ("n", -1.0), ("a", now + 10.0)]);
+        let foreign = ["board", "events", "fraction", "moved-marker", "zero", "negative"];
+        let cases = std::iter::once(("hello", Error::WrongType)).chain(foreign.map(|k| (k, Error::NotLeaseState)));
+        for (key, want) in cases {
             let before = db.value(key);
             let words = line.replace("{}", key);
             assert_eq!(call(&mut db, body, &words, T0), Err(want), "{words}");
             assert_eq!(db.value(key), before, "{words}: unchanged");
+            assert_eq!(db.lease_expiry(key), None, "{words}: no expiry set");
         }
         assert_eq!(db.take_effects(), [], "{line}: nothing replicated");
     }
@@ -394,6 +425,8 @@ fn lease_commands_refuse_foreign_values_and_bad_lines_without_writing() {
         let body: Body = if bad.starts_with("RL.RENEW") { renew::run } else { acquire::run };
         assert!(call(&mut db, body, bad, T0).is_err(), "{bad}");
     }
+    let marker_id = format!("RL.ACQUIRE l 1 1000 ID {MARKER}");
+    assert_eq!(call(&mut db, acquire::run, &marker_id, T0), Err(Error::BadLeaseId), "the marker is no id");
     assert_eq!((db.value("l"), db.take_effects()), (None, vec![]));
 }
 
@@ -408,36 +441,39 @@ fn limiter_commands_refuse_a_lease_set_as_the_wrong_type() {
     assert_eq!(db.take_effects(), []);
 }
 
-/// Live leases in the store at `now_ms` (deadline after now).
-fn live_leases(db: &Memory, key: &str, now_ms: u64) -> u64 {
+/// The leases in the store (every member but the marker), member to deadline.
+fn leases(db: &Memory, key: &str) -> Vec<f64> {
     match db.value(key) {
-        Some(Value::Zset(set)) => set.values().filter(|&&score| score > now_ms as f64).count() as u64,
-        _ => 0,
+        Some(Value::Zset(set)) => {
+            set.iter().filter(|&(member, _)| member.as_slice() != MARKER.as_bytes()).map(|(_, &s)| s).collect()
+        }
+        _ => vec![],
     }
 }
 
 proptest::proptest! {
-    /// Random acquire / release / renew calls on one lease set: the reply's in-flight count is
-    /// what the set holds afterwards and never exceeds `max`; a refusal's retry_after is
-    /// exact (an acquire that waits that long, with nothing else in between, gets a slot; one
-    /// millisecond less does not);
-    /// the set never holds expired leases after a call, and its expiry is its last deadline.
+    /// Random acquire / release / renew calls on one lease set, with `max` changing between
+    /// calls: the reply's in-flight count is what the set holds afterwards and never exceeds
+    /// the largest `max` used; a refusal's retry_after is exact (an acquire that waits that
+    /// long, with nothing else in between, gets a slot; one millisecond less does not); the
+    /// set never holds expired leases after a call, always holds its marker, and its expiry
+    /// is its last deadline.
     #[test]
     fn lease_calls_keep_in_flight_within_max_and_a_refusal_says_exactly_when_a_slot_frees(
-        max in 1u64..5,
-        calls in proptest::collection::vec((0u8..3, 0u8..6, 0u64..400, 1u64..600), 1..40),
+        calls in proptest::collection::vec((0u8..3, 0u8..6, 0u64..400, 1u64..600, 1u64..5), 1..40),
     ) {
         let mut db = Memory::new();
         let mut now_ms = T0_MS;
-        for (kind, id, step, lease_ms) in calls {
+        for (kind, id, step, lease_ms, max) in calls {
             now_ms += step;
             let now = now_ms * MS;
             match kind {
                 0 => {
                     let line = format!("RL.ACQUIRE l {max} {lease_ms} ID id{id}");
                     let Reply::Acquire(reply) = ok(&mut db, acquire::run, &line, now) else { panic!("{line}") };
-                    proptest::prop_assert_eq!(reply.in_flight as u64, live_leases(&db, "l", now_ms), "{}", line);
-                    proptest::prop_assert!(reply.in_flight as u64 <= max, "{line}: {reply:?}");
+                    let live = leases(&db, "l").iter().filter(|&&s| s > now_ms as f64).count() as u64;
+                    proptest::prop_assert_eq!(reply.in_flight as u64, live, "{}", line);
+                    proptest::prop_assert!(reply.in_flight as u64 <= 4, "{line}: {reply:?}");
                     if !reply.acquired {
                         proptest::prop_assert!(reply.retry_after_ms >= 1);
                         // Ask again, on a copy, after exactly the wait.
@@ -458,8 +494,11 @@ proptest::proptest! {
             }
             match db.value("l") {
                 Some(Value::Zset(set)) => {
-                    proptest::prop_assert!(set.values().all(|&s| s > now_ms as f64), "expired leases purged: {set:?}");
-                    let last = set.values().copied().fold(0.0, f64::max) as u64;
+                    proptest::prop_assert_eq!(set.get(MARKER.as_bytes()), Some(&0.0), "marked: {:?}", set);
+                    let leases = leases(&db, "l");
+                    proptest::prop_assert!(!leases.is_empty(), "a set without leases is deleted: {set:?}");
+                    proptest::prop_assert!(leases.iter().all(|&s| s > now_ms as f64), "expired leases purged: {set:?}");
+                    let last = leases.iter().copied().fold(0.0, f64::max) as u64;
                     proptest::prop_assert_eq!(db.lease_expiry("l"), Some(last));
                 }
                 None => {}

@@ -24,7 +24,7 @@ pub(super) fn init_strings() -> bool {
     // SAFETY: a NULL context creates a string owned by the module, outside automatic memory.
     let pxat = unsafe { create(std::ptr::null_mut(), c"PXAT".as_ptr(), 4) };
     PXAT.store(pxat, Ordering::Relaxed);
-    !pxat.is_null()
+    !pxat.is_null() && super::lease::init_marker()
 }
 
 /// The keys of the command being run, opened by their position on its command line.

@@ -9,7 +9,7 @@ use super::{deadline_of, Access, LeaseStore, Store};
 use crate::args::Args;
 use crate::error::Error;
 use crate::gcra::Tat;
-use crate::lease::{LeaseView, MAX_LEASES};
+use crate::lease::{LeaseView, MARKER, MARKER_SCORE, MAX_LEASES};
 use crate::state;
 
 /// A command line, one argument per space-separated word: `Line::new("RL.CHECK k 5 10")`.
@@ -49,11 +49,11 @@ pub enum Effect {
     Set { key: String, value: String, pxat_ms: u64 },
     /// `DEL key`
     Del { key: String },
-    /// `ZADD key score member`
-    Zadd { key: String, score: u64, member: String },
+    /// `ZADD key score member`, or `ZADD key 0 <marker> score member` when it creates the set.
+    Zadd { key: String, score: u64, member: String, with_marker: bool },
     /// `ZREM key member`
     Zrem { key: String, member: String },
-    /// `ZREMRANGEBYSCORE key -inf max`
+    /// `ZREMRANGEBYSCORE key 1 max`
     ZremRangeByScore { key: String, max: u64 },
     /// `PEXPIREAT key ms`
     PexpireAt { key: String, ms: u64 },
@@ -157,6 +157,7 @@ impl Store for Memory {
     fn delete(&mut self, key: &MemoryKey) -> Result<(), Error> {
         Memory::writable(key)?;
         self.values.remove(&key.name);
+        self.expiries.remove(&key.name);
         self.effects.push(Effect::Del { key: String::from_utf8_lossy(&key.name).into_owned() });
         Ok(())
     }
@@ -180,14 +181,6 @@ impl Memory {
         }
     }
 
-    /// A set emptied by removals is deleted, as Redis does.
-    fn drop_if_empty(&mut self, key: &MemoryKey) {
-        if matches!(self.values.get(&key.name), Some(Value::Zset(set)) if set.is_empty()) {
-            self.values.remove(&key.name);
-            self.expiries.remove(&key.name);
-        }
-    }
-
     fn name(key: &MemoryKey) -> String {
         String::from_utf8_lossy(&key.name).into_owned()
     }
@@ -196,37 +189,54 @@ impl Memory {
 impl LeaseStore for Memory {
     fn read_leases(&self, key: &MemoryKey, line: &Line, id_index: usize, now_ms: u64) -> Result<LeaseView, Error> {
         let Some(set) = self.zset(key)? else { return Ok(LeaseView::default()) };
-        let lowest = set.values().copied().reduce(f64::min);
-        let highest = set.values().copied().reduce(f64::max);
-        let is_lease_state = set.len() as u64 <= MAX_LEASES
-            && lowest.and_then(deadline_of).is_some()
-            && highest.and_then(deadline_of).is_some();
+        let marked = set.get(MARKER) == Some(&MARKER_SCORE);
+        let at_or_below_zero = set.values().filter(|&&score| score <= MARKER_SCORE).count();
+        let leases = || set.iter().filter(|&(member, _)| member != MARKER).map(|(_, &score)| score);
+        let lowest = leases().reduce(f64::min);
+        let highest = leases().reduce(f64::max);
+        let is_lease_state = marked
+            && at_or_below_zero == 1
+            && set.len() as u64 <= MAX_LEASES + 1
+            && lowest.is_none_or(|score| deadline_of(score).is_some())
+            && highest.is_none_or(|score| deadline_of(score).is_some());
         if !is_lease_state {
             return Err(Error::NotLeaseState);
         }
         let id = line.get(id_index).ok_or(Error::Internal)?;
-        let deadlines = || set.values().filter_map(|&score| deadline_of(score));
+        let deadlines = || leases().filter_map(deadline_of);
         Ok(LeaseView {
             live: deadlines().filter(|&d| d > now_ms).count() as u64,
             expired: deadlines().filter(|&d| d <= now_ms).count() as u64,
             held: set.get(id).and_then(|&score| deadline_of(score)),
-            earliest_live: deadlines().filter(|&d| d > now_ms).min(),
+            last: highest.and_then(deadline_of),
         })
+    }
+
+    fn live_deadline(&self, key: &MemoryKey, now_ms: u64, rank: u64) -> Result<Option<u64>, Error> {
+        let Some(set) = self.zset(key)? else { return Ok(None) };
+        let mut live: Vec<u64> = set.values().filter_map(|&score| deadline_of(score)).filter(|&d| d > now_ms).collect();
+        live.sort_unstable();
+        let index = usize::try_from(rank).map_err(|_| Error::Internal)?;
+        Ok(index.checked_sub(1).and_then(|i| live.get(i)).copied())
     }
 
     fn purge_leases(&mut self, key: &MemoryKey, now_ms: u64) -> Result<(), Error> {
         let set = self.zset_mut(key)?;
-        set.retain(|_, score| *score > now_ms as f64);
+        set.retain(|_, score| !(1.0..=now_ms as f64).contains(score));
         self.effects.push(Effect::ZremRangeByScore { key: Memory::name(key), max: now_ms });
-        self.drop_if_empty(key);
         Ok(())
     }
 
     fn put_lease(&mut self, key: &MemoryKey, line: &Line, id_index: usize, deadline_ms: u64) -> Result<(), Error> {
         let id = line.get(id_index).ok_or(Error::Internal)?.to_vec();
         let member = String::from_utf8_lossy(&id).into_owned();
-        self.zset_mut(key)?.insert(id, deadline_ms as f64);
-        self.effects.push(Effect::Zadd { key: Memory::name(key), score: deadline_ms, member });
+        let create = self.zset(key)?.is_none();
+        let set = self.zset_mut(key)?;
+        if create {
+            set.insert(MARKER.to_vec(), MARKER_SCORE);
+        }
+        set.insert(id, deadline_ms as f64);
+        self.effects.push(Effect::Zadd { key: Memory::name(key), score: deadline_ms, member, with_marker: create });
         Ok(())
     }
 
@@ -236,15 +246,20 @@ impl LeaseStore for Memory {
         let id = id.to_vec();
         self.zset_mut(key)?.remove(&id);
         self.effects.push(Effect::Zrem { key: Memory::name(key), member });
-        self.drop_if_empty(key);
         Ok(())
     }
 
-    fn expire_with_last_lease(&mut self, key: &MemoryKey) -> Result<(), Error> {
+    fn settle_leases(&mut self, key: &MemoryKey, last_before: Option<u64>) -> Result<(), Error> {
         let Some(set) = self.zset(key)? else { return Ok(()) };
-        let Some(last) = set.values().copied().reduce(f64::max).and_then(deadline_of) else { return Ok(()) };
-        self.expiries.insert(key.name.clone(), last);
-        self.effects.push(Effect::PexpireAt { key: Memory::name(key), ms: last });
-        Ok(())
+        let last = set.iter().filter(|&(member, _)| member != MARKER).map(|(_, &score)| score).reduce(f64::max);
+        match last.and_then(deadline_of) {
+            None => Store::delete(self, key),
+            Some(last) if Some(last) == last_before => Ok(()),
+            Some(last) => {
+                self.expiries.insert(key.name.clone(), last);
+                self.effects.push(Effect::PexpireAt { key: Memory::name(key), ms: last });
+                Ok(())
+            }
+        }
     }
 }

@@ -27,9 +27,12 @@ impl Stored {
     }
 }
 
+/// The member that marks a sorted set as lease state (scored 0), as the module writes it.
+pub const LEASE_MARKER: &str = "\0rl-leases";
+
 /// What the server holds for one lease set: its members with their scores, lowest first, as
-/// the server prints them (`ZRANGE key 0 -1 WITHSCORES`), and its absolute expiry in ms
-/// (`PEXPIRETIME`: -1 without expiry, -2 when the key is missing).
+/// the server prints them (`ZRANGE key 0 -1 WITHSCORES`; the marker [`LEASE_MARKER`] first),
+/// and its absolute expiry in ms (`PEXPIRETIME`: -1 without expiry, -2 when the key is missing).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredLeases {
     pub members: Vec<(String, String)>,
@@ -51,6 +54,16 @@ impl StoredLeases {
             .unwrap_or_else(|e| panic!("ZRANGE/PEXPIRETIME {key}: {e}"));
         let members = flat.chunks(2).map(|pair| (pair[0].clone(), pair[1].clone())).collect();
         StoredLeases { members, pexpiretime }
+    }
+
+    /// The lease ids, earliest deadline first: every member but the marker.
+    pub fn ids(&self) -> Vec<&str> {
+        self.members.iter().map(|(id, _)| id.as_str()).filter(|&id| id != LEASE_MARKER).collect()
+    }
+
+    /// Whether the set holds the marker scored 0.
+    pub fn is_marked(&self) -> bool {
+        self.members.first().is_some_and(|(id, score)| id == LEASE_MARKER && score == "0")
     }
 }
 

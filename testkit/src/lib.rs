@@ -60,7 +60,7 @@ pub use commands::{
 };
 pub use inspect::{
     all_keys, info_field, is_valkey, redis_version, repl_offset, snapshot, stored, wait_for_replicas, Stored,
-    StoredLeases,
+    StoredLeases, LEASE_MARKER,
 };
 pub use process::ChildGuard;
 pub use proxy::Proxy;

@@ -43,6 +43,21 @@ fn acquire_takes_up_to_max_then_refuses_with_the_wait_for_the_earliest_lease() {
 }
 
 #[test]
+fn with_max_lowered_below_the_leases_in_flight_a_refusal_waits_until_enough_have_ended() {
+    let server = RedisServer::start();
+    let mut con = server.client();
+    for (id, lease_ms) in [("a", 100_000), ("b", 200_000), ("c", 300_000)] {
+        assert!(rl_acquire(&mut con, "k", 3, lease_ms, id).acquired, "{id}");
+    }
+    // max 3: a slot frees when a ends; max 2: when b ends too; max 1: when all three have.
+    for (max, lease_ms) in [(3, 100_000), (2, 200_000), (1, 300_000)] {
+        let refused = rl_acquire(&mut con, "k", max, LONG, "d");
+        assert!(!refused.acquired && refused.in_flight == 3, "max {max}: {refused:?}");
+        assert!((lease_ms - 1000..=lease_ms).contains(&refused.retry_after_ms), "max {max}: {refused:?}");
+    }
+}
+
+#[test]
 fn a_retried_acquire_renews_and_counts_once() {
     let server = RedisServer::start();
     let mut con = server.client();

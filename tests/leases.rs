@@ -230,9 +230,25 @@ fn an_application_sorted_set_of_millisecond_timestamps_is_refused_and_left_uncha
         assert!(error_of(&mut con, args).contains("not lease state"), "{args:?}");
     }
     assert_eq!(StoredLeases::of(&mut con, "events"), before, "members, scores and TTL untouched");
-    // Nor is a set that holds the marker with another score, or an id equal to the marker.
-    let _: () = redis::cmd("ZADD").arg("fake").arg(5).arg(LEASE_MARKER).query(&mut con).unwrap();
-    assert!(error_of(&mut con, &["RL.ACQUIRE", "fake", "5", "1000", "ID", "x"]).contains("not lease state"));
+    // Nor is a set with the marker scored otherwise, another member at or below 0, or a
+    // lease score that is no whole millisecond.
+    let lease = (now_ms + LONG as i64).to_string();
+    let fakes: [(&str, &[(&str, &str)]); 4] = [
+        ("moved-marker", &[("5", LEASE_MARKER), (&lease, "a")]),
+        ("zero", &[("0", LEASE_MARKER), ("0", "z"), (&lease, "a")]),
+        ("negative", &[("0", LEASE_MARKER), ("-1", "n"), (&lease, "a")]),
+        ("fraction", &[("0", LEASE_MARKER), ("1764441600000.5", "a")]),
+    ];
+    for (key, members) in fakes {
+        for &(score, member) in members {
+            let _: () = redis::cmd("ZADD").arg(key).arg(score).arg(member).query(&mut con).unwrap();
+        }
+        let before = StoredLeases::of(&mut con, key);
+        let got = error_of(&mut con, &["RL.ACQUIRE", key, "5", "1000", "ID", "x"]);
+        assert!(got.contains("not lease state"), "{key}: {got}");
+        assert_eq!(StoredLeases::of(&mut con, key), before, "{key}: unchanged");
+    }
+    // And an id equal to the marker is refused.
     let refused = error_of(&mut con, &["RL.ACQUIRE", "k", "5", "1000", "ID", LEASE_MARKER]);
     assert!(refused.contains("id must be"), "{refused}");
     assert!(rl_acquire(&mut con, "k", 5, 1000, "\0another-id").acquired, "other NUL-led ids are fine");

@@ -197,3 +197,15 @@ impl IntoResponse for ApiError {
         response
     }
 }
+
+/// An error and its causes on one line (`client error (Connect): tcp connect error: Connection refused`).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

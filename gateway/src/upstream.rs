@@ -12,7 +12,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use crate::config::Upstream;
-use crate::error::{ApiError, BadRequest};
+use crate::error::{error_chain, ApiError, BadRequest};
 
 /// Headers that describe one connection, not the message (RFC 9110 section 7.6.1), never forwarded.
 const HOP_BY_HOP: [&str; 8] = [
@@ -162,18 +162,6 @@ impl UpstreamClient {
         strip_hop_by_hop(&mut parts.headers);
         Ok(Response::from_parts(parts, Body::new(body)))
     }
-}
-
-/// An error and its causes on one line (`client error (Connect): tcp connect error: Connection refused`).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -34,6 +34,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
+use gateway::error::error_chain;
+
 use chat::classify_chat;
 use report::{classify, describe, plural, Outcome, Summary};
 
@@ -73,18 +75,6 @@ pub fn waiting_line(secs: u64) -> String {
     } else {
         format!("Waiting {} as Retry-After asks...", plural(secs, "second"))
     }
-}
-
-/// An error and its causes on one line (`client error (Connect): tcp connect error: Connection refused`).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// The endpoint without `--url`.

@@ -9,7 +9,6 @@ mod client;
 mod model;
 
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::filter::Targets;
@@ -41,7 +40,8 @@ enum LogFormat {
 enum Command {
     /// Run the gateway: identify, rate limit (one RL.CHECK or RL.CHECKALL per request), forward to the model.
     Serve(ServeArgs),
-    /// Run the demo model API (POST /v1/predict {"text": ...} -> sentiment).
+    /// Run the demo model API: POST /v1/predict {"text": ...} -> sentiment, POST /v1/chat/completions
+    /// (OpenAI-compatible, JSON or streamed), GET /v1/models, ANY /v1/echo, GET /healthz.
     Model(ModelArgs),
     /// Send requests and print, per request, whether it was admitted or rate limited.
     Client(ClientArgs),
@@ -114,8 +114,13 @@ fn run_gateway(args: ServeArgs) -> Result<(), StartError> {
 
 fn serve_model(args: ModelArgs) -> std::io::Result<()> {
     runtime()?.block_on(async {
-        tracing::info!(model = model::MODEL_NAME, latency_ms = args.latency_ms, "demo model");
-        let router = model::router(Duration::from_millis(args.latency_ms));
+        tracing::info!(
+            model = model::MODEL_NAME,
+            latency_ms = args.latency_ms,
+            token_latency_ms = args.token_latency_ms,
+            "demo model"
+        );
+        let router = model::router_with(args.timing());
         serve::run("model", args.listen, router, serve::DEFAULT_HEADER_TIMEOUT).await
     })
 }

@@ -19,7 +19,6 @@
 mod chat;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -44,24 +43,21 @@ pub struct ModelArgs {
     pub latency_ms: u64,
     /// Simulated time per generated chat token, in ms: between streamed chunks, and added up
     /// (times the completion tokens) before a non-streamed answer.
-    #[arg(long, default_value_t = DEFAULT_TOKEN_LATENCY_MS, value_parser = record_token_latency)]
-    // Read through TOKEN_LATENCY_MS until main.rs hands the whole Timing to router_with.
-    #[allow(dead_code)]
+    #[arg(long, default_value_t = DEFAULT_TOKEN_LATENCY_MS)]
     pub token_latency_ms: u64,
 }
 
-pub const DEFAULT_TOKEN_LATENCY_MS: u64 = 5;
-
-/// `--token-latency-ms` as parsed. main.rs passes only `--latency-ms` to [`router`], so the
-/// flag's parser records its value here for [`router`] to read.
-static TOKEN_LATENCY_MS: AtomicU64 = AtomicU64::new(DEFAULT_TOKEN_LATENCY_MS);
-
-/// Parses `--token-latency-ms` (also its default) and records it for [`router`].
-fn record_token_latency(value: &str) -> Result<u64, String> {
-    let ms: u64 = value.parse().map_err(|e| format!("{e}"))?;
-    TOKEN_LATENCY_MS.store(ms, Ordering::Relaxed);
-    Ok(ms)
+impl ModelArgs {
+    /// The simulated times the flags ask for.
+    pub fn timing(&self) -> Timing {
+        Timing {
+            latency: Duration::from_millis(self.latency_ms),
+            token_latency: Duration::from_millis(self.token_latency_ms),
+        }
+    }
 }
+
+pub const DEFAULT_TOKEN_LATENCY_MS: u64 = 5;
 
 /// The simulated times of the model.
 #[derive(Clone, Copy, Debug, Default)]
@@ -152,12 +148,6 @@ pub fn predict(text: &str) -> Prediction {
 #[derive(Deserialize)]
 struct PredictRequest {
     text: String,
-}
-
-/// The model server's router; `latency` is slept before every prediction, the time per chat
-/// token is `--token-latency-ms` as parsed (default [`DEFAULT_TOKEN_LATENCY_MS`]).
-pub fn router(latency: Duration) -> Router {
-    router_with(Timing { latency, token_latency: Duration::from_millis(TOKEN_LATENCY_MS.load(Ordering::Relaxed)) })
 }
 
 /// The model server's router with the given simulated times.
@@ -415,7 +405,7 @@ mod http_tests {
     }
 
     #[test]
-    fn the_token_latency_flag_and_its_default_reach_the_router() {
+    fn the_latency_flags_and_their_defaults_make_the_timing() {
         #[derive(clap::Parser)]
         struct Cli {
             #[command(flatten)]
@@ -423,11 +413,11 @@ mod http_tests {
         }
         use clap::Parser;
         let cli = Cli::try_parse_from(["model", "--token-latency-ms", "42"]).unwrap();
-        assert_eq!(cli.model.token_latency_ms, 42);
-        assert_eq!(TOKEN_LATENCY_MS.load(Ordering::Relaxed), 42);
-        let cli = Cli::try_parse_from(["model"]).unwrap();
-        assert_eq!(cli.model.token_latency_ms, DEFAULT_TOKEN_LATENCY_MS);
-        assert_eq!(TOKEN_LATENCY_MS.load(Ordering::Relaxed), DEFAULT_TOKEN_LATENCY_MS);
+        assert_eq!(cli.model.timing().token_latency, Duration::from_millis(42));
+        let cli = Cli::try_parse_from(["model", "--latency-ms", "7"]).unwrap();
+        let timing = cli.model.timing();
+        assert_eq!(timing.latency, Duration::from_millis(7));
+        assert_eq!(timing.token_latency, Duration::from_millis(DEFAULT_TOKEN_LATENCY_MS));
         assert!(Cli::try_parse_from(["model", "--token-latency-ms", "-1"]).is_err());
     }
 }

@@ -18,6 +18,18 @@ pub enum ApiError {
         retry_after_secs: Option<u64>,
         limits: Vec<RefusedLimit>,
     },
+    /// `429`: the caller already has `max_concurrent` requests in flight under the policy (its
+    /// rate-limit tokens were given back); `limit` names the policy and `"concurrent"`.
+    ConcurrencyLimited {
+        retry_after_secs: u64,
+        limit: RefusedLimit,
+    },
+    /// `503`: the upstream is full (`[upstream] max_concurrent` leases all held); the tokens
+    /// taken for the request were given back.
+    UpstreamBusy {
+        retry_after_secs: u64,
+        limit: RefusedLimit,
+    },
     /// `400`; before any quota is spent, except the two found while forwarding
     /// ([`BadRequest::UnreadableBody`], [`BadRequest::InvalidTarget`]).
     BadRequest(BadRequest),
@@ -107,7 +119,8 @@ fn plural(n: u64, word: &str) -> String {
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::RateLimited { .. } | ApiError::ConcurrencyLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::UpstreamBusy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::BadRequest(_) | ApiError::InvalidLlmRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
@@ -130,6 +143,18 @@ impl ApiError {
                 "type": "rate_limited",
                 "message": "This request is larger than the rate limit allows and can never be admitted.",
                 "limits": limits,
+            }}),
+            ApiError::ConcurrencyLimited { retry_after_secs: secs, limit } => json!({"error": {
+                "type": "rate_limited",
+                "message": format!("Too many concurrent requests. Please try again after {}.", plural(*secs, "second")),
+                "retry_after_seconds": secs,
+                "limits": [limit],
+            }}),
+            ApiError::UpstreamBusy { retry_after_secs: secs, limit } => json!({"error": {
+                "type": "upstream_busy",
+                "message": format!("The model service is at capacity. Please try again after {}.", plural(*secs, "second")),
+                "retry_after_seconds": secs,
+                "limits": [limit],
             }}),
             ApiError::BadRequest(why) => json!({"error": {"type": "bad_request", "message": why.message()}}),
             ApiError::InvalidLlmRequest(why) => json!({"error": {
@@ -172,7 +197,11 @@ impl ApiError {
             ApiError::BadRequest(why) => tracing::debug!(why = why.message(), "bad request"),
             ApiError::InvalidLlmRequest(why) => tracing::debug!(why = %why.message(), "invalid LLM request"),
             ApiError::RequestTimeout { ms } => tracing::debug!(ms, "request body timed out"),
-            ApiError::PayloadTooLarge { .. } | ApiError::RateLimited { .. } | ApiError::Unauthorized => {}
+            ApiError::UpstreamBusy { .. } => tracing::debug!("upstream full, shedding"),
+            ApiError::PayloadTooLarge { .. }
+            | ApiError::RateLimited { .. }
+            | ApiError::ConcurrencyLimited { .. }
+            | ApiError::Unauthorized => {}
         }
     }
 }
@@ -182,7 +211,9 @@ impl IntoResponse for ApiError {
         self.log();
         let mut response = (self.status(), axum::Json(self.body())).into_response();
         match self {
-            ApiError::RateLimited { retry_after_secs: Some(secs), .. } => {
+            ApiError::RateLimited { retry_after_secs: Some(secs), .. }
+            | ApiError::ConcurrencyLimited { retry_after_secs: secs, .. }
+            | ApiError::UpstreamBusy { retry_after_secs: secs, .. } => {
                 response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
             }
             ApiError::Unauthorized => {

@@ -11,6 +11,7 @@
 //! - [`hash_key`]: `gateway hash-key`, the digest of an API key for `[[tier]] keys`.
 //! - [`identity`]: the caller (API key or client IP) and its keyed hash.
 //! - [`limiter`]: the [`limiter::RateLimiter`] trait and its Redis implementation (key names).
+//! - [`lease`]: concurrency leases (`max_concurrent`), held until the response body ends.
 //! - [`llm`]: OpenAI-compatible routes: the token estimate, and settlement on `usage`.
 //! - [`headers`]: `RateLimit-Policy`, `RateLimit`, `X-RateLimit-*` from the module's answer.
 //! - [`upstream`]: the HTTP client that forwards to the model.
@@ -24,6 +25,7 @@ pub mod error;
 pub mod hash_key;
 pub mod headers;
 pub mod identity;
+pub mod lease;
 pub mod limiter;
 pub mod llm;
 pub mod pipeline;

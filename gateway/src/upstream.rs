@@ -197,6 +197,7 @@ mod tests {
                 origin: "http://127.0.0.1:19000".into(),
                 base_path: base.into(),
                 timeout: std::time::Duration::from_secs(1),
+                concurrency: None,
             })
         };
         let t = upstream("").target("/v1/predict", Some("a=1")).unwrap();

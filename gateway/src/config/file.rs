@@ -56,6 +56,9 @@ pub struct PolicyTierFile {
     pub burst: Option<u64>,
     #[serde(default)]
     pub limits: Vec<LimitFile>,
+    /// Requests in flight per caller for this tier (else the policy's `max_concurrent`).
+    pub max_concurrent: Option<u64>,
+    pub lease_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -63,6 +66,9 @@ pub struct PolicyTierFile {
 pub struct UpstreamFile {
     pub url: Option<String>,
     pub timeout_ms: Option<u64>,
+    /// Requests in flight to the upstream across every gateway (one lease set in Redis).
+    pub max_concurrent: Option<u64>,
+    pub lease_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -108,6 +114,10 @@ pub struct PolicyFile {
     pub chars_per_token: Option<u64>,
     pub default_max_tokens: Option<u64>,
     pub max_response_bytes: Option<u64>,
+    /// Requests in flight per caller (a lease each, held until the response body ends).
+    pub max_concurrent: Option<u64>,
+    /// How long a lease lives without renewal, in ms; default 30000.
+    pub lease_ms: Option<u64>,
     /// `[[policy.tier]]` tables.
     #[serde(default, rename = "tier")]
     pub tiers: Vec<PolicyTierFile>,

@@ -26,6 +26,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::identity::IpNet;
+pub use crate::lease::Concurrency;
 
 pub use error::ConfigError;
 pub use file::{
@@ -64,6 +65,11 @@ pub const DEFAULT_IP_TIER: &str = "anonymous";
 pub const DEFAULT_CHARS_PER_TOKEN: u64 = 4;
 pub const DEFAULT_MAX_TOKENS: u64 = 1024;
 pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 8 * 1024 * 1024;
+/// How long a concurrency lease lives without renewal (renewed every third of it).
+pub const DEFAULT_LEASE_MS: u64 = 30_000;
+/// The module's bounds on `max` and `lease_ms` of `RL.ACQUIRE`.
+pub const MAX_CONCURRENT_LIMIT: u64 = 10_000;
+pub const MAX_LEASE_MS: u64 = 86_400_000;
 
 /// What to do with a request when Redis does not answer in time (or answers an error).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -92,6 +98,9 @@ pub struct Policy {
     /// by tier name; each has the same name, paths and LLM settings, and no tiers. Callers of
     /// any other tier get this policy's `limits`.
     pub tiers: BTreeMap<String, Arc<Policy>>,
+    /// `max_concurrent` requests in flight per caller, each holding a lease of `lease_ms`
+    /// ([`crate::lease`]); `None` without `max_concurrent`.
+    pub concurrency: Option<Concurrency>,
 }
 
 /// Which tier a caller is in: API keys by their HMAC digest, unknown keys `default`, callers
@@ -171,6 +180,7 @@ impl Policy {
             limits: vec![Quota { name: REQUESTS_LIMIT_NAME.into(), unit: Unit::Requests, limit, window, burst }],
             llm: None,
             tiers: BTreeMap::new(),
+            concurrency: None,
         }
     }
 
@@ -213,6 +223,8 @@ pub struct Upstream {
     /// The base path requests are appended to (`""` or `/something`, no trailing slash).
     pub base_path: String,
     pub timeout: Duration,
+    /// `[upstream] max_concurrent`: requests in flight to the model across every gateway.
+    pub concurrency: Option<Concurrency>,
 }
 
 #[derive(Clone, Debug)]

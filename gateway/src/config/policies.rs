@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use super::resolve::resolve_concurrency;
 use super::*;
 
 /// Letters, digits, '-', '_', '.': safe in a Redis key and in a structured-field string.
@@ -46,6 +47,7 @@ pub(super) fn resolve_policies(
             return Err(invalid("paths must be a non-empty list of paths starting with '/'"));
         }
         let llm = resolve_llm(&f).map_err(|reason| invalid(&reason))?;
+        let concurrency = resolve_concurrency(f.max_concurrent, f.lease_ms).map_err(|reason| invalid(&reason))?;
         let mut tiers = BTreeMap::new();
         for t in std::mem::take(&mut f.tiers) {
             let tier = t.tier.clone();
@@ -64,18 +66,38 @@ pub(super) fn resolve_policies(
             };
             let limits = resolve_limits(own, llm.is_some(), &Overrides::default())
                 .map_err(|reason| invalid(&format!("tier {tier:?}: {reason}")))?;
-            let variant = Policy { name: name.clone(), paths: paths.clone(), limits, llm, tiers: BTreeMap::new() };
+            // The tier's own max_concurrent, else the policy's (lease_ms likewise).
+            let concurrency = match (t.max_concurrent, t.lease_ms) {
+                (None, None) => concurrency,
+                (max, lease_ms) => resolve_concurrency(
+                    max.or(concurrency.map(|c| c.max)),
+                    lease_ms.or(concurrency.map(|c| c.lease_ms)),
+                )
+                .map_err(|reason| invalid(&format!("tier {tier:?}: {reason}")))?,
+            };
+            check_concurrent_name(&limits, concurrency)
+                .map_err(|reason| invalid(&format!("tier {tier:?}: {reason}")))?;
+            let variant =
+                Policy { name: name.clone(), paths: paths.clone(), limits, llm, tiers: BTreeMap::new(), concurrency };
             if tiers.insert(tier.clone(), Arc::new(variant)).is_some() {
                 return Err(invalid(&format!("tier {tier:?} has two [[policy.tier]] tables")));
             }
         }
         let limits = resolve_limits(f, llm.is_some(), overrides).map_err(|reason| invalid(&reason))?;
-        policies.push(Policy { name, paths, limits, llm, tiers });
+        check_concurrent_name(&limits, concurrency).map_err(|reason| invalid(&reason))?;
+        policies.push(Policy { name, paths, limits, llm, tiers, concurrency });
     }
     Ok(policies)
 }
 
-/// The policy's limits, or why they are unusable.
+/// The lease set of `max_concurrent` is the key `<policy>:concurrent`: no limit may share it.
+fn check_concurrent_name(limits: &[Quota], concurrency: Option<Concurrency>) -> Result<(), String> {
+    match concurrency.is_some() && limits.iter().any(|q| q.name == crate::lease::CONCURRENT_NAME) {
+        true => Err("a limit named \"concurrent\" would share its key with max_concurrent's leases".into()),
+        false => Ok(()),
+    }
+}
+
 /// The LLM settings of a `kind = "openai"` policy (`None` for a plain one, which may not set them).
 fn resolve_llm(f: &PolicyFile) -> Result<Option<Llm>, String> {
     let set = [

@@ -53,7 +53,9 @@ impl Settings {
             DEFAULT_UPSTREAM_TIMEOUT_MS,
             "upstream.timeout_ms",
         )?;
-        let upstream = parse_upstream(&upstream_url, upstream_timeout)?;
+        let mut upstream = parse_upstream(&upstream_url, upstream_timeout)?;
+        upstream.concurrency = resolve_concurrency(file.upstream.max_concurrent, file.upstream.lease_ms)
+            .map_err(|reason| ConfigError::invalid("upstream.max_concurrent", reason))?;
 
         let redis = resolve_redis(file.redis, overrides, &env)?;
         let identity = resolve_identity(file.identity, overrides, &env)?;
@@ -71,6 +73,25 @@ impl Settings {
             tiers,
         })
     }
+}
+
+/// `max_concurrent` and `lease_ms` (default [`DEFAULT_LEASE_MS`]) within the module's bounds;
+/// `None` without `max_concurrent` (then `lease_ms` may not be set).
+pub(super) fn resolve_concurrency(max: Option<u64>, lease_ms: Option<u64>) -> Result<Option<Concurrency>, String> {
+    let Some(max) = max else {
+        return match lease_ms {
+            Some(_) => Err("lease_ms needs max_concurrent".into()),
+            None => Ok(None),
+        };
+    };
+    let lease_ms = lease_ms.unwrap_or(DEFAULT_LEASE_MS);
+    if !(1..=MAX_CONCURRENT_LIMIT).contains(&max) {
+        return Err(format!("max_concurrent must be between 1 and {MAX_CONCURRENT_LIMIT}"));
+    }
+    if !(1..=MAX_LEASE_MS).contains(&lease_ms) {
+        return Err(format!("lease_ms must be between 1 and {MAX_LEASE_MS}"));
+    }
+    Ok(Some(Concurrency { max, lease_ms }))
 }
 
 /// A duration in ms: the given value or the default, at least 1.
@@ -98,7 +119,7 @@ pub(super) fn parse_upstream(url: &str, timeout: Duration) -> Result<Upstream, C
     }
     let origin = format!("http://{authority}");
     origin.parse::<hyper::Uri>().map_err(|e| ConfigError::invalid(KEY, format!("{url:?} is not a valid URL: {e}")))?;
-    Ok(Upstream { origin, base_path: path.trim_end_matches('/').to_string(), timeout })
+    Ok(Upstream { origin, base_path: path.trim_end_matches('/').to_string(), timeout, concurrency: None })
 }
 
 fn resolve_redis(

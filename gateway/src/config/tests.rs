@@ -322,3 +322,34 @@ fn the_commented_tier_example_in_the_example_config_is_valid() {
     assert_eq!(s.policies[0].tiers["pro"].limits[1].limit, 1_000_000);
     assert_eq!(s.policies[0].tiers["anonymous"].limits[0].limit, 5);
 }
+
+#[test]
+fn max_concurrent_on_a_policy_its_tiers_and_the_upstream() {
+    let s = settings(
+        "[upstream]\nmax_concurrent = 4\n[tiers]\ndefault = \"free\"\n[[tier]]\nname = \"pro\"\nkeys = []\n\
+         [[policy]]\nname = \"p\"\nlimit = 1\nwindow = 1\nmax_concurrent = 2\nlease_ms = 9000\n\
+         [[policy.tier]]\ntier = \"pro\"\nlimit = 5\nwindow = 1\nmax_concurrent = 8\n",
+    )
+    .unwrap();
+    assert_eq!(s.upstream.concurrency, Some(Concurrency { max: 4, lease_ms: DEFAULT_LEASE_MS }));
+    let p = &s.policies[0];
+    assert_eq!(p.concurrency, Some(Concurrency { max: 2, lease_ms: 9000 }));
+    assert_eq!(p.tiers["pro"].concurrency, Some(Concurrency { max: 8, lease_ms: 9000 }), "lease_ms inherited");
+    assert_eq!(settings("[[policy]]\nname = \"p\"\nlimit = 1\nwindow = 1\n").unwrap().policies[0].concurrency, None);
+    for (bad, why) in [
+        ("[[policy]]\nname = \"p\"\nlimit = 1\nwindow = 1\nmax_concurrent = 0\n", "max_concurrent must be between"),
+        ("[[policy]]\nname = \"p\"\nlimit = 1\nwindow = 1\nlease_ms = 5\n", "lease_ms needs max_concurrent"),
+        (
+            "[[policy]]\nname = \"p\"\nlimit = 1\nwindow = 1\nmax_concurrent = 1\n\
+             [[policy.limits]]\nname = \"concurrent\"\nlimit = 1\nwindow = 1\n",
+            "share its key",
+        ),
+        (
+            "[upstream]\nmax_concurrent = 10001\n[[policy]]\nname = \"p\"\nlimit = 1\nwindow = 1\n",
+            "upstream.max_concurrent",
+        ),
+    ] {
+        let e = settings(bad).unwrap_err().to_string();
+        assert!(e.contains(why), "{bad}: {e}");
+    }
+}

@@ -6,10 +6,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rl_protocol::{CheckAllReply, CheckReply, RefundReply};
+use rl_protocol::{AcquireReply, CheckAllReply, CheckReply, RefundReply};
 
 use super::{LimiterError, RateLimiter};
 use crate::config::{Policy, Quota};
+use crate::lease::Slot;
 
 #[derive(Clone, Default)]
 pub struct MemoryLimiter(Arc<Mutex<State>>);
@@ -21,6 +22,8 @@ struct State {
     now_us: u64,
     down: bool,
     checks: u64,
+    /// Lease sets: lease id -> deadline in µs on the test clock.
+    leases: HashMap<String, HashMap<String, u64>>,
 }
 
 impl MemoryLimiter {
@@ -63,6 +66,19 @@ impl MemoryLimiter {
         ids.dedup();
         ids
     }
+}
+
+impl MemoryLimiter {
+    /// Live leases of `slot` now.
+    pub fn in_flight(&self, slot: &Slot) -> usize {
+        let state = self.0.lock().unwrap();
+        let now = state.now_us;
+        state.leases.get(&lease_key(slot)).map_or(0, |set| set.values().filter(|&&d| d > now).count())
+    }
+}
+
+fn lease_key(slot: &Slot) -> String {
+    crate::limiter::redis::lease_key("", slot)
 }
 
 fn ceil_ms(us: u64) -> u64 {
@@ -189,6 +205,50 @@ impl RateLimiter for MemoryLimiter {
         state.tats.insert(key, tat);
         let (peek, _) = decide(q, Some(tat), now, 0);
         Ok(CheckReply { allowed: true, ..peek })
+    }
+
+    async fn acquire(&self, slot: &Slot, max: u64, lease_ms: u64, id: &str) -> Result<AcquireReply, LimiterError> {
+        let mut state = self.0.lock().unwrap();
+        if state.down {
+            return Err(LimiterError::Timeout(Duration::from_millis(1)));
+        }
+        let now = state.now_us;
+        let set = state.leases.entry(lease_key(slot)).or_default();
+        set.retain(|_, &mut deadline| deadline > now);
+        let live = u64::try_from(set.len()).unwrap();
+        if set.contains_key(id) || live < max {
+            set.insert(id.to_string(), now + lease_ms * 1000);
+            let in_flight = u64::try_from(set.len()).unwrap();
+            return Ok(AcquireReply { acquired: true, in_flight, max, retry_after_ms: 0 });
+        }
+        let earliest = set.values().min().copied().unwrap_or(now);
+        Ok(AcquireReply { acquired: false, in_flight: live, max, retry_after_ms: ceil_ms(earliest - now) })
+    }
+
+    async fn release(&self, slot: &Slot, id: &str) -> Result<bool, LimiterError> {
+        let mut state = self.0.lock().unwrap();
+        if state.down {
+            return Err(LimiterError::Timeout(Duration::from_millis(1)));
+        }
+        let now = state.now_us;
+        let set = state.leases.entry(lease_key(slot)).or_default();
+        Ok(set.remove(id).is_some_and(|deadline| deadline > now))
+    }
+
+    async fn renew(&self, slot: &Slot, id: &str, lease_ms: u64) -> Result<bool, LimiterError> {
+        let mut state = self.0.lock().unwrap();
+        if state.down {
+            return Err(LimiterError::Timeout(Duration::from_millis(1)));
+        }
+        let now = state.now_us;
+        let set = state.leases.entry(lease_key(slot)).or_default();
+        match set.get_mut(id) {
+            Some(deadline) if *deadline > now => {
+                *deadline = now + lease_ms * 1000;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 
     async fn ready(&self) -> Result<(), LimiterError> {

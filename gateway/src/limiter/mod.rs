@@ -4,15 +4,16 @@
 
 #[cfg(test)]
 pub mod memory;
-mod redis;
+pub(crate) mod redis;
 
 use std::fmt;
 use std::future::Future;
 use std::time::Duration;
 
-use rl_protocol::{CheckAllReply, CheckReply, RefundReply};
+use rl_protocol::{AcquireReply, CheckAllReply, CheckReply, RefundReply};
 
 use crate::config::Policy;
+use crate::lease::Slot;
 
 pub use self::redis::{ClientError, RedisLimiter, CLUSTER_COMMAND_RETRIES};
 
@@ -49,6 +50,21 @@ pub trait RateLimiter: Clone + Send + Sync + Unpin + 'static {
         index: usize,
         amount: u64,
     ) -> impl Future<Output = Result<CheckReply, LimiterError>> + Send;
+
+    /// Takes one of `max` slots of `slot` for the lease `id`, living `lease_ms` (`RL.ACQUIRE`).
+    fn acquire(
+        &self,
+        slot: &Slot,
+        max: u64,
+        lease_ms: u64,
+        id: &str,
+    ) -> impl Future<Output = Result<AcquireReply, LimiterError>> + Send;
+
+    /// Ends the lease `id` (`RL.RELEASE`): `true` if it was live.
+    fn release(&self, slot: &Slot, id: &str) -> impl Future<Output = Result<bool, LimiterError>> + Send;
+
+    /// Makes the live lease `id` end `lease_ms` from now (`RL.RENEW`): `false` if it had ended.
+    fn renew(&self, slot: &Slot, id: &str, lease_ms: u64) -> impl Future<Output = Result<bool, LimiterError>> + Send;
 
     /// Whether the limiter answers (for `/readyz` and the start-up probe); takes nothing.
     fn ready(&self) -> impl Future<Output = Result<(), LimiterError>> + Send;

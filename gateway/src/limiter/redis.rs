@@ -13,11 +13,12 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
-use rl_protocol::{CheckAllReply, CheckReply, RefundReply};
+use rl_protocol::{AcquireReply, CheckAllReply, CheckReply, RefundReply};
 use tokio::sync::OnceCell;
 
 use super::{LimiterError, RateLimiter};
 use crate::config::{Pem, Policy, Quota, Redacted, RedisSettings, RedisTarget};
+use crate::lease::{Slot, CONCURRENT_NAME};
 
 /// The Redis client could not be set up from a setting (a URL it refuses, for instance).
 #[derive(Debug)]
@@ -148,6 +149,15 @@ pub fn key(prefix: &str, policy: &Policy, quota: &Quota, identity_hash: &str) ->
     format!("{prefix}{{{identity_hash}}}:{}:{}", policy.name, quota.name)
 }
 
+/// The lease set of `slot`: `<prefix>{<identity-hash>}:<policy>:concurrent` (the caller's
+/// Cluster slot) or `<prefix>upstream:concurrent` (one key for the whole fleet).
+pub fn lease_key(prefix: &str, slot: &Slot) -> String {
+    match slot {
+        Slot::Caller { policy, identity_hash } => format!("{prefix}{{{identity_hash}}}:{policy}:{CONCURRENT_NAME}"),
+        Slot::Upstream => format!("{prefix}upstream:{CONCURRENT_NAME}"),
+    }
+}
+
 impl RateLimiter for RedisLimiter {
     async fn check(&self, policy: &Policy, identity_hash: &str, costs: &[u64]) -> Result<CheckAllReply, LimiterError> {
         let keys: Vec<String> = policy.limits.iter().map(|q| self.key(policy, q, identity_hash)).collect();
@@ -197,6 +207,27 @@ impl RateLimiter for RedisLimiter {
         let mut cmd = redis::cmd("RL.CHECK");
         cmd.arg(&key).arg(q.limit).arg(q.window).arg("COST").arg(amount).arg("BURST").arg(q.burst).arg("FORCE");
         self.query(cmd, &key).await
+    }
+
+    async fn acquire(&self, slot: &Slot, max: u64, lease_ms: u64, id: &str) -> Result<AcquireReply, LimiterError> {
+        let key = lease_key(&self.prefix, slot);
+        let mut cmd = redis::cmd("RL.ACQUIRE");
+        cmd.arg(&key).arg(max).arg(lease_ms).arg("ID").arg(id);
+        self.query(cmd, &key).await
+    }
+
+    async fn release(&self, slot: &Slot, id: &str) -> Result<bool, LimiterError> {
+        let key = lease_key(&self.prefix, slot);
+        let mut cmd = redis::cmd("RL.RELEASE");
+        cmd.arg(&key).arg(id);
+        self.query::<i64>(cmd, &key).await.map(|n| n == 1)
+    }
+
+    async fn renew(&self, slot: &Slot, id: &str, lease_ms: u64) -> Result<bool, LimiterError> {
+        let key = lease_key(&self.prefix, slot);
+        let mut cmd = redis::cmd("RL.RENEW");
+        cmd.arg(&key).arg(id).arg(lease_ms);
+        self.query::<i64>(cmd, &key).await.map(|n| n == 1)
     }
 
     /// A read-only `RL.PEEK` on a probe key: Redis answers and has the module.

@@ -9,6 +9,12 @@
 //! on the answer (also on a later `408`, `413` or `502`: the request is spent). When the
 //! limiter fails, `failure_mode` decides: `503`, or forward unmetered (without headers) and log
 //! a warning. A request without a caller (no policy covers its path) passes untouched.
+//!
+//! After the rate limits admit, the request's concurrency leases ([`crate::lease`]): the
+//! caller's (`max_concurrent` of its policy or tier), then the upstream's (`[upstream]
+//! max_concurrent`). A full one gives back every token just charged (`RL.REFUND`, the amounts
+//! charged) and answers `429` (the caller's) or `503` (the upstream's) with `Retry-After`;
+//! held leases live in the response body until it ends or is dropped.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,9 +27,12 @@ use axum::Extension;
 
 use super::proxy::read_body;
 use super::Caller;
-use crate::config::{FailureMode, Settings, Unit};
+use rl_protocol::CheckAllReply;
+
+use crate::config::{Concurrency, FailureMode, Policy, Settings, Unit};
 use crate::error::{ApiError, RefusedLimit};
 use crate::headers::{openai_headers, rate_limit_headers, retry_after_secs};
+use crate::lease::{append_items, refusal_answer, take_leases, Lease, LeasedBody, Refusal};
 use crate::limiter::RateLimiter;
 use crate::llm::{ask_for_usage, estimate, Settlement};
 
@@ -33,6 +42,8 @@ pub struct Limit<L> {
     /// For reading an LLM route's body before the check.
     max_body_bytes: u64,
     body_timeout: Duration,
+    /// `[upstream] max_concurrent`: a lease on the fleet-wide upstream key per request.
+    upstream: Option<Concurrency>,
 }
 
 impl<L: RateLimiter> Limit<L> {
@@ -42,6 +53,7 @@ impl<L: RateLimiter> Limit<L> {
             failure_mode: settings.redis.failure_mode,
             max_body_bytes: settings.max_body_bytes,
             body_timeout: settings.client_body_timeout,
+            upstream: settings.upstream.concurrency,
         }
     }
 }
@@ -93,7 +105,31 @@ pub async fn limit<L: RateLimiter>(
     };
     tracing::debug!(policy = %policy.name, tier = %caller.tier, identity = caller.kind, id = %caller.identity_hash, ?decision, "checked");
     let mut response = if decision.allowed {
-        let response = next.run(request).await;
+        let leases = match take_leases(&limit.limiter, policy, &caller.identity_hash, limit.upstream).await {
+            Ok(leases) => leases,
+            Err(refusal) => match (refusal_answer(policy, &refusal), limit.failure_mode) {
+                (Some((error, items)), _) => {
+                    give_back(&limit.limiter, policy, &caller.identity_hash, &costs, &mut decision).await;
+                    let mut response = error.into_response();
+                    response.headers_mut().extend(rate_limit_headers(policy, &decision));
+                    append_items(response.headers_mut(), items);
+                    return response;
+                }
+                (None, FailureMode::Closed) => {
+                    give_back(&limit.limiter, policy, &caller.identity_hash, &costs, &mut decision).await;
+                    let detail = match refusal {
+                        Refusal::Unavailable(e) => e.to_string(),
+                        other => format!("{other:?}"),
+                    };
+                    return ApiError::LimiterUnavailable { detail }.into_response();
+                }
+                (None, FailureMode::Open) => {
+                    tracing::warn!(?refusal, "lease unavailable, forwarding without it (failure_mode = open)");
+                    Vec::new()
+                }
+            },
+        };
+        let response = with_leases(next.run(request).await, leases);
         match (tokens, &policy.llm) {
             (Some((reserved, strip_usage_chunk)), Some(llm)) => {
                 let settlement = Settlement {
@@ -129,6 +165,39 @@ pub async fn limit<L: RateLimiter>(
     response
 }
 
+/// Gives back what a request refused after its check was charged: `costs[i]` on each limit.
+/// Awaited, so the refusal's headers (updated here) show the bucket as it is again.
+async fn give_back<L: RateLimiter>(
+    limiter: &L,
+    policy: &Policy,
+    identity_hash: &str,
+    costs: &[u64],
+    decision: &mut CheckAllReply,
+) {
+    for (i, &cost) in costs.iter().enumerate().filter(|(_, &cost)| cost > 0) {
+        match limiter.refund(policy, identity_hash, i, cost).await {
+            Ok(back) => {
+                if let Some(row) = decision.limits.get_mut(i) {
+                    row.remaining = back.remaining;
+                    row.reset_after_ms = back.reset_after_ms;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, limit = i, cost, "could not give back the tokens of a refused request")
+            }
+        }
+    }
+}
+
+/// The response with its body holding `leases` until it ends (or is dropped).
+fn with_leases<L: RateLimiter>(response: Response, leases: Vec<Lease<L>>) -> Response {
+    if leases.is_empty() {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    Response::from_parts(parts, Body::new(LeasedBody::new(body, leases)))
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -139,7 +208,6 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
-    use crate::config::Policy;
     use crate::limiter::memory::MemoryLimiter;
     use crate::test_support::{header, json, request, settings};
 

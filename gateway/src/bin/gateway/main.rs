@@ -41,7 +41,7 @@ enum Command {
     /// Run the gateway: identify, rate limit (one RL.CHECK or RL.CHECKALL per request), forward to the model.
     Serve(ServeArgs),
     /// Run the demo model API: POST /v1/predict {"text": ...} -> sentiment, POST /v1/chat/completions
-    /// (OpenAI-compatible, JSON or streamed), GET /v1/models, ANY /v1/echo, GET /healthz.
+    /// (OpenAI-compatible, JSON or streamed), GET /v1/models, ANY /v1/echo, GET /stats, GET /healthz.
     Model(ModelArgs),
     /// Send requests and print, per request, whether it was admitted or rate limited.
     Client(ClientArgs),

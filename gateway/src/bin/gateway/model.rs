@@ -10,6 +10,8 @@
 //! - `ANY /v1/echo` and `ANY /v1/echo/...` -> what the model received (method, path as
 //!   received, query, headers, body length), to check what the gateway forwards
 //! - `GET /healthz`
+//! - `GET /stats` -> `{"in_flight", "max_in_flight", "served"}` ([`stats`]): requests inside the
+//!   model now (a streamed answer until its body ends), the most ever at once, and finished
 //!
 //! The model is a lexicon of weighted words with negation ("not good" counts as bad), turned
 //! into a probability with the logistic function. `--latency-ms` adds a simulated inference
@@ -17,6 +19,7 @@
 //! the time per generated chat token.
 
 mod chat;
+mod stats;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -152,7 +155,7 @@ struct PredictRequest {
 
 /// The model server's router with the given simulated times.
 pub fn router_with(timing: Timing) -> Router {
-    Router::new()
+    let counted = Router::new()
         .route("/v1/predict", post(predict_handler))
         .route("/v1/chat/completions", post(chat::handler))
         .route("/v1/models", get(models))
@@ -160,7 +163,11 @@ pub fn router_with(timing: Timing) -> Router {
         .route("/v1/echo", any(echo))
         .route("/v1/echo/{*rest}", any(echo))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
-        .with_state(timing)
+        .with_state(timing);
+    let stats = std::sync::Arc::new(stats::Stats::default());
+    counted
+        .layer(axum::middleware::from_fn_with_state(stats.clone(), stats::count))
+        .merge(Router::new().route("/stats", get(stats::report)).with_state(stats))
 }
 
 fn bad_request(message: String) -> Response {

@@ -198,6 +198,7 @@ mod tests {
                 base_path: base.into(),
                 timeout: std::time::Duration::from_secs(1),
                 concurrency: None,
+                capacity: None,
             })
         };
         let t = upstream("").target("/v1/predict", Some("a=1")).unwrap();

@@ -2,7 +2,9 @@
 //! caller's `max_concurrent` answers `429` and costs no rate-limit token; `[upstream]
 //! max_concurrent` holds across three gateways on one Redis (the model never sees more), sheds
 //! with `503` + `Retry-After` and charges the refused nothing; a gateway killed with SIGKILL
-//! while holding slots frees them within `lease_ms`, and renewal keeps a slow request's slot.
+//! while holding slots frees them within `lease_ms`, and renewal keeps a slow request's slot;
+//! as the shared `[upstream.capacity]` bucket runs low, the low tier (keep 50%) is shed first
+//! while the high tier (keep 0) still gets through.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -157,4 +159,38 @@ async fn a_killed_gateways_upstream_slots_come_back_within_lease_ms_and_renewal_
     }
     let freed = freed.expect("the killed gateway's slots never came back");
     assert!(freed <= Duration::from_millis(1500), "freed after {freed:?}, lease_ms is 1000");
+}
+
+#[tokio::test]
+async fn a_low_capacity_bucket_sheds_the_free_tier_first_and_keeps_serving_pro() {
+    let redis = RedisServer::start();
+    let model = start_model(0);
+    let config = format!(
+        "[upstream.capacity]\nlimit = 1\nwindow = 86400\nburst = 10\n\
+         [tiers]\ndefault = \"free\"\n[[tier]]\nname = \"free\"\nkeep_percent = 50\n\
+         [[tier]]\nname = \"pro\"\nkeys = [\"{}\"]\nkeep_percent = 0\n{POLICY}",
+        digest("pro-key")
+    );
+    let (_dir, gateway) = gateway_with(&redis, &model, &config);
+    let call = |key: &'static str| {
+        let url = gateway.url("/v1/models");
+        async move { send(Method::GET, &url, &[("x-api-key", key)], "").await.unwrap() }
+    };
+    // Free may take the bucket of 10 down to its keep of 5, no further.
+    for i in 0..5 {
+        assert_eq!(call("free-key").await.status, StatusCode::OK, "free request {i}\n{}", gateway.logs());
+    }
+    let shed = call("free-key").await;
+    assert_eq!(shed.status, StatusCode::SERVICE_UNAVAILABLE, "{shed:?}");
+    assert_eq!(shed.json()["error"]["type"], "upstream_busy");
+    assert_eq!(shed.json()["error"]["limits"][0]["name"], "capacity");
+    assert!(shed.header("retry-after").parse::<u64>().unwrap() >= 1);
+    assert!(shed.header("ratelimit").contains("\"upstream-capacity\";r=5;"), "{shed:?}");
+    assert_eq!(shed.header("x-ratelimit-remaining"), "9995", "the shed request's rate-limit token was given back");
+    // Pro (keep 0) still gets the last 5.
+    for i in 0..5 {
+        assert_eq!(call("pro-key").await.status, StatusCode::OK, "pro request {i}");
+    }
+    assert_eq!(call("pro-key").await.status, StatusCode::SERVICE_UNAVAILABLE, "the bucket is empty now");
+    assert_eq!(call("free-key").await.status, StatusCode::SERVICE_UNAVAILABLE);
 }

@@ -15,13 +15,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use hyper::StatusCode;
 
-/// `gateway hash-key <key>` with the tests' secret.
-fn digest(key: &str) -> String {
-    let out = Command::new(BIN).args(["hash-key", key]).env("GATEWAY_KEY_SECRET", SECRET).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
 fn tiered_config(pro_digest: &str, free_limit: u64) -> String {
     format!(
         "[tiers]\ndefault = \"free\"\nip = \"anonymous\"\n[[tier]]\nname = \"pro\"\nkeys = [\"{pro_digest}\"]\n\

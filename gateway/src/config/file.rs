@@ -43,6 +43,8 @@ pub struct TierFile {
     pub name: String,
     #[serde(default)]
     pub keys: Vec<String>,
+    /// Percent of `[upstream.capacity]`'s burst that must remain after a request of this tier.
+    pub keep_percent: Option<u64>,
 }
 
 /// One `[[policy.tier]]`: the limits of the policy for callers of `tier`, replacing the
@@ -61,6 +63,15 @@ pub struct PolicyTierFile {
     pub lease_ms: Option<u64>,
 }
 
+/// `[upstream.capacity]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CapacityFile {
+    pub limit: u64,
+    pub window: u64,
+    pub burst: Option<u64>,
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamFile {
@@ -69,6 +80,8 @@ pub struct UpstreamFile {
     /// Requests in flight to the upstream across every gateway (one lease set in Redis).
     pub max_concurrent: Option<u64>,
     pub lease_ms: Option<u64>,
+    /// A bucket every forwarded request takes 1 from, shared by all callers and gateways.
+    pub capacity: Option<CapacityFile>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -30,7 +30,8 @@ pub use crate::lease::Concurrency;
 
 pub use error::ConfigError;
 pub use file::{
-    FileConfig, IdentityFile, LimitFile, PolicyFile, PolicyTierFile, RedisFile, TierFile, TiersFile, UpstreamFile,
+    CapacityFile, FileConfig, IdentityFile, LimitFile, PolicyFile, PolicyTierFile, RedisFile, TierFile, TiersFile,
+    UpstreamFile,
 };
 pub use flags::{Overrides, ServeArgs};
 pub use resolve::key_secret;
@@ -111,6 +112,8 @@ pub struct Tiers {
     pub ip: String,
     /// HMAC digest of an API key (32 hex digits) -> its tier.
     pub keys: HashMap<String, String>,
+    /// `[[tier]] keep_percent` by tier name (0 for a tier not listed).
+    pub keep_percent: HashMap<String, u64>,
 }
 
 impl Tiers {
@@ -120,6 +123,11 @@ impl Tiers {
             Some(digest) => self.keys.get(digest).map_or(&self.default, |t| t),
             None => &self.ip,
         }
+    }
+
+    /// `keep_percent` of `tier`: 0 unless its `[[tier]]` says.
+    pub fn keep_percent(&self, tier: &str) -> u64 {
+        self.keep_percent.get(tier).copied().unwrap_or(0)
     }
 
     /// The policy `policy` as it applies to a caller of `tier`.
@@ -225,6 +233,9 @@ pub struct Upstream {
     pub timeout: Duration,
     /// `[upstream] max_concurrent`: requests in flight to the model across every gateway.
     pub concurrency: Option<Concurrency>,
+    /// `[upstream.capacity]`: one bucket (`<prefix>upstream:capacity`) for every forwarded
+    /// request, where a tier's `keep_percent` of the burst must remain after its request.
+    pub capacity: Option<Quota>,
 }
 
 #[derive(Clone, Debug)]

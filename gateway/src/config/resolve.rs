@@ -56,6 +56,17 @@ impl Settings {
         let mut upstream = parse_upstream(&upstream_url, upstream_timeout)?;
         upstream.concurrency = resolve_concurrency(file.upstream.max_concurrent, file.upstream.lease_ms)
             .map_err(|reason| ConfigError::invalid("upstream.max_concurrent", reason))?;
+        if let Some(c) = file.upstream.capacity {
+            let burst = c.burst.unwrap_or(c.limit);
+            if [c.limit, c.window, burst].iter().any(|&v| v == 0 || v > i64::MAX as u64) {
+                return Err(ConfigError::invalid(
+                    "upstream.capacity",
+                    "limit, window and burst must be positive integers",
+                ));
+            }
+            let name = "capacity".to_string();
+            upstream.capacity = Some(Quota { name, unit: Unit::Requests, limit: c.limit, window: c.window, burst });
+        }
 
         let redis = resolve_redis(file.redis, overrides, &env)?;
         let identity = resolve_identity(file.identity, overrides, &env)?;
@@ -119,7 +130,13 @@ pub(super) fn parse_upstream(url: &str, timeout: Duration) -> Result<Upstream, C
     }
     let origin = format!("http://{authority}");
     origin.parse::<hyper::Uri>().map_err(|e| ConfigError::invalid(KEY, format!("{url:?} is not a valid URL: {e}")))?;
-    Ok(Upstream { origin, base_path: path.trim_end_matches('/').to_string(), timeout, concurrency: None })
+    Ok(Upstream {
+        origin,
+        base_path: path.trim_end_matches('/').to_string(),
+        timeout,
+        concurrency: None,
+        capacity: None,
+    })
 }
 
 fn resolve_redis(

@@ -353,3 +353,19 @@ fn max_concurrent_on_a_policy_its_tiers_and_the_upstream() {
         assert!(e.contains(why), "{bad}: {e}");
     }
 }
+
+#[test]
+fn upstream_capacity_and_each_tiers_keep_percent() {
+    let s = settings(
+        "[upstream.capacity]\nlimit = 100\nwindow = 1\n[tiers]\ndefault = \"free\"\n\
+         [[tier]]\nname = \"free\"\nkeep_percent = 30\n[[policy]]\nname = \"p\"\nlimit = 1\nwindow = 1\n",
+    )
+    .unwrap();
+    let capacity = s.upstream.capacity.unwrap();
+    assert_eq!((capacity.name.as_str(), capacity.limit, capacity.window, capacity.burst), ("capacity", 100, 1, 100));
+    assert_eq!((s.tiers.keep_percent("free"), s.tiers.keep_percent("anonymous")), (30, 0));
+    let over = "[[tier]]\nname = \"free\"\nkeep_percent = 101\n[[policy]]\nname = \"p\"\nlimit = 1\nwindow = 1\n";
+    assert!(settings(over).unwrap_err().to_string().contains("keep_percent"));
+    let zero = "[upstream.capacity]\nlimit = 0\nwindow = 1\n[[policy]]\nname = \"p\"\nlimit = 1\nwindow = 1\n";
+    assert!(settings(zero).unwrap_err().to_string().contains("upstream.capacity"));
+}

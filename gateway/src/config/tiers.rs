@@ -12,6 +12,7 @@ pub(super) fn resolve_tiers(file: TiersFile, list: Vec<TierFile>) -> Result<(Tie
     let mut names: BTreeSet<String> = [default.clone(), ip.clone()].into_iter().collect();
     let mut keys = HashMap::new();
     let mut declared = BTreeSet::new();
+    let mut keep_percent = HashMap::new();
     for tier in list {
         let invalid = |reason: String| ConfigError::invalid(format!("tier {:?}", tier.name), reason);
         if tier.name.is_empty() || !declared.insert(tier.name.clone()) {
@@ -27,7 +28,13 @@ pub(super) fn resolve_tiers(file: TiersFile, list: Vec<TierFile>) -> Result<(Tie
                 return Err(invalid(format!("key {key} is also in tier {other:?}")));
             }
         }
+        if let Some(percent) = tier.keep_percent {
+            if percent > 100 {
+                return Err(invalid("keep_percent must be between 0 and 100".into()));
+            }
+            keep_percent.insert(tier.name.clone(), percent);
+        }
         names.insert(tier.name);
     }
-    Ok((Tiers { default, ip, keys }, names))
+    Ok((Tiers { default, ip, keys, keep_percent }, names))
 }

@@ -1,14 +1,16 @@
 //! Taking a request's leases after its rate limits admitted it, in this order: the caller's
 //! (`<prefix>{<hash>}:<policy>:concurrent`, the caller's Cluster slot), then the upstream's
-//! (`<prefix>upstream:concurrent`, another slot, so a separate call). A refusal drops the
-//! leases already taken (each released once, in the background); the caller gives back the
-//! rate-limit tokens ([`crate::pipeline::limit`]).
+//! (`<prefix>upstream:concurrent`, another slot, so a separate call), then one token of the
+//! shared `[upstream.capacity]` bucket (`<prefix>upstream:capacity`, `KEEP` the tier's
+//! `keep_percent` of its burst). A refusal drops the leases already taken (each released
+//! once, in the background); the caller gives back the rate-limit tokens
+//! ([`crate::pipeline::limit`]). The capacity token comes last, so nothing after it can refuse.
 
 use axum::http::{HeaderMap, HeaderValue};
-use rl_protocol::AcquireReply;
+use rl_protocol::{AcquireReply, CheckReply};
 
 use super::{Concurrency, Lease, Slot, CONCURRENT_NAME};
-use crate::config::Policy;
+use crate::config::{Policy, Quota};
 use crate::error::{ApiError, RefusedLimit};
 use crate::headers::{ceil_secs, RATELIMIT, RATELIMIT_POLICY};
 use crate::limiter::{LimiterError, RateLimiter};
@@ -20,16 +22,27 @@ pub enum Refusal {
     Caller(AcquireReply),
     /// `[upstream] max_concurrent` are in flight: `503`.
     Upstream(AcquireReply),
+    /// `[upstream.capacity]` is too low for the caller's tier (its `keep` share must remain): `503`.
+    Capacity { reply: CheckReply, quota: Quota },
     /// Redis failed: `failure_mode` decides.
     Unavailable(LimiterError),
 }
 
-/// The leases `policy` and `upstream` ask for (none, one or two), or why not.
+/// What `[upstream]` asks of every request: a lease, a capacity token, both or neither.
+#[derive(Clone, Debug, Default)]
+pub struct UpstreamLimits {
+    pub concurrency: Option<Concurrency>,
+    pub capacity: Option<Quota>,
+}
+
+/// The leases `policy` and `upstream` ask for (none, one or two) and the capacity token, or
+/// why not. `keep_percent` is the caller's tier's share of the capacity burst to leave.
 pub async fn take_leases<L: RateLimiter>(
     limiter: &L,
     policy: &Policy,
     identity_hash: &str,
-    upstream: Option<Concurrency>,
+    upstream: &UpstreamLimits,
+    keep_percent: u64,
 ) -> Result<Vec<Lease<L>>, Refusal> {
     let mut leases = Vec::with_capacity(2);
     if let Some(concurrency) = policy.concurrency {
@@ -40,11 +53,19 @@ pub async fn take_leases<L: RateLimiter>(
             Err(e) => return Err(Refusal::Unavailable(e)),
         }
     }
-    if let Some(concurrency) = upstream {
+    if let Some(concurrency) = upstream.concurrency {
         // On refusal `leases` is dropped here, which releases the caller's lease.
         match Lease::acquire(limiter, Slot::Upstream, concurrency).await {
             Ok(Ok(lease)) => leases.push(lease),
             Ok(Err(reply)) => return Err(Refusal::Upstream(reply)),
+            Err(e) => return Err(Refusal::Unavailable(e)),
+        }
+    }
+    if let Some(quota) = &upstream.capacity {
+        let keep = keep_percent.min(100).saturating_mul(quota.burst) / 100;
+        match limiter.check_shared(quota, 1, keep).await {
+            Ok(reply) if reply.allowed => {}
+            Ok(reply) => return Err(Refusal::Capacity { reply, quota: quota.clone() }),
             Err(e) => return Err(Refusal::Unavailable(e)),
         }
     }
@@ -58,6 +79,7 @@ pub fn refusal_answer(policy: &Policy, refusal: &Refusal) -> Option<(ApiError, H
     let (reply, item, limit_policy) = match refusal {
         Refusal::Caller(reply) => (reply, format!("{}-{CONCURRENT_NAME}", policy.name), policy.name.clone()),
         Refusal::Upstream(reply) => (reply, format!("upstream-{CONCURRENT_NAME}"), "upstream".to_string()),
+        Refusal::Capacity { reply, quota } => return Some(capacity_answer(reply, quota)),
         Refusal::Unavailable(_) => return None,
     };
     let retry_after_secs = ceil_secs(reply.retry_after_ms).max(1);
@@ -78,6 +100,25 @@ pub fn refusal_answer(policy: &Policy, refusal: &Refusal) -> Option<(ApiError, H
         }
     }
     Some((error, headers))
+}
+
+/// `503 upstream_busy` for a capacity refusal, with the bucket's IETF items. A tier whose
+/// `keep` share alone exceeds the burst never passes: Retry-After is then the whole window.
+fn capacity_answer(reply: &CheckReply, quota: &Quota) -> (ApiError, HeaderMap) {
+    let retry_after_ms = reply.retry_after_ms;
+    let retry_after_secs = ceil_secs(retry_after_ms.unwrap_or(quota.window.saturating_mul(1000))).max(1);
+    let limit = RefusedLimit { policy: "upstream".into(), name: quota.name.clone(), retry_after_ms };
+    let mut headers = HeaderMap::new();
+    let items = [
+        (RATELIMIT_POLICY, format!("\"upstream-{}\";q={};w={}", quota.name, quota.limit, quota.window)),
+        (RATELIMIT, format!("\"upstream-{}\";r={};t={retry_after_secs}", quota.name, reply.remaining)),
+    ];
+    for (name, value) in items {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(name, value);
+        }
+    }
+    (ApiError::UpstreamBusy { retry_after_secs, limit }, headers)
 }
 
 /// Adds `extra`'s items to the same fields of `headers` (one list per field, comma-separated).

@@ -19,7 +19,7 @@ use rl_protocol::AcquireReply;
 
 use crate::limiter::{LimiterError, RateLimiter};
 
-pub use admit::{append_items, refusal_answer, take_leases, Refusal};
+pub use admit::{append_items, refusal_answer, take_leases, Refusal, UpstreamLimits};
 pub use body::LeasedBody;
 
 /// Which set of slots a lease is taken in.

@@ -207,6 +207,26 @@ impl RateLimiter for MemoryLimiter {
         Ok(CheckReply { allowed: true, ..peek })
     }
 
+    async fn check_shared(&self, quota: &Quota, cost: u64, keep: u64) -> Result<CheckReply, LimiterError> {
+        let mut state = self.0.lock().unwrap();
+        if state.down {
+            return Err(LimiterError::Timeout(Duration::from_millis(1)));
+        }
+        let key = format!("upstream:{}", quota.name);
+        let now = state.now_us;
+        let tat = state.tats.get(&key).copied();
+        // Decided as one of cost + keep, charged cost (the module's KEEP).
+        let (decision, _) = decide(quota, tat, now, cost + keep);
+        if !decision.allowed {
+            return Ok(decision);
+        }
+        let (reply, new_tat) = decide(quota, tat, now, cost);
+        if let Some(new_tat) = new_tat {
+            state.tats.insert(key, new_tat);
+        }
+        Ok(reply)
+    }
+
     async fn acquire(&self, slot: &Slot, max: u64, lease_ms: u64, id: &str) -> Result<AcquireReply, LimiterError> {
         let mut state = self.0.lock().unwrap();
         if state.down {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use rl_protocol::{AcquireReply, CheckAllReply, CheckReply, RefundReply};
 
-use crate::config::Policy;
+use crate::config::{Policy, Quota};
 use crate::lease::Slot;
 
 pub use self::redis::{ClientError, RedisLimiter, CLUSTER_COMMAND_RETRIES};
@@ -49,6 +49,15 @@ pub trait RateLimiter: Clone + Send + Sync + Unpin + 'static {
         identity_hash: &str,
         index: usize,
         amount: u64,
+    ) -> impl Future<Output = Result<CheckReply, LimiterError>> + Send;
+
+    /// Takes `cost` from the shared bucket `quota` (not per caller: `<prefix>upstream:<name>`)
+    /// only if at least `keep` tokens remain after it (`RL.CHECK ... KEEP keep`).
+    fn check_shared(
+        &self,
+        quota: &Quota,
+        cost: u64,
+        keep: u64,
     ) -> impl Future<Output = Result<CheckReply, LimiterError>> + Send;
 
     /// Takes one of `max` slots of `slot` for the lease `id`, living `lease_ms` (`RL.ACQUIRE`).

@@ -209,6 +209,14 @@ impl RateLimiter for RedisLimiter {
         self.query(cmd, &key).await
     }
 
+    async fn check_shared(&self, quota: &Quota, cost: u64, keep: u64) -> Result<CheckReply, LimiterError> {
+        let key = format!("{}upstream:{}", self.prefix, quota.name);
+        let mut cmd = redis::cmd("RL.CHECK");
+        cmd.arg(&key).arg(quota.limit).arg(quota.window).arg("COST").arg(cost).arg("BURST").arg(quota.burst);
+        cmd.arg("KEEP").arg(keep);
+        self.query(cmd, &key).await
+    }
+
     async fn acquire(&self, slot: &Slot, max: u64, lease_ms: u64, id: &str) -> Result<AcquireReply, LimiterError> {
         let key = lease_key(&self.prefix, slot);
         let mut cmd = redis::cmd("RL.ACQUIRE");

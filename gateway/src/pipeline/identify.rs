@@ -29,6 +29,8 @@ pub struct Caller {
     pub kind: &'static str,
     /// The keyed hash of the identity, as it appears in the Redis key.
     pub identity_hash: String,
+    /// The tier's `keep_percent` of `[upstream.capacity]` (0 when not set).
+    pub keep_percent: u64,
 }
 
 pub struct Identify {
@@ -63,7 +65,8 @@ pub async fn identify(
             Identity::Ip(_) => route.tiers.of(None),
         };
         let policy = Tiers::policy_for(&policy, tier);
-        let caller = Caller { policy, tier: tier.to_string(), kind: identity.kind(), identity_hash };
+        let keep_percent = route.tiers.keep_percent(tier);
+        let caller = Caller { policy, tier: tier.to_string(), kind: identity.kind(), identity_hash, keep_percent };
         request.extensions_mut().insert(caller);
     }
     Ok(next.run(request).await)

@@ -29,10 +29,10 @@ use super::proxy::read_body;
 use super::Caller;
 use rl_protocol::CheckAllReply;
 
-use crate::config::{Concurrency, FailureMode, Policy, Settings, Unit};
+use crate::config::{FailureMode, Policy, Settings, Unit};
 use crate::error::{ApiError, RefusedLimit};
 use crate::headers::{openai_headers, rate_limit_headers, retry_after_secs};
-use crate::lease::{append_items, refusal_answer, take_leases, Lease, LeasedBody, Refusal};
+use crate::lease::{append_items, refusal_answer, take_leases, Lease, LeasedBody, Refusal, UpstreamLimits};
 use crate::limiter::RateLimiter;
 use crate::llm::{ask_for_usage, estimate, Settlement};
 
@@ -42,8 +42,8 @@ pub struct Limit<L> {
     /// For reading an LLM route's body before the check.
     max_body_bytes: u64,
     body_timeout: Duration,
-    /// `[upstream] max_concurrent`: a lease on the fleet-wide upstream key per request.
-    upstream: Option<Concurrency>,
+    /// `[upstream] max_concurrent` and `[upstream.capacity]`, asked of every request.
+    upstream: UpstreamLimits,
 }
 
 impl<L: RateLimiter> Limit<L> {
@@ -53,7 +53,10 @@ impl<L: RateLimiter> Limit<L> {
             failure_mode: settings.redis.failure_mode,
             max_body_bytes: settings.max_body_bytes,
             body_timeout: settings.client_body_timeout,
-            upstream: settings.upstream.concurrency,
+            upstream: UpstreamLimits {
+                concurrency: settings.upstream.concurrency,
+                capacity: settings.upstream.capacity.clone(),
+            },
         }
     }
 }
@@ -104,60 +107,64 @@ pub async fn limit<L: RateLimiter>(
         },
     };
     tracing::debug!(policy = %policy.name, tier = %caller.tier, identity = caller.kind, id = %caller.identity_hash, ?decision, "checked");
-    let mut response = if decision.allowed {
-        let leases = match take_leases(&limit.limiter, policy, &caller.identity_hash, limit.upstream).await {
-            Ok(leases) => leases,
-            Err(refusal) => match (refusal_answer(policy, &refusal), limit.failure_mode) {
-                (Some((error, items)), _) => {
-                    give_back(&limit.limiter, policy, &caller.identity_hash, &costs, &mut decision).await;
-                    let mut response = error.into_response();
-                    response.headers_mut().extend(rate_limit_headers(policy, &decision));
-                    append_items(response.headers_mut(), items);
-                    return response;
-                }
-                (None, FailureMode::Closed) => {
-                    give_back(&limit.limiter, policy, &caller.identity_hash, &costs, &mut decision).await;
-                    let detail = match refusal {
-                        Refusal::Unavailable(e) => e.to_string(),
-                        other => format!("{other:?}"),
-                    };
-                    return ApiError::LimiterUnavailable { detail }.into_response();
-                }
-                (None, FailureMode::Open) => {
-                    tracing::warn!(?refusal, "lease unavailable, forwarding without it (failure_mode = open)");
-                    Vec::new()
-                }
-            },
-        };
-        let response = with_leases(next.run(request).await, leases);
-        match (tokens, &policy.llm) {
-            (Some((reserved, strip_usage_chunk)), Some(llm)) => {
-                let settlement = Settlement {
-                    limiter: limit.limiter.clone(),
-                    policy: policy.clone(),
-                    identity_hash: caller.identity_hash.clone(),
-                    reserved,
-                    max_response_bytes: llm.max_response_bytes,
-                    strip_usage_chunk,
+    let mut response =
+        if decision.allowed {
+            let leases =
+                match take_leases(&limit.limiter, policy, &caller.identity_hash, &limit.upstream, caller.keep_percent)
+                    .await
+                {
+                    Ok(leases) => leases,
+                    Err(refusal) => match (refusal_answer(policy, &refusal), limit.failure_mode) {
+                        (Some((error, items)), _) => {
+                            give_back(&limit.limiter, policy, &caller.identity_hash, &costs, &mut decision).await;
+                            let mut response = error.into_response();
+                            response.headers_mut().extend(rate_limit_headers(policy, &decision));
+                            append_items(response.headers_mut(), items);
+                            return response;
+                        }
+                        (None, FailureMode::Closed) => {
+                            give_back(&limit.limiter, policy, &caller.identity_hash, &costs, &mut decision).await;
+                            let detail = match refusal {
+                                Refusal::Unavailable(e) => e.to_string(),
+                                other => format!("{other:?}"),
+                            };
+                            return ApiError::LimiterUnavailable { detail }.into_response();
+                        }
+                        (None, FailureMode::Open) => {
+                            tracing::warn!(?refusal, "lease unavailable, forwarding without it (failure_mode = open)");
+                            Vec::new()
+                        }
+                    },
                 };
-                settlement.settle(&mut decision, response).await
+            let response = with_leases(next.run(request).await, leases);
+            match (tokens, &policy.llm) {
+                (Some((reserved, strip_usage_chunk)), Some(llm)) => {
+                    let settlement = Settlement {
+                        limiter: limit.limiter.clone(),
+                        policy: policy.clone(),
+                        identity_hash: caller.identity_hash.clone(),
+                        reserved,
+                        max_response_bytes: llm.max_response_bytes,
+                        strip_usage_chunk,
+                    };
+                    settlement.settle(&mut decision, response).await
+                }
+                _ => response,
             }
-            _ => response,
-        }
-    } else {
-        let limits = policy
-            .limits
-            .iter()
-            .zip(&decision.limits)
-            .filter(|(_, row)| !row.allowed)
-            .map(|(q, row)| RefusedLimit {
-                policy: policy.name.clone(),
-                name: q.name.clone(),
-                retry_after_ms: row.retry_after_ms,
-            })
-            .collect();
-        ApiError::RateLimited { retry_after_secs: retry_after_secs(&decision), limits }.into_response()
-    };
+        } else {
+            let limits = policy
+                .limits
+                .iter()
+                .zip(&decision.limits)
+                .filter(|(_, row)| !row.allowed)
+                .map(|(q, row)| RefusedLimit {
+                    policy: policy.name.clone(),
+                    name: q.name.clone(),
+                    retry_after_ms: row.retry_after_ms,
+                })
+                .collect();
+            ApiError::RateLimited { retry_after_secs: retry_after_secs(&decision), limits }.into_response()
+        };
     response.headers_mut().extend(rate_limit_headers(policy, &decision));
     if policy.llm.is_some() {
         response.headers_mut().extend(openai_headers(policy, &decision));
@@ -221,7 +228,7 @@ mod tests {
 
     fn caller() -> Caller {
         let policy = Arc::new(Policy::simple("p", &["/"], 2, 2, 2));
-        Caller { policy, tier: "default".into(), kind: "api_key", identity_hash: "abc".into() }
+        Caller { policy, tier: "default".into(), kind: "api_key", identity_hash: "abc".into(), keep_percent: 0 }
     }
 
     /// The limit step between a stand-in for the identify step (which hands on `caller`) and

@@ -125,6 +125,13 @@ pub fn start_serve(name: &str, upstream: &str, args: &[String]) -> Proc {
     gateway
 }
 
+/// `gateway hash-key <key>` with the tests' secret.
+pub fn digest(key: &str) -> String {
+    let out = Command::new(BIN).args(["hash-key", key]).env("GATEWAY_KEY_SECRET", SECRET).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
 /// An answer, read whole.
 #[derive(Debug)]
 pub struct Answer {

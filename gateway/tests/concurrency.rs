@@ -194,3 +194,50 @@ async fn a_low_capacity_bucket_sheds_the_free_tier_first_and_keeps_serving_pro()
     assert_eq!(call("pro-key").await.status, StatusCode::SERVICE_UNAVAILABLE, "the bucket is empty now");
     assert_eq!(call("free-key").await.status, StatusCode::SERVICE_UNAVAILABLE);
 }
+
+#[tokio::test]
+async fn a_streamed_answer_holds_its_callers_slot_until_the_stream_ends() {
+    use http_body_util::BodyExt;
+    let redis = RedisServer::start();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let args: Vec<String> = ["model", "--listen", &listen, "--latency-ms", "0", "--token-latency-ms", "60"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let mut model = Proc::spawn("model", port, &args, &[]);
+    model.wait_healthy();
+    let config = "[[policy]]\nname = \"chat\"\npaths = [\"/v1/chat/completions\"]\nkind = \"openai\"\n\
+                  limit = 1\nwindow = 86400\nburst = 10000\nmax_concurrent = 1\n\
+                  [[policy]]\nname = \"p\"\nlimit = 1\nwindow = 86400\nburst = 10000\n";
+    let (_dir, gateway) = gateway_with(&redis, &model, config);
+    let body = r#"{"model":"lexicon-chat-v1","stream":true,"max_tokens":20,
+        "messages":[{"role":"user","content":"good good good good good good good good good good"}]}"#;
+    let url = gateway.url("/v1/chat/completions");
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<axum::body::Bytes>>();
+    let request = hyper::Request::post(&url)
+        .header("x-api-key", "streamer")
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(axum::body::Bytes::from(body)))
+        .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(10), client.request(request)).await.unwrap().unwrap();
+    assert_eq!(response.status(), StatusCode::OK, "{}", gateway.logs());
+    // Headers are in, the stream is still running: the caller's one slot is taken.
+    let chat = |key: &'static str| {
+        let url = url.clone();
+        async move { send(Method::POST, &url, &[("x-api-key", key), ("content-type", "application/json")], body).await }
+    };
+    let during = chat("streamer").await.unwrap();
+    assert_eq!(during.status, StatusCode::TOO_MANY_REQUESTS, "{during:?}");
+    let stream = tokio::time::timeout(Duration::from_secs(10), response.into_body().collect()).await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&stream.to_bytes()).contains("[DONE]"));
+    // The stream ended: the slot comes back (released in the background, so allow a moment).
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut after = chat("streamer").await.unwrap();
+    while after.status == StatusCode::TOO_MANY_REQUESTS && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        after = chat("streamer").await.unwrap();
+    }
+    assert_eq!(after.status, StatusCode::OK, "{after:?}");
+}

@@ -215,6 +215,7 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
+    use crate::config::Concurrency;
     use crate::limiter::memory::MemoryLimiter;
     use crate::test_support::{header, json, request, settings};
 
@@ -309,5 +310,25 @@ mod tests {
         assert_eq!(answer.status(), StatusCode::OK);
         assert_eq!(header(&answer, "ratelimit"), None);
         assert_eq!(limiter.checks(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_full_lease_answers_429_and_gives_the_tokens_back_until_the_first_body_ends() {
+        let limiter = MemoryLimiter::new();
+        let mut policy = Policy::simple("p", &["/"], 10, 60, 10);
+        policy.concurrency = Some(Concurrency { max: 1, lease_ms: 30_000 });
+        let caller = Caller { policy: Arc::new(policy.clone()), ..caller() };
+        let app = router(&limiter, FailureMode::Closed, Some(caller), StatusCode::OK);
+        let held = send(&app).await;
+        assert_eq!(held.status(), StatusCode::OK);
+        let refused = send(&app).await;
+        assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(header(&refused, "retry-after"), Some("30"));
+        assert_eq!(header(&refused, "x-ratelimit-remaining"), Some("9"), "the refused request's token is back");
+        assert_eq!(limiter.tokens(&policy, "abc", 0), 9);
+        assert_eq!(json(refused).await["error"]["limits"][0]["name"], "concurrent");
+        drop(held);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(send(&app).await.status(), StatusCode::OK, "the dropped body released the lease");
     }
 }

@@ -84,3 +84,30 @@ pub async fn report(State(stats): State<Arc<Stats>>) -> Json<Value> {
         "served": stats.served.load(Ordering::SeqCst),
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::http::{Method, Request};
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    use super::super::{router_with, Timing};
+
+    async fn call(router: &axum::Router, method: Method, path: &str, body: &'static str) -> axum::response::Response {
+        let request = Request::builder().method(method).uri(path).body(axum::body::Body::from(body)).unwrap();
+        router.clone().oneshot(request).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn stats_count_a_request_until_its_body_is_read() {
+        let router = router_with(Timing::default());
+        let answer = call(&router, Method::POST, "/v1/predict", r#"{"text":"good"}"#).await;
+        let stats = |router| async move {
+            let body = call(router, Method::GET, "/stats", "").await.into_body().collect().await.unwrap().to_bytes();
+            serde_json::from_slice::<serde_json::Value>(&body).unwrap().to_string()
+        };
+        assert_eq!(stats(&router).await, r#"{"in_flight":1,"max_in_flight":1,"served":0}"#, "body not read yet");
+        answer.into_body().collect().await.unwrap();
+        assert_eq!(stats(&router).await, r#"{"in_flight":0,"max_in_flight":1,"served":1}"#);
+    }
+}

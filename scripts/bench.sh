@@ -381,32 +381,56 @@ bytes_per_key() {
 # processCommand (command lookup, ACL, the command itself, propagation, reply building; not
 # socket I/O or protocol parsing, which are the same for every command of a similar shape).
 # Prints instructions per command, and where RL.CHECK's go.
+# Starts a server under callgrind for case $1; sets CG_PORT, CG_PID, CG_OUT.
+callgrind_start() { # id
+    local id="$1" i
+    CG_OUT="$WORK/cg.$id.out"
+    CG_PORT="$(free_port)"
+    valgrind --tool=callgrind --callgrind-out-file="$CG_OUT" --toggle-collect=processCommand \
+        "$SERVER_BIN" --port "$CG_PORT" --bind 127.0.0.1 --daemonize no --save '' --appendonly no \
+        --dir "$WORK" --logfile "$WORK/cg.$id.log" --loadmodule "$MODULE" >"$WORK/cg.$id.valgrind" 2>&1 &
+    CG_PID="$!"
+    PIDS+=("$CG_PID")
+    for i in $(seq 1 300); do
+        [ "$(cli "$CG_PORT" ping 2>/dev/null)" = PONG ] && break
+        kill -0 "$CG_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    [ "$(cli "$CG_PORT" ping 2>/dev/null)" = PONG ] || { tail -5 "$WORK/cg.$id.valgrind" >&2; fail "callgrind/$id: server did not start"; }
+}
+
+# Stops the server of case $1 and prints its instructions per unit of work ($2 units, $3 names them).
+callgrind_finish() { # id units unit-name
+    local id="$1" units="$2" unit="$3"
+    [ "$(info_field "$CG_PORT" stats total_error_replies)" = 0 ] || fail "callgrind/$id: error replies"
+    cli "$CG_PORT" shutdown nosave >/dev/null 2>&1 || true
+    wait "$CG_PID" 2>/dev/null || true
+    local total
+    total="$(callgrind_annotate "$CG_OUT" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }')"
+    printf '  %-44s %7.0f instructions/%s\n' "$id" "$(awk -v t="$total" -v n="$units" 'BEGIN { print t / n }')" "$unit"
+}
+
 callgrind_case() { # id keyspace command...
     local id="$1" keyspace="$2"
     shift 2
-    local out="$WORK/cg.$id.out" port pid i
-    port="$(free_port)"
-    valgrind --tool=callgrind --callgrind-out-file="$out" --toggle-collect=processCommand \
-        "$SERVER_BIN" --port "$port" --bind 127.0.0.1 --daemonize no --save '' --appendonly no \
-        --dir "$WORK" --logfile "$WORK/cg.$id.log" --loadmodule "$MODULE" >"$WORK/cg.$id.valgrind" 2>&1 &
-    pid="$!"
-    PIDS+=("$pid")
-    for i in $(seq 1 300); do
-        [ "$(cli "$port" ping 2>/dev/null)" = PONG ] && break
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    [ "$(cli "$port" ping 2>/dev/null)" = PONG ] || { tail -5 "$WORK/cg.$id.valgrind" >&2; fail "callgrind/$id: server did not start"; }
+    callgrind_start "$id"
     local -a words
-    read -r -a words <<<"${*//__SHA__/$(cli "$port" script load "$(cat "$ROOT/scripts/gcra.lua")")}"
-    "$BENCHMARK" -h 127.0.0.1 -p "$port" -c 4 -n "$CG_REQUESTS" -P 16 -r "$keyspace" "${words[@]}" >/dev/null 2>&1 ||
+    read -r -a words <<<"${*//__SHA__/$(cli "$CG_PORT" script load "$(cat "$ROOT/scripts/gcra.lua")")}"
+    "$BENCHMARK" -h 127.0.0.1 -p "$CG_PORT" -c 4 -n "$CG_REQUESTS" -P 16 -r "$keyspace" "${words[@]}" >/dev/null 2>&1 ||
         fail "callgrind/$id: redis-benchmark failed"
-    [ "$(info_field "$port" stats total_error_replies)" = 0 ] || fail "callgrind/$id: error replies"
-    cli "$port" shutdown nosave >/dev/null 2>&1 || true
-    wait "$pid" 2>/dev/null || true
-    local total
-    total="$(callgrind_annotate "$out" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }')"
-    printf '  %-44s %7.0f instructions/command\n' "$id" "$(awk -v t="$total" -v n="$CG_REQUESTS" 'BEGIN { print t / n }')"
+    callgrind_finish "$id" "$CG_REQUESTS" command
+}
+
+# A lease's whole life: RL.ACQUIRE then RL.RELEASE of the same id, over 1000 keys (redis-benchmark
+# sends one command shape per run, so the pairs go through `redis-cli --pipe`).
+callgrind_lease_pairs() { # id
+    local id="$1" pairs="$((CG_REQUESTS / 2))" i
+    callgrind_start "$id"
+    for i in $(seq 1 "$pairs"); do
+        printf 'RL.ACQUIRE lease:%d 10000 60000 ID req-%d\r\nRL.RELEASE lease:%d req-%d\r\n' \
+            "$((i % 1000))" "$i" "$((i % 1000))" "$i"
+    done | redis-cli -h 127.0.0.1 -p "$CG_PORT" --pipe >/dev/null 2>&1 || fail "callgrind/$id: redis-cli --pipe failed"
+    callgrind_finish "$id" "$pairs" pair
 }
 
 callgrind_breakdown() { # id: inclusive instructions per command of the interesting functions
@@ -441,6 +465,7 @@ if [ "$CALLGRIND" = 1 ]; then
     callgrind_case "Lua GCRA (EVALSHA)" 1000 evalsha __SHA__ 1 key:__rand_int__ 100 60 1 100
     callgrind_case "RL.ACQUIRE (new ids, ~20 per set)" 1000 rl.acquire lease:__rand_int__ 10000 60000 ID id:__rand_int__
     callgrind_case "RL.ACQUIRE (one id renewed)" 1000 rl.acquire lease:__rand_int__ 10000 60000 ID req
+    callgrind_lease_pairs "RL.ACQUIRE + RL.RELEASE (one lease's life)"
     echo "one hot key:"
     callgrind_case "INCR hot" 1 incr hot
     callgrind_case "RL.CHECK hot (limited after 100)" 1 rl.check hot 100 60

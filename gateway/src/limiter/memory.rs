@@ -31,6 +31,15 @@ impl MemoryLimiter {
         MemoryLimiter::default()
     }
 
+    /// The state, or the error an unreachable Redis gives while the test has it `down`.
+    fn reachable(&self) -> Result<std::sync::MutexGuard<'_, State>, LimiterError> {
+        let state = self.0.lock().unwrap();
+        if state.down {
+            return Err(LimiterError::Timeout(Duration::from_millis(1)));
+        }
+        Ok(state)
+    }
+
     /// Moves the clock forward.
     pub fn advance(&self, by: Duration) {
         self.0.lock().unwrap().now_us += u64::try_from(by.as_micros()).unwrap();
@@ -121,10 +130,7 @@ fn key(policy: &Policy, quota: &Quota, identity_hash: &str) -> String {
 
 impl RateLimiter for MemoryLimiter {
     async fn check(&self, policy: &Policy, identity_hash: &str, costs: &[u64]) -> Result<CheckAllReply, LimiterError> {
-        let mut state = self.0.lock().unwrap();
-        if state.down {
-            return Err(LimiterError::Timeout(Duration::from_millis(1)));
-        }
+        let mut state = self.reachable()?;
         state.checks += 1;
         let now = state.now_us;
         let decisions: Vec<(String, CheckReply, Option<u64>)> = policy
@@ -170,10 +176,7 @@ impl RateLimiter for MemoryLimiter {
         index: usize,
         amount: u64,
     ) -> Result<RefundReply, LimiterError> {
-        let mut state = self.0.lock().unwrap();
-        if state.down {
-            return Err(LimiterError::Timeout(Duration::from_millis(1)));
-        }
+        let mut state = self.reachable()?;
         let q = &policy.limits[index];
         let key = key(policy, q, identity_hash);
         let now = state.now_us;
@@ -193,10 +196,7 @@ impl RateLimiter for MemoryLimiter {
         index: usize,
         amount: u64,
     ) -> Result<CheckReply, LimiterError> {
-        let mut state = self.0.lock().unwrap();
-        if state.down {
-            return Err(LimiterError::Timeout(Duration::from_millis(1)));
-        }
+        let mut state = self.reachable()?;
         let q = &policy.limits[index];
         let key = key(policy, q, identity_hash);
         let now = state.now_us;
@@ -208,10 +208,7 @@ impl RateLimiter for MemoryLimiter {
     }
 
     async fn check_shared(&self, quota: &Quota, cost: u64, keep: u64) -> Result<CheckReply, LimiterError> {
-        let mut state = self.0.lock().unwrap();
-        if state.down {
-            return Err(LimiterError::Timeout(Duration::from_millis(1)));
-        }
+        let mut state = self.reachable()?;
         let key = format!("upstream:{}", quota.name);
         let now = state.now_us;
         let tat = state.tats.get(&key).copied();
@@ -228,10 +225,7 @@ impl RateLimiter for MemoryLimiter {
     }
 
     async fn acquire(&self, slot: &Slot, max: u64, lease_ms: u64, id: &str) -> Result<AcquireReply, LimiterError> {
-        let mut state = self.0.lock().unwrap();
-        if state.down {
-            return Err(LimiterError::Timeout(Duration::from_millis(1)));
-        }
+        let mut state = self.reachable()?;
         let now = state.now_us;
         let set = state.leases.entry(lease_key(slot)).or_default();
         set.retain(|_, &mut deadline| deadline > now);
@@ -246,20 +240,14 @@ impl RateLimiter for MemoryLimiter {
     }
 
     async fn release(&self, slot: &Slot, id: &str) -> Result<bool, LimiterError> {
-        let mut state = self.0.lock().unwrap();
-        if state.down {
-            return Err(LimiterError::Timeout(Duration::from_millis(1)));
-        }
+        let mut state = self.reachable()?;
         let now = state.now_us;
         let set = state.leases.entry(lease_key(slot)).or_default();
         Ok(set.remove(id).is_some_and(|deadline| deadline > now))
     }
 
     async fn renew(&self, slot: &Slot, id: &str, lease_ms: u64) -> Result<bool, LimiterError> {
-        let mut state = self.0.lock().unwrap();
-        if state.down {
-            return Err(LimiterError::Timeout(Duration::from_millis(1)));
-        }
+        let mut state = self.reachable()?;
         let now = state.now_us;
         let set = state.leases.entry(lease_key(slot)).or_default();
         match set.get_mut(id) {
@@ -272,10 +260,7 @@ impl RateLimiter for MemoryLimiter {
     }
 
     async fn ready(&self) -> Result<(), LimiterError> {
-        match self.0.lock().unwrap().down {
-            true => Err(LimiterError::Timeout(Duration::from_millis(1))),
-            false => Ok(()),
-        }
+        self.reachable().map(drop)
     }
 }
 

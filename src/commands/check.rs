@@ -1,5 +1,6 @@
-//! `RL.CHECK key limit window [COST cost] [BURST burst] [FORCE]`: take `cost` tokens if the
-//! bucket has them (with `FORCE`: always, going into bounded debt when it is short). Reply
+//! `RL.CHECK key limit window [COST cost] [BURST burst] [KEEP keep] [FORCE]`: take `cost` tokens
+//! if the bucket has them and `keep` more would remain (with `FORCE`: always, going into bounded
+//! debt when it is short). Reply
 //! `[allowed, remaining, retry_after_ms, reset_after_ms, burst]`.
 
 use crate::args::parse_check;

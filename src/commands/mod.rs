@@ -28,8 +28,8 @@ use crate::stats;
 use crate::store::{Access, LeaseStore, Store};
 
 /// Takes `request.cost` tokens from the key at argument 1 if its bucket has them and
-/// `request.keep` more (or always, with `FORCE`): read, decide, write and replicate the effect, count. RL.CHECK and
-/// CL.THROTTLE differ only in their arguments and reply.
+/// `request.keep` more (or always, with `FORCE`): read, decide, write and replicate the effect,
+/// count. RL.CHECK and CL.THROTTLE differ only in their arguments and reply.
 fn take<S: Store>(store: &mut S, line: &S::Line, request: &CheckRequest, now: u64) -> Result<Decision, Error> {
     let key = store.open(line, 1, Access::Write)?;
     let stored = store.read(&key)?;

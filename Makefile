@@ -2,6 +2,7 @@
 #   make demo    build everything and run the gateway demo end to end
 #   make test    install missing system packages, build, run every test (Redis 7.0 and Valkey 8)
 #   make bench   criterion benches and the redis-benchmark comparison (a few minutes)
+#   make bench-gateway  the gateway against nginx under wrk (see BENCHMARKS.md)
 
 CARGO ?= cargo
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
@@ -9,7 +10,7 @@ MODULE := $(TARGET_DIR)/release/librl.so
 VALKEY_DIR := .cache/valkey
 VALKEY := $(VALKEY_DIR)/valkey-server
 
-.PHONY: all deps build module test test-redis test-valkey test-server valkey bench bench-smoke demo lint fmt clean
+.PHONY: all deps build module test test-redis test-valkey test-server valkey bench bench-smoke bench-gateway demo lint fmt clean
 
 all: build
 
@@ -51,6 +52,9 @@ bench-smoke:
 bench: build
 	$(CARGO) bench -p ml-api-rate-limiter
 	bash scripts/bench.sh
+
+bench-gateway: build
+	bash scripts/bench-gateway.sh
 
 demo: build
 	bash scripts/demo.sh

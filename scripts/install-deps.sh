@@ -10,6 +10,11 @@ have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok
 
 have_cmd redis-server || need+=(redis-server)
 have_cmd redis-cli && have_cmd redis-benchmark || need+=(redis-tools)
+# The gateway's Sentinel failover test runs real redis-sentinel processes.
+have_cmd redis-sentinel || need+=(redis-sentinel)
+# make bench-gateway: wrk drives the load, nginx is the baseline reverse proxy.
+have_cmd wrk || need+=(wrk)
+have_cmd nginx || need+=(nginx)
 have_cmd clang || need+=(clang)
 have_pkg libclang-dev || need+=(libclang-dev)
 have_cmd unzip || need+=(unzip)

@@ -26,6 +26,16 @@ pub struct FileConfig {
     pub tiers: TiersFile,
     #[serde(default, rename = "tier")]
     pub tier_list: Vec<TierFile>,
+    #[serde(default)]
+    pub deny_cache: DenyCacheFile,
+}
+
+/// `[deny_cache]`: answering a caller Redis just refused locally until its `retry_after`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DenyCacheFile {
+    pub enabled: Option<bool>,
+    pub max_entries: Option<u64>,
 }
 
 /// `[tiers]`: the tier of API keys no `[[tier]]` lists, and of callers without a key.
@@ -134,6 +144,8 @@ pub struct PolicyFile {
     /// `[[policy.tier]]` tables.
     #[serde(default, rename = "tier")]
     pub tiers: Vec<PolicyTierFile>,
+    /// Evaluate and count the limits, never refuse, send no rate-limit headers.
+    pub shadow: Option<bool>,
 }
 
 /// One `[[policy.limits]]` table.

@@ -30,8 +30,8 @@ pub use crate::lease::Concurrency;
 
 pub use error::ConfigError;
 pub use file::{
-    CapacityFile, FileConfig, IdentityFile, LimitFile, PolicyFile, PolicyTierFile, RedisFile, TierFile, TiersFile,
-    UpstreamFile,
+    CapacityFile, DenyCacheFile, FileConfig, IdentityFile, LimitFile, PolicyFile, PolicyTierFile, RedisFile, TierFile,
+    TiersFile, UpstreamFile,
 };
 pub use flags::{Overrides, ServeArgs};
 pub use resolve::key_secret;
@@ -66,6 +66,8 @@ pub const DEFAULT_IP_TIER: &str = "anonymous";
 pub const DEFAULT_CHARS_PER_TOKEN: u64 = 4;
 pub const DEFAULT_MAX_TOKENS: u64 = 1024;
 pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 8 * 1024 * 1024;
+/// How many refused callers the deny cache remembers at most (about 100 bytes each).
+pub const DEFAULT_DENY_CACHE_MAX_ENTRIES: u64 = 100_000;
 /// How long a concurrency lease lives without renewal (renewed every third of it).
 pub const DEFAULT_LEASE_MS: u64 = 30_000;
 /// The module's bounds on `max` and `lease_ms` of `RL.ACQUIRE`.
@@ -102,6 +104,9 @@ pub struct Policy {
     /// `max_concurrent` requests in flight per caller, each holding a lease of `lease_ms`
     /// ([`crate::lease`]); `None` without `max_concurrent`.
     pub concurrency: Option<Concurrency>,
+    /// `shadow = true`: every limit and lease is evaluated and counted (metrics, logs), but
+    /// nothing is refused and the answers carry no rate-limit headers.
+    pub shadow: bool,
 }
 
 /// Which tier a caller is in: API keys by their HMAC digest, unknown keys `default`, callers
@@ -189,6 +194,7 @@ impl Policy {
             llm: None,
             tiers: BTreeMap::new(),
             concurrency: None,
+            shadow: false,
         }
     }
 
@@ -222,6 +228,17 @@ pub struct Settings {
     pub identity: IdentitySettings,
     pub policies: Vec<Policy>,
     pub tiers: Tiers,
+    pub deny_cache: DenyCacheSettings,
+}
+
+/// `[deny_cache]`: once Redis refused a caller under a policy whose refusing limits all count
+/// requests, the gateway answers that caller's requests under that policy with `429` itself
+/// until the refusal's `retry_after`, without asking Redis.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DenyCacheSettings {
+    pub enabled: bool,
+    /// The most refusals remembered at once; when full, a new refusal is not remembered.
+    pub max_entries: usize,
 }
 
 #[derive(Clone, Debug)]

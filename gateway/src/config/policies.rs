@@ -47,6 +47,7 @@ pub(super) fn resolve_policies(
             return Err(invalid("paths must be a non-empty list of paths starting with '/'"));
         }
         let llm = resolve_llm(&f).map_err(|reason| invalid(&reason))?;
+        let shadow = f.shadow.unwrap_or(false);
         let concurrency = resolve_concurrency(f.max_concurrent, f.lease_ms).map_err(|reason| invalid(&reason))?;
         let mut tiers = BTreeMap::new();
         for t in std::mem::take(&mut f.tiers) {
@@ -77,15 +78,22 @@ pub(super) fn resolve_policies(
             };
             check_concurrent_name(&limits, concurrency)
                 .map_err(|reason| invalid(&format!("tier {tier:?}: {reason}")))?;
-            let variant =
-                Policy { name: name.clone(), paths: paths.clone(), limits, llm, tiers: BTreeMap::new(), concurrency };
+            let variant = Policy {
+                name: name.clone(),
+                paths: paths.clone(),
+                limits,
+                llm,
+                tiers: BTreeMap::new(),
+                concurrency,
+                shadow,
+            };
             if tiers.insert(tier.clone(), Arc::new(variant)).is_some() {
                 return Err(invalid(&format!("tier {tier:?} has two [[policy.tier]] tables")));
             }
         }
         let limits = resolve_limits(f, llm.is_some(), overrides).map_err(|reason| invalid(&reason))?;
         check_concurrent_name(&limits, concurrency).map_err(|reason| invalid(&reason))?;
-        policies.push(Policy { name, paths, limits, llm, tiers, concurrency });
+        policies.push(Policy { name, paths, limits, llm, tiers, concurrency, shadow });
     }
     Ok(policies)
 }

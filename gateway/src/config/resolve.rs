@@ -72,6 +72,12 @@ impl Settings {
         let identity = resolve_identity(file.identity, overrides, &env)?;
         let (tiers, tier_names) = super::tiers::resolve_tiers(file.tiers, file.tier_list)?;
         let policies = super::policies::resolve_policies(file.policies, overrides, &tier_names)?;
+        let max_entries = file.deny_cache.max_entries.unwrap_or(DEFAULT_DENY_CACHE_MAX_ENTRIES);
+        let max_entries = match usize::try_from(max_entries) {
+            Ok(n) if n > 0 => n,
+            _ => return Err(ConfigError::invalid("deny_cache.max_entries", "must be a positive integer")),
+        };
+        let deny_cache = DenyCacheSettings { enabled: file.deny_cache.enabled.unwrap_or(true), max_entries };
         Ok(Settings {
             listen,
             max_body_bytes,
@@ -82,6 +88,7 @@ impl Settings {
             identity,
             policies,
             tiers,
+            deny_cache,
         })
     }
 }

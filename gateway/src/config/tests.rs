@@ -369,3 +369,20 @@ fn upstream_capacity_and_each_tiers_keep_percent() {
     let zero = "[upstream.capacity]\nlimit = 0\nwindow = 1\n[[policy]]\nname = \"p\"\nlimit = 1\nwindow = 1\n";
     assert!(settings(zero).unwrap_err().to_string().contains("upstream.capacity"));
 }
+
+#[test]
+fn shadow_policies_and_the_deny_cache() {
+    let s = settings(&format!(
+        "{POLICY}[[policy]]\nname = \"beta\"\npaths = [\"/b\"]\nlimit = 1\nwindow = 1\nshadow = true\n"
+    ))
+    .unwrap();
+    assert_eq!(s.policies.iter().map(|p| p.shadow).collect::<Vec<_>>(), [false, true]);
+    assert_eq!(s.deny_cache, DenyCacheSettings { enabled: true, max_entries: DEFAULT_DENY_CACHE_MAX_ENTRIES as usize });
+    let off = settings(&format!("{POLICY}[deny_cache]\nenabled = false\nmax_entries = 5\n")).unwrap();
+    assert_eq!(off.deny_cache, DenyCacheSettings { enabled: false, max_entries: 5 });
+    let e = settings(&format!("{POLICY}[deny_cache]\nmax_entries = 0\n")).unwrap_err();
+    assert!(e.to_string().contains("deny_cache.max_entries"), "{e}");
+    let tiered = "[[tier]]\nname = \"pro\"\n[[policy]]\nname = \"p\"\nlimit = 1\nwindow = 1\nshadow = true\n[[policy.tier]]\ntier = \"pro\"\nlimit = 5\nwindow = 1\n";
+    let s = settings(tiered).unwrap();
+    assert!(s.policies[0].tiers["pro"].shadow, "a tier's variant of a shadow policy is shadow too");
+}

@@ -1,11 +1,11 @@
-//! The gateway's HTTP application: `/healthz` and `/readyz`, and for every other request the
-//! pipeline of [`crate::pipeline`], assembled here top to bottom.
+//! The gateway's HTTP application: `/healthz`, `/readyz` and `/metrics`, and for every other
+//! request the pipeline of [`crate::pipeline`], assembled here top to bottom.
 
 use std::sync::Arc;
 
 use axum::extract::State;
 use axum::handler::Handler;
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -14,7 +14,8 @@ use serde_json::json;
 use tower::ServiceBuilder;
 
 use crate::config::Settings;
-use crate::limiter::RateLimiter;
+use crate::limiter::{Metered, RateLimiter};
+use crate::metrics;
 use crate::pipeline::{access_log, checks, identify, limit, proxy, route};
 use crate::pipeline::{Checks, Identify, Limit, Proxy};
 use crate::routing::{LiveRoutes, Routes};
@@ -28,15 +29,18 @@ pub fn app<L: RateLimiter>(settings: &Settings, limiter: L) -> Router {
 
 /// [`app`] on routes the caller keeps, to replace them on a reload ([`LiveRoutes::replace`]).
 pub fn app_with_routes<L: RateLimiter>(settings: &Settings, limiter: L, routes: Arc<LiveRoutes>) -> Router {
+    // Every limiter call, from any step, lease or settlement, is timed into /metrics.
+    let limiter = Metered(limiter);
     let pipeline = ServiceBuilder::new()
         .layer(from_fn_with_state(Arc::new(Checks::new(settings)), checks::check_request))
         .layer(from_fn_with_state(routes, route::route))
         .layer(from_fn_with_state(Arc::new(Identify::new(&settings.identity)), identify::identify))
-        .layer(from_fn_with_state(Arc::new(Limit::new(limiter.clone(), settings)), limit::limit::<L>))
+        .layer(from_fn_with_state(Arc::new(Limit::new(limiter.clone(), settings)), limit::limit::<Metered<L>>))
         .service(proxy::proxy.with_state(Arc::new(Proxy::new(settings))));
     Router::new()
         .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz::<L>))
+        .route("/readyz", get(readyz::<Metered<L>>))
+        .route("/metrics", get(metrics_page))
         .with_state(Arc::new(limiter))
         .fallback_service(pipeline)
         .layer(from_fn(access_log::access_log))
@@ -45,6 +49,11 @@ pub fn app_with_routes<L: RateLimiter>(settings: &Settings, limiter: L, routes: 
 /// Live: the process answers.
 async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
+}
+
+/// The Prometheus scrape: every metric of [`crate::metrics`].
+async fn metrics_page() -> Response {
+    ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], metrics::metrics().encode()).into_response()
 }
 
 /// Ready when the limiter answers (for Redis: it runs and has the module loaded).

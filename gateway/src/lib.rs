@@ -15,12 +15,15 @@
 //! - [`llm`]: OpenAI-compatible routes: the token estimate, and settlement on `usage`.
 //! - [`headers`]: `RateLimit-Policy`, `RateLimit`, `X-RateLimit-*` from the module's answer.
 //! - [`upstream`]: the HTTP client that forwards to the model.
+//! - [`metrics`]: the Prometheus counters and histograms served at `/metrics`.
+//! - [`deny_cache`]: callers Redis just refused, answered locally until their retry time.
 //! - [`error`]: every answer the gateway makes itself.
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod app;
 pub mod config;
+pub mod deny_cache;
 pub mod error;
 pub mod hash_key;
 pub mod headers;
@@ -28,6 +31,7 @@ pub mod identity;
 pub mod lease;
 pub mod limiter;
 pub mod llm;
+pub mod metrics;
 pub mod pipeline;
 pub mod routing;
 pub mod serve;

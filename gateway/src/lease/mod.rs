@@ -18,6 +18,7 @@ use std::time::Duration;
 use rl_protocol::AcquireReply;
 
 use crate::limiter::{LimiterError, RateLimiter};
+use crate::metrics::metrics;
 
 pub use admit::{append_items, refusal_answer, take_leases, Refusal, UpstreamLimits};
 pub use body::LeasedBody;
@@ -30,6 +31,16 @@ pub enum Slot {
     Caller { policy: String, identity_hash: String },
     /// Every request in flight to the upstream, across all gateways: `<prefix>upstream:concurrent`.
     Upstream,
+}
+
+impl Slot {
+    /// `caller` or `upstream`: the `slot` label of `gateway_leases_in_flight`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Slot::Caller { .. } => "caller",
+            Slot::Upstream => "upstream",
+        }
+    }
 }
 
 /// The name of a caller's lease set under a policy (`<policy>:concurrent`), so no limit of a
@@ -89,6 +100,7 @@ impl<L: RateLimiter> Lease<L> {
         if !reply.acquired {
             return Ok(Err(reply));
         }
+        metrics().lease_held(slot.kind(), 1);
         let slot = Arc::new(slot);
         let renewals = tokio::spawn(renew(limiter.clone(), slot.clone(), id.clone(), concurrency.lease_ms));
         Ok(Ok(Lease { inner: Some(Held { limiter: limiter.clone(), slot, id, renewals }) }))
@@ -117,6 +129,8 @@ impl<L: RateLimiter> Drop for Lease<L> {
     fn drop(&mut self) {
         let Some(Held { limiter, slot, id, renewals }) = self.inner.take() else { return };
         renewals.abort();
+        // No longer in flight here, whether or not the release below reaches Redis.
+        metrics().lease_held(slot.kind(), -1);
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             // Outside a runtime (shutdown): the lease ends by itself after lease_ms.
             return;

@@ -4,6 +4,7 @@
 
 #[cfg(test)]
 pub mod memory;
+mod metered;
 pub(crate) mod redis;
 
 use std::fmt;
@@ -15,6 +16,7 @@ use rl_protocol::{AcquireReply, CheckAllReply, CheckReply, RefundReply};
 use crate::config::{Policy, Quota};
 use crate::lease::Slot;
 
+pub use self::metered::Metered;
 pub use self::redis::{ClientError, RedisLimiter, CLUSTER_COMMAND_RETRIES};
 
 /// Where the buckets live. The gateway picks one implementation at start and uses it for

@@ -28,6 +28,7 @@ use rl_protocol::CheckAllReply;
 use crate::config::{Policy, Unit};
 use crate::error::ApiError;
 use crate::limiter::RateLimiter;
+use crate::metrics::metrics;
 
 /// `usage.total_tokens` of a JSON answer, if it has one.
 pub fn usage_total_tokens(body: &[u8]) -> Option<u64> {
@@ -92,6 +93,14 @@ pub struct Settlement<L> {
 }
 
 impl<L: RateLimiter> Settlement<L> {
+    /// The reservation stands as the request's charge (no usage to settle on): counted as
+    /// charged in the metrics.
+    pub fn kept(&self) {
+        for quota in self.policy.limits.iter().filter(|q| q.unit == Unit::Tokens) {
+            metrics().tokens_charged(&self.policy.name, &quota.name, self.reserved);
+        }
+    }
+
     /// Settles against the answer's usage (see the module's rule), updating the token rows of
     /// `decision` to the settled buckets (for a streamed answer they stay as reserved: it
     /// settles when the stream ends); returns the answer to send.
@@ -106,16 +115,19 @@ impl<L: RateLimiter> Settlement<L> {
             Ok(Ok(bytes)) => bytes,
             Ok(Err(body)) => {
                 tracing::debug!(reserved, "answer over max_response_bytes: reservation kept");
+                self.kept();
                 return Response::from_parts(parts, body);
             }
             Err(e) => {
                 tracing::warn!(error = %e, reserved, "the model broke off its answer: reservation kept");
+                self.kept();
                 return ApiError::UpstreamUnavailable { detail: e.to_string() }.into_response();
             }
         };
         let Some(used) = usage_total_tokens(&bytes) else {
             let status = parts.status.as_u16();
             tracing::debug!(reserved, status, "no usage.total_tokens in the answer: reservation kept");
+            self.kept();
             return Response::from_parts(parts, Body::from(bytes));
         };
         settle_usage(&self.limiter, &self.policy, &self.identity_hash, reserved, used, decision).await;
@@ -140,15 +152,21 @@ pub async fn settle_usage<L: RateLimiter>(
         } else if used > reserved {
             limiter.force(policy, identity_hash, index, used - reserved).await.map(|c| (c.remaining, c.reset_after_ms))
         } else {
+            metrics().tokens_charged(&policy.name, &quota.name, used);
             continue;
         };
+        let m = metrics();
         match (settled, decision.limits.get_mut(index)) {
-            (Ok((remaining, reset_after_ms)), Some(row)) => {
-                row.remaining = remaining;
-                row.reset_after_ms = reset_after_ms;
+            (Ok(settled), row) => {
+                m.tokens_charged(&policy.name, &quota.name, used);
+                m.tokens_refunded(&policy.name, &quota.name, reserved.saturating_sub(used));
+                if let (Some(row), (remaining, reset_after_ms)) = (row, settled) {
+                    row.remaining = remaining;
+                    row.reset_after_ms = reset_after_ms;
+                }
             }
-            (Ok(_), None) => {}
             (Err(e), _) => {
+                m.tokens_charged(&policy.name, &quota.name, reserved);
                 tracing::warn!(error = %e, limit = %quota.name, reserved, used, "settlement failed: reservation kept")
             }
         }

@@ -100,6 +100,7 @@ impl<L: RateLimiter> Settling<L> {
         let Some(settlement) = self.settlement.take() else { return };
         let Some(used) = self.usage else {
             tracing::debug!(reserved = settlement.reserved, "stream ended without usage: reservation kept");
+            settlement.kept();
             return;
         };
         tokio::spawn(async move {
@@ -121,7 +122,9 @@ impl<L: RateLimiter> HttpBody for Settling<L> {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Err(e))) => {
                     tracing::debug!(error = %e, "stream broke off: reservation kept");
-                    self.settlement = None;
+                    if let Some(settlement) = self.settlement.take() {
+                        settlement.kept();
+                    }
                     return Poll::Ready(Some(Err(e)));
                 }
                 Poll::Ready(Some(Ok(frame))) => {

@@ -17,9 +17,9 @@
 //! held leases live in the response body until it ends or is dropped.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -30,11 +30,15 @@ use super::Caller;
 use rl_protocol::CheckAllReply;
 
 use crate::config::{FailureMode, Policy, Settings, Unit};
+use crate::deny_cache::DenyCache;
 use crate::error::{ApiError, RefusedLimit};
 use crate::headers::{openai_headers, rate_limit_headers, retry_after_secs};
-use crate::lease::{append_items, refusal_answer, take_leases, Lease, LeasedBody, Refusal, UpstreamLimits};
+use crate::lease::{
+    append_items, refusal_answer, take_leases, Lease, LeasedBody, Refusal, UpstreamLimits, CONCURRENT_NAME,
+};
 use crate::limiter::RateLimiter;
 use crate::llm::{ask_for_usage, estimate, Settlement};
+use crate::metrics::{metrics, Outcome};
 
 pub struct Limit<L> {
     limiter: L,
@@ -44,6 +48,7 @@ pub struct Limit<L> {
     body_timeout: Duration,
     /// `[upstream] max_concurrent` and `[upstream.capacity]`, asked of every request.
     upstream: UpstreamLimits,
+    deny_cache: DenyCache,
 }
 
 impl<L: RateLimiter> Limit<L> {
@@ -57,6 +62,7 @@ impl<L: RateLimiter> Limit<L> {
                 concurrency: settings.upstream.concurrency,
                 capacity: settings.upstream.capacity.clone(),
             },
+            deny_cache: DenyCache::new(settings.deny_cache),
         }
     }
 }
@@ -69,6 +75,10 @@ pub async fn limit<L: RateLimiter>(
 ) -> Response {
     let Some(Extension(caller)) = caller else { return next.run(request).await };
     let policy = &caller.policy;
+    let m = metrics();
+    // What a shadow policy forwards when it would have refused: the request as the client
+    // sent it, since nothing is reserved to settle.
+    let mut unmetered_body: Option<Bytes> = None;
     // An LLM route: the body (bounded, with a timeout), its estimate, and the body put back.
     let (request, tokens) = match &policy.llm {
         None => (request, None),
@@ -84,9 +94,14 @@ pub async fn limit<L: RateLimiter>(
             };
             tracing::debug!(?estimate, "estimated");
             // A streamed request also asks the model for its usage (see crate::llm::stream).
-            let (body, strip) = ask_for_usage(&body).unwrap_or((body, false));
-            (Request::from_parts(parts, Body::from(body)), Some((estimate.total(), strip)))
+            let (sent, strip) = ask_for_usage(&body).unwrap_or((body.clone(), false));
+            unmetered_body = Some(body);
+            (Request::from_parts(parts, Body::from(sent)), Some((estimate.total(), strip)))
         }
+    };
+    let unmetered = move |request: Request| match unmetered_body {
+        None => request,
+        Some(body) => Request::from_parts(request.into_parts().0, Body::from(body)),
     };
     let costs: Vec<u64> = policy
         .limits
@@ -96,80 +111,138 @@ pub async fn limit<L: RateLimiter>(
             Unit::Tokens => tokens.map_or(0, |(reserved, _)| reserved),
         })
         .collect();
-    let mut decision = match limit.limiter.check(policy, &caller.identity_hash, &costs).await {
-        Ok(decision) => decision,
-        Err(e) => match limit.failure_mode {
-            FailureMode::Closed => return ApiError::LimiterUnavailable { detail: e.to_string() }.into_response(),
-            FailureMode::Open => {
-                tracing::warn!(error = %e, "rate limiter unavailable, forwarding unmetered (failure_mode = open)");
-                return next.run(request).await;
+    let asked_at = Instant::now();
+    let mut decision = match limit.deny_cache.refusal(policy, &caller.identity_hash, asked_at) {
+        Some(refusal) => {
+            m.deny_cache_hit(&policy.name);
+            refusal
+        }
+        None => match limit.limiter.check(policy, &caller.identity_hash, &costs).await {
+            // The refusal's moment is counted from before the call: never later than Redis's.
+            Ok(decision) => {
+                limit.deny_cache.remember(policy, &caller.identity_hash, &decision, asked_at);
+                decision
+            }
+            Err(e) if policy.shadow || limit.failure_mode == FailureMode::Open => {
+                m.request(&policy.name, Outcome::FailOpen);
+                tracing::warn!(error = %e, policy = %policy.name, shadow = policy.shadow, "rate limiter unavailable, forwarding unmetered");
+                return next.run(unmetered(request)).await;
+            }
+            Err(e) => {
+                m.request(&policy.name, Outcome::Error);
+                return ApiError::LimiterUnavailable { detail: e.to_string() }.into_response();
             }
         },
     };
     tracing::debug!(policy = %policy.name, tier = %caller.tier, identity = caller.kind, id = %caller.identity_hash, ?decision, "checked");
-    let mut response =
-        if decision.allowed {
-            let leases =
-                match take_leases(&limit.limiter, policy, &caller.identity_hash, &limit.upstream, caller.keep_percent)
-                    .await
-                {
-                    Ok(leases) => leases,
-                    Err(refusal) => match (refusal_answer(policy, &refusal), limit.failure_mode) {
-                        (Some((error, items)), _) => {
-                            give_back(&limit.limiter, policy, &caller.identity_hash, &costs, &mut decision).await;
-                            let mut response = error.into_response();
-                            response.headers_mut().extend(rate_limit_headers(policy, &decision));
-                            append_items(response.headers_mut(), items);
-                            return response;
-                        }
-                        (None, FailureMode::Closed) => {
-                            give_back(&limit.limiter, policy, &caller.identity_hash, &costs, &mut decision).await;
-                            let detail = match refusal {
-                                Refusal::Unavailable(e) => e.to_string(),
-                                other => format!("{other:?}"),
-                            };
-                            return ApiError::LimiterUnavailable { detail }.into_response();
-                        }
-                        (None, FailureMode::Open) => {
-                            tracing::warn!(?refusal, "lease unavailable, forwarding without it (failure_mode = open)");
-                            Vec::new()
-                        }
-                    },
-                };
-            let response = with_leases(next.run(request).await, leases);
-            match (tokens, &policy.llm) {
-                (Some((reserved, strip_usage_chunk)), Some(llm)) => {
-                    let settlement = Settlement {
-                        limiter: limit.limiter.clone(),
-                        policy: policy.clone(),
-                        identity_hash: caller.identity_hash.clone(),
-                        reserved,
-                        max_response_bytes: llm.max_response_bytes,
-                        strip_usage_chunk,
-                    };
-                    settlement.settle(&mut decision, response).await
-                }
-                _ => response,
-            }
-        } else {
-            let limits = policy
-                .limits
-                .iter()
-                .zip(&decision.limits)
-                .filter(|(_, row)| !row.allowed)
-                .map(|(q, row)| RefusedLimit {
-                    policy: policy.name.clone(),
-                    name: q.name.clone(),
-                    retry_after_ms: row.retry_after_ms,
-                })
-                .collect();
-            ApiError::RateLimited { retry_after_secs: retry_after_secs(&decision), limits }.into_response()
-        };
-    response.headers_mut().extend(rate_limit_headers(policy, &decision));
-    if policy.llm.is_some() {
-        response.headers_mut().extend(openai_headers(policy, &decision));
+    let refused = if policy.shadow { Outcome::ShadowLimited } else { Outcome::Limited };
+    if !decision.allowed {
+        for (quota, _) in policy.limits.iter().zip(&decision.limits).filter(|(_, row)| !row.allowed) {
+            m.limit_decision(&policy.name, &quota.name, refused);
+        }
+        m.request(&policy.name, refused);
+        if policy.shadow {
+            tracing::info!(policy = %policy.name, id = %caller.identity_hash, retry_after_ms = ?decision.retry_after_ms, "shadow policy would have refused");
+            return next.run(unmetered(request)).await;
+        }
+        let limits = policy
+            .limits
+            .iter()
+            .zip(&decision.limits)
+            .filter(|(_, row)| !row.allowed)
+            .map(|(q, row)| RefusedLimit {
+                policy: policy.name.clone(),
+                name: q.name.clone(),
+                retry_after_ms: row.retry_after_ms,
+            })
+            .collect();
+        let mut response =
+            ApiError::RateLimited { retry_after_secs: retry_after_secs(&decision), limits }.into_response();
+        add_headers(&mut response, policy, &decision);
+        return response;
     }
+    for (quota, &cost) in policy.limits.iter().zip(&costs) {
+        m.limit_decision(&policy.name, &quota.name, Outcome::Allowed);
+        if quota.unit == Unit::Tokens {
+            m.tokens_reserved(&policy.name, &quota.name, cost);
+        }
+    }
+    let leases = match take_leases(&limit.limiter, policy, &caller.identity_hash, &limit.upstream, caller.keep_percent)
+        .await
+    {
+        Ok(leases) => {
+            m.request(&policy.name, Outcome::Allowed);
+            leases
+        }
+        Err(refusal) => match (refusal_answer(policy, &refusal), limit.failure_mode) {
+            (Some((error, items)), _) => {
+                give_back(&limit.limiter, policy, &caller.identity_hash, &costs, &mut decision).await;
+                m.limit_decision(&policy.name, refused_by(&refusal), refused);
+                m.request(&policy.name, refused);
+                if policy.shadow {
+                    tracing::info!(policy = %policy.name, id = %caller.identity_hash, limit = refused_by(&refusal), "shadow policy would have refused");
+                    return next.run(unmetered(request)).await;
+                }
+                let mut response = error.into_response();
+                response.headers_mut().extend(rate_limit_headers(policy, &decision));
+                append_items(response.headers_mut(), items);
+                return response;
+            }
+            (None, FailureMode::Closed) if !policy.shadow => {
+                give_back(&limit.limiter, policy, &caller.identity_hash, &costs, &mut decision).await;
+                m.request(&policy.name, Outcome::Error);
+                let detail = match refusal {
+                    Refusal::Unavailable(e) => e.to_string(),
+                    other => format!("{other:?}"),
+                };
+                return ApiError::LimiterUnavailable { detail }.into_response();
+            }
+            (None, _) => {
+                m.request(&policy.name, Outcome::FailOpen);
+                tracing::warn!(?refusal, policy = %policy.name, shadow = policy.shadow, "lease unavailable, forwarding without it");
+                Vec::new()
+            }
+        },
+    };
+    let response = with_leases(next.run(request).await, leases);
+    let mut response = match (tokens, &policy.llm) {
+        (Some((reserved, strip_usage_chunk)), Some(llm)) => {
+            let settlement = Settlement {
+                limiter: limit.limiter.clone(),
+                policy: policy.clone(),
+                identity_hash: caller.identity_hash.clone(),
+                reserved,
+                max_response_bytes: llm.max_response_bytes,
+                strip_usage_chunk,
+            };
+            settlement.settle(&mut decision, response).await
+        }
+        _ => response,
+    };
+    add_headers(&mut response, policy, &decision);
     response
+}
+
+/// The rate-limit headers of `decision`, unless `policy` is a shadow policy (its clients see
+/// no trace of it).
+fn add_headers(response: &mut Response, policy: &Policy, decision: &CheckAllReply) {
+    if policy.shadow {
+        return;
+    }
+    response.headers_mut().extend(rate_limit_headers(policy, decision));
+    if policy.llm.is_some() {
+        response.headers_mut().extend(openai_headers(policy, decision));
+    }
+}
+
+/// The `limit` label of a lease refusal in `gateway_limit_decisions_total`.
+fn refused_by(refusal: &Refusal) -> &'static str {
+    match refusal {
+        Refusal::Caller(_) => CONCURRENT_NAME,
+        Refusal::Upstream(_) => "upstream-concurrent",
+        Refusal::Capacity { .. } => "upstream-capacity",
+        Refusal::Unavailable(_) => "unavailable",
+    }
 }
 
 /// Gives back what a request refused after its check was charged: `costs[i]` on each limit.
@@ -184,6 +257,9 @@ async fn give_back<L: RateLimiter>(
     for (i, &cost) in costs.iter().enumerate().filter(|(_, &cost)| cost > 0) {
         match limiter.refund(policy, identity_hash, i, cost).await {
             Ok(back) => {
+                if let Some(quota) = policy.limits.get(i).filter(|q| q.unit == Unit::Tokens) {
+                    metrics().tokens_refunded(&policy.name, &quota.name, cost);
+                }
                 if let Some(row) = decision.limits.get_mut(i) {
                     row.remaining = back.remaining;
                     row.reset_after_ms = back.reset_after_ms;
@@ -219,12 +295,14 @@ mod tests {
     use crate::limiter::memory::MemoryLimiter;
     use crate::test_support::{header, json, request, settings};
 
+    /// The deny cache keeps real time and the in-memory limiter a clock of its own (moved by
+    /// `advance`), so these tests turn the cache off unless they test it.
     fn settings_mode(mode: FailureMode) -> Settings {
         let mode = match mode {
             FailureMode::Closed => "closed",
             FailureMode::Open => "open",
         };
-        settings(&format!("[redis]\nfailure_mode = \"{mode}\"\n"))
+        settings(&format!("[redis]\nfailure_mode = \"{mode}\"\n[deny_cache]\nenabled = false\n"))
     }
 
     fn caller() -> Caller {
@@ -235,6 +313,10 @@ mod tests {
     /// The limit step between a stand-in for the identify step (which hands on `caller`) and
     /// a handler answering `inner`.
     fn router(limiter: &MemoryLimiter, mode: FailureMode, caller: Option<Caller>, inner: StatusCode) -> Router {
+        router_with(limiter, &settings_mode(mode), caller, inner)
+    }
+
+    fn router_with(limiter: &MemoryLimiter, settings: &Settings, caller: Option<Caller>, inner: StatusCode) -> Router {
         let give_caller = move |mut request: Request, next: Next| {
             if let Some(caller) = caller.clone() {
                 request.extensions_mut().insert(caller);
@@ -243,10 +325,7 @@ mod tests {
         };
         Router::new()
             .fallback(move || async move { inner })
-            .layer(from_fn_with_state(
-                Arc::new(Limit::new(limiter.clone(), &settings_mode(mode))),
-                limit::<MemoryLimiter>,
-            ))
+            .layer(from_fn_with_state(Arc::new(Limit::new(limiter.clone(), settings)), limit::<MemoryLimiter>))
             .layer(from_fn(give_caller))
     }
 
@@ -330,5 +409,91 @@ mod tests {
         drop(held);
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert_eq!(send(&app).await.status(), StatusCode::OK, "the dropped body released the lease");
+    }
+
+    /// A caller of its own (metrics are per process: each test counts under its own policy).
+    fn caller_of(policy: Policy) -> Caller {
+        Caller { policy: Arc::new(policy), ..caller() }
+    }
+
+    /// The value of one series in this process's /metrics.
+    fn series(line_start: &str) -> u64 {
+        let text = metrics().encode();
+        text.lines().find_map(|l| l.strip_prefix(line_start).and_then(|rest| rest.trim().parse().ok())).unwrap_or(0)
+    }
+
+    #[tokio::test]
+    async fn a_shadow_policy_counts_what_it_would_refuse_but_forwards_everything_without_headers() {
+        let limiter = MemoryLimiter::new();
+        let mut policy = Policy::simple("shadowed", &["/"], 2, 60, 2);
+        policy.shadow = true;
+        let app = router(&limiter, FailureMode::Closed, Some(caller_of(policy.clone())), StatusCode::OK);
+        for _ in 0..5 {
+            let answer = send(&app).await;
+            assert_eq!(answer.status(), StatusCode::OK);
+            for name in ["ratelimit", "ratelimit-policy", "x-ratelimit-remaining", "retry-after"] {
+                assert_eq!(header(&answer, name), None, "{name}");
+            }
+        }
+        assert_eq!(limiter.tokens(&policy, "abc", 0), 0, "evaluated: the bucket is spent as if enforced");
+        assert_eq!(series(r#"gateway_requests_total{policy="shadowed",outcome="allowed"}"#), 2);
+        assert_eq!(series(r#"gateway_requests_total{policy="shadowed",outcome="shadow_limited"}"#), 3);
+        assert_eq!(
+            series(r#"gateway_limit_decisions_total{policy="shadowed",limit="requests",outcome="shadow_limited"}"#),
+            3
+        );
+        assert_eq!(series(r#"gateway_requests_total{policy="shadowed",outcome="limited"}"#), 0);
+        // Redis down: a shadow policy never refuses, whatever failure_mode says.
+        limiter.set_down(true);
+        assert_eq!(send(&app).await.status(), StatusCode::OK);
+        assert_eq!(series(r#"gateway_requests_total{policy="shadowed",outcome="fail_open"}"#), 1);
+    }
+
+    #[tokio::test]
+    async fn a_shadow_policy_forwards_past_a_full_lease_and_gives_its_tokens_back() {
+        let limiter = MemoryLimiter::new();
+        let mut policy = Policy::simple("shadow-lease", &["/"], 10, 60, 10);
+        policy.concurrency = Some(Concurrency { max: 1, lease_ms: 30_000 });
+        policy.shadow = true;
+        let app = router(&limiter, FailureMode::Closed, Some(caller_of(policy.clone())), StatusCode::OK);
+        let held = send(&app).await;
+        let second = send(&app).await;
+        assert_eq!(second.status(), StatusCode::OK, "a shadow lease refuses nothing");
+        assert_eq!(header(&second, "ratelimit"), None);
+        assert_eq!(limiter.tokens(&policy, "abc", 0), 9, "the second request's token is back");
+        assert_eq!(
+            series(
+                r#"gateway_limit_decisions_total{policy="shadow-lease",limit="concurrent",outcome="shadow_limited"}"#
+            ),
+            1
+        );
+        drop(held);
+    }
+
+    #[tokio::test]
+    async fn the_deny_cache_answers_a_refused_caller_without_asking_again_until_retry_after() {
+        let limiter = MemoryLimiter::new();
+        // 1 request per 200 ms: the refusal says retry after 200 ms.
+        let policy = Policy::simple("denied", &["/"], 5, 1, 1);
+        let on = settings("[redis]\nfailure_mode = \"closed\"\n");
+        let app = router_with(&limiter, &on, Some(caller_of(policy.clone())), StatusCode::OK);
+        assert_eq!(send(&app).await.status(), StatusCode::OK);
+        let first = send(&app).await;
+        assert_eq!(first.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(limiter.checks(), 2);
+        for _ in 0..20 {
+            let cached = send(&app).await;
+            assert_eq!(cached.status(), StatusCode::TOO_MANY_REQUESTS);
+            assert_eq!(header(&cached, "retry-after"), Some("1"), "the headers of a Redis refusal");
+            assert_eq!(header(&cached, "x-ratelimit-remaining"), Some("0"));
+        }
+        assert_eq!(limiter.checks(), 2, "answered locally");
+        assert_eq!(series(r#"gateway_deny_cache_hits_total{policy="denied"}"#), 20);
+        assert_eq!(series(r#"gateway_requests_total{policy="denied",outcome="limited"}"#), 21);
+        // Past the refusal's moment the next request asks Redis again (whose clock is its own).
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        limiter.advance(Duration::from_millis(250));
+        assert_eq!(send(&app).await.status(), StatusCode::OK);
+        assert_eq!(limiter.checks(), 3);
     }
 }

@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Request, State};
@@ -15,6 +15,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use crate::config::Settings;
 use crate::error::{ApiError, BadRequest};
 use crate::identity::{is_trusted, IpNet};
+use crate::metrics::metrics;
 use crate::routing::Route;
 use crate::upstream::UpstreamClient;
 
@@ -45,7 +46,10 @@ pub async fn proxy(
     let (parts, body) = request.into_parts();
     let body = read_body(body, proxy.max_body_bytes, proxy.body_timeout).await?;
     let peer_trusted = is_trusted(peer, &proxy.trusted_proxies);
-    proxy.upstream.forward(parts, &route.path, body, peer, peer_trusted).await
+    let started = Instant::now();
+    let answer = proxy.upstream.forward(parts, &route.path, body, peer, peer_trusted).await;
+    metrics().upstream_call(answer.as_ref().ok().map(|r| r.status().as_u16()), started.elapsed());
+    answer
 }
 
 /// The whole body, refusing more than `max` bytes (also when no length was declared) and a

@@ -1,0 +1,228 @@
+//! The local deny cache: once Redis refused a caller under a policy, its next requests under
+//! that policy are refused here, without a Redis call, until the refusal's `retry_after`
+//! moment. A client hammering while limited then costs the gateway a map lookup per request
+//! instead of a round trip.
+//!
+//! Only refusals that hold for every next request are remembered: those where each refusing
+//! limit counts requests (every request costs 1 there, so nothing is admitted before
+//! `retry_after`). A tokens limit refuses by the request's size, and a smaller request might
+//! pass: such refusals always go to Redis.
+//!
+//! It can be stricter than Redis, never looser: a refund or an `RL.RESET` made elsewhere (or
+//! another gateway's refund) is not seen until the remembered moment passes. Memory is
+//! bounded by `max_entries`; when full, expired entries are dropped, and a refusal that still
+//! finds no room is simply not remembered (the next request asks Redis, as without a cache).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rl_protocol::CheckAllReply;
+
+use crate::config::{DenyCacheSettings, Policy, Unit};
+use crate::metrics::metrics;
+
+/// How often a full cache may be swept for expired entries: a sweep walks every entry, so a
+/// cache full of live refusals is not walked on every new refusal.
+const SWEEP_EVERY: Duration = Duration::from_millis(100);
+
+pub struct DenyCache {
+    enabled: bool,
+    max_entries: usize,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// By identity hash (so a lookup borrows the caller's `&str`, no key is built), then by
+    /// policy name: a caller is rarely refused under more than one policy at once.
+    by_identity: HashMap<String, Vec<Entry>>,
+    entries: usize,
+    last_sweep: Option<Instant>,
+}
+
+struct Entry {
+    policy: String,
+    /// Until when every request is refused.
+    until: Instant,
+    /// When Redis refused, and what it said then.
+    at: Instant,
+    decision: CheckAllReply,
+}
+
+impl DenyCache {
+    pub fn new(settings: DenyCacheSettings) -> DenyCache {
+        DenyCache { enabled: settings.enabled, max_entries: settings.max_entries, inner: Mutex::default() }
+    }
+
+    /// The refusal remembered for `identity_hash` under `policy`, as Redis would give it now:
+    /// the waits shortened by the time since. `None` when nothing live is remembered.
+    pub fn refusal(&self, policy: &Policy, identity_hash: &str, now: Instant) -> Option<CheckAllReply> {
+        if !self.enabled {
+            return None;
+        }
+        let inner = self.inner.lock().ok()?;
+        let entry = inner.by_identity.get(identity_hash)?.iter().find(|e| e.policy == policy.name)?;
+        if now >= entry.until {
+            return None;
+        }
+        Some(aged(&entry.decision, now.saturating_duration_since(entry.at)))
+    }
+
+    /// Remembers `decision`, just had from Redis for `identity_hash` under `policy`, when it is
+    /// a refusal that holds for every request until its `retry_after`.
+    pub fn remember(&self, policy: &Policy, identity_hash: &str, decision: &CheckAllReply, now: Instant) {
+        if !self.enabled || decision.allowed {
+            return;
+        }
+        let Some(wait_ms) = decision.retry_after_ms.filter(|&ms| ms > 0) else { return };
+        let refused_by_requests_only = policy
+            .limits
+            .iter()
+            .zip(&decision.limits)
+            .filter(|(_, row)| !row.allowed)
+            .all(|(quota, _)| quota.unit == Unit::Requests);
+        if !refused_by_requests_only || decision.limits.len() != policy.limits.len() {
+            return;
+        }
+        let Ok(mut inner) = self.inner.lock() else { return };
+        let entry = Entry {
+            policy: policy.name.clone(),
+            until: now + Duration::from_millis(wait_ms),
+            at: now,
+            decision: decision.clone(),
+        };
+        if let Some(old) =
+            inner.by_identity.get_mut(identity_hash).and_then(|v| v.iter_mut().find(|e| e.policy == policy.name))
+        {
+            *old = entry;
+            return;
+        }
+        if inner.entries >= self.max_entries {
+            inner.sweep(now);
+            if inner.entries >= self.max_entries {
+                return;
+            }
+        }
+        inner.by_identity.entry(identity_hash.to_string()).or_default().push(entry);
+        inner.entries += 1;
+        metrics().deny_cache_entries(inner.entries);
+    }
+
+    /// How many refusals are remembered (expired ones included until a sweep).
+    pub fn len(&self) -> usize {
+        self.inner.lock().map_or(0, |inner| inner.entries)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Inner {
+    /// Drops expired entries, at most every [`SWEEP_EVERY`].
+    fn sweep(&mut self, now: Instant) {
+        if self.last_sweep.is_some_and(|last| now.saturating_duration_since(last) < SWEEP_EVERY) {
+            return;
+        }
+        self.last_sweep = Some(now);
+        self.by_identity.retain(|_, entries| {
+            entries.retain(|e| e.until > now);
+            !entries.is_empty()
+        });
+        self.entries = self.by_identity.values().map(Vec::len).sum();
+        metrics().deny_cache_entries(self.entries);
+    }
+}
+
+/// `decision` as it stands `elapsed` later: every wait and reset shorter by that much.
+fn aged(decision: &CheckAllReply, elapsed: Duration) -> CheckAllReply {
+    let ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+    let mut now = decision.clone();
+    now.retry_after_ms = now.retry_after_ms.map(|w| w.saturating_sub(ms));
+    for row in &mut now.limits {
+        row.reset_after_ms = row.reset_after_ms.saturating_sub(ms);
+        if !row.allowed {
+            row.retry_after_ms = row.retry_after_ms.map(|w| w.saturating_sub(ms));
+        }
+    }
+    now
+}
+
+#[cfg(test)]
+mod tests {
+    use rl_protocol::CheckReply;
+
+    use super::*;
+    use crate::config::Quota;
+
+    fn row(allowed: bool, retry_after_ms: u64) -> CheckReply {
+        CheckReply { allowed, remaining: 0, retry_after_ms: Some(retry_after_ms), reset_after_ms: 5_000, burst: 5 }
+    }
+
+    fn refused(retry_after_ms: u64) -> CheckAllReply {
+        CheckAllReply { allowed: false, retry_after_ms: Some(retry_after_ms), limits: vec![row(false, retry_after_ms)] }
+    }
+
+    fn cache(max_entries: usize) -> DenyCache {
+        DenyCache::new(DenyCacheSettings { enabled: true, max_entries })
+    }
+
+    #[test]
+    fn a_refusal_is_answered_locally_until_its_retry_time_with_the_waits_aged() {
+        let (cache, policy, t0) = (cache(10), Policy::simple("p", &["/"], 5, 5, 5), Instant::now());
+        assert!(cache.refusal(&policy, "a", t0).is_none());
+        cache.remember(&policy, "a", &refused(1_000), t0);
+        let later = cache.refusal(&policy, "a", t0 + Duration::from_millis(400)).unwrap();
+        assert!(!later.allowed);
+        assert_eq!(later.retry_after_ms, Some(600));
+        assert_eq!((later.limits[0].retry_after_ms, later.limits[0].reset_after_ms), (Some(600), 4_600));
+        assert!(cache.refusal(&policy, "a", t0 + Duration::from_millis(1_000)).is_none(), "the moment passed");
+        assert!(cache.refusal(&policy, "b", t0).is_none(), "another caller");
+        assert!(cache.refusal(&Policy::simple("q", &["/"], 5, 5, 5), "a", t0).is_none(), "another policy");
+    }
+
+    #[test]
+    fn refusals_by_a_tokens_limit_and_admissions_are_not_remembered() {
+        let (cache, t0) = (cache(10), Instant::now());
+        let mut llm = Policy::simple("chat", &["/"], 5, 5, 5);
+        llm.limits.push(Quota { name: "tokens".into(), unit: Unit::Tokens, limit: 9, window: 9, burst: 9 });
+        let by_tokens =
+            CheckAllReply { allowed: false, retry_after_ms: Some(900), limits: vec![row(true, 0), row(false, 900)] };
+        cache.remember(&llm, "a", &by_tokens, t0);
+        let by_requests =
+            CheckAllReply { allowed: false, retry_after_ms: Some(900), limits: vec![row(false, 900), row(true, 0)] };
+        cache.remember(&llm, "b", &by_requests, t0);
+        let simple = Policy::simple("p", &["/"], 5, 5, 5);
+        cache.remember(&simple, "c", &CheckAllReply { allowed: true, ..refused(0) }, t0);
+        cache.remember(&simple, "d", &refused(0), t0);
+        assert_eq!(cache.len(), 1);
+        assert!(cache.refusal(&llm, "b", t0).is_some());
+    }
+
+    #[test]
+    fn memory_is_bounded_and_expired_entries_make_room() {
+        let (cache, policy, t0) = (cache(2), Policy::simple("p", &["/"], 5, 5, 5), Instant::now());
+        cache.remember(&policy, "a", &refused(100), t0);
+        cache.remember(&policy, "b", &refused(10_000), t0);
+        cache.remember(&policy, "c", &refused(10_000), t0);
+        assert_eq!(cache.len(), 2, "full of live refusals: c is not remembered");
+        assert!(cache.refusal(&policy, "c", t0).is_none());
+        let later = t0 + Duration::from_millis(200);
+        cache.remember(&policy, "c", &refused(10_000), later);
+        assert_eq!(cache.len(), 2, "a expired and made room");
+        assert!(cache.refusal(&policy, "c", later).is_some());
+        cache.remember(&policy, "c", &refused(50), later);
+        assert_eq!(cache.len(), 2, "a caller's newer refusal replaces its older one");
+        assert!(cache.refusal(&policy, "c", later + Duration::from_millis(60)).is_none());
+    }
+
+    #[test]
+    fn a_disabled_cache_remembers_nothing() {
+        let cache = DenyCache::new(DenyCacheSettings { enabled: false, max_entries: 10 });
+        let (policy, t0) = (Policy::simple("p", &["/"], 5, 5, 5), Instant::now());
+        cache.remember(&policy, "a", &refused(1_000), t0);
+        assert!(cache.refusal(&policy, "a", t0).is_none());
+        assert!(cache.is_empty());
+    }
+}

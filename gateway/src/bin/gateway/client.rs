@@ -17,11 +17,16 @@
 //! Request 1: OK, 28 tokens used (14 prompt + 14 completion). Left: 9 of 10 requests (full in 6s), 172 of 200 tokens (full in 8.4s).
 //! Request 6: rate limited by the tokens limit. Please try again after 5 seconds.
 //! ```
+//!
+//! With `--plot run.svg` it also counts the answers per second as they arrive and, after the
+//! summary, writes them as an SVG chart with the limit drawn in ([`plot`]).
 
 mod chat;
+mod plot;
 mod report;
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -37,6 +42,7 @@ use hyper_util::rt::TokioExecutor;
 use gateway::error::error_chain;
 
 use chat::classify_chat;
+use plot::Timeline;
 use report::{classify, describe, plural, Outcome, Summary};
 
 /// The longest the client waits: between two requests (`--rate`) and for a `Retry-After`.
@@ -129,6 +135,10 @@ pub struct ClientArgs {
     /// Timeout per request in ms.
     #[arg(long, default_value_t = 30_000)]
     pub timeout_ms: u64,
+    /// After the run, write an SVG chart of the admitted and limited requests per second to
+    /// PATH, with the limit (RateLimit-Policy q/w) as a line.
+    #[arg(long, value_name = "PATH")]
+    pub plot: Option<PathBuf>,
 }
 
 impl ClientArgs {
@@ -164,6 +174,10 @@ struct Shared {
     /// Next send slot (for `rate`) and the end of a Retry-After pause.
     schedule: Mutex<(Instant, Instant)>,
     summary: Mutex<Summary>,
+    /// When the run began, for the per-second counts of `--plot`.
+    started: Instant,
+    /// With `--plot`: the answers per second and the limit they named.
+    timeline: Option<Mutex<Timeline>>,
 }
 
 impl Shared {
@@ -220,6 +234,12 @@ impl Shared {
             Ok::<_, String>((parts, body))
         })
         .await;
+        if let (Ok(Ok((parts, _))), Some(timeline)) = (&answer, &self.timeline) {
+            let policy = parts.headers.get(gateway::headers::RATELIMIT_POLICY).and_then(|v| v.to_str().ok());
+            if let (Some(policy), Ok(mut timeline)) = (policy, timeline.lock()) {
+                timeline.note_policy(policy);
+            }
+        }
         match answer {
             Ok(Ok((parts, body))) if self.options.chat => classify_chat(parts.status, &parts.headers, &body),
             Ok(Ok((parts, body))) => classify(parts.status, &parts.headers, &body),
@@ -246,6 +266,9 @@ async fn sender(shared: Arc<Shared>) {
             return;
         }
         let outcome = shared.send().await;
+        if let Some(Ok(mut timeline)) = shared.timeline.as_ref().map(Mutex::lock) {
+            timeline.record(shared.started.elapsed(), &outcome);
+        }
         let line = describe(n, &outcome);
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{line}");
@@ -277,14 +300,23 @@ async fn sender(shared: Arc<Shared>) {
     }
 }
 
-/// Sends the requests, prints a line per answer and the summary; returns the exit code.
+/// Sends the requests, prints a line per answer and the summary (and with `--plot` writes the
+/// chart); returns the exit code.
 pub async fn run(options: ClientArgs) -> i32 {
+    // Before the run, so that an unwritable path does not cost a whole run.
+    if let Some(path) = &options.plot {
+        if let Err(e) = std::fs::File::create(path) {
+            eprintln!("error: cannot write the plot to {}: {e}", path.display());
+            return 2;
+        }
+    }
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(options.timeout()));
     let client = Client::builder(TokioExecutor::new()).build(connector);
     let concurrency = options.concurrency.clamp(1, 1024);
     let now = Instant::now();
     let chat = options.chat;
+    let timeline = options.plot.is_some().then(|| Mutex::new(Timeline::default()));
     let shared = Arc::new(Shared {
         url: options.url(),
         options,
@@ -293,19 +325,42 @@ pub async fn run(options: ClientArgs) -> i32 {
         stop: AtomicBool::new(false),
         schedule: Mutex::new((now, now)),
         summary: Mutex::new(Summary { tokens: chat.then_some(0), ..Summary::default() }),
+        started: now,
+        timeline,
     });
-    let start = Instant::now();
     let workers: Vec<_> = (0..concurrency).map(|_| tokio::spawn(sender(shared.clone()))).collect();
     for worker in workers {
         let _ = worker.await;
     }
     let Ok(mut summary) = shared.summary.lock() else { return 1 };
-    summary.elapsed = start.elapsed();
+    summary.elapsed = shared.started.elapsed();
     println!("{}", summary.line());
     if let Some(why) = &summary.unreachable {
         eprintln!("error: cannot connect to {}: {why}. Is the gateway running there?", shared.url);
     }
-    summary.exit_code()
+    let code = summary.exit_code();
+    match (&shared.options.plot, &shared.timeline) {
+        (Some(path), Some(timeline)) => match timeline.lock() {
+            Ok(timeline) => code.max(write_plot(&timeline, path, &shared.url)),
+            Err(_) => code.max(1),
+        },
+        _ => code,
+    }
+}
+
+/// Writes the chart of `timeline` to `path` and says so; 0, else 1 with the reason on stderr.
+fn write_plot(timeline: &Timeline, path: &std::path::Path, url: &Uri) -> i32 {
+    let title = format!("gateway client: requests per second to {url}");
+    match timeline.svg(&title).and_then(|svg| std::fs::write(path, svg).map_err(|e| e.to_string())) {
+        Ok(()) => {
+            println!("{}", timeline.written_line(&path.display().to_string()));
+            0
+        }
+        Err(e) => {
+            eprintln!("error: cannot write the plot to {}: {e}", path.display());
+            1
+        }
+    }
 }
 
 #[cfg(test)]
@@ -374,6 +429,8 @@ mod tests {
             stop: AtomicBool::new(false),
             schedule: Mutex::new((now, now)),
             summary: Mutex::new(Summary::default()),
+            started: now,
+            timeline: None,
         };
         shared.pause_for(u64::MAX);
         assert!(shared.wait_turn_at().is_some());

@@ -254,12 +254,41 @@ async fn redis_failure_fails_closed_by_default_and_open_when_configured() {
     assert_eq!(unmetered.status, StatusCode::OK);
     assert!(unmetered.headers.get("ratelimit").is_none());
 
-    // When Redis is back, the gateway reconnects by itself.
+    // A longer outage, with requests all along, so that whatever backs off between
+    // reconnection attempts has backed off as far as it goes.
+    let outage = Instant::now();
+    while outage.elapsed() < Duration::from_millis(1500) {
+        assert_eq!(predict(&closed, &[]).await.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(predict(&open, &[]).await.status, StatusCode::OK);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // When Redis is back (respawn returns once it answers PING), the gateway reconnects by
+    // itself and admits requests again within a second: every request until then fails
+    // exactly as failure_mode says.
     redis.respawn();
-    let ready =
-        wait_until(Instant::now() + Duration::from_secs(15), || http_status(closed.port, "/readyz") == Some(200));
-    assert!(ready, "never ready again\n{}", closed.logs());
-    assert_eq!(predict(&closed, &[]).await.status, StatusCode::OK);
+    let back = Instant::now();
+    let recovered = loop {
+        let answer = predict(&closed, &[]).await;
+        if answer.status == StatusCode::OK {
+            break back.elapsed();
+        }
+        assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE, "{answer:?}\n{}", closed.logs());
+        assert!(back.elapsed() < Duration::from_secs(5), "never admitted again\n{}", closed.logs());
+    };
+    println!("closed gateway admitting again {} ms after Redis came back", recovered.as_millis());
+    assert!(recovered < Duration::from_secs(1), "took {recovered:?} to recover\n{}", closed.logs());
+    assert_eq!(get(&closed.url("/readyz")).await.unwrap().status, StatusCode::OK);
+    // The open gateway forwards unmetered until it is back too, then meters again.
+    let metered = loop {
+        let answer = predict(&open, &[]).await;
+        assert_eq!(answer.status, StatusCode::OK, "{answer:?}\n{}", open.logs());
+        if answer.headers.get("ratelimit").is_some() {
+            break back.elapsed();
+        }
+        assert!(back.elapsed() < Duration::from_secs(5), "never metered again\n{}", open.logs());
+    };
+    assert!(metered < Duration::from_secs(1), "took {metered:?} to meter again\n{}", open.logs());
 }
 
 #[tokio::test]

@@ -99,6 +99,9 @@ pub struct UpstreamFile {
 pub struct RedisFile {
     pub url: Option<String>,
     pub cluster_nodes: Option<Vec<String>>,
+    pub sentinels: Option<Vec<String>>,
+    pub sentinel_master: Option<String>,
+    pub sentinel_master_password: Option<String>,
     pub timeout_ms: Option<u64>,
     pub connect_timeout_ms: Option<u64>,
     pub key_prefix: Option<String>,

@@ -38,6 +38,14 @@ pub struct Overrides {
     #[arg(long = "redis-cluster-node")]
     pub redis_cluster_nodes: Vec<String>,
 
+    /// A Redis Sentinel, redis:// (repeatable), instead of --redis-url; needs --redis-sentinel-master [config: redis.sentinels].
+    #[arg(long = "redis-sentinel")]
+    pub redis_sentinels: Vec<String>,
+
+    /// The name Sentinel monitors the primary under [config: redis.sentinel_master].
+    #[arg(long)]
+    pub redis_sentinel_master: Option<String>,
+
     #[arg(long, help = format!("Timeout of one RL.CHECK in ms [config: redis.timeout_ms; default {DEFAULT_REDIS_TIMEOUT_MS}]"))]
     pub redis_timeout_ms: Option<u64>,
 

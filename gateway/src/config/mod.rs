@@ -50,8 +50,8 @@ pub const DEFAULT_KEY_PREFIX: &str = "rl:";
 pub const DEFAULT_API_KEY_HEADERS: [&str; 2] = ["authorization", "x-api-key"];
 pub const DEFAULT_IPV6_PREFIX: u8 = 64;
 pub const DEFAULT_SECRET_ENV: &str = "GATEWAY_KEY_SECRET";
-/// The environment variable read as `--redis-url` when neither `--redis-url` nor
-/// `--redis-cluster-node` is given.
+/// The environment variable read as `--redis-url` when none of `--redis-url`,
+/// `--redis-cluster-node` and `--redis-sentinel` is given.
 pub const REDIS_URL_ENV: &str = "GATEWAY_REDIS_URL";
 /// The policy `--limit` and `--window` make when the file has none, and the paths of a
 /// policy that names none.
@@ -267,12 +267,25 @@ pub struct RedisSettings {
     pub tls: Option<RedisTls>,
 }
 
-/// Where the limits live: one server, or a Redis Cluster given by seed nodes.
+/// Where the limits live: one server, a Redis Cluster given by seed nodes, or the primary
+/// that Redis Sentinel names.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RedisTarget {
     Server(RedisUrl),
     /// Seed nodes, all `redis://` or all `rediss://`.
     Cluster(Vec<RedisUrl>),
+    Sentinel(SentinelTarget),
+}
+
+/// `redis.sentinels` and the primary they monitor. Plain TCP only (`redis://`): the sentinel
+/// URLs may carry the sentinels' own credentials, the primary's password is separate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SentinelTarget {
+    pub sentinels: Vec<RedisUrl>,
+    /// The name the sentinels monitor the primary under (`sentinel monitor <name> ...`).
+    pub master: String,
+    /// `AUTH` to the primary (and whichever replica is promoted), as the default user.
+    pub master_password: Option<Redacted<String>>,
 }
 
 impl RedisTarget {
@@ -281,16 +294,19 @@ impl RedisTarget {
         match self {
             RedisTarget::Server(url) => url.is_tls(),
             RedisTarget::Cluster(nodes) => !nodes.is_empty() && nodes.iter().all(RedisUrl::is_tls),
+            RedisTarget::Sentinel(_) => false,
         }
     }
 }
 
-/// For logs: the URL, or `cluster [nodes]`, passwords hidden.
+/// For logs: the URL, `cluster [nodes]` or `sentinel master <name> via [sentinels]`,
+/// passwords hidden.
 impl std::fmt::Display for RedisTarget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             RedisTarget::Server(url) => write!(f, "{url}"),
             RedisTarget::Cluster(nodes) => write!(f, "cluster {nodes:?}"),
+            RedisTarget::Sentinel(s) => write!(f, "sentinel master {:?} via {:?}", s.master, s.sentinels),
         }
     }
 }

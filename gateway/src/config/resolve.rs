@@ -151,7 +151,14 @@ fn resolve_redis(
     overrides: &Overrides,
     env: &impl Fn(&str) -> Option<String>,
 ) -> Result<RedisSettings, ConfigError> {
-    let target = resolve_redis_target(overrides, file.url, file.cluster_nodes, env)?;
+    let file_target = FileTarget {
+        url: file.url,
+        cluster_nodes: file.cluster_nodes,
+        sentinels: file.sentinels,
+        sentinel_master: file.sentinel_master,
+        sentinel_master_password: file.sentinel_master_password,
+    };
+    let target = resolve_redis_target(overrides, file_target, env)?;
     let tls = resolve_tls(&target, file.tls_ca_file, file.tls_cert_file, file.tls_key_file)?;
     Ok(RedisSettings {
         target,
@@ -171,37 +178,86 @@ fn resolve_redis(
     })
 }
 
-/// One server or a cluster. Flags win over the file: `--redis-url` (or, when no Redis flag is
-/// given, [`REDIS_URL_ENV`]) picks one server, `--redis-cluster-node` a cluster; asking for
-/// both in the flags, or in the file, is an error.
+/// The keys of `[redis]` that say where Redis is.
+struct FileTarget {
+    url: Option<String>,
+    cluster_nodes: Option<Vec<String>>,
+    sentinels: Option<Vec<String>>,
+    sentinel_master: Option<String>,
+    sentinel_master_password: Option<String>,
+}
+
+/// One server, a cluster or Sentinel. Flags win over the file: `--redis-url` (or, when no
+/// Redis flag is given, [`REDIS_URL_ENV`]) picks one server, `--redis-cluster-node` a
+/// cluster, `--redis-sentinel` Sentinel; asking for two in the flags, or in the file, is an
+/// error. The master name (`--redis-sentinel-master` over `redis.sentinel_master`) and the
+/// master's password (file only) go with sentinels from either place.
 fn resolve_redis_target(
     overrides: &Overrides,
-    file_url: Option<String>,
-    file_nodes: Option<Vec<String>>,
+    file: FileTarget,
     env: &impl Fn(&str) -> Option<String>,
 ) -> Result<RedisTarget, ConfigError> {
-    if overrides.redis_url.is_some() && !overrides.redis_cluster_nodes.is_empty() {
-        return Err(ConfigError::Conflict { flag: "--redis-url", other: "--redis-cluster-node" });
+    let flags_given: Vec<&'static str> = [
+        (overrides.redis_url.is_some(), "--redis-url"),
+        (!overrides.redis_cluster_nodes.is_empty(), "--redis-cluster-node"),
+        (!overrides.redis_sentinels.is_empty(), "--redis-sentinel"),
+    ]
+    .into_iter()
+    .filter_map(|(given, flag)| given.then_some(flag))
+    .collect();
+    if let [flag, other, ..] = flags_given[..] {
+        return Err(ConfigError::Conflict { flag, other });
     }
     let flag_url = match &overrides.redis_url {
         Some(url) => Some(url.clone()),
-        None if overrides.redis_cluster_nodes.is_empty() => env(REDIS_URL_ENV),
+        None if flags_given.is_empty() => env(REDIS_URL_ENV),
         None => None,
+    };
+    let file_nodes = file.cluster_nodes.filter(|nodes| !nodes.is_empty());
+    let file_sentinels = file.sentinels.filter(|sentinels| !sentinels.is_empty());
+    let master = overrides.redis_sentinel_master.clone().or(file.sentinel_master);
+    if file_sentinels.is_none() && overrides.redis_sentinels.is_empty() {
+        // Without sentinels anywhere, a master name is a mistake (sentinels meant but
+        // forgotten), not something to ignore.
+        if master.is_some() || file.sentinel_master_password.is_some() {
+            let key = if master.is_some() { "redis.sentinel_master" } else { "redis.sentinel_master_password" };
+            return Err(ConfigError::invalid(key, "goes with redis.sentinels (or --redis-sentinel), which is not set"));
+        }
+    }
+    let master_password = file.sentinel_master_password.map(Redacted);
+    let sentinel = |sentinels: Vec<String>| {
+        match master.filter(|name| !name.is_empty()) {
+        Some(master) => Ok(RedisTarget::Sentinel(SentinelTarget {
+            sentinels: sentinels.into_iter().map(RedisUrl::new).collect(),
+            master,
+            master_password,
+        })),
+        None => Err(ConfigError::invalid(
+            "redis.sentinel_master",
+            "required with redis.sentinels: the name the sentinels monitor the primary under (sentinel monitor <name> ...)",
+        )),
+    }
     };
     let target = if let Some(url) = flag_url {
         RedisTarget::Server(RedisUrl::new(url))
     } else if !overrides.redis_cluster_nodes.is_empty() {
         RedisTarget::Cluster(overrides.redis_cluster_nodes.iter().map(RedisUrl::new).collect())
+    } else if !overrides.redis_sentinels.is_empty() {
+        sentinel(overrides.redis_sentinels.clone())?
     } else {
-        match (file_url, file_nodes.filter(|nodes| !nodes.is_empty())) {
-            (Some(_), Some(_)) => {
+        match (file.url, file_nodes, file_sentinels) {
+            (url, None, None) => {
+                RedisTarget::Server(RedisUrl::new(url.unwrap_or_else(|| DEFAULT_REDIS_URL.to_string())))
+            }
+            (None, Some(nodes), None) => RedisTarget::Cluster(nodes.into_iter().map(RedisUrl::new).collect()),
+            (None, None, Some(sentinels)) => sentinel(sentinels)?,
+            _ => {
                 return Err(ConfigError::invalid(
                     "redis",
-                    "set either url (one server) or cluster_nodes (a Redis Cluster), not both",
+                    "set one of url (one server), cluster_nodes (a Redis Cluster) or sentinels (Redis Sentinel), \
+                     not several",
                 ))
             }
-            (url, None) => RedisTarget::Server(RedisUrl::new(url.unwrap_or_else(|| DEFAULT_REDIS_URL.to_string()))),
-            (None, Some(nodes)) => RedisTarget::Cluster(nodes.into_iter().map(RedisUrl::new).collect()),
         }
     };
     let scheme = |key: &'static str, url: &RedisUrl| match url.has_redis_scheme() {
@@ -216,6 +272,22 @@ fn resolve_redis_target(
             }
             if nodes.iter().any(RedisUrl::is_tls) && !nodes.iter().all(RedisUrl::is_tls) {
                 return Err(ConfigError::invalid("redis.cluster_nodes", "use rediss:// for every node or for none"));
+            }
+        }
+        RedisTarget::Sentinel(target) => {
+            for sentinel in &target.sentinels {
+                if sentinel.is_tls() {
+                    return Err(ConfigError::invalid(
+                        "redis.sentinels",
+                        format!("TLS (rediss://) is not supported with Sentinel; use redis:// (got {sentinel})"),
+                    ));
+                }
+                if !sentinel.has_redis_scheme() {
+                    return Err(ConfigError::invalid(
+                        "redis.sentinels",
+                        format!("must start with redis:// (got {sentinel})"),
+                    ));
+                }
             }
         }
     }

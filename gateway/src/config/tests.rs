@@ -29,7 +29,7 @@ fn with_env(text: &str, overrides: &Overrides, vars: &[(&str, &str)]) -> Result<
 fn server_url(s: &Settings) -> &str {
     match &s.redis.target {
         RedisTarget::Server(url) => url.expose(),
-        RedisTarget::Cluster(nodes) => panic!("a cluster: {nodes:?}"),
+        other => panic!("not one server: {other}"),
     }
 }
 
@@ -385,4 +385,118 @@ fn shadow_policies_and_the_deny_cache() {
     let tiered = "[[tier]]\nname = \"pro\"\n[[policy]]\nname = \"p\"\nlimit = 1\nwindow = 1\nshadow = true\n[[policy.tier]]\ntier = \"pro\"\nlimit = 5\nwindow = 1\n";
     let s = settings(tiered).unwrap();
     assert!(s.policies[0].tiers["pro"].shadow, "a tier's variant of a shadow policy is shadow too");
+}
+
+fn sentinel_target(s: &Settings) -> &SentinelTarget {
+    match &s.redis.target {
+        RedisTarget::Sentinel(target) => target,
+        other => panic!("not Sentinel: {other}"),
+    }
+}
+
+#[test]
+fn sentinels_with_a_master_name_from_the_file_or_the_flags() {
+    let file = format!(
+        "[redis]\nsentinels = [\"redis://s1:26379\", \"redis://:spw@s2:26379\"]\nsentinel_master = \"rl\"\n\
+         sentinel_master_password = \"hunter2\"\n{POLICY}"
+    );
+    let s = settings(&file).unwrap();
+    let target = sentinel_target(&s);
+    let urls: Vec<&str> = target.sentinels.iter().map(RedisUrl::expose).collect();
+    assert_eq!(urls, ["redis://s1:26379", "redis://:spw@s2:26379"]);
+    assert_eq!(target.master, "rl");
+    assert_eq!(target.master_password, Some(Redacted("hunter2".to_string())));
+    let shown = format!("{s:?} {}", s.redis.target);
+    assert!(!shown.contains("hunter2") && !shown.contains("spw"), "{shown}");
+    assert_eq!(s.redis.target.to_string(), r#"sentinel master "rl" via ["redis://s1:26379", "redis://:***@s2:26379"]"#);
+    assert!(s.redis.tls.is_none() && !s.redis.target.is_tls());
+
+    // The flags replace the file's sentinels and name; the password stays the file's.
+    let flags = Overrides {
+        redis_sentinels: vec!["redis://f1:1".into(), "redis://f2:2".into()],
+        redis_sentinel_master: Some("other".into()),
+        ..Overrides::default()
+    };
+    let s = with_env(&file, &flags, &[]).unwrap();
+    let target = sentinel_target(&s);
+    assert_eq!(target.sentinels, vec![RedisUrl::new("redis://f1:1"), RedisUrl::new("redis://f2:2")]);
+    assert_eq!(target.master, "other");
+    assert_eq!(target.master_password, Some(Redacted("hunter2".to_string())));
+    // Sentinels from the flags, the master name from the file, and the other way round.
+    let name_only = format!("[redis]\nsentinel_master = \"rl\"\n{POLICY}");
+    let sentinels_only = Overrides { redis_sentinels: vec!["redis://f1:1".into()], ..Overrides::default() };
+    assert_eq!(sentinel_target(&with_env(&name_only, &sentinels_only, &[]).unwrap()).master, "rl");
+    let list_only = format!("[redis]\nsentinels = [\"redis://s1:1\"]\n{POLICY}");
+    let name_flag = Overrides { redis_sentinel_master: Some("byflag".into()), ..Overrides::default() };
+    assert_eq!(sentinel_target(&with_env(&list_only, &name_flag, &[]).unwrap()).master, "byflag");
+    // --redis-url (or the environment variable) picks one server over the file's sentinels.
+    let url = Overrides { redis_url: Some("redis://one/".into()), ..Overrides::default() };
+    assert_eq!(server_url(&with_env(&file, &url, &[]).unwrap()), "redis://one/");
+    let env = [(REDIS_URL_ENV, "redis://from-env/")];
+    assert_eq!(server_url(&with_env(&file, &Overrides::default(), &env).unwrap()), "redis://from-env/");
+    // ...but not over --redis-sentinel.
+    assert_eq!(sentinel_target(&with_env(&name_only, &sentinels_only, &env).unwrap()).master, "rl");
+}
+
+#[test]
+fn wrong_sentinel_settings_name_the_key() {
+    let cases = [
+        (
+            format!("[redis]\nurl = \"redis://a/\"\nsentinels = [\"redis://s:1\"]\nsentinel_master = \"m\"\n{POLICY}"),
+            "redis: set one of url",
+        ),
+        (
+            format!("[redis]\ncluster_nodes = [\"redis://a/\"]\nsentinels = [\"redis://s:1\"]\nsentinel_master = \"m\"\n{POLICY}"),
+            "redis: set one of url",
+        ),
+        (format!("[redis]\nsentinels = [\"redis://s:1\"]\n{POLICY}"), "redis.sentinel_master: required with redis.sentinels"),
+        (
+            format!("[redis]\nsentinels = [\"redis://s:1\"]\nsentinel_master = \"\"\n{POLICY}"),
+            "redis.sentinel_master: required",
+        ),
+        (format!("[redis]\nsentinel_master = \"m\"\n{POLICY}"), "redis.sentinel_master: goes with redis.sentinels"),
+        (
+            format!("[redis]\nurl = \"redis://a/\"\nsentinel_master_password = \"pw\"\n{POLICY}"),
+            "redis.sentinel_master_password: goes with redis.sentinels",
+        ),
+        (
+            format!("[redis]\nsentinels = [\"http://s:1\"]\nsentinel_master = \"m\"\n{POLICY}"),
+            "redis.sentinels: must start with redis://",
+        ),
+        (
+            format!("[redis]\nsentinels = [\"rediss://s:1\"]\nsentinel_master = \"m\"\n{POLICY}"),
+            "redis.sentinels: TLS (rediss://) is not supported with Sentinel",
+        ),
+        (
+            format!("[redis]\nsentinels = [\"redis://s:1\"]\nsentinel_master = \"m\"\ntls_ca_file = \"/ca.pem\"\n{POLICY}"),
+            "redis.tls_*",
+        ),
+        (format!("[redis]\nsentinels = \"redis://s:1\"\nsentinel_master = \"m\"\n{POLICY}"), "sentinels"),
+    ];
+    for (text, needle) in cases {
+        let e = settings(&text).err().unwrap_or_else(|| panic!("{text:?} was accepted"));
+        assert!(e.to_string().contains(needle), "{text:?}: {e}");
+    }
+    let conflicts = [
+        Overrides {
+            redis_url: Some("redis://a/".into()),
+            redis_sentinels: vec!["redis://s:1".into()],
+            ..Overrides::default()
+        },
+        Overrides {
+            redis_cluster_nodes: vec!["redis://a/".into()],
+            redis_sentinels: vec!["redis://s:1".into()],
+            ..Overrides::default()
+        },
+    ];
+    for o in conflicts {
+        let e = with_env(POLICY, &o, &[]).err().unwrap();
+        assert!(matches!(e, ConfigError::Conflict { other: "--redis-sentinel", .. }), "{e:?}");
+    }
+    let name_flag_alone = Overrides { redis_sentinel_master: Some("m".into()), ..Overrides::default() };
+    let e = with_env(POLICY, &name_flag_alone, &[]).err().unwrap();
+    assert!(e.to_string().starts_with("redis.sentinel_master: goes with"), "{e}");
+    let sentinels_without_name = Overrides { redis_sentinels: vec!["redis://s:1".into()], ..Overrides::default() };
+    let e = with_env(POLICY, &sentinels_without_name, &[]).err().unwrap();
+    assert!(e.to_string().starts_with("redis.sentinel_master: required"), "{e}");
 }

@@ -1,23 +1,27 @@
 //! The one Redis round trip per request: `RL.CHECK key limit window COST cost BURST burst` for
 //! a policy with one limit, `RL.CHECKALL n key... (limit window cost burst)...` for several
 //! (all charged or none), over a multiplexed connection that reconnects by itself: to one
-//! server, or to a Redis Cluster. Keys are `<prefix>{<identity-hash>}:<policy>:<limit>`: the
+//! server, to a Redis Cluster, or to the primary Redis Sentinel names (asked again whenever a
+//! command fails in a way that may mean the primary changed). Keys are `<prefix>{<identity-hash>}:<policy>:<limit>`: the
 //! hash tag puts all of one caller's limits in one slot, and the cluster client routes the
 //! command by its first key. No command is ever retried: a retry could charge twice.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+use redis::{AsyncConnectionConfig, ErrorKind, RedisConnectionInfo, ServerErrorKind};
 use rl_protocol::{AcquireReply, CheckAllReply, CheckReply, RefundReply};
 use tokio::sync::OnceCell;
 
 use super::{LimiterError, RateLimiter};
-use crate::config::{Pem, Policy, Quota, Redacted, RedisSettings, RedisTarget};
+use crate::config::{Pem, Policy, Quota, Redacted, RedisSettings, RedisTarget, SentinelTarget};
 use crate::lease::{Slot, CONCURRENT_NAME};
 
 /// The Redis client could not be set up from a setting (a URL it refuses, for instance).
@@ -46,12 +50,96 @@ enum Backend {
     /// Connected on first use (and again after a failed first attempt), so the gateway
     /// starts while the cluster is still coming up.
     Cluster(Arc<ClusterBackend>),
+    Sentinel(Arc<SentinelBackend>),
 }
 
 struct ClusterBackend {
     client: ClusterClient,
     conn: OnceCell<ClusterConnection>,
 }
+
+/// The primary that Sentinel names, and a connection to it. Sentinel is asked on the first
+/// command, and again after any command whose failure may mean that this is no longer the
+/// primary (the connection broke or timed out, or the server answered `READONLY` because it
+/// was demoted): that command fails (it is not retried, see [`CLUSTER_COMMAND_RETRIES`]),
+/// the next one goes to whichever server Sentinel names then.
+struct SentinelBackend {
+    /// Held while asking, so that the requests failing at once during a failover ask
+    /// Sentinel one after the other (the first that connects serves the rest) instead of
+    /// all together.
+    sentinel: tokio::sync::Mutex<SentinelClient>,
+    connection_config: AsyncConnectionConfig,
+    primary: Mutex<Option<Primary>>,
+    connections_made: AtomicU64,
+}
+
+#[derive(Clone)]
+struct Primary {
+    /// Which connection this is, so that a late failure on an old one does not drop a newer.
+    id: u64,
+    conn: MultiplexedConnection,
+}
+
+impl SentinelBackend {
+    fn current(&self) -> Option<Primary> {
+        self.primary.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    async fn connection(&self) -> redis::RedisResult<Primary> {
+        if let Some(primary) = self.current() {
+            return Ok(primary);
+        }
+        let mut sentinel = self.sentinel.lock().await;
+        if let Some(primary) = self.current() {
+            return Ok(primary);
+        }
+        // The client checks that the server Sentinel names calls itself a primary (ROLE).
+        let client = sentinel.async_get_client().await?;
+        let conn = client.get_multiplexed_async_connection_with_config(&self.connection_config).await?;
+        let primary = Primary { id: self.connections_made.fetch_add(1, Ordering::Relaxed), conn };
+        *self.primary.lock().unwrap_or_else(PoisonError::into_inner) = Some(primary.clone());
+        tracing::info!(connection = primary.id, "connected to the primary Sentinel names");
+        Ok(primary)
+    }
+
+    async fn query(&self, cmd: &redis::Cmd) -> redis::RedisResult<redis::Value> {
+        let primary = self.connection().await?;
+        let result = cmd.query_async::<redis::Value>(&mut primary.conn.clone()).await;
+        if let Err(e) = &result {
+            if primary_may_have_changed(e) {
+                let mut current = self.primary.lock().unwrap_or_else(PoisonError::into_inner);
+                if current.as_ref().is_some_and(|p| p.id == primary.id) {
+                    *current = None;
+                    tracing::warn!(connection = primary.id, error = %e, "asking Sentinel for the primary again");
+                }
+            }
+        }
+        result
+    }
+}
+
+/// A failure after which the server may no longer be the primary: a broken, refused or
+/// timed-out connection (it died, or hangs while Sentinel promotes another), or `READONLY`
+/// (it came back as a replica). An error reply of the module is not one.
+fn primary_may_have_changed(e: &redis::RedisError) -> bool {
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_timeout()
+        || e.is_unrecoverable_error()
+        || e.kind() == ErrorKind::Server(ServerErrorKind::ReadOnly)
+}
+
+/// How the single-server connection reconnects after it broke: the first attempt at once,
+/// then two more 25 ms and 50 ms later (each doubled at most by jitter), and no delay above
+/// 100 ms. A request arriving while Redis is down waits for these attempts (well within
+/// `timeout + connect_timeout`) and fails; when Redis is back, the attempt under way (or the
+/// one the next request starts at once) connects within about 100 ms, so the gateway admits
+/// requests again within a second. (The crate's defaults, 100 ms doubling over six attempts,
+/// could keep a request waiting for seconds.) These are attempts to connect, not command
+/// retries: no command is ever sent twice.
+const RECONNECT_MIN_DELAY: Duration = Duration::from_millis(25);
+const RECONNECT_MAX_DELAY: Duration = Duration::from_millis(100);
+const RECONNECT_RETRIES: usize = 2;
 
 /// Command retries of the cluster client: none. `RL.CHECK` is not idempotent, and a retry
 /// after a dropped connection may run it a second time (the first may have been applied), so a
@@ -89,8 +177,10 @@ impl RedisLimiter {
                 let config = ConnectionManagerConfig::new()
                     .set_response_timeout(Some(settings.timeout))
                     .set_connection_timeout(Some(settings.connect_timeout))
-                    .set_number_of_retries(2)
-                    .set_max_delay(Duration::from_millis(500));
+                    .set_exponent_base(2.0)
+                    .set_min_delay(RECONNECT_MIN_DELAY)
+                    .set_number_of_retries(RECONNECT_RETRIES)
+                    .set_max_delay(RECONNECT_MAX_DELAY);
                 Backend::Single(ConnectionManager::new_lazy_with_config(client, config).map_err(described)?)
             }
             RedisTarget::Cluster(nodes) => {
@@ -108,6 +198,7 @@ impl RedisLimiter {
                     builder.build().map_err(|source| ClientError { setting: "redis.cluster_nodes".into(), source })?;
                 Backend::Cluster(Arc::new(ClusterBackend { client, conn: OnceCell::new() }))
             }
+            RedisTarget::Sentinel(target) => Backend::Sentinel(Arc::new(sentinel_backend(target, settings)?)),
         };
         // The connection enforces both timeouts itself; this outer bound is a safety net
         // that also covers a (re)connection made for this very call.
@@ -134,6 +225,7 @@ impl RedisLimiter {
                     let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
                     conn.clone().route_command(cmd, routing).await
                 }
+                Backend::Sentinel(sentinel) => sentinel.query(&cmd).await,
             }
         };
         match tokio::time::timeout(self.timeout, call).await {
@@ -142,6 +234,30 @@ impl RedisLimiter {
             Err(_) => Err(LimiterError::Timeout(self.timeout)),
         }
     }
+}
+
+/// A client of the sentinels (nothing is connected yet) for the primary of `target`, whose
+/// connections keep the answer and connection timeouts of `settings`.
+fn sentinel_backend(target: &SentinelTarget, settings: &RedisSettings) -> Result<SentinelBackend, ClientError> {
+    let described = |source| ClientError { setting: format!("redis.sentinels {:?}", target.sentinels), source };
+    let mut primary_info = SentinelNodeConnectionInfo::default();
+    if let Some(Redacted(password)) = &target.master_password {
+        primary_info =
+            primary_info.set_redis_connection_info(RedisConnectionInfo::default().set_password(password.as_str()));
+    }
+    let sentinels: Vec<&str> = target.sentinels.iter().map(|url| url.expose()).collect();
+    let client =
+        SentinelClient::build(sentinels, target.master.as_str(), Some(primary_info), SentinelServerType::Master)
+            .map_err(described)?;
+    let connection_config = AsyncConnectionConfig::new()
+        .set_response_timeout(Some(settings.timeout))
+        .set_connection_timeout(Some(settings.connect_timeout));
+    Ok(SentinelBackend {
+        sentinel: tokio::sync::Mutex::new(client),
+        connection_config,
+        primary: Mutex::new(None),
+        connections_made: AtomicU64::new(0),
+    })
 }
 
 /// `<prefix>{<identity-hash>}:<policy>:<limit>`, e.g. `rl:{3fa9...}:chat:tokens`.

@@ -31,6 +31,7 @@ pub fn app<L: RateLimiter>(settings: &Settings, limiter: L) -> Router {
 pub fn app_with_routes<L: RateLimiter>(settings: &Settings, limiter: L, routes: Arc<LiveRoutes>) -> Router {
     // Every limiter call, from any step, lease or settlement, is timed into /metrics.
     let limiter = Metered(limiter);
+    metrics::metrics().declare(settings);
     let pipeline = ServiceBuilder::new()
         .layer(from_fn_with_state(Arc::new(Checks::new(settings)), checks::check_request))
         .layer(from_fn_with_state(routes, route::route))

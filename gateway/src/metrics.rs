@@ -22,6 +22,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use crate::config::{Settings, Unit};
+use crate::lease::CONCURRENT_NAME;
+
 /// The content type of [`Metrics::encode`]'s text.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -206,6 +209,65 @@ impl Metrics {
         }
     }
 
+    /// Creates, at zero, every series `settings` can produce before its first request, so
+    /// that a scrape lists them all from the start (a `rate()` then starts at the first
+    /// request, and a dashboard shows 0 rather than "no data").
+    pub fn declare(&self, settings: &Settings) {
+        const OUTCOMES: [Outcome; 5] =
+            [Outcome::Allowed, Outcome::Limited, Outcome::ShadowLimited, Outcome::FailOpen, Outcome::Error];
+        const DECISIONS: [Outcome; 3] = [Outcome::Allowed, Outcome::Limited, Outcome::ShadowLimited];
+        let mut commands = vec!["ready"];
+        let variants = settings.policies.iter().flat_map(|p| std::iter::once(p).chain(p.tiers.values().map(|t| &**t)));
+        for policy in variants {
+            let name = &policy.name;
+            for outcome in OUTCOMES {
+                drop(self.requests.get_or_create(&RequestLabels { policy: name.clone(), outcome: outcome.as_str() }));
+            }
+            let mut limits: Vec<&str> = policy.limits.iter().map(|q| q.name.as_str()).collect();
+            if policy.concurrency.is_some() {
+                limits.push(CONCURRENT_NAME);
+                commands.extend(["acquire", "renew", "release"]);
+            }
+            if settings.upstream.concurrency.is_some() {
+                limits.push("upstream-concurrent");
+                commands.extend(["acquire", "renew", "release"]);
+            }
+            if settings.upstream.capacity.is_some() {
+                limits.push("upstream-capacity");
+                commands.push("check_shared");
+            }
+            for limit in limits {
+                for outcome in DECISIONS {
+                    let labels =
+                        LimitLabels { policy: name.clone(), limit: limit.to_string(), outcome: outcome.as_str() };
+                    drop(self.limit_outcomes.get_or_create(&labels));
+                }
+            }
+            for quota in policy.limits.iter().filter(|q| q.unit == Unit::Tokens) {
+                let labels = TokenLabels { policy: name.clone(), limit: quota.name.clone() };
+                for family in [&self.tokens_reserved, &self.tokens_charged, &self.tokens_refunded] {
+                    drop(family.get_or_create(&labels));
+                }
+                commands.extend(["refund", "force"]);
+            }
+            commands.push(if policy.limits.len() == 1 { "check" } else { "checkall" });
+            drop(self.deny_cache_hits.get_or_create(&PolicyLabels { policy: name.clone() }));
+        }
+        commands.sort_unstable();
+        commands.dedup();
+        for command in commands {
+            for result in ["ok", "error"] {
+                drop(self.redis_duration.get_or_create(&CommandLabels { command, result }));
+            }
+        }
+        for status in ["2xx", "4xx", "5xx", "error"] {
+            drop(self.upstream_duration.get_or_create(&StatusLabels { status }));
+        }
+        for slot in ["caller", "upstream"] {
+            drop(self.leases_in_flight.get_or_create(&SlotLabels { slot }));
+        }
+    }
+
     /// The text a scrape gets.
     pub fn encode(&self) -> String {
         let mut text = String::with_capacity(8 * 1024);
@@ -310,5 +372,31 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
         }
         assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn every_series_a_config_can_produce_is_listed_at_zero_from_the_start() {
+        let m = Metrics::new();
+        let settings = crate::test_support::settings(
+            "[upstream.capacity]\nlimit = 9\nwindow = 1\n[[policy]]\nname = \"chat\"\nkind = \"openai\"\nlimit = 5\nwindow = 60\n\
+             max_concurrent = 2\n[[policy.limits]]\nname = \"tokens\"\nunit = \"tokens\"\nlimit = 100\nwindow = 60\n",
+        );
+        m.declare(&settings);
+        let text = m.encode();
+        for line in [
+            r#"gateway_requests_total{policy="chat",outcome="fail_open"} 0"#,
+            r#"gateway_limit_decisions_total{policy="chat",limit="concurrent",outcome="limited"} 0"#,
+            r#"gateway_limit_decisions_total{policy="chat",limit="upstream-capacity",outcome="allowed"} 0"#,
+            r#"gateway_tokens_refunded_total{policy="chat",limit="tokens"} 0"#,
+            r#"gateway_redis_duration_seconds_count{command="checkall",result="ok"} 0"#,
+            r#"gateway_redis_duration_seconds_count{command="acquire",result="error"} 0"#,
+            r#"gateway_redis_duration_seconds_count{command="check_shared",result="ok"} 0"#,
+            r#"gateway_upstream_duration_seconds_count{status="2xx"} 0"#,
+            r#"gateway_leases_in_flight{slot="upstream"} 0"#,
+            r#"gateway_deny_cache_hits_total{policy="chat"} 0"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+        assert!(!text.contains(r#"command="check","#), "a policy of two limits uses RL.CHECKALL only");
     }
 }

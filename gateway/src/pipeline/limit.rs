@@ -15,6 +15,13 @@
 //! max_concurrent`). A full one gives back every token just charged (`RL.REFUND`, the amounts
 //! charged) and answers `429` (the caller's) or `503` (the upstream's) with `Retry-After`;
 //! held leases live in the response body until it ends or is dropped.
+//!
+//! Before asking Redis, the local deny cache ([`crate::deny_cache`]): a caller Redis refused
+//! a moment ago (on request limits) gets the same `429` again, aged, without a call. A
+//! shadow policy (`shadow = true`) goes through all of this and counts what it would refuse
+//! (`outcome="shadow_limited"`), but forwards every request, as sent, and adds no rate-limit
+//! headers; a failing limiter never refuses its requests either. Every request under a policy
+//! is counted once in `gateway_requests_total` by outcome ([`crate::metrics`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

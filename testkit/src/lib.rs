@@ -11,6 +11,9 @@
 //! - **Clusters** ([`cluster`]): [`Cluster`] forms a real Redis Cluster (one node, or three or
 //!   more primaries with replicas), reports slot owners and roles, runs a failover, and waits
 //!   for replicas over a cluster connection.
+//! - **Sentinel** ([`sentinel`]): [`SentinelGroup`], a primary with the module, one replica
+//!   and three real `--sentinel` processes (quorum 2, 500 ms to hold a server down); crash the
+//!   primary and wait for the promotion.
 //! - **Typed commands** ([`commands`]): [`check`], [`peek`], [`tokens`] for a limiter given
 //!   as numbers; [`rl_check`], [`rl_peek`], [`rl_checkall`], [`rl_refund`], [`rl_reset`],
 //!   [`cl_throttle`] for arguments exactly as written; [`rl_acquire`], [`rl_release`],
@@ -27,9 +30,9 @@
 //! - **Waiting** ([`wait`]): [`wait_until`], the one poll loop with a deadline.
 //!
 //! Every process binds 127.0.0.1 only, and every guard ([`RedisServer`], [`Cluster`],
-//! [`ChildGuard`], [`Proxy`]) stops what it started when it drops, also when the test panics,
-//! so nothing outlives its test. A missing server binary fails loudly with how to install it;
-//! nothing is skipped.
+//! [`SentinelGroup`], [`ChildGuard`], [`Proxy`]) stops what it started when it drops, also
+//! when the test panics, so nothing outlives its test. A missing server binary fails loudly
+//! with how to install it; nothing is skipped.
 //!
 //! Environment:
 //! - `RL_SERVER_BIN`: the server binary to test against (default `redis-server` on `PATH`).
@@ -50,6 +53,7 @@ pub mod commands;
 pub mod inspect;
 pub mod process;
 pub mod proxy;
+pub mod sentinel;
 pub mod server;
 pub mod wait;
 
@@ -64,6 +68,7 @@ pub use inspect::{
 };
 pub use process::ChildGuard;
 pub use proxy::Proxy;
+pub use sentinel::SentinelGroup;
 pub use server::{RedisServer, ServerBuilder};
 pub use wait::wait_until;
 

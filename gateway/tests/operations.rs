@@ -267,3 +267,47 @@ async fn the_deny_cache_is_stricter_than_redis_after_a_reset_elsewhere_until_ret
     assert!(admitted, "never admitted again\n{}", gateway.logs());
     assert!(waited <= Duration::from_millis(2_500), "held longer than the refusal's retry_after: {waited:?}");
 }
+
+#[tokio::test]
+async fn tokens_reserved_charged_and_refunded_add_up_and_leases_in_flight_go_up_and_down() {
+    let redis = RedisServer::start();
+    // The demo model, 800 ms before each answer: long enough to see a lease held.
+    let model = start_model(800);
+    let (_dir, config) = config_file(
+        "[[policy]]\nname = \"chat\"\npaths = [\"/v1/chat/completions\"]\nkind = \"openai\"\nlimit = 10\nwindow = 60\n\
+         max_concurrent = 2\n[[policy.limits]]\nname = \"tokens\"\nunit = \"tokens\"\nlimit = 10000\nwindow = 60\n",
+    );
+    let gateway = start_gateway_args(&redis.url(), &model.url(""), &["--config".into(), config.display().to_string()]);
+    let body =
+        r#"{"model":"lexicon-chat-v1","max_tokens":64,"messages":[{"role":"user","content":"what a great model"}]}"#;
+    let url = gateway.url("/v1/chat/completions");
+    let chat = tokio::spawn(async move {
+        send(hyper::Method::POST, &url, &[("x-api-key", "tokens"), ("content-type", "application/json")], body).await
+    });
+    let leases = |m: &Scrape| value(m, "gateway_leases_in_flight", &[("slot", "caller")]);
+    let mut held = None;
+    let deadline = Instant::now() + Duration::from_millis(700);
+    while held != Some(1.0) && Instant::now() < deadline {
+        held = leases(&scrape(&gateway).await);
+    }
+    assert_eq!(held, Some(1.0), "a lease is held while the model thinks");
+    let answer = chat.await.unwrap().unwrap();
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    let used = answer.json()["usage"]["total_tokens"].as_f64().unwrap();
+
+    // The lease is released when the body ends, the tokens settle on the answer's usage.
+    let mut m = scrape(&gateway).await;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while leases(&m) != Some(0.0) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        m = scrape(&gateway).await;
+    }
+    assert_eq!(leases(&m), Some(0.0));
+    let tokens = |name| value(&m, name, &[("policy", "chat"), ("limit", "tokens")]).unwrap();
+    let reserved = tokens("gateway_tokens_reserved_total");
+    // ceil(18 characters / 4) prompt tokens + max_tokens 64: the gateway's estimate.
+    assert_eq!(reserved, 5.0 + 64.0);
+    assert_eq!(tokens("gateway_tokens_charged_total"), used);
+    assert_eq!(tokens("gateway_tokens_refunded_total"), reserved - used);
+    assert!(used < reserved, "the model used less than reserved: {used}");
+}

@@ -97,21 +97,25 @@ impl SentinelGroup {
         self.killed[index] = true;
     }
 
-    /// Waits until every sentinel names a server other than `old` as the primary and that
-    /// server's `ROLE` is `master`; returns its index and when that was first seen.
+    /// Waits until [`SentinelGroup::promoted_from`] names a server; returns its index and when
+    /// that was first seen.
     pub fn wait_for_promotion(&self, old: usize) -> (usize, Instant) {
         let mut promoted = None;
         let done = wait_until(Instant::now() + FAILOVER_WAIT, || {
-            let ports: Vec<Option<u16>> = self.sentinels.iter().map(Sentinel::master_port).collect();
-            let Some(index) = self.index_of(ports[0]) else { return false };
-            let agreed = index != old && !self.killed[index] && ports.iter().all(|p| *p == ports[0]);
-            if agreed && role(&self.servers[index]).as_deref() == Some("master") {
-                promoted = Some((index, Instant::now()));
-            }
+            promoted = self.promoted_from(old).map(|index| (index, Instant::now()));
             promoted.is_some()
         });
         assert!(done, "no failover from server {old} in {FAILOVER_WAIT:?}\n{}", self.logs());
         promoted.unwrap_or_else(|| unreachable!("wait_until returned true"))
+    }
+
+    /// The server that replaced `old` as the primary, once every sentinel names it and its
+    /// `ROLE` is `master`; `None` until then (asks without waiting).
+    pub fn promoted_from(&self, old: usize) -> Option<usize> {
+        let ports: Vec<Option<u16>> = self.sentinels.iter().map(Sentinel::master_port).collect();
+        let index = self.index_of(ports[0])?;
+        let agreed = index != old && !self.killed[index] && ports.iter().all(|p| *p == ports[0]);
+        (agreed && role(&self.servers[index]).as_deref() == Some("master")).then_some(index)
     }
 
     /// The sentinels' logs and the live servers' log tails, for failure messages.

@@ -239,3 +239,15 @@ pub fn dead_port() -> u16 {
 pub fn example_config() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("gateway.toml")
 }
+
+/// `gateway serve` through the sentinels of `group` (each a `--redis-sentinel`, and
+/// `--redis-sentinel-master`), with `args`.
+pub fn start_gateway_via_sentinels(group: &testkit::SentinelGroup, upstream: &str, args: &[String]) -> Proc {
+    let mut all: Vec<String> = vec!["--redis-sentinel-master".into(), group.master_name().into()];
+    for url in group.sentinel_urls() {
+        all.push("--redis-sentinel".into());
+        all.push(url);
+    }
+    all.extend(args.iter().cloned());
+    start_serve("gateway", upstream, &all)
+}

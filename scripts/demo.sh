@@ -3,7 +3,8 @@
 #   redis-server with the repo's redis.conf and the ratelimit module,
 #   the demo model API (gateway model), the gateway in front of it (5 requests per 10 s),
 #   then the client: 8 requests (admitted, then rate limited), the headers of one answer,
-#   and a round that waits for Retry-After and goes on;
+#   and a round that waits for Retry-After and goes on, charted with --plot as an SVG
+#   ($TARGET/demo/run.svg, kept after the demo);
 #   then an LLM route (a second gateway, 10 requests and 200 tokens a minute, in front of the
 #   model's OpenAI-compatible /v1/chat/completions): a client stopped by its token budget
 #   before its request budget, the refund of unused tokens in x-ratelimit-remaining-tokens,
@@ -13,6 +14,7 @@
 #
 # Needs: the release build (`cargo build --release --workspace`), redis-server, curl.
 # Env: CARGO_TARGET_DIR (default target), DEMO_KEEP=1 keeps the work directory with the logs.
+# Writes: $TARGET/demo/run.svg (the chart of step 7; outside the work directory, which is removed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -21,6 +23,7 @@ TARGET=${CARGO_TARGET_DIR:-target}
 [[ $TARGET == /* ]] || TARGET=$ROOT/$TARGET
 BIN=$TARGET/release/gateway
 MODULE=$TARGET/release/librl.so
+PLOT=$TARGET/demo/run.svg
 
 bold() { if [[ -t 1 ]]; then printf '\n\033[1m%s\033[0m\n' "$*"; else printf '\n%s\n' "$*"; fi; }
 die() { echo "demo: $*" >&2; exit 1; }
@@ -166,8 +169,11 @@ curl -si -X POST "$GATEWAY/v1/predict" -H 'Authorization: Bearer demo-key-1' \
 bold "6. Another API key has its own budget"
 "$BIN" client --url "$GATEWAY/v1/predict" --count 2 --api-key demo-key-2
 
-bold "7. The client waits for Retry-After and goes on"
-"$BIN" client --url "$GATEWAY/v1/predict" --count 4 --wait --api-key demo-key-1
+bold "7. The client waits for Retry-After and goes on, and charts its run (--plot)"
+mkdir -p "$(dirname "$PLOT")"
+"$BIN" client --url "$GATEWAY/v1/predict" --count 4 --wait --api-key demo-key-1 --plot "$PLOT"
+[[ -s $PLOT ]] || die "the client wrote no chart to $PLOT"
+echo "Open $PLOT in a browser: admitted and limited requests per second, the limit as a dashed line."
 
 bold "8. An LLM route: requests and tokens per minute, tokens reserved then settled"
 # A second gateway with one OpenAI-style policy on /v1/chat/completions: 10 requests and 200

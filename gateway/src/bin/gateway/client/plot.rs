@@ -346,12 +346,10 @@ mod tests {
         // Each series is a step per second (two points), then its legend mark (one segment).
         let lines = |color: RGBColor| {
             let stroke = format!("stroke=\"#{:02X}{:02X}{:02X}\"", color.0, color.1, color.2);
-            let points = svg
-                .lines()
+            svg.lines()
                 .filter(|l| l.starts_with("<polyline") && l.contains(&stroke))
-                .map(|l| l.split("points=\"").nth(1).unwrap().split_whitespace().count() - 1)
-                .collect::<Vec<_>>();
-            points
+                .map(|l| l.split("points=\"").nth(1).unwrap().split('"').next().unwrap().split_whitespace().count())
+                .collect::<Vec<_>>()
         };
         assert_eq!(lines(ADMITTED_COLOR), [4, 2]);
         assert_eq!(lines(LIMITED_COLOR), [4, 2]);

@@ -93,33 +93,65 @@ fn t_secs(request_allowed: bool, row: &CheckReply) -> u64 {
 
 /// The headers for a decision of the module under `policy`.
 pub fn rate_limit_headers(policy: &Policy, decision: &CheckAllReply) -> HeaderMap {
-    let mut items_policy = Vec::with_capacity(policy.limits.len());
-    let mut items = Vec::with_capacity(policy.limits.len());
+    // Every answer under a policy carries these: each value is written straight into one
+    // buffer (no `format!` per item, no join), which the profile showed as a tenth of a
+    // limited request's instructions.
+    let mut items_policy = String::with_capacity(32 * policy.limits.len());
+    let mut items = String::with_capacity(24 * policy.limits.len());
     // Names are checked at start to be letters, digits, '-', '_' and '.', so they need no
     // escaping inside the structured-field string.
-    for (quota, row) in policy.limits.iter().zip(&decision.limits) {
+    for (i, (quota, row)) in policy.limits.iter().zip(&decision.limits).enumerate() {
+        if i > 0 {
+            items_policy.push_str(", ");
+            items.push_str(", ");
+        }
         let name = policy.item_name(quota);
-        let unit = match quota.unit {
-            Unit::Requests => "",
-            Unit::Tokens => ";qu=\"tokens\"",
-        };
-        items_policy.push(format!("\"{name}\";q={};w={}{unit}", quota.limit, quota.window));
-        items.push(format!("\"{name}\";r={};t={}", row.remaining, t_secs(decision.allowed, row)));
+        items_policy.push('"');
+        items_policy.push_str(&name);
+        items_policy.push_str("\";q=");
+        push_u64(&mut items_policy, quota.limit);
+        items_policy.push_str(";w=");
+        push_u64(&mut items_policy, quota.window);
+        if quota.unit == Unit::Tokens {
+            items_policy.push_str(";qu=\"tokens\"");
+        }
+        items.push('"');
+        items.push_str(&name);
+        items.push_str("\";r=");
+        push_u64(&mut items, row.remaining);
+        items.push_str(";t=");
+        push_u64(&mut items, t_secs(decision.allowed, row));
     }
-    let mut values = vec![(RATELIMIT_POLICY, items_policy.join(", ")), (RATELIMIT, items.join(", "))];
-    let primary = policy.primary();
-    if let (Some(quota), Some(row)) = (policy.limits.get(primary), decision.limits.get(primary)) {
-        values.push((X_RATELIMIT_LIMIT, quota.limit.to_string()));
-        values.push((X_RATELIMIT_REMAINING, row.remaining.to_string()));
-        values.push((X_RATELIMIT_RESET, ceil_secs(row.reset_after_ms).to_string()));
-    }
-    let mut headers = HeaderMap::with_capacity(values.len());
-    for (name, value) in values {
-        if let Ok(value) = HeaderValue::from_str(&value) {
+    let mut headers = HeaderMap::with_capacity(5);
+    for (name, value) in [(RATELIMIT_POLICY, items_policy), (RATELIMIT, items)] {
+        if let Ok(value) = HeaderValue::try_from(value) {
             headers.insert(name, value);
         }
     }
+    let primary = policy.primary();
+    if let (Some(quota), Some(row)) = (policy.limits.get(primary), decision.limits.get(primary)) {
+        headers.insert(X_RATELIMIT_LIMIT, HeaderValue::from(quota.limit));
+        headers.insert(X_RATELIMIT_REMAINING, HeaderValue::from(row.remaining));
+        headers.insert(X_RATELIMIT_RESET, HeaderValue::from(ceil_secs(row.reset_after_ms)));
+    }
     headers
+}
+
+/// Appends the decimal digits of `n`.
+fn push_u64(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    for slot in digits.iter_mut().rev() {
+        *slot = b'0' + (n % 10) as u8;
+        start -= 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &digit in digits.get(start..).unwrap_or_default() {
+        out.push(char::from(digit));
+    }
 }
 
 #[cfg(test)]
@@ -188,6 +220,15 @@ mod tests {
             )
         );
         assert_eq!(retry_after_secs(&d), Some(3));
+    }
+
+    #[test]
+    fn numbers_are_written_in_decimal() {
+        for n in [0, 7, 10, 59, 1_000_000_000, u64::MAX] {
+            let mut out = String::from("x");
+            push_u64(&mut out, n);
+            assert_eq!(out, format!("x{n}"));
+        }
     }
 
     #[test]

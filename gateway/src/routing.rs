@@ -106,6 +106,9 @@ fn path_under(path: &str, prefix: &str) -> bool {
 /// The path with percent-escapes decoded, empty and `.` segments dropped and `..` applied.
 /// A trailing `/` is kept; the result always starts with `/`.
 pub fn normalize_path(path: &str) -> String {
+    if already_normal(path) {
+        return path.to_string();
+    }
     let bytes = path.as_bytes();
     let mut decoded = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -144,6 +147,21 @@ pub fn normalize_path(path: &str) -> String {
     normal
 }
 
+/// Whether [`normalize_path`] would give `path` back unchanged: it starts with `/`, has no
+/// escape, and no empty, `.` or `..` segment (but for the one after a trailing `/`). Almost
+/// every request's path is; it then skips the decoding and the segment list.
+fn already_normal(path: &str) -> bool {
+    let Some(rest) = path.strip_prefix('/') else { return false };
+    if rest.is_empty() {
+        return true;
+    }
+    if path.contains('%') {
+        return false;
+    }
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    rest.split('/').all(|segment| !matches!(segment, "" | "." | ".."))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,6 +198,13 @@ mod tests {
         assert_eq!(normalize_path("/v1%2Fpredict"), "/v1/predict");
         assert_eq!(normalize_path("/../.."), "/");
         assert_eq!(normalize_path("/a/%zz"), "/a/%zz");
+        for same in ["/", "/v1", "/v1/", "/v1/predict", "/a.b/..c/.d/"] {
+            assert!(already_normal(same), "{same}");
+            assert_eq!(normalize_path(same), same);
+        }
+        for changed in ["", "v1", "//", "/v1//", "/./", "/v1/.", "/v1/../x", "/%70", "/a//b"] {
+            assert!(!already_normal(changed), "{changed}");
+        }
         let routes = Routes::new(&[policy("all", &["/"], 9), policy("p", &["/v1/predict"], 1)]);
         for sneaky in ["/v1/%70redict", "/x/../v1/predict", "//v1//predict", "/v1/./predict", "/V1/../v1/predict"] {
             assert_eq!(name(&routes, sneaky).as_deref(), Some("p"), "{sneaky}");

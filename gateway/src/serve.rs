@@ -5,12 +5,14 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
-use axum::{Extension, Router};
+use axum::Router;
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
+use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
+use tower::Service;
 
 /// How long in-flight requests may take to finish after the shutdown signal.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -84,7 +86,15 @@ pub async fn run(what: &str, addr: SocketAddr, router: Router, header_timeout: D
             },
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone().layer(Extension(ConnectInfo(peer))));
+        // The peer goes into each request's extensions, as an `Extension(ConnectInfo(peer))`
+        // layer would put it, without building a layered copy of the whole router per
+        // connection. Cloning the router is an `Arc` clone; a `Router` is always ready, so it
+        // is called without `poll_ready`.
+        let router = router.clone();
+        let service = service_fn(move |mut request: hyper::Request<Incoming>| {
+            request.extensions_mut().insert(ConnectInfo(peer));
+            Service::call(&mut router.clone(), request)
+        });
         let mut stop = rx.clone();
         connections.spawn(async move {
             let connection = http1::Builder::new()

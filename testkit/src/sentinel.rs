@@ -5,7 +5,8 @@
 //!
 //! [`SentinelGroup::start`] waits until every sentinel monitors the primary, knows the
 //! replica and the two other sentinels (without which no quorum, hence no failover, is
-//! possible). [`SentinelGroup::kill`] crashes a server; [`SentinelGroup::wait_for_promotion`]
+//! possible). [`SentinelGroup::kill`] crashes a server, [`SentinelGroup::freeze`] hangs it,
+//! [`SentinelGroup::failover`] asks for a failover; [`SentinelGroup::wait_for_promotion`]
 //! waits until every sentinel names another server as the primary and that server calls
 //! itself one. Dropping the group kills every process (sentinels and servers), also when a
 //! test panics.
@@ -15,7 +16,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::{free_port, redis, server_binary, wait_until, ChildGuard, RedisServer, ServerBuilder};
+use crate::{free_port, info_field, redis, server_binary, wait_until, ChildGuard, RedisServer, ServerBuilder};
 
 /// The name the sentinels monitor the primary under.
 pub const MASTER_NAME: &str = "rl-primary";
@@ -40,7 +41,8 @@ const FAILOVER_WAIT: Duration = Duration::from_secs(30);
 /// [`MASTER_NAME`]. Server 0 starts as the primary, server 1 as its replica.
 pub struct SentinelGroup {
     servers: Vec<RedisServer>,
-    killed: Vec<bool>,
+    /// Killed or frozen by the test: never the promoted one.
+    down: Vec<bool>,
     sentinels: Vec<Sentinel>,
 }
 
@@ -63,7 +65,7 @@ impl SentinelGroup {
         let primary = server.clone().start();
         let replica = server.start_replica_of(&primary);
         let sentinels = (0..3).map(|_| Sentinel::start(primary.port())).collect();
-        let group = SentinelGroup { servers: vec![primary, replica], killed: vec![false, false], sentinels };
+        let group = SentinelGroup { servers: vec![primary, replica], down: vec![false, false], sentinels };
         group.wait_for_discovery();
         group
     }
@@ -94,7 +96,29 @@ impl SentinelGroup {
     /// Crashes server `index` (SIGKILL): nothing is saved, and it stays down.
     pub fn kill(&mut self, index: usize) {
         self.servers[index].kill();
-        self.killed[index] = true;
+        self.down[index] = true;
+    }
+
+    /// Stops server `index` (SIGSTOP) as a hung or cut-off server: its port still accepts
+    /// connections, but nothing is answered and nothing is closed. It stays so until the group
+    /// drops (SIGKILL ends a stopped process too).
+    pub fn freeze(&mut self, index: usize) {
+        let pid = info_field(&mut self.servers[index].client(), "server", "process_id")
+            .unwrap_or_else(|| panic!("no process_id in INFO server"));
+        let status = Command::new("kill").args(["-STOP", &pid]).status().unwrap_or_else(|e| panic!("run kill: {e}"));
+        assert!(status.success(), "kill -STOP {pid} failed");
+        self.down[index] = true;
+    }
+
+    /// `SENTINEL FAILOVER`: a sentinel promotes the replica and turns the primary into its
+    /// replica, both running all along (wait with [`SentinelGroup::wait_for_promotion`]).
+    pub fn failover(&self) {
+        let mut con = self.sentinels[0].connection().unwrap_or_else(|| panic!("sentinel down\n{}", self.logs()));
+        let _: () = redis::cmd("SENTINEL")
+            .arg("FAILOVER")
+            .arg(MASTER_NAME)
+            .query(&mut con)
+            .unwrap_or_else(|e| panic!("SENTINEL FAILOVER: {e}\n{}", self.logs()));
     }
 
     /// Waits until [`SentinelGroup::promoted_from`] names a server; returns its index and when
@@ -114,7 +138,7 @@ impl SentinelGroup {
     pub fn promoted_from(&self, old: usize) -> Option<usize> {
         let ports: Vec<Option<u16>> = self.sentinels.iter().map(Sentinel::master_port).collect();
         let index = self.index_of(ports[0])?;
-        let agreed = index != old && !self.killed[index] && ports.iter().all(|p| *p == ports[0]);
+        let agreed = index != old && !self.down[index] && ports.iter().all(|p| *p == ports[0]);
         (agreed && role(&self.servers[index]).as_deref() == Some("master")).then_some(index)
     }
 
@@ -124,8 +148,8 @@ impl SentinelGroup {
         for sentinel in &self.sentinels {
             out.push_str(&sentinel.log_tail());
         }
-        for (server, killed) in self.servers.iter().zip(&self.killed) {
-            if !killed {
+        for (server, down) in self.servers.iter().zip(&self.down) {
+            if !down {
                 out.push_str(&server.log_tail());
                 out.push('\n');
             }
@@ -248,13 +272,13 @@ mod tests {
         let mut primary = group.server(0).client();
         let _: () = redis::cmd("SET").arg("k").arg("v").query(&mut primary).unwrap();
         crate::wait_for_replicas(&mut primary, 1);
-        let killed = Instant::now();
+        let killed_at = Instant::now();
         group.kill(0);
         let (promoted, at) = group.wait_for_promotion(0);
         assert_eq!(promoted, 1);
         assert_eq!(group.primary_index(), 1);
         let value: String = redis::cmd("GET").arg("k").query(&mut group.server(1).client()).unwrap();
         assert_eq!(value, "v");
-        println!("failover took {} ms", (at - killed).as_millis());
+        println!("failover took {} ms", (at - killed_at).as_millis());
     }
 }

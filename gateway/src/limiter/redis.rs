@@ -8,7 +8,7 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
@@ -16,12 +16,15 @@ use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
-use redis::{AsyncConnectionConfig, ErrorKind, RedisConnectionInfo, ServerErrorKind};
+use redis::{
+    AsyncConnectionConfig, ErrorKind, IntoConnectionInfo, ProtocolVersion, PushKind, RedisConnectionInfo,
+    ServerErrorKind,
+};
 use rl_protocol::{AcquireReply, CheckAllReply, CheckReply, RefundReply};
 use tokio::sync::OnceCell;
 
 use super::{LimiterError, RateLimiter};
-use crate::config::{Pem, Policy, Quota, Redacted, RedisSettings, RedisTarget, SentinelTarget};
+use crate::config::{Pem, Policy, Quota, Redacted, RedisSettings, RedisTarget, RedisUrl, SentinelTarget};
 use crate::lease::{Slot, CONCURRENT_NAME};
 
 /// The Redis client could not be set up from a setting (a URL it refuses, for instance).
@@ -62,13 +65,18 @@ struct ClusterBackend {
 /// command, and again after any command whose failure may mean that this is no longer the
 /// primary (the connection broke or timed out, or the server answered `READONLY` because it
 /// was demoted): that command fails (it is not retried, see [`CLUSTER_COMMAND_RETRIES`]),
-/// the next one goes to whichever server Sentinel names then.
+/// the next one goes to whichever server Sentinel names then. It is also asked again as soon
+/// as a sentinel announces a new primary ([`watch_switches`]): an old primary that still
+/// runs keeps accepting commands until Sentinel demotes it, seconds later, and what it takes
+/// then is lost when it resyncs as a replica.
 struct SentinelBackend {
     /// Held while asking, so that the requests failing at once during a failover ask
     /// Sentinel one after the other (the first that connects serves the rest) instead of
     /// all together.
     sentinel: tokio::sync::Mutex<SentinelClient>,
     connection_config: AsyncConnectionConfig,
+    /// The primary's AUTH (and database), for a connection to an announced primary.
+    primary_auth: RedisConnectionInfo,
     primary: Mutex<Option<Primary>>,
     connections_made: AtomicU64,
 }
@@ -95,11 +103,31 @@ impl SentinelBackend {
         }
         // The client checks that the server Sentinel names calls itself a primary (ROLE).
         let client = sentinel.async_get_client().await?;
+        self.connect(&client, "the primary Sentinel names").await
+    }
+
+    /// Connects to the primary through `client` and makes it the current connection.
+    async fn connect(&self, client: &redis::Client, which: &str) -> redis::RedisResult<Primary> {
         let conn = client.get_multiplexed_async_connection_with_config(&self.connection_config).await?;
         let primary = Primary { id: self.connections_made.fetch_add(1, Ordering::Relaxed), conn };
         *self.primary.lock().unwrap_or_else(PoisonError::into_inner) = Some(primary.clone());
-        tracing::info!(connection = primary.id, "connected to the primary Sentinel names");
+        tracing::info!(connection = primary.id, address = %client.get_connection_info().addr(), "connected to {which}");
         Ok(primary)
+    }
+
+    /// A sentinel announced `host:port` as the new primary: connect there directly (asking
+    /// the sentinels now might reach one that has not heard yet and still names the old
+    /// one), or, failing that, leave the next command to ask Sentinel.
+    async fn switch_to(&self, host: &str, port: u16) {
+        let _asking = self.sentinel.lock().await;
+        let info = (host, port).into_connection_info().map(|info| info.set_redis_settings(self.primary_auth.clone()));
+        let connected = match info.and_then(redis::Client::open) {
+            Ok(client) => self.connect(&client, "the primary a sentinel announced").await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = connected {
+            self.forget(None, &format!("cannot connect to the announced primary: {e}"));
+        }
     }
 
     async fn query(&self, cmd: &redis::Cmd) -> redis::RedisResult<redis::Value> {
@@ -107,14 +135,86 @@ impl SentinelBackend {
         let result = cmd.query_async::<redis::Value>(&mut primary.conn.clone()).await;
         if let Err(e) = &result {
             if primary_may_have_changed(e) {
-                let mut current = self.primary.lock().unwrap_or_else(PoisonError::into_inner);
-                if current.as_ref().is_some_and(|p| p.id == primary.id) {
-                    *current = None;
-                    tracing::warn!(connection = primary.id, error = %e, "asking Sentinel for the primary again");
-                }
+                self.forget(Some(primary.id), &e.to_string());
             }
         }
         result
+    }
+
+    /// Drops the connection (only connection `id`, if given, so that a late failure on an old
+    /// connection leaves a newer one alone): the next command asks Sentinel again.
+    fn forget(&self, id: Option<u64>, why: &str) {
+        let mut current = self.primary.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(primary) = current.as_ref().filter(|p| id.is_none_or(|id| p.id == id)) {
+            tracing::warn!(connection = primary.id, reason = why, "asking Sentinel for the primary again");
+            *current = None;
+        }
+    }
+}
+
+/// The channel on which every sentinel announces a failover:
+/// `<master name> <old ip> <old port> <new ip> <new port>`.
+const SWITCH_CHANNEL: &str = "+switch-master";
+
+/// The pause before subscribing to the next sentinel after one went away.
+const SWITCH_WATCH_PAUSE: Duration = Duration::from_millis(200);
+
+/// Listens to the sentinels in turn (one at a time, the next when one goes away) for
+/// [`SWITCH_CHANNEL`] about `master`, and drops the backend's connection on each, until the
+/// backend is dropped.
+async fn watch_switches(backend: Weak<SentinelBackend>, sentinels: Vec<RedisUrl>, master: String, timeout: Duration) {
+    for sentinel in sentinels.iter().cycle() {
+        if backend.strong_count() == 0 {
+            return;
+        }
+        if let Err(e) = listen_for_switches(&backend, sentinel, &master, timeout).await {
+            tracing::debug!(%sentinel, error = %e, "cannot listen to this sentinel for failovers");
+        }
+        tokio::time::sleep(SWITCH_WATCH_PAUSE).await;
+    }
+}
+
+/// Subscribes to [`SWITCH_CHANNEL`] on one sentinel (RESP3, so the replies come as pushes on
+/// an ordinary connection) until it goes away.
+async fn listen_for_switches(
+    backend: &Weak<SentinelBackend>,
+    sentinel: &RedisUrl,
+    master: &str,
+    timeout: Duration,
+) -> redis::RedisResult<()> {
+    let info = sentinel.expose().into_connection_info()?;
+    let resp3 = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
+    let client = redis::Client::open(info.set_redis_settings(resp3))?;
+    let (sender, mut pushes) = tokio::sync::mpsc::unbounded_channel();
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout))
+        .set_push_sender(sender);
+    let mut conn = client.get_multiplexed_async_connection_with_config(&config).await?;
+    conn.subscribe(SWITCH_CHANNEL).await?;
+    while let Some(push) = pushes.recv().await {
+        let Some(backend) = backend.upgrade() else { return Ok(()) };
+        match push.kind {
+            PushKind::Disconnection => break,
+            PushKind::Message => {
+                if let Some((host, port)) = announced_primary(&push.data, master) {
+                    backend.switch_to(&host, port).await;
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// The new primary's host and port, when a `message` push (`[channel, payload]`) announces
+/// one for `master`.
+fn announced_primary(data: &[redis::Value], master: &str) -> Option<(String, u16)> {
+    let Some(redis::Value::BulkString(payload)) = data.last() else { return None };
+    let payload = std::str::from_utf8(payload).ok()?;
+    match payload.split(' ').collect::<Vec<_>>()[..] {
+        [name, _old_host, _old_port, host, port] if name == master => Some((host.to_string(), port.parse().ok()?)),
+        _ => None,
     }
 }
 
@@ -198,7 +298,21 @@ impl RedisLimiter {
                     builder.build().map_err(|source| ClientError { setting: "redis.cluster_nodes".into(), source })?;
                 Backend::Cluster(Arc::new(ClusterBackend { client, conn: OnceCell::new() }))
             }
-            RedisTarget::Sentinel(target) => Backend::Sentinel(Arc::new(sentinel_backend(target, settings)?)),
+            RedisTarget::Sentinel(target) => {
+                let backend = Arc::new(sentinel_backend(target, settings)?);
+                // Needs a runtime; without one (only in tests of the setup itself) the
+                // failures of commands alone lead to the new primary.
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    let watch = watch_switches(
+                        Arc::downgrade(&backend),
+                        target.sentinels.clone(),
+                        target.master.clone(),
+                        settings.connect_timeout,
+                    );
+                    runtime.spawn(watch);
+                }
+                Backend::Sentinel(backend)
+            }
         };
         // The connection enforces both timeouts itself; this outer bound is a safety net
         // that also covers a (re)connection made for this very call.
@@ -240,11 +354,11 @@ impl RedisLimiter {
 /// connections keep the answer and connection timeouts of `settings`.
 fn sentinel_backend(target: &SentinelTarget, settings: &RedisSettings) -> Result<SentinelBackend, ClientError> {
     let described = |source| ClientError { setting: format!("redis.sentinels {:?}", target.sentinels), source };
-    let mut primary_info = SentinelNodeConnectionInfo::default();
-    if let Some(Redacted(password)) = &target.master_password {
-        primary_info =
-            primary_info.set_redis_connection_info(RedisConnectionInfo::default().set_password(password.as_str()));
-    }
+    let primary_auth = match &target.master_password {
+        Some(Redacted(password)) => RedisConnectionInfo::default().set_password(password.as_str()),
+        None => RedisConnectionInfo::default(),
+    };
+    let primary_info = SentinelNodeConnectionInfo::default().set_redis_connection_info(primary_auth.clone());
     let sentinels: Vec<&str> = target.sentinels.iter().map(|url| url.expose()).collect();
     let client =
         SentinelClient::build(sentinels, target.master.as_str(), Some(primary_info), SentinelServerType::Master)
@@ -255,6 +369,7 @@ fn sentinel_backend(target: &SentinelTarget, settings: &RedisSettings) -> Result
     Ok(SentinelBackend {
         sentinel: tokio::sync::Mutex::new(client),
         connection_config,
+        primary_auth,
         primary: Mutex::new(None),
         connections_made: AtomicU64::new(0),
     })
@@ -361,5 +476,23 @@ impl RateLimiter for RedisLimiter {
         cmd.arg(&probe).arg(1).arg(1);
         let _: CheckReply = self.query(cmd, &probe).await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_switch_announcement_names_the_new_primary_of_its_master_only() {
+        let push = |payload: &str| {
+            vec![redis::Value::BulkString(SWITCH_CHANNEL.into()), redis::Value::BulkString(payload.into())]
+        };
+        let switch = push("rl 127.0.0.1 6379 10.0.0.2 6380");
+        assert_eq!(announced_primary(&switch, "rl"), Some(("10.0.0.2".to_string(), 6380)));
+        assert_eq!(announced_primary(&switch, "other"), None);
+        assert_eq!(announced_primary(&push("rl 127.0.0.1 6379 10.0.0.2"), "rl"), None);
+        assert_eq!(announced_primary(&push("rl 127.0.0.1 6379 10.0.0.2 port"), "rl"), None);
+        assert_eq!(announced_primary(&[], "rl"), None);
     }
 }

@@ -3,8 +3,8 @@
 #   redis-server with the repo's redis.conf and the ratelimit module,
 #   the demo model API (gateway model), the gateway in front of it (5 requests per 10 s),
 #   then the client: 8 requests (admitted, then rate limited), the headers of one answer,
-#   and a round that waits for Retry-After and goes on, charted with --plot as an SVG
-#   ($TARGET/demo/run.svg, kept after the demo);
+#   a round that waits for Retry-After and goes on, and a steady client over the limit charted
+#   with --plot as an SVG ($TARGET/demo/run.svg, kept after the demo);
 #   then an LLM route (a second gateway, 10 requests and 200 tokens a minute, in front of the
 #   model's OpenAI-compatible /v1/chat/completions): a client stopped by its token budget
 #   before its request budget, the refund of unused tokens in x-ratelimit-remaining-tokens,
@@ -169,11 +169,16 @@ curl -si -X POST "$GATEWAY/v1/predict" -H 'Authorization: Bearer demo-key-1' \
 bold "6. Another API key has its own budget"
 "$BIN" client --url "$GATEWAY/v1/predict" --count 2 --api-key demo-key-2
 
-bold "7. The client waits for Retry-After and goes on, and charts its run (--plot)"
+bold "7. The client waits for Retry-After and goes on"
+"$BIN" client --url "$GATEWAY/v1/predict" --count 4 --wait --api-key demo-key-1
+
+bold "7b. A client sending 3 requests a second for 8 s against 5 per 10 s, charted (--plot)"
+# A fresh key: its burst of 5 goes at once, then one request in two seconds gets through.
 mkdir -p "$(dirname "$PLOT")"
-"$BIN" client --url "$GATEWAY/v1/predict" --count 4 --wait --api-key demo-key-1 --plot "$PLOT"
+"$BIN" client --url "$GATEWAY/v1/predict" --count 24 --rate 3 --api-key demo-key-3 --plot "$PLOT"
 [[ -s $PLOT ]] || die "the client wrote no chart to $PLOT"
-echo "Open $PLOT in a browser: admitted and limited requests per second, the limit as a dashed line."
+echo "Chart of the run: $PLOT"
+echo "(open it in a browser: admitted and limited requests per second, the limit as a dashed line)"
 
 bold "8. An LLM route: requests and tokens per minute, tokens reserved then settled"
 # A second gateway with one OpenAI-style policy on /v1/chat/completions: 10 requests and 200
@@ -235,4 +240,8 @@ echo "The headers go out before the stream, so they show the reservation (78), n
 "$BIN" client --chat --stream --url "$CHAT/v1/chat/completions" --count 2 --max-tokens 64 --prompt "$PROMPT" \
   --api-key demo-chat-2
 
-bold "Done: Redis, the model and the gateways are stopped."
+bold "12. What the gateways count, for Prometheus (GET /metrics; series at 0 left out here)"
+{ curl -s "$GATEWAY/metrics"; curl -s "$CHAT/metrics"; } |
+  grep -E '^gateway_(requests_total|deny_cache_hits_total|tokens_[a-z]+_total)' | grep -v ' 0$' || true
+
+bold "Done: Redis, the model and the gateways are stopped. The chart of step 7b: $PLOT"

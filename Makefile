@@ -38,10 +38,10 @@ test-redis: module
 # it; every module test (standalone, replicas, persistence, cluster) does, and so do the
 # gateway's tests of the module's newer commands: several limits, LLM settlement (FORCE,
 # REFUND) and concurrency leases (ACQUIRE, RENEW, RELEASE, KEEP), and its metrics, shadow
-# policies and deny cache.
+# policies and deny cache, and its Sentinel failovers (valkey-server --sentinel).
 test-valkey: module valkey
 	RL_SERVER_BIN=$(abspath $(VALKEY)) $(CARGO) test -p ml-api-rate-limiter --tests
-	RL_SERVER_BIN=$(abspath $(VALKEY)) $(CARGO) test -p gateway --test limits --test llm --test concurrency --test operations
+	RL_SERVER_BIN=$(abspath $(VALKEY)) $(CARGO) test -p gateway --test limits --test llm --test concurrency --test operations --test sentinel
 
 # Any other server binary: make test-server SERVER=/opt/redis-7.4/bin/redis-server
 test-server: module

@@ -4,13 +4,17 @@
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
 
-use axum::body::{Body, Bytes};
+use axum::body::{Body, Bytes, HttpBody};
 use axum::http::{header, request, HeaderMap, HeaderName, HeaderValue, Request, Response, Uri};
 use http_body_util::Full;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 
 use crate::config::Upstream;
 use crate::error::{error_chain, ApiError, BadRequest};
@@ -106,36 +110,189 @@ fn push_ip(out: &mut String, ip: IpAddr) {
     }
 }
 
+/// A kept-alive HTTP/1.1 connection to the model.
+type Sender = SendRequest<Full<Bytes>>;
+
+/// The model's idle kept-alive connections, the most recently used last (taken first). No
+/// cap and no idle timeout, as with hyper's pooled client without a timer: the model closes
+/// what it does not want, and a closed connection is dropped when next looked at.
+#[derive(Default)]
+struct Pool {
+    idle: Mutex<Vec<Sender>>,
+}
+
+impl Pool {
+    /// A connection ready for a request, if one is idle.
+    fn take(&self) -> Option<Sender> {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        while let Some(sender) = idle.pop() {
+            // Only ready ones are put back, so one that is not ready has closed since.
+            if sender.is_ready() {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    /// Puts a connection whose response has ended back. It is ready at once when the model's
+    /// answer was read to its end (the usual case); otherwise (the client went away mid-body,
+    /// or the connection task has not caught up yet) a task waits for it to become ready, or
+    /// to close.
+    fn give_back(self: &Arc<Self>, mut sender: Sender) {
+        if sender.is_ready() {
+            self.idle.lock().unwrap_or_else(PoisonError::into_inner).push(sender);
+        } else if !sender.is_closed() {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let pool = self.clone();
+                runtime.spawn(async move {
+                    if sender.ready().await.is_ok() {
+                        pool.idle.lock().unwrap_or_else(PoisonError::into_inner).push(sender);
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// The model's response body, which returns its connection to the pool when it ends (or is
+/// dropped).
+struct PooledBody {
+    body: Incoming,
+    sender: Option<Sender>,
+    pool: Arc<Pool>,
+}
+
+impl PooledBody {
+    fn release(&mut self) {
+        if let Some(sender) = self.sender.take() {
+            self.pool.give_back(sender);
+        }
+    }
+}
+
+impl HttpBody for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let frame = Pin::new(&mut self.body).poll_frame(cx);
+        if matches!(frame, Poll::Ready(None)) || self.body.is_end_stream() {
+            self.release();
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// Why no answer came from the model.
+enum SendError {
+    Connect(std::io::Error),
+    Http(hyper::Error),
+}
+
+impl SendError {
+    fn detail(&self) -> String {
+        match self {
+            SendError::Connect(e) => format!("tcp connect error: {}", error_chain(e)),
+            SendError::Http(e) => error_chain(e),
+        }
+    }
+}
+
+/// The client to the model: HTTP/1.1 over kept-alive connections of its own [`Pool`].
+///
+/// (It replaced hyper-util's pooled client, whose per-request work showed in the profile:
+/// the pool key and `Host` value formatted for every request, the absolute URI rewritten to
+/// origin form, and a task spawned per request to return the connection to the pool once
+/// the response body ended. Here the `Host` value is made once and the connection goes back
+/// when the body ends. Like that client, a request that a reused connection refused before
+/// it was sent, because the connection closed meanwhile, is tried again on another one.)
 #[derive(Clone)]
 pub struct UpstreamClient {
-    client: Client<HttpConnector, Full<Bytes>>,
     upstream: Upstream,
     /// `origin` + `base_path`, what every target starts with.
     prefix: String,
+    /// Where to connect (`host` without IPv6 brackets), and the `Host` header the model gets:
+    /// the origin's authority, without a default port.
+    host: String,
+    port: u16,
+    host_header: Option<HeaderValue>,
+    pool: Arc<Pool>,
 }
 
 impl UpstreamClient {
     pub fn new(upstream: Upstream) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(upstream.timeout));
-        let client = Client::builder(TokioExecutor::new()).build(connector);
         let prefix = format!("{}{}", upstream.origin, upstream.base_path);
-        UpstreamClient { client, upstream, prefix }
+        // The origin was checked when the configuration was loaded; one that does not parse
+        // here leaves no host, and every request fails to connect (502).
+        let origin = upstream.origin.parse::<Uri>().ok();
+        let host = origin.as_ref().and_then(Uri::host).unwrap_or_default();
+        let port = origin.as_ref().and_then(Uri::port_u16);
+        let host_header = match port {
+            Some(port) if port != 80 => HeaderValue::try_from(format!("{host}:{port}")).ok(),
+            _ => HeaderValue::from_str(host).ok(),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+        UpstreamClient { prefix, host, port: port.unwrap_or(80), host_header, pool: Arc::default(), upstream }
     }
 
     /// The upstream URI: origin + base path + `path` (a normalized, decoded path, see
     /// [`crate::routing::normalize_path`], encoded again by [`encode_path`]) + the original query.
     pub fn target(&self, path: &str, query: Option<&str>) -> Result<Uri, ApiError> {
-        let mut uri = String::with_capacity(self.prefix.len() + path.len() + query.map_or(0, |q| q.len() + 1) + 8);
-        uri.push_str(&self.prefix);
-        encode_path_into(&mut uri, path);
-        if let Some(query) = query {
-            uri.push('?');
-            uri.push_str(query);
+        target_uri(&self.prefix, path, query)
+    }
+
+    /// [`UpstreamClient::target`] in origin form (base path + path + query), as it goes on
+    /// the request line.
+    fn origin_form(&self, path: &str, query: Option<&str>) -> Result<Uri, ApiError> {
+        target_uri(&self.upstream.base_path, path, query)
+    }
+
+    /// A new connection to the model, its task driving it in the background.
+    async fn connect(&self) -> Result<Sender, SendError> {
+        let stream = TcpStream::connect((self.host.as_str(), self.port)).await.map_err(SendError::Connect)?;
+        let _ = stream.set_nodelay(true);
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(SendError::Http)?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// Sends `request` on an idle connection, else on a new one; the answer's head and the
+    /// connection, which goes back to the pool with the answer's body.
+    async fn send(&self, mut request: Request<Full<Bytes>>) -> Result<(Response<Incoming>, Sender), SendError> {
+        loop {
+            let (mut sender, reused) = match self.pool.take() {
+                Some(sender) => (sender, true),
+                None => (self.connect().await?, false),
+            };
+            match sender.try_send_request(request).await {
+                Ok(response) => return Ok((response, sender)),
+                Err(mut e) => match e.take_message() {
+                    // Not sent: the kept-alive connection closed meanwhile. Each try takes
+                    // another connection, the last a new one, which is not retried.
+                    Some(unsent) if reused => request = unsent,
+                    _ => return Err(SendError::Http(e.into_error())),
+                },
+            }
         }
-        // From the String itself: its bytes become the URI's, no copy.
-        Uri::try_from(uri).map_err(|_| ApiError::BadRequest(BadRequest::InvalidTarget))
     }
 
     /// Forwards the request with `path` (the normalized path the policy was chosen on) in
@@ -149,10 +306,10 @@ impl UpstreamClient {
         peer: SocketAddr,
         peer_trusted: bool,
     ) -> Result<Response<Body>, ApiError> {
-        let uri = self.target(path, parts.uri.query())?;
+        let uri = self.origin_form(path, parts.uri.query())?;
         let mut headers = parts.headers;
         strip_hop_by_hop(&mut headers);
-        // The model sees its own authority in Host (the client sets it from the URI). From a
+        // The model sees its own authority in Host. From a
         // trusted proxy, its X-Forwarded-* / Forwarded / X-Real-IP headers are kept, and all its
         // X-Forwarded-For lines are joined with the peer appended; from anyone else they are
         // dropped, X-Forwarded-For is the peer, X-Forwarded-Host the original Host and
@@ -191,6 +348,9 @@ impl UpstreamClient {
         if !headers.contains_key(X_FORWARDED_PROTO) {
             headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
         }
+        if let Some(host) = &self.host_header {
+            headers.insert(header::HOST, host.clone());
+        }
 
         let mut request = Request::builder()
             .method(parts.method)
@@ -199,10 +359,10 @@ impl UpstreamClient {
             .map_err(|e| ApiError::UpstreamUnavailable { detail: e.to_string() })?;
         *request.headers_mut() = headers;
 
-        let answer = tokio::time::timeout(self.upstream.timeout, self.client.request(request)).await;
-        let response = match answer {
-            Ok(Ok(response)) => response,
-            Ok(Err(e)) => return Err(ApiError::UpstreamUnavailable { detail: error_chain(&e) }),
+        let answer = tokio::time::timeout(self.upstream.timeout, self.send(request)).await;
+        let (response, sender) = match answer {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(e)) => return Err(ApiError::UpstreamUnavailable { detail: e.detail() }),
             Err(_) => {
                 return Err(ApiError::UpstreamTimeout {
                     detail: format!("no answer within {} ms", self.upstream.timeout.as_millis()),
@@ -211,8 +371,22 @@ impl UpstreamClient {
         };
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
+        let body = PooledBody { body, sender: Some(sender), pool: self.pool.clone() };
         Ok(Response::from_parts(parts, Body::new(body)))
     }
+}
+
+/// `start` + `path` (encoded again by [`encode_path`]) + the query.
+fn target_uri(start: &str, path: &str, query: Option<&str>) -> Result<Uri, ApiError> {
+    let mut uri = String::with_capacity(start.len() + path.len() + query.map_or(0, |q| q.len() + 1) + 8);
+    uri.push_str(start);
+    encode_path_into(&mut uri, path);
+    if let Some(query) = query {
+        uri.push('?');
+        uri.push_str(query);
+    }
+    // From the String itself: its bytes become the URI's, no copy.
+    Uri::try_from(uri).map_err(|_| ApiError::BadRequest(BadRequest::InvalidTarget))
 }
 
 #[cfg(test)]
@@ -263,6 +437,91 @@ mod tests {
         te.insert("te", HeaderValue::from_static("trailers"));
         strip_hop_by_hop(&mut te);
         assert_eq!(te, h);
+    }
+
+    fn client(origin: String) -> UpstreamClient {
+        UpstreamClient::new(Upstream {
+            origin,
+            base_path: "/base".into(),
+            timeout: std::time::Duration::from_secs(5),
+            concurrency: None,
+            capacity: None,
+        })
+    }
+
+    async fn get(client: &UpstreamClient, path: &str) -> Result<serde_json::Value, ApiError> {
+        use http_body_util::BodyExt;
+        let parts = Request::get(path).header("host", "gw.example").body(()).unwrap().into_parts().0;
+        let answer = client.forward(parts, path, Bytes::new(), "203.0.113.9:1".parse().unwrap(), false).await?;
+        let body = answer.into_body().collect().await.unwrap().to_bytes();
+        Ok(serde_json::from_slice(&body).unwrap())
+    }
+
+    /// Idle connections in the pool, once the last answer's connection is back.
+    async fn idle_after_answer(client: &UpstreamClient) -> usize {
+        for _ in 0..100 {
+            let idle = client.pool.idle.lock().unwrap().len();
+            if idle > 0 {
+                return idle;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        0
+    }
+
+    #[tokio::test]
+    async fn one_kept_alive_connection_serves_requests_one_after_another() {
+        let origin = crate::test_support::echo_upstream().await;
+        let port = origin.rsplit(':').next().unwrap().to_string();
+        let client = client(origin);
+        for i in 0..3 {
+            let seen = get(&client, &format!("/v1/{i}")).await.unwrap();
+            assert_eq!(seen["path"], format!("/base/v1/{i}"));
+            assert_eq!(seen["headers"]["host"], format!("127.0.0.1:{port}"), "the model's own authority");
+            assert_eq!(seen["headers"]["x-forwarded-host"], "gw.example");
+            // A new connection per request would leave the earlier ones idle beside it.
+            assert_eq!(idle_after_answer(&client).await, 1, "request {i}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_kept_alive_connection_the_model_closed_is_replaced() {
+        use std::io::{Read, Write};
+        // A model that answers one request per connection (keep-alive implied), then closes.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let origin = format!("http://{}", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            for mut socket in listener.incoming().flatten() {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = socket.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}");
+            }
+        });
+        let upstream = client(origin);
+        for _ in 0..3 {
+            assert_eq!(get(&upstream, "/a").await.unwrap(), serde_json::json!({}));
+            // Let the connection's task see the close.
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let dead = client(crate::test_support::dead_upstream());
+        assert!(matches!(get(&dead, "/c").await, Err(ApiError::UpstreamUnavailable { .. })));
+    }
+
+    #[test]
+    fn the_host_header_is_the_origin_s_authority_without_a_default_port() {
+        let host = |origin: &str| client(origin.into()).host_header.map(|h| h.to_str().unwrap().to_string());
+        assert_eq!(host("http://127.0.0.1:19000").as_deref(), Some("127.0.0.1:19000"));
+        assert_eq!(host("http://model.internal").as_deref(), Some("model.internal"));
+        assert_eq!(host("http://model.internal:80").as_deref(), Some("model.internal"));
+        let v6 = client("http://[::1]:9000".into());
+        assert_eq!((v6.host.as_str(), v6.port), ("::1", 9000));
+        assert_eq!(v6.host_header.unwrap(), "[::1]:9000");
     }
 
     #[test]

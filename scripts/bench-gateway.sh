@@ -167,18 +167,19 @@ up() {
 }
 
 CLK_TCK=$(getconf CLK_TCK)
-# cpu_ticks PID...: utime+stime of the processes (all their threads), in clock ticks. The
+# cpu_ticks PID...: "utime stime" of the processes (all their threads), in clock ticks. The
 # fields are counted after the ")" closing the command name.
 cpu_ticks() {
-  local total=0 pid stat rest
+  local user=0 sys=0 pid stat rest
   for pid in "$@"; do
     stat=$(<"/proc/$pid/stat") || die "process $pid is gone"
     rest=${stat##*) }
     # shellcheck disable=SC2086
     set -- $rest
-    total=$((total + ${12} + ${13}))
+    user=$((user + ${12}))
+    sys=$((sys + ${13}))
   done
-  echo "$total"
+  echo "$user $sys"
 }
 
 # rl_calls FILTER: calls of the module's commands matching FILTER (an awk regex on the name)
@@ -316,19 +317,21 @@ done
 
 mkdir -p "$WORK/results"
 # run CASE TAG [RATE]: one wrk run; appends "rps p50_ms p99_ms cpu_us_per_req rl_calls_per_req
-# check_calls_per_req" to results/CASE.TAG.
+# check_calls_per_req sys_us_per_req redis_cpu_us_per_req" to results/CASE.TAG.
 run() {
   local case=$1 tag=$2 rate=${3:-0} url=${URL[$1]} out line
   local -a pids
   read -r -a pids <<<"${PIDS_OF[$1]}"
-  local cpu0 cpu1 rl0 rl1 ck0 ck1
+  local cpu0 cpu1 rl0 rl1 ck0 ck1 rd0 rd1 u0 s0 u1 s1 ru0 rs0 ru1 rs1
   cpu0=$(cpu_ticks "${pids[@]}")
+  rd0=$(cpu_ticks "$REDIS_PID")
   rl0=$(rl_calls '.')
   ck0=$(rl_calls '^cmdstat_rl[.](check|checkall)$')
   out=$(BENCH_API_KEY=${KEY_OF[$case]:-} BENCH_RATE=$rate BENCH_THREADS=$THREADS \
     wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --latency -s "$LUA" "$url/v1/predict" 2>&1) ||
     die "wrk failed on $case: $out"
   cpu1=$(cpu_ticks "${pids[@]}")
+  rd1=$(cpu_ticks "$REDIS_PID")
   rl1=$(rl_calls '.')
   ck1=$(rl_calls '^cmdstat_rl[.](check|checkall)$')
   echo "$out" >>"$WORK/wrk-$case.log"
@@ -340,9 +343,13 @@ run() {
   if [[ $case != g_* ]] && ((status_errors > 0)); then
     die "$case: $status_errors answers were not 2xx/3xx"
   fi
-  awk -v n="$requests" -v d="$duration_us" -v p50="$p50_us" -v p99="$p99_us" -v cpu=$((cpu1 - cpu0)) \
-    -v tck="$CLK_TCK" -v rl=$((rl1 - rl0)) -v ck=$((ck1 - ck0)) \
-    'BEGIN { printf "%.0f %.3f %.3f %.1f %.4f %.4f\n", n / (d / 1e6), p50 / 1000, p99 / 1000, cpu / tck / n * 1e6, rl / n, ck / n }' \
+  read -r u0 s0 <<<"$cpu0"
+  read -r u1 s1 <<<"$cpu1"
+  read -r ru0 rs0 <<<"$rd0"
+  read -r ru1 rs1 <<<"$rd1"
+  awk -v n="$requests" -v d="$duration_us" -v p50="$p50_us" -v p99="$p99_us" -v cpu=$((u1 + s1 - u0 - s0)) \
+    -v sys=$((s1 - s0)) -v redis=$((ru1 + rs1 - ru0 - rs0)) -v tck="$CLK_TCK" -v rl=$((rl1 - rl0)) -v ck=$((ck1 - ck0)) \
+    'BEGIN { printf "%.0f %.3f %.3f %.1f %.4f %.4f %.1f %.1f\n", n / (d / 1e6), p50 / 1000, p99 / 1000, cpu / tck / n * 1e6, rl / n, ck / n, sys / tck / n * 1e6, redis / tck / n * 1e6 }' \
     >>"$WORK/results/$case.$tag"
 }
 
@@ -413,22 +420,24 @@ table() {
   echo "$($NGINX -v 2>&1 | sed 's/^nginx version: //'), $(wrk -v 2>&1 | head -n 1 | awk '{ print "wrk " $2 }'), redis-server $(redis-server --version | sed 's/.* v=\([^ ]*\).*/\1/');"
   echo "medians of $ROUNDS alternating rounds, ${DURATION} s per run, wrk -t$THREADS -c$CONNS, nothing pinned."
   echo
-  echo "| case | req/s | vs nginx | p50 ms | p99 ms | CPU µs/req | RL cmds/req |"
-  echo "|---|---:|---:|---:|---:|---:|---:|"
+  echo "| case | req/s | vs nginx | p50 ms | p99 ms | CPU µs/req | of which kernel | redis-server µs/req | RL cmds/req |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
   local c
   for c in a b c d e f g_on g_off; do
     if has "$c"; then
-      printf '| %s | %.0f | %s | %.2f | %.2f | %.1f | %.3f |\n' "${LABEL[$c]}" "$(median "$c" full 1)" \
+      printf '| %s | %.0f | %s | %.2f | %.2f | %.1f | %.1f | %.1f | %.3f |\n' "${LABEL[$c]}" "$(median "$c" full 1)" \
         "$(fmt_ratio "$(median "$c" full 1)" "$NGINX_RPS")" "$(median "$c" full 2)" "$(median "$c" full 3)" \
-        "$(median "$c" full 4)" "$(median "$c" full 5)"
+        "$(median "$c" full 4)" "$(median "$c" full 7)" "$(median "$c" full 8)" "$(median "$c" full 5)"
     elif [[ $c == g_off && " $CASES " == *" g "* ]]; then
-      echo "| ${LABEL[$c]} | n/a | | | | | |"
+      echo "| ${LABEL[$c]} | n/a | | | | | | | |"
     fi
   done
   echo
   echo "CPU µs/req: utime+stime of the process under test (the model for (a), nginx's master and"
   echo "workers for (b), the gateway otherwise) over the run, divided by the requests answered."
-  echo "RL cmds/req: every module command (RL.*) Redis ran during the run, per request."
+  echo "Of which kernel: the stime part. redis-server µs/req: the server's CPU time over the run"
+  echo "per request (it shares the cores). RL cmds/req: every module command (RL.*) Redis ran"
+  echo "during the run, per request."
   if ((PACED)); then
     local c50 c99 d50 d99 crate drate
     c50=$(median c paced 2) c99=$(median c paced 3) d50=$(median d paced 2) d99=$(median d paced 3)

@@ -20,6 +20,12 @@ use gateway::serve;
 use gateway::startup::{serve_gateway, StartError};
 use model::ModelArgs;
 
+/// mimalloc instead of glibc's malloc: the request path allocates a few dozen small blocks per
+/// request, and glibc's malloc and free were about a fifth of the gateway's instructions
+/// (BENCHMARKS.md, "Gateway under wrk").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "gateway", version, about = "Rate-limiting gateway for ML model APIs (with a demo model and client)")]
 struct Cli {

@@ -72,6 +72,10 @@ pub async fn serve_gateway(settings: Settings, args: ServeArgs) -> Result<(), St
         redis = %settings.redis.target,
         key_prefix = %settings.redis.key_prefix,
         failure_mode = ?settings.redis.failure_mode,
+        deny_cache = %match settings.deny_cache.enabled {
+            true => format!("on, at most {} entries", settings.deny_cache.max_entries),
+            false => "off".to_string(),
+        },
         policies = ?settings.policies.iter().map(describe_policy).collect::<Vec<_>>(),
         "gateway configured"
     );
@@ -98,7 +102,8 @@ pub async fn serve_gateway(settings: Settings, args: ServeArgs) -> Result<(), St
 fn describe_policy(policy: &crate::config::Policy) -> String {
     let tiers: Vec<String> =
         policy.tiers.iter().map(|(tier, p)| format!(" [tier {tier}: {}]", describe_limits(p))).collect();
-    format!("{} on {:?}: {}{}", policy.name, policy.paths, describe_limits(policy), tiers.concat())
+    let shadow = if policy.shadow { " (shadow: counted, never enforced)" } else { "" };
+    format!("{} on {:?}: {}{}{shadow}", policy.name, policy.paths, describe_limits(policy), tiers.concat())
 }
 
 fn describe_limits(policy: &crate::config::Policy) -> String {

@@ -185,6 +185,7 @@ async fn a_shadow_policy_never_refuses_and_sends_no_headers_but_counts_and_logs(
     assert_eq!(keys.len(), 1, "{keys:?}");
     assert_eq!(tokens(&mut con, &keys[0], 2, 60, 2), 0);
     assert!(gateway.logs().contains("shadow policy would have refused"), "{}", gateway.logs());
+    assert!(gateway.logs().contains("(shadow: counted, never enforced)"), "said at start: {}", gateway.logs());
 }
 
 /// Sends `n` requests with `key`, 8 at a time; returns how many were refused with 429.

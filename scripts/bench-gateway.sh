@@ -359,6 +359,7 @@ median() {
     awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.4f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
 
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 log "work directory $WORK; ${#RUN[@]} cases x $ROUNDS rounds x ${DURATION} s, wrk -t$THREADS -c$CONNS"
 # Warm-up: connections, the gateways' upstream pools, the allocator, the CPU frequency.
 for c in "${RUN[@]}"; do
@@ -482,7 +483,6 @@ table() {
   fi
 }
 
-LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 TABLE=$(table)
 echo
 echo "$TABLE"

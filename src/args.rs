@@ -4,6 +4,8 @@
 use std::num::NonZeroU64;
 
 use crate::error::Error;
+#[cfg(test)]
+use crate::error::MAX_ECHOED_BYTES;
 use crate::gcra::Quota;
 use crate::lease::{MARKER, MAX_ID_BYTES, MAX_LEASES, MAX_LEASE_MS};
 
@@ -33,13 +35,18 @@ impl Args for [&[u8]] {
     }
 }
 
-/// A strict decimal `i64`: optional `-`, digits only, no spaces or `+`.
+/// A canonical decimal `i64`, as Redis's own integer arguments (`string2ll`) take them:
+/// optional `-`, digits only, no leading zero (but `0` itself), no `-0`, no spaces or `+`.
+/// So every number has exactly one spelling.
 fn parse_i64(bytes: &[u8]) -> Option<i64> {
     let (negative, digits) = match bytes.split_first() {
         Some((b'-', rest)) => (true, rest),
         _ => (false, bytes),
     };
     if digits.is_empty() || digits.len() > 19 {
+        return None;
+    }
+    if digits.first() == Some(&b'0') && (negative || digits.len() > 1) {
         return None;
     }
     let mut value: i64 = 0;
@@ -133,7 +140,7 @@ fn parse_options<A: Args + ?Sized>(
             i += 1;
             continue;
         } else {
-            return Err(Error::UnknownOption { option: String::from_utf8_lossy(word).into_owned(), usage });
+            return Err(Error::unknown_option(word, usage));
         }
         i += 2;
     }
@@ -288,10 +295,7 @@ pub fn parse_acquire<A: Args + ?Sized>(args: &A) -> Result<(u64, u64), Error> {
     let lease_ms = bounded(args.get(3), "lease_ms", MAX_LEASE_MS)?;
     match args.get(4) {
         Some(word) if word.eq_ignore_ascii_case(b"ID") => {}
-        word => {
-            let option = String::from_utf8_lossy(word.unwrap_or_default()).into_owned();
-            return Err(Error::UnknownOption { option, usage: ACQUIRE_USAGE });
-        }
+        word => return Err(Error::unknown_option(word.unwrap_or_default(), ACQUIRE_USAGE)),
     }
     lease_id(args.get(ACQUIRE_ID))?;
     Ok((max, lease_ms))
@@ -442,6 +446,29 @@ mod tests {
         for (words, want) in cases {
             assert_eq!(check(words).as_ref().err(), Some(want), "{words}");
         }
+    }
+
+    #[test]
+    fn integers_are_canonical_decimals_as_redis_takes_them() {
+        for (text, want) in [("0", Some(0)), ("7", Some(7)), ("-7", Some(-7)), ("10", Some(10))] {
+            assert_eq!(parse_i64(text.as_bytes()), want, "{text}");
+        }
+        for text in ["-0", "007", "00", "-01", "+5", " 5", "5 ", "0x10", "1e3", "5.0", "--5"] {
+            assert_eq!(parse_i64(text.as_bytes()), None, "{text}");
+        }
+        assert_eq!(check("RL.CHECK k 010 60").err(), Some(Error::NotPositive { name: "limit" }));
+        assert_eq!(check("RL.CHECK k 10 60 COST -0").err(), Some(Error::Negative { name: "cost" }));
+    }
+
+    #[test]
+    fn an_unknown_option_is_echoed_only_as_a_short_prefix() {
+        let long = "X".repeat(10_000);
+        let error = check(&format!("RL.CHECK k 10 60 {long} 1")).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(error.starts_with(&format!("ERR unknown option '{}...'", "X".repeat(MAX_ECHOED_BYTES))), "{error}");
+        assert!(error.len() < MAX_ECHOED_BYTES + CHECK_USAGE.len() + 64, "{} bytes", error.len());
+        let exact = "Y".repeat(MAX_ECHOED_BYTES);
+        let error = check(&format!("RL.CHECK k 10 60 {exact} 1")).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(error.starts_with(&format!("ERR unknown option '{exact}', usage")), "{error}");
     }
 
     #[test]

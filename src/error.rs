@@ -20,7 +20,8 @@ pub enum Error {
     Negative {
         name: &'static str,
     },
-    /// An option keyword the command does not know.
+    /// An option keyword the command does not know (at most [`MAX_ECHOED_BYTES`] of it, see
+    /// [`Error::unknown_option`]).
     UnknownOption {
         option: String,
         usage: &'static str,
@@ -60,6 +61,22 @@ pub enum Error {
     /// A bug (a panic caught at the FFI edge) or a module API call that failed, answered
     /// instead of aborting Redis.
     Internal,
+}
+
+/// The most bytes of a client's argument an error reply repeats (as Redis, which echoes an
+/// unknown command's name as `%.128s`): a 64 MB option must not become a 64 MB reply.
+pub const MAX_ECHOED_BYTES: usize = 128;
+
+impl Error {
+    /// [`Error::UnknownOption`] for the keyword `word`, echoed as at most [`MAX_ECHOED_BYTES`]
+    /// bytes (then `...`).
+    pub fn unknown_option(word: &[u8], usage: &'static str) -> Error {
+        let mut option = String::from_utf8_lossy(word.get(..MAX_ECHOED_BYTES).unwrap_or(word)).into_owned();
+        if word.len() > MAX_ECHOED_BYTES {
+            option.push_str("...");
+        }
+        Error::UnknownOption { option, usage }
+    }
 }
 
 impl From<MathError> for Error {

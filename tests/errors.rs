@@ -34,6 +34,9 @@ fn bad_arguments_are_refused_and_change_nothing() {
         ("RL.CHECK k five 1000", "limit must be a positive integer"),
         ("RL.CHECK k 5.0 1000", "limit must be a positive integer"),
         ("RL.CHECK k 99999999999999999999999 1000", "limit must be a positive integer"),
+        ("RL.CHECK k 05 1000", "limit must be a positive integer"),
+        ("RL.CHECK k +5 1000", "limit must be a positive integer"),
+        ("RL.CHECK k 5 1000 COST -0", "cost must be a non-negative integer"),
         ("RL.CHECK k 5 0", "window must be a positive integer"),
         ("RL.CHECK k 5 -1", "window must be a positive integer"),
         ("RL.CHECK k 5 1000 BURST 0", "burst must be a positive integer"),
@@ -81,6 +84,17 @@ fn bad_arguments_are_refused_and_change_nothing() {
     assert_eq!(pong, "PONG");
     let info: String = redis::cmd("INFO").arg("ratelimit").query(&mut con).unwrap();
     assert!(info.contains(&format!("ratelimit_errors:{}", cases.len())), "{info}");
+}
+
+#[test]
+fn a_huge_unknown_option_is_echoed_as_a_short_prefix() {
+    let server = RedisServer::start();
+    let mut con = server.client();
+    let option = vec![b'Z'; 1 << 20];
+    let line: Vec<&[u8]> = vec![b"RL.CHECK", b"k", b"5", b"1000", &option, b"1"];
+    let error = error_of(&mut con, &line);
+    assert!(error.starts_with(&format!("ERR unknown option '{}...'", "Z".repeat(128))), "{}", &error[..200]);
+    assert!(error.len() < 400, "a 1 MiB option gave a {}-byte error", error.len());
 }
 
 /// One well-formed call of every command that reads `key`, including a report (COST 0).

@@ -57,6 +57,11 @@ pub enum ApiError {
     LimiterUnavailable {
         detail: String,
     },
+    /// `500`: the module refused the gateway's command (arguments out of its bounds, or a key
+    /// holding other data). A fault on the gateway's side, whatever `failure_mode` says.
+    LimiterRejected {
+        detail: String,
+    },
 }
 
 /// One limit that refused a request, in the `429` body: `{"policy", "name", "retry_after_ms"}`
@@ -128,6 +133,7 @@ impl ApiError {
             ApiError::UpstreamUnavailable { .. } => StatusCode::BAD_GATEWAY,
             ApiError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ApiError::LimiterUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::LimiterRejected { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -186,6 +192,10 @@ impl ApiError {
                 "type": "rate_limiter_unavailable",
                 "message": "The rate limiter is unavailable. Please try again later.",
             }}),
+            ApiError::LimiterRejected { .. } => json!({"error": {
+                "type": "internal_error",
+                "message": "The rate limiter could not evaluate this request; the gateway's operator can see why in its log.",
+            }}),
         }
     }
 
@@ -194,6 +204,9 @@ impl ApiError {
             ApiError::UpstreamUnavailable { detail } => tracing::warn!(%detail, "upstream unreachable"),
             ApiError::UpstreamTimeout { detail } => tracing::warn!(%detail, "upstream timed out"),
             ApiError::LimiterUnavailable { detail } => tracing::error!(%detail, "rate limiter unavailable, refusing"),
+            ApiError::LimiterRejected { detail } => {
+                tracing::error!(%detail, "the ratelimit module refused the gateway's command, refusing with 500")
+            }
             ApiError::BadRequest(why) => tracing::debug!(why = why.message(), "bad request"),
             ApiError::InvalidLlmRequest(why) => tracing::debug!(why = %why.message(), "invalid LLM request"),
             ApiError::RequestTimeout { ms } => tracing::debug!(ms, "request body timed out"),

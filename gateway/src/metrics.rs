@@ -42,6 +42,9 @@ pub enum Outcome {
     FailOpen,
     /// The limiter failed and the request was refused with `503` (`failure_mode = "closed"`).
     Error,
+    /// The module refused the gateway's command (its arguments, or a key holding something
+    /// else): `500`, whatever `failure_mode` says (a shadow policy forwards it).
+    ModuleError,
 }
 
 impl Outcome {
@@ -52,6 +55,7 @@ impl Outcome {
             Outcome::ShadowLimited => "shadow_limited",
             Outcome::FailOpen => "fail_open",
             Outcome::Error => "error",
+            Outcome::ModuleError => "module_error",
         }
     }
 }
@@ -134,7 +138,7 @@ impl Metrics {
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "gateway_requests",
-            "Requests under a policy, by outcome: allowed, limited, shadow_limited, fail_open, error",
+            "Requests under a policy, by outcome: allowed, limited, shadow_limited, fail_open, error, module_error",
             requests.clone(),
         );
         let limit_outcomes = Family::<LimitLabels, Counter>::default();
@@ -213,8 +217,14 @@ impl Metrics {
     /// that a scrape lists them all from the start (a `rate()` then starts at the first
     /// request, and a dashboard shows 0 rather than "no data").
     pub fn declare(&self, settings: &Settings) {
-        const OUTCOMES: [Outcome; 5] =
-            [Outcome::Allowed, Outcome::Limited, Outcome::ShadowLimited, Outcome::FailOpen, Outcome::Error];
+        const OUTCOMES: [Outcome; 6] = [
+            Outcome::Allowed,
+            Outcome::Limited,
+            Outcome::ShadowLimited,
+            Outcome::FailOpen,
+            Outcome::Error,
+            Outcome::ModuleError,
+        ];
         const DECISIONS: [Outcome; 3] = [Outcome::Allowed, Outcome::Limited, Outcome::ShadowLimited];
         let mut commands = vec!["ready"];
         let variants = settings.policies.iter().flat_map(|p| std::iter::once(p).chain(p.tiers.values().map(|t| &**t)));

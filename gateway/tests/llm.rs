@@ -320,3 +320,73 @@ async fn a_client_that_disconnects_mid_stream_keeps_the_reservation() {
     let mut con = s.redis.client();
     assert_eq!(left(&mut con, "tokens", 1000, 86400), 899, "the reservation of 101 stays\n{}", s.gateway.logs());
 }
+
+/// Bodies whose reservation is beyond any budget, and beyond what a Redis integer holds.
+fn never_fitting_bodies() -> Vec<serde_json::Value> {
+    let prompt = json!([{"role": "user", "content": "abcd"}]);
+    vec![
+        json!({"messages": prompt, "max_tokens": i64::MAX}),
+        json!({"messages": prompt, "max_tokens": 1u64 << 63}),
+        json!({"messages": prompt, "max_tokens": u64::MAX}),
+        json!({"messages": prompt, "max_tokens": 1u64 << 32, "n": 1u64 << 32}),
+        json!({"messages": prompt, "max_completion_tokens": u64::MAX, "stream": true}),
+        json!({"messages": prompt, "max_tokens": 1000}),
+    ]
+}
+
+#[tokio::test]
+async fn a_request_that_can_never_fit_is_refused_whatever_the_failure_mode_and_costs_nothing() {
+    for mode in ["open", "closed"] {
+        let s = setup(&format!("[redis]\nfailure_mode = \"{mode}\"\n{CHAT}")).await;
+        let url = s.gateway.url("/v1/chat/completions");
+        for body in never_fitting_bodies() {
+            let answer =
+                send(Method::POST, &url, &[("x-api-key", "k"), ("x-test-usage", "5")], body.to_string()).await.unwrap();
+            assert_eq!(answer.status, StatusCode::TOO_MANY_REQUESTS, "{mode} {body}: {answer:?}");
+            let error = answer.json()["error"].clone();
+            assert_eq!(
+                error["limits"],
+                json!([{"policy": "chat", "name": "tokens", "retry_after_ms": null}]),
+                "{body}"
+            );
+            assert!(answer.headers.get("retry-after").is_none(), "it can never fit: no time to wait for");
+        }
+        let m = scrape(&s.gateway).await;
+        let requests = |outcome| value(&m, "gateway_requests_total", &[("policy", "chat"), ("outcome", outcome)]);
+        assert_eq!(requests("limited"), Some(6.0), "{mode}");
+        assert_eq!((requests("fail_open"), requests("error")), (Some(0.0), Some(0.0)), "{mode}");
+        let keys: Vec<String> = redis::cmd("KEYS").arg("rl:*").query(&mut s.redis.client()).unwrap();
+        assert!(keys.is_empty(), "{mode}: nothing charged anywhere: {keys:?}");
+        assert!(!s.gateway.logs().contains("ERROR"), "{mode}: no limiter-down alarm\n{}", s.gateway.logs());
+    }
+}
+
+#[tokio::test]
+async fn a_command_the_module_refuses_is_never_taken_for_an_outage() {
+    // The caller's requests key holds application data: the module refuses to touch it.
+    let s = setup(&format!("[redis]\nfailure_mode = \"open\"\n{CHAT}")).await;
+    let key = format!("rl:{{{}}}:chat:requests", digest("k"));
+    let _: () = redis::cmd("SET").arg(&key).arg("hello").query(&mut s.redis.client()).unwrap();
+    let answer = chat(&s.gateway, "k", 10, Some(5)).await;
+    assert_eq!(answer.status, StatusCode::INTERNAL_SERVER_ERROR, "not forwarded unmetered: {answer:?}");
+    assert_eq!(answer.json()["error"]["type"], "internal_error");
+    let m = scrape(&s.gateway).await;
+    let requests = |outcome| value(&m, "gateway_requests_total", &[("policy", "chat"), ("outcome", outcome)]);
+    assert_eq!((requests("module_error"), requests("fail_open")), (Some(1.0), Some(0.0)));
+    let stored: String = redis::cmd("GET").arg(&key).query(&mut s.redis.client()).unwrap();
+    assert_eq!(stored, "hello");
+}
+
+#[tokio::test]
+async fn a_model_reporting_absurd_usage_is_charged_at_most_one_burst_of_debt() {
+    let s = setup(CHAT).await;
+    let answer = chat(&s.gateway, "k", 10, Some(u64::MAX)).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", s.gateway.logs());
+    assert_eq!(answer.header("x-ratelimit-remaining-tokens"), "0", "settled: the bucket is empty");
+    let mut con = s.redis.client();
+    // One burst of debt at most: the bucket is whole again within two windows.
+    let key = key_of(&mut con, "tokens");
+    let reset_ms = testkit::peek(&mut con, &key, 1000, 86400, 1000).reset_after_ms;
+    assert!(reset_ms <= 2 * 86_400_000 && reset_ms > 86_400_000, "{reset_ms}");
+    assert!(!s.gateway.logs().contains("settlement failed"), "{}", s.gateway.logs());
+}

@@ -14,27 +14,6 @@ use hyper::StatusCode;
 use prometheus_parse::{Scrape, Value};
 use testkit::{info_field, redis, tokens};
 
-/// The gateway's `/metrics`, parsed.
-async fn scrape(gateway: &Proc) -> Scrape {
-    let answer = get(&gateway.url("/metrics")).await.unwrap();
-    assert_eq!(answer.status, StatusCode::OK);
-    assert!(answer.header("content-type").starts_with("application/openmetrics-text"), "{answer:?}");
-    let text = String::from_utf8(answer.body.to_vec()).unwrap();
-    Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap()
-}
-
-/// The value of the sample `name` whose labels include `labels` (counters and gauges), or of
-/// its `_count` for a histogram's name; `None` when there is none.
-fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let matches =
-        |s: &&prometheus_parse::Sample| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v));
-    scrape.samples.iter().find(matches).map(|s| match &s.value {
-        Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
-        Value::Histogram(buckets) => buckets.iter().map(|b| b.count).fold(0.0, f64::max),
-        Value::Summary(_) => panic!("no summaries are exported"),
-    })
-}
-
 /// How many times Redis ran `command` (from its own `INFO commandstats`).
 fn redis_calls(con: &mut redis::Connection, command: &str) -> u64 {
     let stats = info_field(con, "commandstats", &format!("cmdstat_{command}")).unwrap_or_default();

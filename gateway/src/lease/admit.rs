@@ -28,6 +28,13 @@ pub enum Refusal {
     Unavailable(LimiterError),
 }
 
+impl Refusal {
+    /// Redis answered, but the module refused the command: never answered as an outage.
+    pub fn is_module_error(&self) -> bool {
+        matches!(self, Refusal::Unavailable(e) if !e.is_outage())
+    }
+}
+
 /// What `[upstream]` asks of every request: a lease, a capacity token, both or neither.
 #[derive(Clone, Debug, Default)]
 pub struct UpstreamLimits {

@@ -99,7 +99,7 @@ fn decide(quota: &Quota, tat: Option<u64>, now: u64, cost: u64) -> (CheckReply, 
     let interval = quota.window * 1_000_000 / quota.limit;
     let tolerance = quota.burst * interval;
     let tat = tat.unwrap_or(now).max(now);
-    let new_tat = tat + cost * interval;
+    let new_tat = tat.saturating_add(cost.saturating_mul(interval));
     let remaining = |tat: u64| (tolerance.saturating_sub(tat - now)) / interval;
     if new_tat - now <= tolerance {
         let reply = CheckReply {

@@ -86,10 +86,24 @@ pub trait RateLimiter: Clone + Send + Sync + Unpin + 'static {
 pub enum LimiterError {
     Timeout(Duration),
     Redis(::redis::RedisError),
+    /// The module ran and refused the command: its arguments are out of its bounds, or the
+    /// key holds something that is not limiter state. Not an outage (Redis answered), so never
+    /// a reason to forward a request unmetered; the same command would be refused again.
+    Rejected(::redis::RedisError),
     /// The answer is not the shape of the command's reply.
     Reply(::redis::ParsingError),
     /// A settlement named a limit the policy does not have (a bug, never a client's doing).
     NoSuchLimit(usize),
+}
+
+impl LimiterError {
+    /// Whether the limiter could not be asked (down, slow, broken): `failure_mode` decides
+    /// then. A refusal by the module itself ([`LimiterError::Rejected`]) or a reply of the
+    /// wrong shape is a fault of this gateway or of the data, never answered by forwarding
+    /// unmetered.
+    pub fn is_outage(&self) -> bool {
+        matches!(self, LimiterError::Timeout(_) | LimiterError::Redis(_))
+    }
 }
 
 impl fmt::Display for LimiterError {
@@ -97,6 +111,7 @@ impl fmt::Display for LimiterError {
         match self {
             LimiterError::Timeout(d) => write!(f, "redis did not answer within {} ms", d.as_millis()),
             LimiterError::Redis(e) => write!(f, "redis error: {e}"),
+            LimiterError::Rejected(e) => write!(f, "the ratelimit module refused the command: {e}"),
             LimiterError::Reply(r) => write!(f, "unexpected reply from the ratelimit module: {r}"),
             LimiterError::NoSuchLimit(i) => write!(f, "the policy has no limit #{i}"),
         }
@@ -107,7 +122,7 @@ impl std::error::Error for LimiterError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             LimiterError::Timeout(_) | LimiterError::NoSuchLimit(_) => None,
-            LimiterError::Redis(e) => Some(e),
+            LimiterError::Redis(e) | LimiterError::Rejected(e) => Some(e),
             LimiterError::Reply(e) => Some(e),
         }
     }

@@ -229,6 +229,21 @@ fn primary_may_have_changed(e: &redis::RedisError) -> bool {
         || e.kind() == ErrorKind::Server(ServerErrorKind::ReadOnly)
 }
 
+/// Whether Redis ran the command and the module refused it: `ERR` about its arguments (out of
+/// the module's bounds) or about the value stored at the key (another type, `WRONGTYPE`, or a
+/// string that is not limiter state). Redis answered, so this is no outage, and the same
+/// command would be refused again. `ERR unknown command` (the module is not loaded) is not
+/// one: that is a server the gateway cannot use, as when it is down.
+fn is_module_refusal(e: &redis::RedisError) -> bool {
+    match e.kind() {
+        ErrorKind::Server(ServerErrorKind::ResponseError) => {
+            !e.detail().is_some_and(|detail| detail.starts_with("unknown command"))
+        }
+        ErrorKind::Extension => e.code() == Some("WRONGTYPE"),
+        _ => false,
+    }
+}
+
 /// How the single-server connection reconnects after it broke: the first attempt at once,
 /// then two more 25 ms and 50 ms later (each doubled at most by jitter), and no delay above
 /// 100 ms. A request arriving while Redis is down waits for these attempts (well within
@@ -344,6 +359,7 @@ impl RedisLimiter {
         };
         match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(value)) => T::from_redis_value(value).map_err(LimiterError::Reply),
+            Ok(Err(e)) if is_module_refusal(&e) => Err(LimiterError::Rejected(e)),
             Ok(Err(e)) => Err(LimiterError::Redis(e)),
             Err(_) => Err(LimiterError::Timeout(self.timeout)),
         }
@@ -375,6 +391,15 @@ fn sentinel_backend(target: &SentinelTarget, settings: &RedisSettings) -> Result
     })
 }
 
+/// A count of tokens as the module takes it: an integer up to `i64::MAX`. A larger one (an
+/// LLM request with `max_tokens` near 2^64, a model reporting absurd usage) is sent as
+/// `i64::MAX`, which the module answers exactly as it would the real amount: a check can
+/// never fit (refused, never admitted), a forced charge is capped at one burst of debt, a
+/// refund fills the bucket. Sending it unchanged would get an argument error instead.
+fn amount(tokens: u64) -> u64 {
+    tokens.min(i64::MAX.unsigned_abs())
+}
+
 /// `<prefix>{<identity-hash>}:<policy>:<limit>`, e.g. `rl:{3fa9...}:chat:tokens`.
 pub fn key(prefix: &str, policy: &Policy, quota: &Quota, identity_hash: &str) -> String {
     format!("{prefix}{{{identity_hash}}}:{}:{}", policy.name, quota.name)
@@ -393,7 +418,7 @@ impl RateLimiter for RedisLimiter {
     async fn check(&self, policy: &Policy, identity_hash: &str, costs: &[u64]) -> Result<CheckAllReply, LimiterError> {
         let keys: Vec<String> = policy.limits.iter().map(|q| self.key(policy, q, identity_hash)).collect();
         let first = keys.first().cloned().unwrap_or_default();
-        let cost = |i: usize| costs.get(i).copied().unwrap_or(1);
+        let cost = |i: usize| amount(costs.get(i).copied().unwrap_or(1));
         match policy.limits.as_slice() {
             [q] => {
                 let mut cmd = redis::cmd("RL.CHECK");
@@ -417,12 +442,12 @@ impl RateLimiter for RedisLimiter {
         policy: &Policy,
         identity_hash: &str,
         index: usize,
-        amount: u64,
+        tokens: u64,
     ) -> Result<RefundReply, LimiterError> {
         let q = policy.limits.get(index).ok_or(LimiterError::NoSuchLimit(index))?;
         let key = self.key(policy, q, identity_hash);
         let mut cmd = redis::cmd("RL.REFUND");
-        cmd.arg(&key).arg(q.limit).arg(q.window).arg(amount).arg("BURST").arg(q.burst);
+        cmd.arg(&key).arg(q.limit).arg(q.window).arg(amount(tokens)).arg("BURST").arg(q.burst);
         self.query(cmd, &key).await
     }
 
@@ -431,20 +456,20 @@ impl RateLimiter for RedisLimiter {
         policy: &Policy,
         identity_hash: &str,
         index: usize,
-        amount: u64,
+        tokens: u64,
     ) -> Result<CheckReply, LimiterError> {
         let q = policy.limits.get(index).ok_or(LimiterError::NoSuchLimit(index))?;
         let key = self.key(policy, q, identity_hash);
         let mut cmd = redis::cmd("RL.CHECK");
-        cmd.arg(&key).arg(q.limit).arg(q.window).arg("COST").arg(amount).arg("BURST").arg(q.burst).arg("FORCE");
+        cmd.arg(&key).arg(q.limit).arg(q.window).arg("COST").arg(amount(tokens)).arg("BURST").arg(q.burst).arg("FORCE");
         self.query(cmd, &key).await
     }
 
     async fn check_shared(&self, quota: &Quota, cost: u64, keep: u64) -> Result<CheckReply, LimiterError> {
         let key = format!("{}upstream:{}", self.prefix, quota.name);
         let mut cmd = redis::cmd("RL.CHECK");
-        cmd.arg(&key).arg(quota.limit).arg(quota.window).arg("COST").arg(cost).arg("BURST").arg(quota.burst);
-        cmd.arg("KEEP").arg(keep);
+        cmd.arg(&key).arg(quota.limit).arg(quota.window).arg("COST").arg(amount(cost)).arg("BURST").arg(quota.burst);
+        cmd.arg("KEEP").arg(amount(keep));
         self.query(cmd, &key).await
     }
 
@@ -482,6 +507,44 @@ impl RateLimiter for RedisLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The error a server sends as `line` (RESP, e.g. `-ERR ...`).
+    fn server_error(line: &str) -> redis::RedisError {
+        let value = redis::parse_redis_value(format!("{line}\r\n").as_bytes()).unwrap();
+        value.extract_error().unwrap_err()
+    }
+
+    #[test]
+    fn only_the_module_s_own_refusals_count_as_refusals_not_outages() {
+        for refusal in [
+            "-ERR cost must be a non-negative integer",
+            "-ERR burst * window / limit must not exceed 100 years",
+            "-ERR key holds a string that is not rate-limiter state; it was left unchanged",
+            "-WRONGTYPE Operation against a key holding the wrong kind of value",
+        ] {
+            assert!(is_module_refusal(&server_error(refusal)), "{refusal}");
+        }
+        for outage in [
+            "-ERR unknown command 'RL.CHECK', with args beginning with: 'k'",
+            "-LOADING Redis is loading the dataset in memory",
+            "-READONLY You can't write against a read only replica.",
+            "-OOM command not allowed when used memory > 'maxmemory'.",
+            "-BUSY Redis is busy running a script.",
+            "-NOPERM User gw has no permissions to run the 'rl.check' command",
+            "-MASTERDOWN Link with MASTER is down",
+        ] {
+            assert!(!is_module_refusal(&server_error(outage)), "{outage}");
+        }
+        let io = redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
+        assert!(!is_module_refusal(&io));
+    }
+
+    #[test]
+    fn amounts_beyond_what_the_module_takes_are_sent_as_its_largest() {
+        assert_eq!(amount(5), 5);
+        assert_eq!(amount(i64::MAX as u64), i64::MAX as u64);
+        assert_eq!(amount(u64::MAX), i64::MAX as u64);
+    }
 
     #[test]
     fn a_switch_announcement_names_the_new_primary_of_its_master_only() {

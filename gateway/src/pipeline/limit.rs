@@ -130,6 +130,16 @@ pub async fn limit<L: RateLimiter>(
                 limit.deny_cache.remember(policy, &caller.identity_hash, &decision, asked_at);
                 decision
             }
+            // Redis answered: nothing to fail open on (a client must not get past its limits
+            // by making the module refuse the command).
+            Err(e) if !e.is_outage() => {
+                m.request(&policy.name, Outcome::ModuleError);
+                if policy.shadow {
+                    tracing::error!(error = %e, policy = %policy.name, "the ratelimit module refused the command; shadow policy, forwarding");
+                    return next.run(unmetered(request)).await;
+                }
+                return ApiError::LimiterRejected { detail: e.to_string() }.into_response();
+            }
             Err(e) if policy.shadow || limit.failure_mode == FailureMode::Open => {
                 m.request(&policy.name, Outcome::FailOpen);
                 tracing::warn!(error = %e, policy = %policy.name, shadow = policy.shadow, "rate limiter unavailable, forwarding unmetered");
@@ -195,6 +205,11 @@ pub async fn limit<L: RateLimiter>(
                 append_items(response.headers_mut(), items);
                 return response;
             }
+            (None, _) if !policy.shadow && refusal.is_module_error() => {
+                give_back(&limit.limiter, policy, &caller.identity_hash, &costs, &mut decision).await;
+                m.request(&policy.name, Outcome::ModuleError);
+                return ApiError::LimiterRejected { detail: format!("{refusal:?}") }.into_response();
+            }
             (None, FailureMode::Closed) if !policy.shadow => {
                 give_back(&limit.limiter, policy, &caller.identity_hash, &costs, &mut decision).await;
                 m.request(&policy.name, Outcome::Error);
@@ -205,7 +220,10 @@ pub async fn limit<L: RateLimiter>(
                 return ApiError::LimiterUnavailable { detail }.into_response();
             }
             (None, _) => {
-                m.request(&policy.name, Outcome::FailOpen);
+                m.request(
+                    &policy.name,
+                    if refusal.is_module_error() { Outcome::ModuleError } else { Outcome::FailOpen },
+                );
                 tracing::warn!(?refusal, policy = %policy.name, shadow = policy.shadow, "lease unavailable, forwarding without it");
                 Vec::new()
             }

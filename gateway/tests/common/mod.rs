@@ -19,6 +19,7 @@ use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use prometheus_parse::{Scrape, Value};
 
 pub use testkit::{free_port, wait_until, ChildGuard, RedisServer};
 
@@ -250,4 +251,25 @@ pub fn start_gateway_via_sentinels(group: &testkit::SentinelGroup, upstream: &st
     }
     all.extend(args.iter().cloned());
     start_serve("gateway", upstream, &all)
+}
+
+/// The gateway's `/metrics`, parsed.
+pub async fn scrape(gateway: &Proc) -> Scrape {
+    let answer = get(&gateway.url("/metrics")).await.unwrap();
+    assert_eq!(answer.status, StatusCode::OK);
+    assert!(answer.header("content-type").starts_with("application/openmetrics-text"), "{answer:?}");
+    let text = String::from_utf8(answer.body.to_vec()).unwrap();
+    Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap()
+}
+
+/// The value of the sample `name` whose labels include `labels` (counters and gauges), or of
+/// its `_count` for a histogram's name; `None` when there is none.
+pub fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let matches =
+        |s: &&prometheus_parse::Sample| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v));
+    scrape.samples.iter().find(matches).map(|s| match &s.value {
+        Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
+        Value::Histogram(buckets) => buckets.iter().map(|b| b.count).fold(0.0, f64::max),
+        Value::Summary(_) => panic!("no summaries are exported"),
+    })
 }

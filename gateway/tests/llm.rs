@@ -30,8 +30,15 @@ async fn llm_upstream() -> String {
         let usage = request.headers().get("x-test-usage").and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         let headers_events =
             request.headers().get("x-test-events").and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+        let endless = request.headers().contains_key("x-test-endless-event");
         let body = to_bytes(request.into_body(), usize::MAX).await.unwrap();
         let sent: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        if endless {
+            // One event that never ends: 64 KiB frames of data without a blank line.
+            let frame = Bytes::from(format!("data: {}", "x".repeat(64 * 1024 - 6)));
+            let stream = futures_endless(frame);
+            return ([("content-type", "text/event-stream")], axum::body::Body::new(stream)).into_response();
+        }
         if sent["stream"] == true {
             let asked = sent["stream_options"]["include_usage"] == true;
             let chunk = json!({"choices": [{"delta": {"content": format!("include_usage={asked}")}}]});
@@ -62,6 +69,11 @@ fn futures_stream(events: Vec<String>) -> frames::Frames {
     frames::Frames::new(events)
 }
 
+/// A body yielding `frame` again and again, as fast as it is read.
+fn futures_endless(frame: Bytes) -> frames::Endless {
+    frames::Endless(frame)
+}
+
 mod frames {
     use std::collections::VecDeque;
     use std::pin::Pin;
@@ -70,6 +82,18 @@ mod frames {
 
     use axum::body::Bytes;
     use hyper::body::Frame;
+
+    /// The same frame for ever.
+    pub struct Endless(pub Bytes);
+
+    impl axum::body::HttpBody for Endless {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            Poll::Ready(Some(Ok(Frame::data(self.0.clone()))))
+        }
+    }
 
     /// Frames from a list, with a pause before each.
     pub struct Frames {
@@ -389,4 +413,39 @@ async fn a_model_reporting_absurd_usage_is_charged_at_most_one_burst_of_debt() {
     let reset_ms = testkit::peek(&mut con, &key, 1000, 86400, 1000).reset_after_ms;
     assert!(reset_ms <= 2 * 86_400_000 && reset_ms > 86_400_000, "{reset_ms}");
     assert!(!s.gateway.logs().contains("settlement failed"), "{}", s.gateway.logs());
+}
+
+// Multi-threaded: the test reads its socket blocking while the in-test upstream streams.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_that_never_ends_cuts_the_stream_at_max_event_bytes_and_keeps_the_reservation() {
+    use std::io::{Read, Write};
+    let config = CHAT.replace("kind = \"openai\"", "kind = \"openai\"\nmax_event_bytes = 262144");
+    let s = setup(&config).await;
+    let body =
+        json!({"stream": true, "messages": [{"role": "user", "content": "abcd"}], "max_tokens": 100}).to_string();
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-API-Key: k\r\nX-Test-Endless-Event: 1\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let started = Instant::now();
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", s.gateway.port)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 200 OK"), "{}", &text[..text.len().min(300)]);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the stream was cut, not left running: {:?}",
+        started.elapsed()
+    );
+    assert!(!text.ends_with("0\r\n\r\n"), "cut, not ended as if complete");
+    assert!(answer.len() < 64 * 1024, "no part of the endless event reached the client: {} bytes", answer.len());
+    let mut con = s.redis.client();
+    let kept = wait_until(Instant::now() + Duration::from_secs(5), || left(&mut con, "tokens", 1000, 86400) == 899);
+    assert!(kept, "a cut stream keeps its reservation of 101\n{}", s.gateway.logs());
+    assert!(s.gateway.logs().contains("longer than max_event_bytes"), "{}", s.gateway.logs());
+    assert_eq!(chat(&s.gateway, "k", 1, Some(2)).await.status, StatusCode::OK, "the gateway serves on");
 }

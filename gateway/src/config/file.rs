@@ -140,6 +140,7 @@ pub struct PolicyFile {
     pub chars_per_token: Option<u64>,
     pub default_max_tokens: Option<u64>,
     pub max_response_bytes: Option<u64>,
+    pub max_event_bytes: Option<u64>,
     /// Requests in flight per caller (a lease each, held until the response body ends).
     pub max_concurrent: Option<u64>,
     /// How long a lease lives without renewal, in ms; default 30000.

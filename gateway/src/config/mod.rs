@@ -66,6 +66,9 @@ pub const DEFAULT_IP_TIER: &str = "anonymous";
 pub const DEFAULT_CHARS_PER_TOKEN: u64 = 4;
 pub const DEFAULT_MAX_TOKENS: u64 = 1024;
 pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 8 * 1024 * 1024;
+/// One server-sent event of a streamed LLM answer: chunks are a few hundred bytes, so 1 MiB
+/// only stops a model that never ends an event.
+pub const DEFAULT_MAX_EVENT_BYTES: u64 = 1024 * 1024;
 /// How many refused callers the deny cache remembers at most (about 100 bytes each).
 pub const DEFAULT_DENY_CACHE_MAX_ENTRIES: u64 = 100_000;
 /// How long a concurrency lease lives without renewal (renewed every third of it).
@@ -162,6 +165,9 @@ pub struct Llm {
     /// The largest non-streamed answer buffered to read its `usage`; a larger one is passed
     /// through and keeps its reservation.
     pub max_response_bytes: u64,
+    /// The largest event of a streamed answer (events are held whole to read the usage); a
+    /// longer one cuts the stream, which then keeps its reservation.
+    pub max_event_bytes: u64,
 }
 
 /// What one request costs on a limit: one (`requests`), or its tokens (`tokens`).

@@ -112,6 +112,7 @@ fn resolve_llm(f: &PolicyFile) -> Result<Option<Llm>, String> {
         ("chars_per_token", f.chars_per_token),
         ("default_max_tokens", f.default_max_tokens),
         ("max_response_bytes", f.max_response_bytes),
+        ("max_event_bytes", f.max_event_bytes),
     ];
     if f.kind.unwrap_or_default() == PolicyKind::Plain {
         return match set.into_iter().find(|(_, v)| v.is_some()) {
@@ -123,9 +124,10 @@ fn resolve_llm(f: &PolicyFile) -> Result<Option<Llm>, String> {
         chars_per_token: f.chars_per_token.unwrap_or(DEFAULT_CHARS_PER_TOKEN),
         default_max_tokens: f.default_max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
         max_response_bytes: f.max_response_bytes.unwrap_or(DEFAULT_MAX_RESPONSE_BYTES),
+        max_event_bytes: f.max_event_bytes.unwrap_or(DEFAULT_MAX_EVENT_BYTES),
     };
-    if llm.chars_per_token == 0 || llm.max_response_bytes == 0 {
-        return Err("chars_per_token and max_response_bytes must be at least 1".into());
+    if llm.chars_per_token == 0 || llm.max_response_bytes == 0 || llm.max_event_bytes == 0 {
+        return Err("chars_per_token, max_response_bytes and max_event_bytes must be at least 1".into());
     }
     Ok(Some(llm))
 }

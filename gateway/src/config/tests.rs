@@ -263,7 +263,15 @@ fn an_llm_policy_counts_tokens() {
     let text = "[[policy]]\nname = \"chat\"\nkind = \"openai\"\nlimit = 60\nwindow = 60\nchars_per_token = 3\n\
         [[policy.limits]]\nname = \"tokens\"\nunit = \"tokens\"\nlimit = 100000\nwindow = 60\n";
     let p = &settings(text).unwrap().policies[0];
-    assert_eq!(p.llm, Some(Llm { chars_per_token: 3, default_max_tokens: 1024, max_response_bytes: 8 << 20 }));
+    assert_eq!(
+        p.llm,
+        Some(Llm {
+            chars_per_token: 3,
+            default_max_tokens: 1024,
+            max_response_bytes: 8 << 20,
+            max_event_bytes: 1 << 20
+        })
+    );
     assert_eq!(p.limits[1].unit, Unit::Tokens);
     // Flags leave token limits alone.
     let o = Overrides { limit: Some(5), window: Some(10), ..Overrides::default() };

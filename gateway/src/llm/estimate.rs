@@ -151,7 +151,8 @@ pub fn estimate(body: &[u8], llm: &Llm) -> Result<Estimate, BadLlmRequest> {
 mod tests {
     use super::*;
 
-    const LLM: Llm = Llm { chars_per_token: 4, default_max_tokens: 100, max_response_bytes: 1000 };
+    const LLM: Llm =
+        Llm { chars_per_token: 4, default_max_tokens: 100, max_response_bytes: 1000, max_event_bytes: 1000 };
 
     fn est(body: &str) -> Result<(u64, u64), BadLlmRequest> {
         estimate(body.as_bytes(), &LLM).map(|e| (e.prompt_tokens, e.completion_tokens))

@@ -25,7 +25,7 @@ use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
 use rl_protocol::CheckAllReply;
 
-use crate::config::{Policy, Unit};
+use crate::config::{Llm, Policy, Unit};
 use crate::error::ApiError;
 use crate::limiter::RateLimiter;
 use crate::metrics::metrics;
@@ -86,7 +86,8 @@ pub struct Settlement<L> {
     pub identity_hash: String,
     /// The estimate charged on each limit counted in tokens.
     pub reserved: u64,
-    pub max_response_bytes: u64,
+    /// The policy's LLM settings (`max_response_bytes`, `max_event_bytes`).
+    pub llm: Llm,
     /// Set when the gateway asked for `stream_options.include_usage` on the client's behalf:
     /// the usage-only final chunk is then not forwarded.
     pub strip_usage_chunk: bool,
@@ -111,7 +112,7 @@ impl<L: RateLimiter> Settlement<L> {
             return Response::from_parts(parts, super::stream::settled_on_end(body, self));
         }
         let (parts, body) = response.into_parts();
-        let bytes = match buffer(body, self.max_response_bytes).await {
+        let bytes = match buffer(body, self.llm.max_response_bytes).await {
             Ok(Ok(bytes)) => bytes,
             Ok(Err(body)) => {
                 tracing::debug!(reserved, "answer over max_response_bytes: reservation kept");
@@ -194,7 +195,7 @@ mod tests {
             policy,
             identity_hash: "id".into(),
             reserved,
-            max_response_bytes: 64,
+            llm: Llm { chars_per_token: 4, default_max_tokens: 10, max_response_bytes: 64, max_event_bytes: 64 },
             strip_usage_chunk: false,
         };
         let answer = Response::builder().header("x-model", "m").body(Body::from(body.to_string())).unwrap();

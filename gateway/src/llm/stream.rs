@@ -42,58 +42,182 @@ pub fn ask_for_usage(body: &[u8]) -> Option<(Bytes, bool)> {
 }
 
 /// What one event is: its `usage.total_tokens` if it has one, and whether it is a usage-only
-/// chunk (empty `choices`).
+/// chunk (empty `choices`). The event's `data:` lines are joined with `\n`, as an SSE client
+/// would (lines may end in `\r\n`, `\n` or `\r`).
 fn usage_of(event: &[u8]) -> Option<(u64, bool)> {
-    let text = std::str::from_utf8(event).ok()?;
-    let data: String = text
-        .lines()
-        .filter_map(|line| line.strip_prefix("data:"))
-        .map(|d| d.strip_prefix(' ').unwrap_or(d))
-        .collect::<Vec<_>>()
-        .join("\n");
-    let value: Value = serde_json::from_str(&data).ok()?;
+    let mut data: Vec<u8> = Vec::new();
+    for line in sse_lines(event) {
+        if let Some(value) = line.strip_prefix(b"data:") {
+            if !data.is_empty() {
+                data.push(b'\n');
+            }
+            data.extend_from_slice(value.strip_prefix(b" ").unwrap_or(value));
+        }
+    }
+    let value: Value = serde_json::from_slice(&data).ok()?;
     let total = value.get("usage")?.get("total_tokens")?.as_u64()?;
     let usage_only = value.get("choices").and_then(Value::as_array).is_none_or(|c| c.is_empty());
     Some((total, usage_only))
 }
 
-/// The end of the first complete event in `buf` (after its blank line), if any.
-fn event_end(buf: &[u8]) -> Option<usize> {
-    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
-    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
-    match (lf, crlf) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
+/// The lines of an event, each without its end (`\r\n`, `\n` or `\r`).
+fn sse_lines(event: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = event;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let end = rest.iter().position(|&b| b == b'\n' || b == b'\r').unwrap_or(rest.len());
+        let line = &rest[..end];
+        let skip = match rest.get(end..end + 2) {
+            Some(b"\r\n") => 2,
+            _ => usize::from(end < rest.len()),
+        };
+        rest = &rest[end + skip..];
+        Some(line)
+    })
+}
+
+/// Cuts a stream of bytes into server-sent events as the standard reads them: a line ends in
+/// `\r\n`, `\n` or `\r`, and an empty line ends an event. Bytes are looked at once, as they
+/// arrive (a long event is not scanned again from its start with every frame), and an event
+/// may not grow beyond `max` bytes.
+struct EventSplitter {
+    /// Bytes of the event not yet complete; `pending[..scanned]` have been looked at.
+    pending: Vec<u8>,
+    scanned: usize,
+    /// The scan is at the start of a line (nothing yet on it).
+    line_start: bool,
+    /// What the last byte looked at was, when a `\n` right after it would belong to it.
+    after: After,
+    max: usize,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum After {
+    Other,
+    /// A `\r` that ended a line: a `\n` next completes the same line end.
+    Cr,
+    /// A `\r` that ended an event: a `\n` next is the last byte of that event.
+    CrEndingEvent,
+}
+
+/// An event grew beyond `max_event_bytes` without ending.
+#[derive(Debug)]
+struct EventTooLong {
+    max: usize,
+}
+
+impl std::fmt::Display for EventTooLong {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the model sent a server-sent event longer than max_event_bytes ({} bytes)", self.max)
+    }
+}
+
+impl std::error::Error for EventTooLong {}
+
+impl EventSplitter {
+    fn new(max: usize) -> Self {
+        EventSplitter { pending: Vec::new(), scanned: 0, line_start: true, after: After::Other, max }
+    }
+
+    /// Adds `bytes` and hands every event they complete to `event`, in order, each with its
+    /// line ends, so that what is handed out, put together, is the bytes as received. (The
+    /// `\n` of a `\r\n` that ended an event comes on its own, after that event, when the two
+    /// arrive in different frames.)
+    fn push(&mut self, bytes: &[u8], mut event: impl FnMut(&[u8])) -> Result<(), EventTooLong> {
+        self.pending.extend_from_slice(bytes);
+        let mut start = 0;
+        while let Some(&b) = self.pending.get(self.scanned) {
+            self.scanned += 1;
+            let after = std::mem::replace(&mut self.after, After::Other);
+            match (b, after) {
+                (b'\n', After::Cr) => {}
+                (b'\n', After::CrEndingEvent) => {
+                    event(&self.pending[start..self.scanned]);
+                    start = self.scanned;
+                }
+                (b'\n' | b'\r', _) if self.line_start => {
+                    if b == b'\r' {
+                        match self.pending.get(self.scanned) {
+                            Some(b'\n') => self.scanned += 1,
+                            Some(_) => {}
+                            None => self.after = After::CrEndingEvent,
+                        }
+                    }
+                    event(&self.pending[start..self.scanned]);
+                    start = self.scanned;
+                }
+                (b'\n' | b'\r', _) => {
+                    self.line_start = true;
+                    if b == b'\r' {
+                        self.after = After::Cr;
+                    }
+                }
+                _ => self.line_start = false,
+            }
+        }
+        self.pending.drain(..start);
+        self.scanned -= start;
+        match self.pending.len() > self.max {
+            true => Err(EventTooLong { max: self.max }),
+            false => Ok(()),
+        }
+    }
+
+    /// What is left when the stream ends: a last event without its empty line.
+    fn rest(&mut self) -> Vec<u8> {
+        self.scanned = 0;
+        std::mem::take(&mut self.pending)
     }
 }
 
 struct Settling<L: RateLimiter> {
     inner: Body,
-    /// Bytes of an event not yet complete.
-    pending: Vec<u8>,
+    events: EventSplitter,
     usage: Option<u64>,
     /// Taken when the stream ends (and only then).
     settlement: Option<Settlement<L>>,
     strip: bool,
+    /// The stream was cut (an event too long): the error to end the body with, once the
+    /// events completed before it are out.
+    cut: Option<axum::Error>,
 }
 
 impl<L: RateLimiter> Settling<L> {
-    /// The complete events of `pending` to forward (the usage-only one dropped if asked).
-    fn complete_events(&mut self) -> Vec<u8> {
-        let mut out = Vec::new();
-        while let Some(end) = event_end(&self.pending) {
-            let event: Vec<u8> = self.pending.drain(..end).collect();
-            match usage_of(&event) {
-                Some((total, usage_only)) => {
-                    self.usage = Some(total);
-                    if !(usage_only && self.strip) {
-                        out.extend_from_slice(&event);
-                    }
-                }
-                None => out.extend_from_slice(&event),
+    /// Reads `frame` into events: the bytes to forward (the usage-only event dropped if asked).
+    fn complete_events(&mut self, frame: &[u8]) -> (Vec<u8>, Result<(), EventTooLong>) {
+        let mut out = Vec::with_capacity(frame.len());
+        let (usage, strip) = (&mut self.usage, self.strip);
+        let mut dropped_last = false;
+        let result = self.events.push(frame, |event| {
+            // A lone `\n` completing the line end of the event before it goes where that went.
+            if event == b"\n" && dropped_last {
+                return;
             }
+            dropped_last = false;
+            match usage_of(event) {
+                Some((total, usage_only)) => {
+                    *usage = Some(total);
+                    if usage_only && strip {
+                        dropped_last = true;
+                        return;
+                    }
+                    out.extend_from_slice(event);
+                }
+                None => out.extend_from_slice(event),
+            }
+        });
+        (out, result)
+    }
+
+    /// The stream cannot end well (the model broke it off, or sent an event too long): the
+    /// reservation is kept.
+    fn broken(&mut self, why: &dyn std::fmt::Display) {
+        if let Some(settlement) = self.settlement.take() {
+            tracing::debug!(reason = %why, reserved = settlement.reserved, "stream broke off: reservation kept");
+            settlement.kept();
         }
-        out
     }
 
     fn finish(&mut self) {
@@ -117,14 +241,14 @@ impl<L: RateLimiter> HttpBody for Settling<L> {
     type Error = axum::Error;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if let Some(cut) = self.cut.take() {
+            return Poll::Ready(Some(Err(cut)));
+        }
         loop {
             match Pin::new(&mut self.inner).poll_frame(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Err(e))) => {
-                    tracing::debug!(error = %e, "stream broke off: reservation kept");
-                    if let Some(settlement) = self.settlement.take() {
-                        settlement.kept();
-                    }
+                    self.broken(&e);
                     return Poll::Ready(Some(Err(e)));
                 }
                 Poll::Ready(Some(Ok(frame))) => {
@@ -132,15 +256,24 @@ impl<L: RateLimiter> HttpBody for Settling<L> {
                         Ok(data) => data,
                         Err(trailers) => return Poll::Ready(Some(Ok(trailers))),
                     };
-                    self.pending.extend_from_slice(&frame);
-                    let out = self.complete_events();
+                    let (out, result) = self.complete_events(&frame);
+                    if let Err(too_long) = result {
+                        tracing::warn!(error = %too_long, "stream cut");
+                        self.broken(&too_long);
+                        let error = axum::Error::new(too_long);
+                        if out.is_empty() {
+                            return Poll::Ready(Some(Err(error)));
+                        }
+                        self.cut = Some(error);
+                        return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
+                    }
                     if !out.is_empty() {
                         return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
                     }
                 }
                 Poll::Ready(None) => {
                     // A last event without its blank line is forwarded as it is.
-                    let rest = std::mem::take(&mut self.pending);
+                    let rest = self.events.rest();
                     if let Some((total, _)) = usage_of(&rest) {
                         self.usage = Some(total);
                     }
@@ -158,7 +291,8 @@ impl<L: RateLimiter> HttpBody for Settling<L> {
 /// `body` passed through event by event, settling `settlement` when it ends.
 pub fn settled_on_end<L: RateLimiter>(body: Body, settlement: Settlement<L>) -> Body {
     let strip = settlement.strip_usage_chunk;
-    Body::new(Settling { inner: body, pending: Vec::new(), usage: None, settlement: Some(settlement), strip })
+    let events = EventSplitter::new(usize::try_from(settlement.llm.max_event_bytes).unwrap_or(usize::MAX));
+    Body::new(Settling { inner: body, events, usage: None, settlement: Some(settlement), strip, cut: None })
 }
 
 #[cfg(test)]
@@ -176,13 +310,82 @@ mod tests {
         assert!(!added);
     }
 
+    /// The pieces `splitter` hands out for `frames`, and an error if it cut the stream.
+    fn split(splitter: &mut EventSplitter, frames: &[&[u8]]) -> (Vec<Vec<u8>>, Option<String>) {
+        let mut pieces = Vec::new();
+        for frame in frames {
+            if let Err(e) = splitter.push(frame, |event| pieces.push(event.to_vec())) {
+                return (pieces, Some(e.to_string()));
+            }
+        }
+        (pieces, None)
+    }
+
     #[test]
-    fn events_are_split_and_the_usage_chunk_recognised() {
-        assert_eq!(event_end(b"data: 1\n\ndata: 2"), Some(9));
-        assert_eq!(event_end(b"data: 1\r\n\r\n"), Some(11));
-        assert_eq!(event_end(b"data: 1\n"), None);
-        assert_eq!(usage_of(b"data: {\"choices\":[],\"usage\":{\"total_tokens\":7}}\n\n"), Some((7, true)));
+    fn every_line_end_the_standard_allows_ends_events() {
+        let stream: &[u8] = b"data: 1\n\ndata: 2\r\rdata: 3\r\n\r\ndata: 4\n\r\nid: 5\rdata: 5\r\n\ndata: 6";
+        let mut splitter = EventSplitter::new(1 << 20);
+        let (pieces, cut) = split(&mut splitter, &[stream]);
+        assert_eq!(cut, None);
+        let pieces: Vec<&[u8]> = pieces.iter().map(Vec::as_slice).collect();
+        let want: [&[u8]; 5] =
+            [b"data: 1\n\n", b"data: 2\r\r", b"data: 3\r\n\r\n", b"data: 4\n\r\n", b"id: 5\rdata: 5\r\n\n"];
+        assert_eq!(pieces, want);
+        assert_eq!(splitter.rest(), b"data: 6");
+    }
+
+    #[test]
+    fn frames_cut_anywhere_give_the_same_events() {
+        let stream: &[u8] = b"data: a\r\n\r\ndata: b\r\rdata: c\n\n: comment\r\n\r\ndata: d\r\r\n";
+        let (whole, _) = split(&mut EventSplitter::new(1 << 20), &[stream]);
+        for size in 1..stream.len() {
+            let frames: Vec<&[u8]> = stream.chunks(size).collect();
+            let (pieces, cut) = split(&mut EventSplitter::new(1 << 20), &frames);
+            assert_eq!(cut, None);
+            assert_eq!(pieces.concat(), stream, "frames of {size}: every byte handed out once, in order");
+            let events: Vec<&Vec<u8>> = pieces.iter().filter(|p| p.as_slice() != b"\n").collect();
+            let whole_events: Vec<&Vec<u8>> = whole.iter().filter(|p| p.as_slice() != b"\n").collect();
+            assert_eq!(events.len(), whole_events.len(), "frames of {size}");
+        }
+    }
+
+    #[test]
+    fn each_byte_is_looked_at_once_however_long_the_event() {
+        let mut splitter = EventSplitter::new(usize::MAX);
+        let frame = vec![b'x'; 64 * 1024];
+        for _ in 0..64 {
+            splitter.push(&frame, |_| panic!("no event ends")).unwrap();
+        }
+        // 4 MiB pending, scanned once: the next byte continues where the scan stopped.
+        assert_eq!(splitter.scanned, 64 * frame.len());
+        let mut events = 0;
+        splitter.push(b"\n\n", |_| events += 1).unwrap();
+        assert_eq!((events, splitter.pending.len(), splitter.scanned), (1, 0, 0));
+    }
+
+    #[test]
+    fn an_event_longer_than_the_cap_cuts_the_stream_after_the_events_before_it() {
+        let mut splitter = EventSplitter::new(16);
+        let (pieces, cut) = split(&mut splitter, &[b"data: ok\n\ndata: 0123456789", b"abcdef"]);
+        assert_eq!(pieces, vec![b"data: ok\n\n".to_vec()]);
+        assert_eq!(cut.as_deref(), Some("the model sent a server-sent event longer than max_event_bytes (16 bytes)"));
+        let mut at_cap = EventSplitter::new(16);
+        assert!(at_cap.push(b"data: 0123456789", |_| {}).is_ok(), "16 bytes fit");
+    }
+
+    #[test]
+    fn the_usage_chunk_is_recognised_whatever_its_line_ends() {
+        let usage = b"{\"choices\":[],\"usage\":{\"total_tokens\":7}}";
+        for end in [&b"\n\n"[..], b"\r\r", b"\r\n\r\n"] {
+            let event = [b"data: ".as_slice(), usage, end].concat();
+            assert_eq!(usage_of(&event), Some((7, true)), "{end:?}");
+        }
         assert_eq!(usage_of(b"data: {\"choices\":[{}],\"usage\":{\"total_tokens\":7}}\n\n"), Some((7, false)));
+        assert_eq!(
+            usage_of(b"data:{\"usage\":\r\ndata: {\"total_tokens\":3}}\r\n\r\n"),
+            Some((3, true)),
+            "data lines joined"
+        );
         assert_eq!(usage_of(b"data: [DONE]\n\n"), None);
     }
 }

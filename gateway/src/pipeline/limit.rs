@@ -237,7 +237,7 @@ pub async fn limit<L: RateLimiter>(
                 policy: policy.clone(),
                 identity_hash: caller.identity_hash.clone(),
                 reserved,
-                max_response_bytes: llm.max_response_bytes,
+                llm: *llm,
                 strip_usage_chunk,
             };
             settlement.settle(&mut decision, response).await

@@ -449,3 +449,30 @@ async fn an_event_that_never_ends_cuts_the_stream_at_max_event_bytes_and_keeps_t
     assert!(s.gateway.logs().contains("longer than max_event_bytes"), "{}", s.gateway.logs());
     assert_eq!(chat(&s.gateway, "k", 1, Some(2)).await.status, StatusCode::OK, "the gateway serves on");
 }
+
+#[tokio::test]
+async fn many_megabyte_bodies_at_once_are_read_without_starving_the_redis_calls() {
+    // Half a million zeros beside the prompt: 1 MB the estimate must skip, 40 times at once.
+    let config = CHAT.replace("limit = 3\nwindow = 60\n", "limit = 100\nwindow = 86400\n");
+    let s = setup(&config).await;
+    let zeros = vec!["0"; 500_000].join(",");
+    let body = format!(r#"{{"messages":[{{"role":"user","content":"abcd"}}],"max_tokens":9,"pad":[{zeros}]}}"#);
+    assert!(body.len() > 1_000_000);
+    let url = s.gateway.url("/v1/chat/completions");
+    let requests: Vec<_> = (0..40)
+        .map(|_| {
+            let (url, body) = (url.clone(), Bytes::from(body.clone()));
+            tokio::spawn(
+                async move { send(Method::POST, &url, &[("x-api-key", "k"), ("x-test-usage", "10")], body).await },
+            )
+        })
+        .collect();
+    for request in requests {
+        let answer = request.await.unwrap().unwrap();
+        assert_eq!(answer.status, StatusCode::OK, "{answer:?}\n{}", s.gateway.logs());
+        assert_eq!(answer.json()["seen_bytes"], body.len(), "forwarded byte for byte");
+    }
+    let mut con = s.redis.client();
+    assert_eq!(left(&mut con, "requests", 100, 86400), 60);
+    assert_eq!(left(&mut con, "tokens", 1000, 86400), 1000 - 40 * 10, "each settled on its usage");
+}

@@ -12,7 +12,10 @@
 //! OpenAI's tokenizers, other languages and code run from ~1 to ~3, and chat formatting adds a
 //! few tokens per message. Settlement replaces it by the answer's real `usage`.
 
-use serde_json::Value;
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
 
 use crate::config::Llm;
 
@@ -59,76 +62,22 @@ impl BadLlmRequest {
     }
 }
 
-/// Characters and token ids of a `prompt` / `input` value.
-fn prompt_like(value: &Value, field: &'static str) -> Result<(u64, u64), BadLlmRequest> {
-    let bad = BadLlmRequest::BadField(field);
-    let chars = |s: &str| s.chars().count() as u64;
-    match value {
-        Value::String(s) => Ok((chars(s), 0)),
-        Value::Array(items) => {
-            let (mut text, mut ids) = (0u64, 0u64);
-            for item in items {
-                match item {
-                    Value::String(s) => text += chars(s),
-                    Value::Number(n) if n.is_u64() => ids += 1,
-                    Value::Array(inner) if inner.iter().all(|v| v.is_u64()) => ids += inner.len() as u64,
-                    _ => return Err(bad),
-                }
-            }
-            Ok((text, ids))
-        }
-        _ => Err(bad),
-    }
-}
-
-/// Characters of text in `messages`.
-fn message_chars(messages: &Value) -> Result<u64, BadLlmRequest> {
-    let bad = BadLlmRequest::BadField("messages");
-    let Value::Array(messages) = messages else { return Err(bad) };
-    let mut total = 0u64;
-    for message in messages {
-        let Value::Object(message) = message else { return Err(bad) };
-        match message.get("content") {
-            None | Some(Value::Null) => {}
-            Some(Value::String(s)) => total += s.chars().count() as u64,
-            Some(Value::Array(parts)) => {
-                for part in parts {
-                    match part {
-                        Value::Object(part) => match part.get("text") {
-                            Some(Value::String(s)) => total += s.chars().count() as u64,
-                            None => {}
-                            Some(_) => return Err(bad),
-                        },
-                        _ => return Err(bad),
-                    }
-                }
-            }
-            Some(_) => return Err(bad),
-        }
-    }
-    Ok(total)
-}
-
-/// A non-negative integer field, if present.
-fn count(body: &serde_json::Map<String, Value>, field: &'static str) -> Result<Option<u64>, BadLlmRequest> {
-    match body.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => v.as_u64().map(Some).ok_or(BadLlmRequest::BadField(field)),
-    }
-}
-
-/// The estimate of a request body under `llm`.
+/// The estimate of a request body under `llm` (see [`super::request::read_request`], which
+/// reads the stream flags in the same pass).
 pub fn estimate(body: &[u8], llm: &Llm) -> Result<Estimate, BadLlmRequest> {
-    let value: Value = serde_json::from_slice(body).map_err(|_| BadLlmRequest::NotJson)?;
-    let Value::Object(body) = value else { return Err(BadLlmRequest::NotAnObject) };
-    let (chars, ids, embeddings) = match (body.get("messages"), body.get("prompt"), body.get("input")) {
-        (Some(messages), _, _) => (message_chars(messages)?, 0, false),
+    super::request::read_request(body, llm).map(|request| request.estimate)
+}
+
+/// The estimate from the request's fields (each the raw JSON text of that field, if present).
+pub(super) fn estimate_fields(fields: &EstimateFields<'_>, llm: &Llm) -> Result<Estimate, BadLlmRequest> {
+    let (chars, ids, embeddings) = match (fields.messages, fields.prompt, fields.input) {
+        (Some(messages), _, _) => (read_field(messages, "messages", MessageChars)?, 0, false),
         (None, Some(prompt), _) => {
-            let (chars, ids) = prompt_like(prompt, "prompt")?;
+            let (chars, ids) = read_field(prompt, "prompt", PromptLike)?;
             (chars, ids, false)
         }
         (None, None, Some(input)) => {
-            let (chars, ids) = prompt_like(input, "input")?;
+            let (chars, ids) = read_field(input, "input", PromptLike)?;
             (chars, ids, true)
         }
         (None, None, None) => return Err(BadLlmRequest::NoPrompt),
@@ -137,14 +86,233 @@ pub fn estimate(body: &[u8], llm: &Llm) -> Result<Estimate, BadLlmRequest> {
     let completion_tokens = if embeddings {
         0
     } else {
-        let max = match count(&body, "max_completion_tokens")? {
+        let max = match count(fields.max_completion_tokens, "max_completion_tokens")? {
             Some(max) => max,
-            None => count(&body, "max_tokens")?.unwrap_or(llm.default_max_tokens),
+            None => count(fields.max_tokens, "max_tokens")?.unwrap_or(llm.default_max_tokens),
         };
-        let n = count(&body, "n")?.unwrap_or(1).max(1);
+        let n = count(fields.n, "n")?.unwrap_or(1).max(1);
         max.saturating_mul(n)
     };
     Ok(Estimate { prompt_tokens, completion_tokens })
+}
+
+/// The fields of a request body the estimate reads, as raw JSON text.
+#[derive(Default)]
+pub(super) struct EstimateFields<'a> {
+    pub messages: Option<&'a RawValue>,
+    pub prompt: Option<&'a RawValue>,
+    pub input: Option<&'a RawValue>,
+    pub max_completion_tokens: Option<&'a RawValue>,
+    pub max_tokens: Option<&'a RawValue>,
+    pub n: Option<&'a RawValue>,
+}
+
+/// `value` read by `visitor`; any other shape is [`BadLlmRequest::BadField`] `field`.
+fn read_field<'a, V: Visitor<'a>>(
+    value: &'a RawValue,
+    field: &'static str,
+    visitor: V,
+) -> Result<V::Value, BadLlmRequest> {
+    let mut de = serde_json::Deserializer::from_str(value.get());
+    de.deserialize_any(visitor).map_err(|_| BadLlmRequest::BadField(field))
+}
+
+/// A non-negative integer field, if present and not `null`.
+fn count(value: Option<&RawValue>, field: &'static str) -> Result<Option<u64>, BadLlmRequest> {
+    match value {
+        None => Ok(None),
+        Some(value) => serde_json::from_str::<Option<u64>>(value.get()).map_err(|_| BadLlmRequest::BadField(field)),
+    }
+}
+
+/// Unicode scalar values of a string, the unit of `chars_per_token`.
+fn chars(s: &str) -> u64 {
+    u64::try_from(s.chars().count()).unwrap_or(u64::MAX)
+}
+
+/// The characters of text in `messages`: an array of objects whose `content` is a string,
+/// `null` or an array of parts (objects; the `text` of each, when it has one, counts).
+struct MessageChars;
+
+impl<'de> Visitor<'de> for MessageChars {
+    type Value = u64;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an array of messages")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<u64, A::Error> {
+        let mut total = 0u64;
+        while let Some(chars) = seq.next_element_seed(Fields { field: "content", value: Content })? {
+            total = total.saturating_add(chars.unwrap_or(0));
+        }
+        Ok(total)
+    }
+}
+
+/// A message's `content`: a string, `null`, or an array of parts.
+#[derive(Clone, Copy)]
+struct Content;
+
+impl<'de> Visitor<'de> for Content {
+    type Value = u64;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string, null or an array of parts")
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<u64, E> {
+        Ok(0)
+    }
+
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<u64, E> {
+        Ok(chars(text))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<u64, A::Error> {
+        let mut total = 0u64;
+        while let Some(chars) = seq.next_element_seed(Fields { field: "text", value: Text })? {
+            total = total.saturating_add(chars.unwrap_or(0));
+        }
+        Ok(total)
+    }
+}
+
+/// The `text` of a content part: a string.
+#[derive(Clone, Copy)]
+struct Text;
+
+impl Visitor<'_> for Text {
+    type Value = u64;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<u64, E> {
+        Ok(chars(text))
+    }
+}
+
+/// An object, of which only the member `field` is read (by `value`; the last one counts) and
+/// the rest skipped: `None` when it has no such member.
+struct Fields<V> {
+    field: &'static str,
+    value: V,
+}
+
+impl<'de, V: Visitor<'de> + Copy> DeserializeSeed<'de> for Fields<V> {
+    type Value = Option<V::Value>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de, V: Visitor<'de> + Copy> Visitor<'de> for Fields<V> {
+    type Value = Option<V::Value>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "an object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut found = None;
+        while let Some(key) = map.next_key_seed(IsKey(self.field))? {
+            if key {
+                found = Some(map.next_value_seed(Any(self.value))?);
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// A value read by its visitor, whatever its type.
+struct Any<V>(V);
+
+impl<'de, V: Visitor<'de>> DeserializeSeed<'de> for Any<V> {
+    type Value = V::Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<V::Value, D::Error> {
+        deserializer.deserialize_any(self.0)
+    }
+}
+
+/// Whether a key is `self.0` (compared without allocating).
+struct IsKey(&'static str);
+
+impl<'de> DeserializeSeed<'de> for IsKey {
+    type Value = bool;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<bool, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl Visitor<'_> for IsKey {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a key")
+    }
+
+    fn visit_str<E: de::Error>(self, key: &str) -> Result<bool, E> {
+        Ok(key == self.0)
+    }
+}
+
+/// Characters and token ids of a `prompt` or `input`: a string, or an array of strings,
+/// token ids (non-negative integers) and arrays of token ids.
+struct PromptLike;
+
+impl<'de> Visitor<'de> for PromptLike {
+    type Value = (u64, u64);
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string or an array of strings or token ids")
+    }
+
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<(u64, u64), E> {
+        Ok((chars(text), 0))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(u64, u64), A::Error> {
+        let (mut text, mut ids) = (0u64, 0u64);
+        while let Some((c, i)) = seq.next_element_seed(Any(PromptItem))? {
+            text = text.saturating_add(c);
+            ids = ids.saturating_add(i);
+        }
+        Ok((text, ids))
+    }
+}
+
+/// One item of a `prompt` array: a string, a token id, or an array of token ids.
+struct PromptItem;
+
+impl<'de> Visitor<'de> for PromptItem {
+    type Value = (u64, u64);
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string, a token id or an array of token ids")
+    }
+
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<(u64, u64), E> {
+        Ok((chars(text), 0))
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(u64, u64), E> {
+        Ok((0, 1))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(u64, u64), A::Error> {
+        let mut ids = 0u64;
+        while seq.next_element::<u64>()?.is_some() {
+            ids = ids.saturating_add(1);
+        }
+        Ok((0, ids))
+    }
 }
 
 #[cfg(test)]
@@ -180,6 +348,15 @@ mod tests {
     }
 
     #[test]
+    fn the_last_of_a_repeated_key_counts_and_an_unused_field_is_not_checked() {
+        assert_eq!(est(r#"{"prompt":"x","max_tokens":1,"max_tokens":50}"#), Ok((1, 50)));
+        assert_eq!(est(r#"{"messages":[{"content":"abcdefgh","content":"a"}]}"#), Ok((1, 100)));
+        assert_eq!(est(r#"{"messages":[],"prompt":5}"#), Ok((0, 100)), "messages win; prompt is not read");
+        assert_eq!(est(r#"{"messages":[{"content":[{"type":"image_url"},{"text":"abcde"}]}]}"#), Ok((2, 100)));
+        assert_eq!(est(r#"{"messages":[{"content":"ab\u00e9"}]}"#), Ok((1, 100)), "escapes decoded: 3 chars");
+    }
+
+    #[test]
     fn malformed_bodies_are_refused_with_the_field() {
         assert_eq!(est("not json"), Err(BadLlmRequest::NotJson));
         assert_eq!(est("[1]"), Err(BadLlmRequest::NotAnObject));
@@ -189,6 +366,14 @@ mod tests {
         assert_eq!(est(r#"{"prompt":{}}"#), Err(BadLlmRequest::BadField("prompt")));
         assert_eq!(est(r#"{"prompt":"x","max_tokens":-1}"#), Err(BadLlmRequest::BadField("max_tokens")));
         assert_eq!(est(r#"{"prompt":"x","n":"2"}"#), Err(BadLlmRequest::BadField("n")));
+        assert_eq!(est(r#"{"messages":[{"content":[{"text":null}]}]}"#), Err(BadLlmRequest::BadField("messages")));
+        assert_eq!(est(r#"{"messages":[{"content":["text"]}]}"#), Err(BadLlmRequest::BadField("messages")));
+        assert_eq!(est(r#"{"messages":[5]}"#), Err(BadLlmRequest::BadField("messages")));
+        assert_eq!(est(r#"{"prompt":[[1,-2]]}"#), Err(BadLlmRequest::BadField("prompt")));
+        assert_eq!(est(r#"{"prompt":[1.5]}"#), Err(BadLlmRequest::BadField("prompt")));
+        assert_eq!(est(r#"{"prompt":"x","max_tokens":2.0}"#), Err(BadLlmRequest::BadField("max_tokens")));
+        assert_eq!(est(r#"{"prompt":"x","max_tokens":null}"#), Ok((1, 100)), "null is as absent");
+        assert_eq!(est(r#"{"prompt":"x"} trailing"#), Err(BadLlmRequest::NotJson));
         assert_eq!(BadLlmRequest::BadField("n").param(), Some("n"));
     }
 }

@@ -30,10 +30,12 @@ use crate::error::ApiError;
 use crate::limiter::RateLimiter;
 use crate::metrics::metrics;
 
-/// `usage.total_tokens` of a JSON answer, if it has one.
+/// `usage.total_tokens` of a JSON answer, if it has one (read without building the answer's
+/// document, which may be megabytes).
 pub fn usage_total_tokens(body: &[u8]) -> Option<u64> {
-    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
-    value.get("usage")?.get("total_tokens")?.as_u64()
+    let [usage] = super::json::fields(body, ["usage"]).ok()?;
+    let [total] = super::json::fields(usage?.get().as_bytes(), ["total_tokens"]).ok()?;
+    serde_json::from_str::<u64>(total?.get()).ok()
 }
 
 /// A body that yields `prefix` first, then the rest of the original body.
@@ -201,6 +203,22 @@ mod tests {
         let answer = Response::builder().header("x-model", "m").body(Body::from(body.to_string())).unwrap();
         let response = settlement.settle(&mut decision, answer).await;
         (decision, response)
+    }
+
+    #[test]
+    fn the_usage_is_read_from_the_top_level_usage_object_only() {
+        assert_eq!(usage_total_tokens(br#"{"id":"x","usage":{"prompt_tokens":1,"total_tokens":42}}"#), Some(42));
+        assert_eq!(usage_total_tokens(br#"{"usage":{"total_tokens":1},"usage":{"total_tokens":2}}"#), Some(2));
+        for none in [
+            &br#"{"choices":[{"usage":{"total_tokens":5}}]}"#[..],
+            br#"{"usage":{"total_tokens":-1}}"#,
+            br#"{"usage":{"total_tokens":"5"}}"#,
+            br#"{"usage":null}"#,
+            br#"{"usage":{"total_tokens":5}"#,
+            b"[1]",
+        ] {
+            assert_eq!(usage_total_tokens(none), None, "{}", String::from_utf8_lossy(none));
+        }
     }
 
     #[tokio::test]

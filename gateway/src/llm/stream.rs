@@ -3,7 +3,7 @@
 //! ends.
 //!
 //! Without `stream_options.include_usage` an OpenAI stream carries no usage, so the gateway
-//! asks for it ([`ask_for_usage`]) and then does not forward that usage-only chunk (empty
+//! asks for it ([`super::request`]) and then does not forward that usage-only chunk (empty
 //! `choices`, with `usage`) to a client that did not ask. A stream that breaks off (the model
 //! fails, or the client disconnects) never reaches its end: the reservation is kept. The
 //! headers were sent with the reservation: the settled bucket shows in the next answer.
@@ -17,29 +17,6 @@ use serde_json::Value;
 
 use super::settle::{settle_usage, Settlement};
 use crate::limiter::RateLimiter;
-
-/// For a body with `"stream": true`: the body to send upstream (with
-/// `stream_options.include_usage: true` added when absent) and whether the gateway added it.
-/// `None` for a request that does not stream.
-pub fn ask_for_usage(body: &[u8]) -> Option<(Bytes, bool)> {
-    let mut value: Value = serde_json::from_slice(body).ok()?;
-    if value.get("stream") != Some(&Value::Bool(true)) {
-        return None;
-    }
-    let asked = value.pointer("/stream_options/include_usage") == Some(&Value::Bool(true));
-    if asked {
-        return Some((Bytes::copy_from_slice(body), false));
-    }
-    let object = value.as_object_mut()?;
-    let options = object.entry("stream_options").or_insert_with(|| Value::Object(Default::default()));
-    match options.as_object_mut() {
-        Some(options) => {
-            options.insert("include_usage".into(), Value::Bool(true));
-        }
-        None => *options = serde_json::json!({"include_usage": true}),
-    }
-    Some((Bytes::from(serde_json::to_vec(&value).ok()?), true))
-}
 
 /// What one event is: its `usage.total_tokens` if it has one, and whether it is a usage-only
 /// chunk (empty `choices`). The event's `data:` lines are joined with `\n`, as an SSE client
@@ -298,17 +275,6 @@ pub fn settled_on_end<L: RateLimiter>(body: Body, settlement: Settlement<L>) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn usage_is_asked_for_only_when_streaming_and_not_asked() {
-        assert_eq!(ask_for_usage(br#"{"messages":[]}"#), None);
-        let (body, added) = ask_for_usage(br#"{"stream":true,"messages":[]}"#).unwrap();
-        assert!(added);
-        let sent: Value = serde_json::from_slice(&body).unwrap();
-        assert_eq!(sent["stream_options"]["include_usage"], true);
-        let (_, added) = ask_for_usage(br#"{"stream":true,"stream_options":{"include_usage":true}}"#).unwrap();
-        assert!(!added);
-    }
 
     /// The pieces `splitter` hands out for `frames`, and an error if it cut the stream.
     fn split(splitter: &mut EventSplitter, frames: &[&[u8]]) -> (Vec<Vec<u8>>, Option<String>) {

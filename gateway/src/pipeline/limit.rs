@@ -44,7 +44,7 @@ use crate::lease::{
     append_items, refusal_answer, take_leases, Lease, LeasedBody, Refusal, UpstreamLimits, CONCURRENT_NAME,
 };
 use crate::limiter::RateLimiter;
-use crate::llm::{ask_for_usage, estimate, Settlement};
+use crate::llm::{read_off_the_workers, Settlement};
 use crate::metrics::{metrics, Outcome};
 
 pub struct Limit<L> {
@@ -95,15 +95,16 @@ pub async fn limit<L: RateLimiter>(
                 Ok(body) => body,
                 Err(e) => return e.into_response(),
             };
-            let estimate = match estimate(&body, llm) {
-                Ok(estimate) => estimate,
+            let read = match read_off_the_workers(body.clone(), *llm).await {
+                Ok(read) => read,
                 Err(why) => return ApiError::InvalidLlmRequest(why).into_response(),
             };
-            tracing::debug!(?estimate, "estimated");
+            tracing::debug!(estimate = ?read.estimate, "estimated");
             // A streamed request also asks the model for its usage (see crate::llm::stream).
-            let (sent, strip) = ask_for_usage(&body).unwrap_or((body.clone(), false));
+            let strip = read.asking_for_usage.is_some();
+            let sent = read.asking_for_usage.unwrap_or_else(|| body.clone());
             unmetered_body = Some(body);
-            (Request::from_parts(parts, Body::from(sent)), Some((estimate.total(), strip)))
+            (Request::from_parts(parts, Body::from(sent)), Some((read.estimate.total(), strip)))
         }
     };
     let unmetered = move |request: Request| match unmetered_body {

@@ -2,11 +2,13 @@
 //! (minus hop-by-hop ones, forwarding headers trusted or rewritten) and body, and the
 //! normalized path the policy was chosen on; the answer is streamed back as it arrives.
 
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes, HttpBody};
 use axum::http::{header, request, HeaderMap, HeaderName, HeaderValue, Request, Response, Uri};
@@ -359,20 +361,111 @@ impl UpstreamClient {
             .map_err(|e| ApiError::UpstreamUnavailable { detail: e.to_string() })?;
         *request.headers_mut() = headers;
 
-        let answer = tokio::time::timeout(self.upstream.timeout, self.send(request)).await;
+        let sent = Instant::now();
+        let answer =
+            tokio::time::timeout(self.upstream.timeout.min(self.upstream.response_timeout), self.send(request)).await;
         let (response, sender) = match answer {
             Ok(Ok(answer)) => answer,
             Ok(Err(e)) => return Err(ApiError::UpstreamUnavailable { detail: e.detail() }),
             Err(_) => {
                 return Err(ApiError::UpstreamTimeout {
-                    detail: format!("no answer within {} ms", self.upstream.timeout.as_millis()),
+                    detail: format!(
+                        "no answer within {} ms",
+                        self.upstream.timeout.min(self.upstream.response_timeout).as_millis()
+                    ),
                 })
             }
         };
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         let body = PooledBody { body, sender: Some(sender), pool: self.pool.clone() };
+        let body = Bounded {
+            body,
+            deadline: sent + self.upstream.response_timeout,
+            sleep: None,
+            limit: self.upstream.response_timeout,
+        };
         Ok(Response::from_parts(parts, Body::new(body)))
+    }
+}
+
+/// The model's answer took longer than `upstream.response_timeout_ms` in all: its body ends
+/// with this error (a `504` for an answer still being buffered, a cut stream for one passed on).
+#[derive(Debug)]
+pub struct AnswerTimedOut {
+    pub limit: Duration,
+}
+
+impl fmt::Display for AnswerTimedOut {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "the model's answer did not end within {} ms (upstream.response_timeout_ms)", self.limit.as_millis())
+    }
+}
+
+impl std::error::Error for AnswerTimedOut {}
+
+impl AnswerTimedOut {
+    /// Whether `e` (or one of its causes) is an [`AnswerTimedOut`].
+    pub fn is_cause_of(e: &(dyn std::error::Error + 'static)) -> bool {
+        let mut cause = Some(e);
+        while let Some(e) = cause {
+            if e.is::<AnswerTimedOut>() {
+                return true;
+            }
+            cause = e.source();
+        }
+        false
+    }
+}
+
+/// The model's answer body, ending with [`AnswerTimedOut`] at `deadline`. The timer is made
+/// only when the body first has to wait for the model: an answer that is there at once (most
+/// are) costs a clock read per frame and no timer.
+struct Bounded {
+    body: PooledBody,
+    deadline: Instant,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    limit: Duration,
+}
+
+impl HttpBody for Bounded {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let timed_out = |limit| Poll::Ready(Some(Err(AnswerTimedOut { limit }.into())));
+        if Instant::now() >= self.deadline {
+            tracing::warn!(
+                limit_ms = self.limit.as_millis(),
+                "the model's answer was cut at upstream.response_timeout_ms"
+            );
+            return timed_out(self.limit);
+        }
+        match Pin::new(&mut self.body).poll_frame(cx) {
+            Poll::Ready(frame) => Poll::Ready(frame.map(|f| f.map_err(Into::into))),
+            Poll::Pending => {
+                let deadline = tokio::time::Instant::from_std(self.deadline);
+                let sleep = self.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                match sleep.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        tracing::warn!(
+                            limit_ms = self.limit.as_millis(),
+                            "the model's answer was cut at upstream.response_timeout_ms"
+                        );
+                        timed_out(self.limit)
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -444,6 +537,7 @@ mod tests {
             origin,
             base_path: "/base".into(),
             timeout: std::time::Duration::from_secs(5),
+            response_timeout: std::time::Duration::from_secs(5),
             concurrency: None,
             capacity: None,
         })
@@ -513,6 +607,31 @@ mod tests {
         assert!(matches!(get(&dead, "/c").await, Err(ApiError::UpstreamUnavailable { .. })));
     }
 
+    #[tokio::test]
+    async fn an_answer_that_stalls_is_cut_at_the_response_timeout() {
+        use http_body_util::BodyExt;
+        use std::io::{Read, Write};
+        // A model that sends its headers and the start of a body, then nothing.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let origin = format!("http://{}", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            let (mut socket, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = socket.read(&mut buf);
+            let _ = socket.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{\"partial\":");
+            std::thread::sleep(std::time::Duration::from_secs(5));
+        });
+        let mut upstream = client(origin);
+        upstream.upstream.response_timeout = Duration::from_millis(200);
+        let parts = Request::get("/").body(()).unwrap().into_parts().0;
+        let started = Instant::now();
+        let answer = upstream.forward(parts, "/", Bytes::new(), "203.0.113.9:1".parse().unwrap(), false).await.unwrap();
+        let error = answer.into_body().collect().await.unwrap_err();
+        assert!(AnswerTimedOut::is_cause_of(&error), "{error}");
+        let elapsed = started.elapsed();
+        assert!(elapsed >= Duration::from_millis(200) && elapsed < Duration::from_secs(2), "{elapsed:?}");
+    }
+
     #[test]
     fn the_host_header_is_the_origin_s_authority_without_a_default_port() {
         let host = |origin: &str| client(origin.into()).host_header.map(|h| h.to_str().unwrap().to_string());
@@ -531,6 +650,7 @@ mod tests {
                 origin: "http://127.0.0.1:19000".into(),
                 base_path: base.into(),
                 timeout: std::time::Duration::from_secs(1),
+                response_timeout: std::time::Duration::from_secs(1),
                 concurrency: None,
                 capacity: None,
             })

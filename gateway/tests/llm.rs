@@ -31,8 +31,18 @@ async fn llm_upstream() -> String {
         let headers_events =
             request.headers().get("x-test-events").and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
         let endless = request.headers().contains_key("x-test-endless-event");
+        let stall = request.headers().contains_key("x-test-stall-after-headers");
         let body = to_bytes(request.into_body(), usize::MAX).await.unwrap();
         let sent: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        if stall {
+            // The headers, the first bytes of the answer, and then nothing.
+            let (content_type, first) = match sent["stream"] == true {
+                true => ("text/event-stream", Bytes::from_static(b"data: {}\n\n")),
+                false => ("application/json", Bytes::from_static(b"{\"object\":")),
+            };
+            let stream = frames::Stalled::new(first);
+            return ([("content-type", content_type)], axum::body::Body::new(stream)).into_response();
+        }
         if endless {
             // One event that never ends: 64 KiB frames of data without a blank line.
             let frame = Bytes::from(format!("data: {}", "x".repeat(64 * 1024 - 6)));
@@ -92,6 +102,30 @@ mod frames {
 
         fn poll_frame(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
             Poll::Ready(Some(Ok(Frame::data(self.0.clone()))))
+        }
+    }
+
+    /// One frame, then nothing ever again.
+    pub struct Stalled(Option<Bytes>);
+
+    impl Stalled {
+        pub fn new(first: Bytes) -> Self {
+            Stalled(Some(first))
+        }
+    }
+
+    impl axum::body::HttpBody for Stalled {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            match self.0.take() {
+                Some(first) => Poll::Ready(Some(Ok(Frame::data(first)))),
+                None => Poll::Pending,
+            }
         }
     }
 
@@ -475,4 +509,28 @@ async fn many_megabyte_bodies_at_once_are_read_without_starving_the_redis_calls(
     let mut con = s.redis.client();
     assert_eq!(left(&mut con, "requests", 100, 86400), 60);
     assert_eq!(left(&mut con, "tokens", 1000, 86400), 1000 - 40 * 10, "each settled on its usage");
+}
+
+#[tokio::test]
+async fn a_model_that_stalls_after_its_headers_gets_504_at_the_response_timeout_and_keeps_the_reservation() {
+    let s = setup(&format!("[upstream]\nresponse_timeout_ms = 500\n{CHAT}")).await;
+    let url = s.gateway.url("/v1/chat/completions");
+    let body = json!({"messages": [{"role": "user", "content": "abcd"}], "max_tokens": 100}).to_string();
+    let started = Instant::now();
+    let answer =
+        send(Method::POST, &url, &[("x-api-key", "k"), ("x-test-stall-after-headers", "1")], body).await.unwrap();
+    assert_eq!(answer.status, StatusCode::GATEWAY_TIMEOUT, "{answer:?}\n{}", s.gateway.logs());
+    assert_eq!(answer.json()["error"]["type"], "upstream_timeout");
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    let mut con = s.redis.client();
+    assert_eq!(left(&mut con, "tokens", 1000, 86400), 899, "the reservation of 101 is kept");
+    // A streamed answer that stalls is cut at the same bound.
+    let streamed = json!({"stream": true, "messages": [{"role": "user", "content": "abcd"}], "max_tokens": 100});
+    let started = Instant::now();
+    let cut =
+        send(Method::POST, &url, &[("x-api-key", "k"), ("x-test-stall-after-headers", "1")], streamed.to_string())
+            .await;
+    assert!(cut.is_err(), "the body ends broken: {cut:?}");
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    assert_eq!(left(&mut con, "tokens", 1000, 86400), 798, "kept as well");
 }

@@ -87,6 +87,7 @@ pub struct CapacityFile {
 pub struct UpstreamFile {
     pub url: Option<String>,
     pub timeout_ms: Option<u64>,
+    pub response_timeout_ms: Option<u64>,
     /// Requests in flight to the upstream across every gateway (one lease set in Redis).
     pub max_concurrent: Option<u64>,
     pub lease_ms: Option<u64>,

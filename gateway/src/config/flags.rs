@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use super::{
     DEFAULT_CLIENT_BODY_TIMEOUT_MS, DEFAULT_CLIENT_HEADER_TIMEOUT_MS, DEFAULT_KEY_PREFIX, DEFAULT_LISTEN,
     DEFAULT_MAX_BODY_BYTES, DEFAULT_REDIS_CONNECT_TIMEOUT_MS, DEFAULT_REDIS_TIMEOUT_MS, DEFAULT_REDIS_URL,
-    DEFAULT_UPSTREAM, DEFAULT_UPSTREAM_TIMEOUT_MS, REDIS_URL_ENV,
+    DEFAULT_UPSTREAM, DEFAULT_UPSTREAM_RESPONSE_TIMEOUT_MS, DEFAULT_UPSTREAM_TIMEOUT_MS, REDIS_URL_ENV,
 };
 
 #[derive(clap::Args, Debug, Default, Clone)]
@@ -30,6 +30,9 @@ pub struct Overrides {
 
     #[arg(long, help = format!("Time until the model's response headers in ms, then 504 [config: upstream.timeout_ms; default {DEFAULT_UPSTREAM_TIMEOUT_MS}]"))]
     pub upstream_timeout_ms: Option<u64>,
+
+    #[arg(long, help = format!("Time for the model's whole answer (headers and body) in ms; then 504, or a cut stream [config: upstream.response_timeout_ms; default {DEFAULT_UPSTREAM_RESPONSE_TIMEOUT_MS}]"))]
+    pub upstream_response_timeout_ms: Option<u64>,
 
     #[arg(long, help = format!("redis:// or rediss:// URL, with user:password@ if needed [config: redis.url; env {REDIS_URL_ENV}; default {DEFAULT_REDIS_URL}]"))]
     pub redis_url: Option<String>,

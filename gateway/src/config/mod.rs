@@ -43,6 +43,8 @@ pub const DEFAULT_CLIENT_BODY_TIMEOUT_MS: u64 = 30_000;
 pub const DEFAULT_CLIENT_HEADER_TIMEOUT_MS: u64 = 30_000;
 pub const DEFAULT_UPSTREAM: &str = "http://127.0.0.1:9000";
 pub const DEFAULT_UPSTREAM_TIMEOUT_MS: u64 = 30_000;
+/// The whole answer of the model: ten minutes, as the OpenAI SDKs wait by default.
+pub const DEFAULT_UPSTREAM_RESPONSE_TIMEOUT_MS: u64 = 600_000;
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/";
 pub const DEFAULT_REDIS_TIMEOUT_MS: u64 = 250;
 pub const DEFAULT_REDIS_CONNECT_TIMEOUT_MS: u64 = 1000;
@@ -253,7 +255,10 @@ pub struct Upstream {
     pub origin: String,
     /// The base path requests are appended to (`""` or `/something`, no trailing slash).
     pub base_path: String,
+    /// Until the model's response headers.
     pub timeout: Duration,
+    /// Until the model's whole answer has been received (headers and body).
+    pub response_timeout: Duration,
     /// `[upstream] max_concurrent`: requests in flight to the model across every gateway.
     pub concurrency: Option<Concurrency>,
     /// `[upstream.capacity]`: one bucket (`<prefix>upstream:capacity`) for every forwarded

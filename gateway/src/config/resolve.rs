@@ -54,6 +54,11 @@ impl Settings {
             "upstream.timeout_ms",
         )?;
         let mut upstream = parse_upstream(&upstream_url, upstream_timeout)?;
+        upstream.response_timeout = positive_ms(
+            overrides.upstream_response_timeout_ms.or(file.upstream.response_timeout_ms),
+            DEFAULT_UPSTREAM_RESPONSE_TIMEOUT_MS,
+            "upstream.response_timeout_ms",
+        )?;
         upstream.concurrency = resolve_concurrency(file.upstream.max_concurrent, file.upstream.lease_ms)
             .map_err(|reason| ConfigError::invalid("upstream.max_concurrent", reason))?;
         if let Some(c) = file.upstream.capacity {
@@ -141,6 +146,7 @@ pub(super) fn parse_upstream(url: &str, timeout: Duration) -> Result<Upstream, C
         origin,
         base_path: path.trim_end_matches('/').to_string(),
         timeout,
+        response_timeout: Duration::from_millis(DEFAULT_UPSTREAM_RESPONSE_TIMEOUT_MS),
         concurrency: None,
         capacity: None,
     })

@@ -121,6 +121,11 @@ impl<L: RateLimiter> Settlement<L> {
                 self.kept();
                 return Response::from_parts(parts, body);
             }
+            Err(e) if crate::upstream::AnswerTimedOut::is_cause_of(&e) => {
+                tracing::warn!(error = %e, reserved, "the model's answer took too long: reservation kept");
+                self.kept();
+                return ApiError::UpstreamTimeout { detail: e.to_string() }.into_response();
+            }
             Err(e) => {
                 tracing::warn!(error = %e, reserved, "the model broke off its answer: reservation kept");
                 self.kept();

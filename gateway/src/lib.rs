@@ -18,6 +18,7 @@
 //! - [`metrics`]: the Prometheus counters and histograms served at `/metrics`.
 //! - [`deny_cache`]: callers Redis just refused, answered locally until their retry time.
 //! - [`error`]: every answer the gateway makes itself.
+//! - [`log_limit`]: log lines that may repeat per request, at most one a second.
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
@@ -31,6 +32,7 @@ pub mod identity;
 pub mod lease;
 pub mod limiter;
 pub mod llm;
+pub mod log_limit;
 pub mod metrics;
 pub mod pipeline;
 pub mod routing;

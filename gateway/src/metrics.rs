@@ -114,6 +114,8 @@ pub struct Metrics {
     leases_in_flight: Family<SlotLabels, Gauge<i64, std::sync::atomic::AtomicI64>>,
     deny_cache_hits: Family<PolicyLabels, Counter>,
     deny_cache_entries: Gauge<u64, AtomicU64>,
+    connections_open: Gauge<i64, std::sync::atomic::AtomicI64>,
+    connections_refused: Counter,
 }
 
 /// Redis answers in well under a millisecond on a LAN: 50 µs to ~1.6 s.
@@ -198,8 +200,18 @@ impl Metrics {
             "Refusals the local deny cache remembers now",
             deny_cache_entries.clone(),
         );
+        let connections_open = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+        registry.register("gateway_connections_open", "Client connections open now", connections_open.clone());
+        let connections_refused = Counter::default();
+        registry.register(
+            "gateway_connections_refused",
+            "Client connections closed as soon as accepted because max_connections were open",
+            connections_refused.clone(),
+        );
         Metrics {
             registry,
+            connections_open,
+            connections_refused,
             requests,
             limit_outcomes,
             redis_duration,
@@ -339,6 +351,15 @@ impl Metrics {
         self.leases_in_flight.get_or_create(&SlotLabels { slot }).inc_by(delta);
     }
 
+    /// A client connection was accepted (`+1`) or ended (`-1`).
+    pub fn connection_opened(&self, delta: i64) {
+        self.connections_open.inc_by(delta);
+    }
+
+    pub fn connection_refused(&self) {
+        self.connections_refused.inc();
+    }
+
     pub fn deny_cache_hit(&self, policy: &str) {
         self.deny_cache_hits.get_or_create(&PolicyLabels { policy: policy.to_string() }).inc();
     }
@@ -366,6 +387,9 @@ mod tests {
         m.lease_held("caller", 1);
         m.deny_cache_hit("p");
         m.deny_cache_entries(3);
+        m.connection_opened(2);
+        m.connection_opened(-1);
+        m.connection_refused();
         let text = m.encode();
         for line in [
             r#"gateway_requests_total{policy="p",outcome="shadow_limited"} 1"#,
@@ -378,6 +402,8 @@ mod tests {
             r#"gateway_leases_in_flight{slot="caller"} 1"#,
             r#"gateway_deny_cache_hits_total{policy="p"} 1"#,
             "gateway_deny_cache_entries 3",
+            "gateway_connections_open 1",
+            "gateway_connections_refused_total 1",
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
         }

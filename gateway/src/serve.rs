@@ -1,7 +1,10 @@
-//! Running a router on a socket (HTTP/1.1, with a request-header timeout) until SIGTERM or
-//! Ctrl-C, then draining in-flight requests. The gateway and the demo model both run this way.
+//! Running a router on a socket (HTTP/1.1, with a request-header timeout and a cap on open
+//! connections) until SIGTERM or Ctrl-C, then draining in-flight requests. The gateway and the
+//! demo model both run this way.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
@@ -13,6 +16,9 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tower::Service;
+
+use crate::log_limit::Throttle;
+use crate::metrics::metrics;
 
 /// How long in-flight requests may take to finish after the shutdown signal.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -53,16 +59,85 @@ async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = stop.wait_for(|stop| *stop).await;
 }
 
+/// How a server treats its clients' connections.
+#[derive(Clone, Copy, Debug)]
+pub struct Connections {
+    /// How long a client may take to send a request's headers, also the idle time allowed
+    /// between requests on a kept-alive connection; then its connection is closed.
+    pub header_timeout: Duration,
+    /// The most client connections open at once; a new one beyond is closed at once.
+    pub max: usize,
+}
+
+impl Default for Connections {
+    fn default() -> Self {
+        Connections { header_timeout: DEFAULT_HEADER_TIMEOUT, max: crate::config::DEFAULT_MAX_CONNECTIONS }
+    }
+}
+
+/// File descriptors kept aside from client connections: the listener, Redis and Sentinel
+/// connections, logs, the blocking pool's files.
+const RESERVED_DESCRIPTORS: u64 = 64;
+
+/// Raises this process's soft limit on open files to its hard limit (where it is lower), and
+/// says how many client connections fit in it: `wanted`, or fewer (logged) when there are not
+/// two descriptors for each (the client's and a connection to the model it may hold) besides
+/// [`RESERVED_DESCRIPTORS`]. So the server refuses connections of its own accord rather than
+/// failing to accept them with "Too many open files".
+pub fn connections_that_fit(wanted: usize) -> usize {
+    let limit = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => limit,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read or raise the limit on open files; assuming max_connections fits");
+            return wanted;
+        }
+    };
+    let fit = usize::try_from(limit.saturating_sub(RESERVED_DESCRIPTORS) / 2).unwrap_or(usize::MAX).max(1);
+    if fit < wanted {
+        tracing::warn!(
+            max_connections = wanted,
+            open_files_limit = limit,
+            serving_at_most = fit,
+            "max_connections needs two file descriptors per connection; raise the hard limit on open files \
+             (ulimit -Hn, LimitNOFILE=) to serve more"
+        );
+        return fit;
+    }
+    wanted
+}
+
+/// One open client connection, counted in `open` while it lives.
+struct Counted(Arc<AtomicUsize>);
+
+impl Counted {
+    fn new(open: &Arc<AtomicUsize>) -> Self {
+        open.fetch_add(1, Ordering::Relaxed);
+        metrics().connection_opened(1);
+        Counted(open.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+        metrics().connection_opened(-1);
+    }
+}
+
 /// Binds `addr` and serves `router` over HTTP/1.1 (with the peer address available as
 /// `ConnectInfo`) until a shutdown signal, then waits up to [`DRAIN_TIMEOUT`] for open
-/// requests. A client gets `header_timeout` to send each request's headers (also the idle time
-/// allowed between requests on a kept-alive connection); then its connection is closed.
-pub async fn run(what: &str, addr: SocketAddr, router: Router, header_timeout: Duration) -> std::io::Result<()> {
+/// requests. At most `connections.max` clients are connected at once: a connection beyond is
+/// closed as soon as it is accepted (so it fails fast, where waiting in the backlog would hang).
+pub async fn run(what: &str, addr: SocketAddr, router: Router, connections: Connections) -> std::io::Result<()> {
+    static REFUSED: Throttle = Throttle::new();
+    static ACCEPT_FAILED: Throttle = Throttle::new();
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
     let local = listener.local_addr()?;
-    tracing::info!(%local, "{what} listening on http://{local}");
+    tracing::info!(%local, max_connections = connections.max, "{what} listening on http://{local}");
+    let open = Arc::new(AtomicUsize::new(0));
+    let header_timeout = connections.header_timeout;
 
     let (tx, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -70,7 +145,7 @@ pub async fn run(what: &str, addr: SocketAddr, router: Router, header_timeout: D
         tracing::info!("shutdown signal received, draining open requests");
         let _ = tx.send(true);
     });
-    let mut connections = JoinSet::new();
+    let mut tasks = JoinSet::new();
     let mut stop = rx.clone();
     loop {
         let (stream, peer) = tokio::select! {
@@ -79,12 +154,23 @@ pub async fn run(what: &str, addr: SocketAddr, router: Router, header_timeout: D
                 Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors and the like: wait a little instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
+                    if let Some(left_out) = ACCEPT_FAILED.allow() {
+                        tracing::warn!(error = %e, left_out, "accept failed");
+                    }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             },
         };
+        if open.load(Ordering::Relaxed) >= connections.max {
+            drop(stream);
+            metrics().connection_refused();
+            if let Some(left_out) = REFUSED.allow() {
+                tracing::warn!(%peer, max_connections = connections.max, left_out, "connection refused: max_connections are open");
+            }
+            continue;
+        }
+        let counted = Counted::new(&open);
         let _ = stream.set_nodelay(true);
         // The peer goes into each request's extensions, as an `Extension(ConnectInfo(peer))`
         // layer would put it, without building a layered copy of the whole router per
@@ -96,7 +182,8 @@ pub async fn run(what: &str, addr: SocketAddr, router: Router, header_timeout: D
             Service::call(&mut router.clone(), request)
         });
         let mut stop = rx.clone();
-        connections.spawn(async move {
+        tasks.spawn(async move {
+            let _counted = counted;
             let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(header_timeout)
@@ -113,13 +200,13 @@ pub async fn run(what: &str, addr: SocketAddr, router: Router, header_timeout: D
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
-        while connections.try_join_next().is_some() {}
+        while tasks.try_join_next().is_some() {}
     }
     drop(listener);
-    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async { while connections.join_next().await.is_some() {} });
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async { while tasks.join_next().await.is_some() {} });
     if drained.await.is_err() {
         tracing::warn!("requests still open after {DRAIN_TIMEOUT:?}; stopping anyway");
-        connections.abort_all();
+        tasks.abort_all();
     }
     tracing::info!("{what} stopped");
     Ok(())

@@ -94,7 +94,11 @@ pub async fn serve_gateway(settings: Settings, args: ServeArgs) -> Result<(), St
     let routes = Arc::new(LiveRoutes::new(Routes::from_settings(&settings)));
     spawn_reloader(args, settings.clone(), routes.clone());
     let router = app_with_routes(&settings, limiter, routes);
-    serve::run("gateway", settings.listen, router, settings.client_header_timeout).await?;
+    let connections = serve::Connections {
+        header_timeout: settings.client_header_timeout,
+        max: serve::connections_that_fit(settings.max_connections),
+    };
+    serve::run("gateway", settings.listen, router, connections).await?;
     Ok(())
 }
 

@@ -46,6 +46,13 @@ impl Settings {
             "client_header_timeout_ms",
         )?;
 
+        let max_connections = overrides.max_connections.or(file.max_connections);
+        let max_connections = match max_connections.map(usize::try_from) {
+            None => DEFAULT_MAX_CONNECTIONS,
+            Some(Ok(n)) if n > 0 => n,
+            Some(_) => return Err(ConfigError::invalid("max_connections", "must be a positive integer")),
+        };
+
         let upstream_url =
             overrides.upstream.clone().or(file.upstream.url).unwrap_or_else(|| DEFAULT_UPSTREAM.to_string());
         let upstream_timeout = positive_ms(
@@ -88,6 +95,7 @@ impl Settings {
             max_body_bytes,
             client_body_timeout,
             client_header_timeout,
+            max_connections,
             upstream,
             redis,
             identity,

@@ -44,6 +44,11 @@ impl Proc {
         Proc { port, process: ChildGuard::spawn(name, cmd) }
     }
 
+    /// Runs `command` (which must start the `gateway` binary listening on `port`); killed on drop.
+    pub fn from_command(name: &str, port: u16, command: Command) -> Proc {
+        Proc { port, process: ChildGuard::spawn(name, command) }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{}", self.port, path)
     }
@@ -118,12 +123,22 @@ pub fn start_gateway_args(redis_url: &str, upstream: &str, args: &[String]) -> P
 /// once it answers `/healthz`. `args` name the Redis server or cluster.
 pub fn start_serve(name: &str, upstream: &str, args: &[String]) -> Proc {
     let port = free_port();
+    let mut gateway = Proc::spawn(name, port, &serve_args(port, upstream, args), &serve_env());
+    gateway.wait_healthy();
+    gateway
+}
+
+/// The arguments of `gateway serve` on `port` in front of `upstream`, then `args`.
+pub fn serve_args(port: u16, upstream: &str, args: &[String]) -> Vec<String> {
     let mut all: Vec<String> =
         vec!["serve".into(), "--listen".into(), format!("127.0.0.1:{port}"), "--upstream".into(), upstream.into()];
     all.extend(args.iter().cloned());
-    let mut gateway = Proc::spawn(name, port, &all, &[("GATEWAY_KEY_SECRET", SECRET), ("RUST_LOG", "debug")]);
-    gateway.wait_healthy();
-    gateway
+    all
+}
+
+/// The environment of a gateway under test: the test secret, debug logs.
+pub fn serve_env() -> [(&'static str, &'static str); 2] {
+    [("GATEWAY_KEY_SECRET", SECRET), ("RUST_LOG", "debug")]
 }
 
 /// `gateway hash-key <key>` with the tests' secret.

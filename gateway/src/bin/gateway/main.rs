@@ -127,7 +127,9 @@ fn serve_model(args: ModelArgs) -> std::io::Result<()> {
             "demo model"
         );
         let router = model::router_with(args.timing());
-        serve::run("model", args.listen, router, serve::DEFAULT_HEADER_TIMEOUT).await
+        let connections = serve::Connections::default();
+        let connections = serve::Connections { max: serve::connections_that_fit(connections.max), ..connections };
+        serve::run("model", args.listen, router, connections).await
     })
 }
 

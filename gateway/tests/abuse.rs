@@ -1,0 +1,105 @@
+//! Hostile clients and their effects, end to end with real processes: floods of connections,
+//! early refusals on kept-alive connections, ambiguous requests, and what an outage does to
+//! the log.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use hyper::StatusCode;
+
+/// Sends `GET /healthz` on `stream` (kept alive) and reads the whole answer.
+fn health_on(stream: &mut TcpStream) -> String {
+    stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&answer).ends_with('}') {
+        let n = stream.read(&mut buf).unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&answer).to_string()
+}
+
+#[tokio::test]
+async fn connections_beyond_max_connections_are_closed_at_once_and_the_others_served() {
+    let redis = RedisServer::start();
+    let model = start_model(0);
+    let gateway = start_gateway(&redis, &model.url(""), 100, 60, &["--max-connections", "20"]);
+    // 20 clients, each served once and then idle on its kept-alive connection.
+    let mut idle: Vec<TcpStream> = (0..20)
+        .map(|_| {
+            let mut stream = TcpStream::connect(("127.0.0.1", gateway.port)).unwrap();
+            stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            assert!(health_on(&mut stream).starts_with("HTTP/1.1 200"));
+            stream
+        })
+        .collect();
+    let started = Instant::now();
+    let mut one_more = TcpStream::connect(("127.0.0.1", gateway.port)).unwrap();
+    one_more.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = one_more.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut buf = [0u8; 64];
+    let read = one_more.read(&mut buf);
+    assert!(matches!(read, Ok(0) | Err(_)), "closed without an answer: {read:?}");
+    assert!(started.elapsed() < Duration::from_secs(2), "at once, not after a timeout: {:?}", started.elapsed());
+    // As soon as some leave, new clients are served.
+    idle.truncate(15);
+    let served =
+        wait_until(Instant::now() + Duration::from_secs(5), || http_status(gateway.port, "/healthz") == Some(200));
+    assert!(served, "{}", gateway.logs());
+    assert_eq!(predict(&gateway, &[("x-api-key", "k")]).await.status, StatusCode::OK);
+    let m = scrape(&gateway).await;
+    assert!(value(&m, "gateway_connections_refused_total", &[]).unwrap() >= 1.0);
+    assert!(gateway.logs().contains("connection refused: max_connections are open"), "{}", gateway.logs());
+    drop(idle);
+}
+
+/// The soft and hard limits on open files of process `pid`.
+fn open_files_limits(pid: u32) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
+    let numbers: Vec<u64> = line.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+    (numbers[0], numbers[1])
+}
+
+/// `gateway serve` started by a shell that first sets the limits on open files to `ulimit`
+/// (e.g. `-Sn 256`).
+fn start_with_ulimit(ulimit: &str, redis: &RedisServer, upstream: &str, extra: &[&str]) -> Proc {
+    let port = free_port();
+    let mut args =
+        vec!["--redis-url".to_string(), redis.url(), "--limit".into(), "5".into(), "--window".into(), "60".into()];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg(format!("ulimit {ulimit} && exec \"$0\" \"$@\""))
+        .arg(BIN)
+        .args(serve_args(port, upstream, &args))
+        .env_remove("GATEWAY_KEY_SECRET")
+        .envs(serve_env());
+    let mut gateway = Proc::from_command("gateway", port, command);
+    gateway.wait_healthy();
+    gateway
+}
+
+#[test]
+fn the_limit_on_open_files_is_raised_at_start_and_max_connections_kept_within_it() {
+    let redis = RedisServer::start();
+    let model = start_model(0);
+    let hard = open_files_limits(std::process::id()).1;
+    let raised = start_with_ulimit("-Sn 256", &redis, &model.url(""), &["--max-connections", "100"]);
+    assert_eq!(open_files_limits(raised.id()), (hard, hard), "soft limit raised to the hard one");
+    assert!(!raised.logs().contains("serving_at_most"), "{}", raised.logs());
+    // A hard limit of 1000 holds 468 connections (two descriptors each, 64 kept aside).
+    let low = start_with_ulimit("-n 1000", &redis, &model.url(""), &["--max-connections", "5000"]);
+    assert_eq!(open_files_limits(low.id()), (1000, 1000));
+    assert!(low.logs().contains("serving_at_most=468"), "{}", low.logs());
+    assert!(low.logs().contains("max_connections=468"), "the listener says what it serves: {}", low.logs());
+}

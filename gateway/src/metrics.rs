@@ -86,6 +86,12 @@ struct CommandLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LateLabels {
+    command: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StatusLabels {
     status: &'static str,
 }
@@ -116,7 +122,14 @@ pub struct Metrics {
     deny_cache_entries: Gauge<u64, AtomicU64>,
     connections_open: Gauge<i64, std::sync::atomic::AtomicI64>,
     connections_refused: Counter,
+    late_replies: Family<LateLabels, Counter>,
 }
+
+/// The `result` of a limiter call in `gateway_redis_duration_seconds`.
+pub const REDIS_RESULTS: [&str; 4] = ["ok", "timeout", "rejected", "error"];
+
+/// The calls whose late reply is listened to (they take tokens or leases).
+const LATE_COMMANDS: [&str; 4] = ["check", "checkall", "check_shared", "acquire"];
 
 /// Redis answers in well under a millisecond on a LAN: 50 µs to ~1.6 s.
 fn redis_histogram() -> Histogram {
@@ -153,7 +166,8 @@ impl Metrics {
         let redis_duration: HistogramFamily<CommandLabels> = Family::new_with_constructor(redis_histogram);
         registry.register(
             "gateway_redis_duration_seconds",
-            "Time of one call to the limiter (Redis round trip), by command and result (ok, error)",
+            "Time of one call to the limiter (Redis round trip), by command and result: ok, timeout (no \
+             answer within redis.timeout_ms), rejected (the module refused the command), error",
             redis_duration.clone(),
         );
         let upstream_duration: HistogramFamily<StatusLabels> = Family::new_with_constructor(upstream_histogram);
@@ -200,6 +214,13 @@ impl Metrics {
             "Refusals the local deny cache remembers now",
             deny_cache_entries.clone(),
         );
+        let late_replies = Family::<LateLabels, Counter>::default();
+        registry.register(
+            "gateway_redis_late_replies",
+            "Calls that timed out, by what their reply said when it came later: given_back (it took \
+             tokens or a lease, given back), nothing_taken, unknown (no reply within 10 s)",
+            late_replies.clone(),
+        );
         let connections_open = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
         registry.register("gateway_connections_open", "Client connections open now", connections_open.clone());
         let connections_refused = Counter::default();
@@ -210,6 +231,7 @@ impl Metrics {
         );
         Metrics {
             registry,
+            late_replies,
             connections_open,
             connections_refused,
             requests,
@@ -278,8 +300,13 @@ impl Metrics {
         commands.sort_unstable();
         commands.dedup();
         for command in commands {
-            for result in ["ok", "error"] {
+            for result in REDIS_RESULTS {
                 drop(self.redis_duration.get_or_create(&CommandLabels { command, result }));
+            }
+            if LATE_COMMANDS.contains(&command) {
+                for outcome in ["given_back", "nothing_taken", "unknown"] {
+                    drop(self.late_replies.get_or_create(&LateLabels { command, outcome }));
+                }
             }
         }
         for status in ["2xx", "4xx", "5xx", "error"] {
@@ -310,9 +337,15 @@ impl Metrics {
         self.limit_outcomes.get_or_create(&labels).inc();
     }
 
-    pub fn redis_call(&self, command: &'static str, ok: bool, elapsed: Duration) {
-        let labels = CommandLabels { command, result: if ok { "ok" } else { "error" } };
+    /// One limiter call and how it ended: `ok`, `timeout`, `rejected` or `error`.
+    pub fn redis_call(&self, command: &'static str, result: &'static str, elapsed: Duration) {
+        let labels = CommandLabels { command, result };
         self.redis_duration.get_or_create(&labels).observe(elapsed.as_secs_f64());
+    }
+
+    /// What the late reply of a timed-out `command` said (`given_back`, `nothing_taken`, `unknown`).
+    pub fn late_reply(&self, command: &'static str, outcome: &'static str) {
+        self.late_replies.get_or_create(&LateLabels { command, outcome }).inc();
     }
 
     /// `status`: the model's status code, or `None` when it gave no answer.
@@ -378,7 +411,8 @@ mod tests {
         let m = Metrics::new();
         m.request("p", Outcome::ShadowLimited);
         m.limit_decision("p", "requests", Outcome::Limited);
-        m.redis_call("check", true, Duration::from_micros(120));
+        m.redis_call("check", "ok", Duration::from_micros(120));
+        m.late_reply("check", "given_back");
         m.upstream_call(Some(503), Duration::from_millis(3));
         m.tokens_reserved("chat", "tokens", 40);
         m.tokens_charged("chat", "tokens", 25);
@@ -395,6 +429,7 @@ mod tests {
             r#"gateway_requests_total{policy="p",outcome="shadow_limited"} 1"#,
             r#"gateway_limit_decisions_total{policy="p",limit="requests",outcome="limited"} 1"#,
             r#"gateway_redis_duration_seconds_count{command="check",result="ok"} 1"#,
+            r#"gateway_redis_late_replies_total{command="check",outcome="given_back"} 1"#,
             r#"gateway_upstream_duration_seconds_count{status="5xx"} 1"#,
             r#"gateway_tokens_reserved_total{policy="chat",limit="tokens"} 40"#,
             r#"gateway_tokens_charged_total{policy="chat",limit="tokens"} 25"#,
@@ -426,6 +461,8 @@ mod tests {
             r#"gateway_tokens_refunded_total{policy="chat",limit="tokens"} 0"#,
             r#"gateway_redis_duration_seconds_count{command="checkall",result="ok"} 0"#,
             r#"gateway_redis_duration_seconds_count{command="acquire",result="error"} 0"#,
+            r#"gateway_redis_duration_seconds_count{command="checkall",result="timeout"} 0"#,
+            r#"gateway_redis_late_replies_total{command="checkall",outcome="unknown"} 0"#,
             r#"gateway_redis_duration_seconds_count{command="check_shared",result="ok"} 0"#,
             r#"gateway_upstream_duration_seconds_count{status="2xx"} 0"#,
             r#"gateway_leases_in_flight{slot="upstream"} 0"#,

@@ -103,3 +103,55 @@ fn the_limit_on_open_files_is_raised_at_start_and_max_connections_kept_within_it
     assert!(low.logs().contains("serving_at_most=468"), "{}", low.logs());
     assert!(low.logs().contains("max_connections=468"), "the listener says what it serves: {}", low.logs());
 }
+
+/// How many times Redis ran `command` (from its own `INFO commandstats`).
+fn redis_calls(con: &mut testkit::redis::Connection, command: &str) -> u64 {
+    let stats = testkit::info_field(con, "commandstats", &format!("cmdstat_{command}")).unwrap_or_default();
+    stats.strip_prefix("calls=").and_then(|rest| rest.split(',').next()).map_or(0, |n| n.parse().unwrap())
+}
+
+#[tokio::test]
+async fn the_first_request_after_redis_restarted_while_the_gateway_was_idle_is_served() {
+    let mut redis = RedisServer::start();
+    let model = start_model(0);
+    let gateway = start_gateway(&redis, &model.url(""), 100, 60, &[]);
+    assert_eq!(predict(&gateway, &[("x-api-key", "k")]).await.status, StatusCode::OK);
+    // Stopped and started again while no request came: the gateway's connection is dead.
+    redis.restart();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let first = predict(&gateway, &[("x-api-key", "k")]).await;
+    assert_eq!(first.status, StatusCode::OK, "{first:?}\n{}", gateway.logs());
+    assert_eq!(redis_calls(&mut redis.client(), "RL.CHECK"), 1, "sent once, on the new connection");
+    // The same after a crash.
+    redis.kill();
+    redis.respawn();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(predict(&gateway, &[("x-api-key", "k")]).await.status, StatusCode::OK, "{}", gateway.logs());
+}
+
+#[tokio::test]
+async fn a_check_that_timed_out_and_ran_later_is_given_back() {
+    let redis = RedisServer::start();
+    let model = start_model(0);
+    let gateway = start_gateway(&redis, &model.url(""), 5, 3600, &["--redis-timeout-ms", "200"]);
+    assert_eq!(predict(&gateway, &[("x-api-key", "k")]).await.status, StatusCode::OK);
+    // Redis holds every write for a second: the checks time out, then run when it resumes.
+    let _: () = testkit::redis::cmd("CLIENT").arg("PAUSE").arg(1500).arg("WRITE").query(&mut redis.client()).unwrap();
+    for _ in 0..3 {
+        let refused = predict(&gateway, &[("x-api-key", "k")]).await;
+        assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE, "{refused:?}");
+    }
+    let mut con = redis.client();
+    let key = format!("rl:{{{}}}:default:requests", digest("k"));
+    let given_back = wait_until(Instant::now() + Duration::from_secs(8), || {
+        redis_calls(&mut con, "RL.CHECK") == 4 && testkit::tokens(&mut con, &key, 5, 3600, 5) == 4
+    });
+    assert!(given_back, "the three 503s ran late and were given back\n{}", gateway.logs());
+    assert_eq!(redis_calls(&mut con, "RL.REFUND"), 3);
+    let m = scrape(&gateway).await;
+    let late = |outcome| value(&m, "gateway_redis_late_replies_total", &[("command", "check"), ("outcome", outcome)]);
+    assert_eq!(late("given_back"), Some(3.0));
+    let timeouts = value(&m, "gateway_redis_duration_seconds", &[("command", "check"), ("result", "timeout")]);
+    assert_eq!(timeouts, Some(3.0));
+    assert_eq!(predict(&gateway, &[("x-api-key", "k")]).await.status, StatusCode::OK, "served again");
+}

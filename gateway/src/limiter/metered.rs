@@ -1,5 +1,6 @@
 //! [`Metered`]: any [`RateLimiter`] with each call timed into
-//! `gateway_redis_duration_seconds{command, result}` ([`crate::metrics`]). The app wraps the
+//! `gateway_redis_duration_seconds{command, result}` ([`crate::metrics`]), the result being
+//! `ok`, `timeout`, `rejected` (the module refused the command) or `error`. The app wraps the
 //! limiter it is given, so every call the pipeline, the leases and the settlements make is
 //! counted, whatever the backend.
 
@@ -23,7 +24,13 @@ async fn timed<T>(
 ) -> Result<T, LimiterError> {
     let started = Instant::now();
     let result = call.await;
-    metrics().redis_call(command, result.is_ok(), started.elapsed());
+    let label = match &result {
+        Ok(_) => "ok",
+        Err(LimiterError::Timeout(_)) => "timeout",
+        Err(LimiterError::Rejected(_)) => "rejected",
+        Err(_) => "error",
+    };
+    metrics().redis_call(command, label, started.elapsed());
     result
 }
 

@@ -1,0 +1,546 @@
+//! The Redis behind [`RedisLimiter`]: one round trip per request (`RL.CHECK key limit window
+//! COST cost BURST burst` for a policy with one limit, `RL.CHECKALL n key... (limit window
+//! cost burst)...` for several, all charged or none), and the settlements and leases around
+//! it. This module spells the commands and reads their replies; [`connection`] holds the
+//! connections (one server, the primary Sentinel names ([`sentinel`]), or a Cluster), whose
+//! I/O runs on a thread of its own. Keys are `<prefix>{<identity-hash>}:<policy>:<limit>`: the
+//! hash tag puts all of one caller's limits in one slot, and a command goes to the primary of
+//! its first key.
+//!
+//! **No command is ever sent twice** when it may have reached Redis: a retry could charge
+//! twice. (One that provably never left is sent once on a new connection, see [`connection`].)
+//!
+//! **A call the gateway gave up on takes nothing.** A call that gets no answer within
+//! `redis.timeout_ms` fails (the request is answered as `failure_mode` says), but the command
+//! may still run: Redis may be paused, or its reply slow. The gateway keeps listening for that
+//! reply for [`LATE_REPLY_WAIT`], and when it says a check admitted (tokens taken) or a lease
+//! was acquired, it gives them back (`RL.REFUND`, `RL.RELEASE`): a request answered `503` (or
+//! forwarded unmetered) is not charged. Only a reply that never comes (the connection broke,
+//! or Redis stayed away that long) leaves the outcome unknown: the command may have run once.
+
+mod connection;
+mod sentinel;
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::{BoxFuture, FutureExt};
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+use redis::{AsyncConnectionConfig, ErrorKind, ServerErrorKind};
+use rl_protocol::{AcquireReply, CheckAllReply, CheckReply, RefundReply};
+use tokio::sync::OnceCell;
+
+use self::connection::{io, on_io, Link, Managed};
+use super::{LimiterError, RateLimiter};
+use crate::config::{Pem, Policy, Quota, Redacted, RedisSettings, RedisTarget};
+use crate::lease::{Slot, CONCURRENT_NAME};
+use crate::metrics::metrics;
+
+/// The Redis client could not be set up from a setting (a URL it refuses, for instance).
+#[derive(Debug)]
+pub struct ClientError {
+    /// The setting and, for one server, its URL (password hidden).
+    pub setting: String,
+    pub source: redis::RedisError,
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.setting, self.source)
+    }
+}
+
+impl std::error::Error for ClientError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+/// How long a call the gateway gave up on is still listened to (see the module's comment).
+/// Also the connections' own bound on a reply: one that never comes is given up then.
+pub const LATE_REPLY_WAIT: Duration = Duration::from_secs(10);
+
+/// The most calls listened to after their timeout at once (each holds a small task): beyond,
+/// a late reply is not waited for, and the outcome is counted as unknown.
+const MAX_LATE_CALLS: usize = 10_000;
+
+/// Commands a connection queues for its writer (see [`RedisLimiter::new`]): more than the
+/// requests a gateway holds at once (`max_connections`), each with a few calls.
+const COMMAND_QUEUE: usize = 1 << 16;
+
+/// Command retries of the cluster client: none. `RL.CHECK` is not idempotent, and a retry
+/// after a dropped connection may run it a second time (the first may have been applied), so a
+/// request could be charged twice. A `MOVED` after a resharding therefore fails that one
+/// request (answered per `failure_mode`) while the client refreshes its slot map; the next
+/// request goes to the right node.
+pub const CLUSTER_COMMAND_RETRIES: u32 = 0;
+
+#[derive(Clone)]
+enum Backend {
+    /// One server, or the primary Sentinel names.
+    Server(Arc<Managed>),
+    /// Connected on first use (and again after a failed first attempt), so the gateway
+    /// starts while the cluster is still coming up.
+    Cluster(Arc<ClusterBackend>),
+}
+
+struct ClusterBackend {
+    client: ClusterClient,
+    conn: OnceCell<ClusterConnection>,
+}
+
+/// A connection ready for one command.
+enum Ready {
+    Server(Arc<Managed>, Link),
+    Cluster(ClusterConnection),
+}
+
+impl Backend {
+    /// A connection to send on, made now if need be.
+    async fn ready(&self) -> redis::RedisResult<Ready> {
+        match self {
+            Backend::Server(managed) => Ok(Ready::Server(managed.clone(), managed.link().await?)),
+            Backend::Cluster(cluster) => {
+                let client = cluster.client.clone();
+                let conn = cluster.conn.get_or_try_init(|| on_io(async move { client.get_async_connection().await }));
+                Ok(Ready::Cluster(conn.await?.clone()))
+            }
+        }
+    }
+}
+
+impl Ready {
+    /// Sends `cmd` (to the primary owning `key`, on a Cluster: RL.CHECKALL's first argument
+    /// is not a key, and the retry-free client would not follow a `MOVED`) and reads its
+    /// reply. The future owns all it needs, so it can go on after the caller stopped waiting;
+    /// `sent` is set once the command was handed to the connection.
+    fn send(
+        self,
+        cmd: redis::Cmd,
+        key: &str,
+        sent: Arc<AtomicBool>,
+    ) -> BoxFuture<'static, redis::RedisResult<redis::Value>> {
+        match self {
+            Ready::Server(managed, link) => managed.send_on(link, cmd, sent).boxed(),
+            Ready::Cluster(mut conn) => {
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::with_key(
+                    key,
+                    SlotAddr::Master,
+                )));
+                async move {
+                    sent.store(true, Ordering::Relaxed);
+                    conn.route_command(cmd, routing).await
+                }
+                .boxed()
+            }
+        }
+    }
+}
+
+/// Whether Redis ran the command and the module refused it: `ERR` about its arguments (out of
+/// the module's bounds) or about the value stored at the key (another type, `WRONGTYPE`, or a
+/// string that is not limiter state). Redis answered, so this is no outage, and the same
+/// command would be refused again. `ERR unknown command` (the module is not loaded) is not
+/// one: that is a server the gateway cannot use, as when it is down.
+fn is_module_refusal(e: &redis::RedisError) -> bool {
+    match e.kind() {
+        ErrorKind::Server(ServerErrorKind::ResponseError) => {
+            !e.detail().is_some_and(|detail| detail.starts_with("unknown command"))
+        }
+        ErrorKind::Extension => e.code() == Some("WRONGTYPE"),
+        _ => false,
+    }
+}
+
+fn limiter_error(e: redis::RedisError) -> LimiterError {
+    match is_module_refusal(&e) {
+        true => LimiterError::Rejected(e),
+        false => LimiterError::Redis(e),
+    }
+}
+
+/// What a call takes, given back when its reply comes after the gateway gave up on it.
+struct Undo {
+    /// The call's name in `gateway_redis_late_replies_total`.
+    command: &'static str,
+    give_back: GiveBack,
+}
+
+enum GiveBack {
+    /// A check (RL.CHECK, RL.CHECKALL) that admitted: `RL.REFUND` of each cost on its key.
+    Tokens(Vec<(String, Quota, u64)>),
+    /// An RL.ACQUIRE that acquired: `RL.RELEASE` of the lease.
+    Lease { key: String, id: String },
+}
+
+/// Whether a reply says the command took something: RL.CHECK's, RL.CHECKALL's and
+/// RL.ACQUIRE's replies all begin with `1` when it did (admitted, acquired).
+fn took_something(reply: &redis::Value) -> bool {
+    matches!(reply, redis::Value::Array(items) if matches!(items.first(), Some(redis::Value::Int(1))))
+}
+
+#[derive(Clone)]
+pub struct RedisLimiter {
+    backend: Backend,
+    /// The longest a call waits for a connection to be made (none is sent meanwhile).
+    connect_timeout: Duration,
+    /// The longest a call waits for its reply once sent.
+    timeout: Duration,
+    prefix: String,
+}
+
+impl RedisLimiter {
+    /// Sets up the connection without waiting for Redis: the gateway starts (and `/readyz`
+    /// reports not ready) while Redis is still coming up.
+    pub fn new(settings: &RedisSettings) -> Result<Self, ClientError> {
+        let certs = settings.tls.as_ref().map(|tls| redis::TlsCertificates {
+            client_tls: tls.client_cert_and_key.clone().map(|(Pem(client_cert), Redacted(Pem(client_key)))| {
+                redis::ClientTlsConfig { client_cert, client_key }
+            }),
+            root_cert: tls.ca.clone().map(|Pem(ca)| ca),
+        });
+        // Replies are waited for by each call (`timeout`), and after it by the late-reply
+        // watch: the connection's own bound is that watch's. The queue of commands waiting
+        // for the connection's writer is long enough never to fill: when it was (the crate's
+        // default is 50), a request finding it full had to wait for its turn on a busy worker
+        // to hand its command over, and under 5,000 connections a third of the checks
+        // timed out before they were even sent.
+        let connection_config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(settings.connect_timeout))
+            .set_response_timeout(Some(LATE_REPLY_WAIT))
+            .set_pipeline_buffer_size(COMMAND_QUEUE);
+        let backend = match &settings.target {
+            RedisTarget::Server(url) => {
+                let described = |source| ClientError { setting: format!("redis.url {url}"), source };
+                let client = match certs {
+                    None => redis::Client::open(url.expose()),
+                    Some(certs) => redis::Client::build_with_tls(url.expose(), certs),
+                }
+                .map_err(described)?;
+                Backend::Server(Managed::new(
+                    "Redis",
+                    Box::new(move || {
+                        let (client, config) = (client.clone(), connection_config.clone());
+                        async move { client.get_multiplexed_async_connection_with_config(&config).await }.boxed()
+                    }),
+                ))
+            }
+            RedisTarget::Cluster(nodes) => {
+                let mut builder = ClusterClientBuilder::new(nodes.iter().map(|node| node.expose()))
+                    .connection_timeout(settings.connect_timeout)
+                    .response_timeout(LATE_REPLY_WAIT)
+                    .retries(CLUSTER_COMMAND_RETRIES);
+                if settings.target.is_tls() {
+                    builder = builder.tls(redis::TlsMode::Secure);
+                }
+                if let Some(certs) = certs {
+                    builder = builder.certs(certs);
+                }
+                let client =
+                    builder.build().map_err(|source| ClientError { setting: "redis.cluster_nodes".into(), source })?;
+                Backend::Cluster(Arc::new(ClusterBackend { client, conn: OnceCell::new() }))
+            }
+            RedisTarget::Sentinel(target) => {
+                Backend::Server(sentinel::primary(target, connection_config, settings.connect_timeout)?)
+            }
+        };
+        Ok(RedisLimiter {
+            backend,
+            connect_timeout: settings.connect_timeout,
+            timeout: settings.timeout,
+            prefix: settings.key_prefix.clone(),
+        })
+    }
+
+    /// The Redis key of one limit of one identity under one policy.
+    pub fn key(&self, policy: &Policy, quota: &Quota, identity_hash: &str) -> String {
+        key(&self.prefix, policy, quota, identity_hash)
+    }
+
+    /// Runs `cmd` and decodes its answer (an error reply is a Redis error, or a refusal by the
+    /// module; an answer of the wrong shape a [`LimiterError::Reply`]). Waits up to
+    /// `connect_timeout` for a connection, then `timeout` for the reply; a call that times out
+    /// after it was sent is listened to for its late reply, and what it took is given back
+    /// (`undo`).
+    async fn query<T: redis::FromRedisValue>(
+        &self,
+        cmd: redis::Cmd,
+        key: &str,
+        undo: Option<Undo>,
+    ) -> Result<T, LimiterError> {
+        let ready = match tokio::time::timeout(self.connect_timeout, self.backend.ready()).await {
+            Ok(Ok(ready)) => ready,
+            Ok(Err(e)) => return Err(limiter_error(e)),
+            Err(_) => return Err(LimiterError::Timeout(self.connect_timeout)),
+        };
+        let sent = Arc::new(AtomicBool::new(false));
+        let mut call = ready.send_clone(cmd, key, sent.clone());
+        match tokio::time::timeout(self.timeout, &mut call.future).await {
+            Ok(Ok(value)) => T::from_redis_value(value).map_err(LimiterError::Reply),
+            Ok(Err(e)) => Err(limiter_error(e)),
+            Err(_) => {
+                call.ready.timed_out();
+                if let Some(undo) = undo.filter(|_| sent.load(Ordering::Relaxed)) {
+                    self.listen_late(call.future, undo);
+                }
+                Err(LimiterError::Timeout(self.timeout))
+            }
+        }
+    }
+
+    /// Waits (on the Redis I/O thread) for the reply of a call the caller gave up on, and gives
+    /// back what it took.
+    fn listen_late(&self, call: BoxFuture<'static, redis::RedisResult<redis::Value>>, undo: Undo) {
+        static LISTENING: AtomicUsize = AtomicUsize::new(0);
+        if LISTENING.fetch_add(1, Ordering::Relaxed) >= MAX_LATE_CALLS {
+            LISTENING.fetch_sub(1, Ordering::Relaxed);
+            metrics().late_reply(undo.command, "unknown");
+            return;
+        }
+        let this = self.clone();
+        io().spawn(async move {
+            let outcome = match tokio::time::timeout(LATE_REPLY_WAIT, call).await {
+                Ok(Ok(reply)) if took_something(&reply) => {
+                    this.give_back(undo.give_back).await;
+                    "given_back"
+                }
+                Ok(Ok(_)) => "nothing_taken",
+                Ok(Err(_)) | Err(_) => "unknown",
+            };
+            LISTENING.fetch_sub(1, Ordering::Relaxed);
+            tracing::info!(command = undo.command, outcome, "late reply of a call that had timed out");
+            metrics().late_reply(undo.command, outcome);
+        });
+    }
+
+    async fn give_back(&self, give_back: GiveBack) {
+        match give_back {
+            GiveBack::Tokens(costs) => {
+                for (key, quota, cost) in costs.into_iter().filter(|(_, _, cost)| *cost > 0) {
+                    if let Err(e) = self.query::<RefundReply>(refund_cmd(&key, &quota, cost), &key, None).await {
+                        tracing::warn!(error = %e, %key, cost, "could not give back what a timed-out check took");
+                    }
+                }
+            }
+            GiveBack::Lease { key, id } => {
+                if let Err(e) = self.query::<i64>(release_cmd(&key, &id), &key, None).await {
+                    tracing::warn!(error = %e, %key, %id, "could not release the lease a timed-out call took; it ends by itself");
+                }
+            }
+        }
+    }
+}
+
+/// A call under way: its connection, and the future of its reply.
+struct Call {
+    ready: ReadyRef,
+    future: BoxFuture<'static, redis::RedisResult<redis::Value>>,
+}
+
+/// The connection a call went out on, for after it timed out ([`Managed::timed_out`]; a
+/// Cluster manages its own).
+enum ReadyRef {
+    Server(Arc<Managed>, u64),
+    Cluster,
+}
+
+impl ReadyRef {
+    fn timed_out(&self) {
+        if let ReadyRef::Server(managed, id) = self {
+            managed.timed_out(*id);
+        }
+    }
+}
+
+impl Ready {
+    fn send_clone(self, cmd: redis::Cmd, key: &str, sent: Arc<AtomicBool>) -> Call {
+        let ready = match &self {
+            Ready::Server(managed, link) => ReadyRef::Server(managed.clone(), link.id),
+            Ready::Cluster(_) => ReadyRef::Cluster,
+        };
+        Call { ready, future: self.send(cmd, key, sent) }
+    }
+}
+
+/// `RL.REFUND key limit window amount BURST burst`.
+fn refund_cmd(key: &str, q: &Quota, tokens: u64) -> redis::Cmd {
+    let mut cmd = redis::cmd("RL.REFUND");
+    cmd.arg(key).arg(q.limit).arg(q.window).arg(amount(tokens)).arg("BURST").arg(q.burst);
+    cmd
+}
+
+/// `RL.RELEASE key id`.
+fn release_cmd(key: &str, id: &str) -> redis::Cmd {
+    let mut cmd = redis::cmd("RL.RELEASE");
+    cmd.arg(key).arg(id);
+    cmd
+}
+
+/// A count of tokens as the module takes it: an integer up to `i64::MAX`. A larger one (an
+/// LLM request with `max_tokens` near 2^64, a model reporting absurd usage) is sent as
+/// `i64::MAX`, which the module answers exactly as it would the real amount: a check can
+/// never fit (refused, never admitted), a forced charge is capped at one burst of debt, a
+/// refund fills the bucket. Sending it unchanged would get an argument error instead.
+fn amount(tokens: u64) -> u64 {
+    tokens.min(i64::MAX.unsigned_abs())
+}
+
+/// `<prefix>{<identity-hash>}:<policy>:<limit>`, e.g. `rl:{3fa9...}:chat:tokens`.
+pub fn key(prefix: &str, policy: &Policy, quota: &Quota, identity_hash: &str) -> String {
+    format!("{prefix}{{{identity_hash}}}:{}:{}", policy.name, quota.name)
+}
+
+/// The lease set of `slot`: `<prefix>{<identity-hash>}:<policy>:concurrent` (the caller's
+/// Cluster slot) or `<prefix>upstream:concurrent` (one key for the whole fleet).
+pub fn lease_key(prefix: &str, slot: &Slot) -> String {
+    match slot {
+        Slot::Caller { policy, identity_hash } => format!("{prefix}{{{identity_hash}}}:{policy}:{CONCURRENT_NAME}"),
+        Slot::Upstream => format!("{prefix}upstream:{CONCURRENT_NAME}"),
+    }
+}
+
+impl RateLimiter for RedisLimiter {
+    async fn check(&self, policy: &Policy, identity_hash: &str, costs: &[u64]) -> Result<CheckAllReply, LimiterError> {
+        let keys: Vec<String> = policy.limits.iter().map(|q| self.key(policy, q, identity_hash)).collect();
+        let first = keys.first().cloned().unwrap_or_default();
+        let cost = |i: usize| amount(costs.get(i).copied().unwrap_or(1));
+        let undo = |command| Undo {
+            command,
+            give_back: GiveBack::Tokens(
+                keys.iter()
+                    .zip(&policy.limits)
+                    .enumerate()
+                    .map(|(i, (k, q))| (k.clone(), q.clone(), cost(i)))
+                    .collect(),
+            ),
+        };
+        match policy.limits.as_slice() {
+            [q] => {
+                let mut cmd = redis::cmd("RL.CHECK");
+                cmd.arg(&first).arg(q.limit).arg(q.window).arg("COST").arg(cost(0)).arg("BURST").arg(q.burst);
+                let reply: CheckReply = self.query(cmd, &first, Some(undo("check"))).await?;
+                Ok(CheckAllReply { allowed: reply.allowed, retry_after_ms: reply.retry_after_ms, limits: vec![reply] })
+            }
+            limits => {
+                let mut cmd = redis::cmd("RL.CHECKALL");
+                cmd.arg(keys.len()).arg(&keys);
+                for (i, q) in limits.iter().enumerate() {
+                    cmd.arg(q.limit).arg(q.window).arg(cost(i)).arg(q.burst);
+                }
+                self.query(cmd, &first, Some(undo("checkall"))).await
+            }
+        }
+    }
+
+    async fn refund(
+        &self,
+        policy: &Policy,
+        identity_hash: &str,
+        index: usize,
+        tokens: u64,
+    ) -> Result<RefundReply, LimiterError> {
+        let q = policy.limits.get(index).ok_or(LimiterError::NoSuchLimit(index))?;
+        let key = self.key(policy, q, identity_hash);
+        self.query(refund_cmd(&key, q, tokens), &key, None).await
+    }
+
+    async fn force(
+        &self,
+        policy: &Policy,
+        identity_hash: &str,
+        index: usize,
+        tokens: u64,
+    ) -> Result<CheckReply, LimiterError> {
+        let q = policy.limits.get(index).ok_or(LimiterError::NoSuchLimit(index))?;
+        let key = self.key(policy, q, identity_hash);
+        let mut cmd = redis::cmd("RL.CHECK");
+        cmd.arg(&key).arg(q.limit).arg(q.window).arg("COST").arg(amount(tokens)).arg("BURST").arg(q.burst).arg("FORCE");
+        self.query(cmd, &key, None).await
+    }
+
+    async fn check_shared(&self, quota: &Quota, cost: u64, keep: u64) -> Result<CheckReply, LimiterError> {
+        let key = format!("{}upstream:{}", self.prefix, quota.name);
+        let mut cmd = redis::cmd("RL.CHECK");
+        cmd.arg(&key).arg(quota.limit).arg(quota.window).arg("COST").arg(amount(cost)).arg("BURST").arg(quota.burst);
+        cmd.arg("KEEP").arg(amount(keep));
+        let undo =
+            Undo { command: "check_shared", give_back: GiveBack::Tokens(vec![(key.clone(), quota.clone(), cost)]) };
+        self.query(cmd, &key, Some(undo)).await
+    }
+
+    async fn acquire(&self, slot: &Slot, max: u64, lease_ms: u64, id: &str) -> Result<AcquireReply, LimiterError> {
+        let key = lease_key(&self.prefix, slot);
+        let mut cmd = redis::cmd("RL.ACQUIRE");
+        cmd.arg(&key).arg(max).arg(lease_ms).arg("ID").arg(id);
+        let undo = Undo { command: "acquire", give_back: GiveBack::Lease { key: key.clone(), id: id.to_string() } };
+        self.query(cmd, &key, Some(undo)).await
+    }
+
+    async fn release(&self, slot: &Slot, id: &str) -> Result<bool, LimiterError> {
+        let key = lease_key(&self.prefix, slot);
+        self.query::<i64>(release_cmd(&key, id), &key, None).await.map(|n| n == 1)
+    }
+
+    async fn renew(&self, slot: &Slot, id: &str, lease_ms: u64) -> Result<bool, LimiterError> {
+        let key = lease_key(&self.prefix, slot);
+        let mut cmd = redis::cmd("RL.RENEW");
+        cmd.arg(&key).arg(id).arg(lease_ms);
+        self.query::<i64>(cmd, &key, None).await.map(|n| n == 1)
+    }
+
+    /// A read-only `RL.PEEK` on a probe key: Redis answers and has the module.
+    async fn ready(&self) -> Result<(), LimiterError> {
+        let probe = format!("{}__readyz__", self.prefix);
+        let mut cmd = redis::cmd("RL.PEEK");
+        cmd.arg(&probe).arg(1).arg(1);
+        let _: CheckReply = self.query(cmd, &probe, None).await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The error a server sends as `line` (RESP, e.g. `-ERR ...`).
+    fn server_error(line: &str) -> redis::RedisError {
+        let value = redis::parse_redis_value(format!("{line}\r\n").as_bytes()).unwrap();
+        value.extract_error().unwrap_err()
+    }
+
+    #[test]
+    fn only_the_module_s_own_refusals_count_as_refusals_not_outages() {
+        for refusal in [
+            "-ERR cost must be a non-negative integer",
+            "-ERR burst * window / limit must not exceed 100 years",
+            "-ERR key holds a string that is not rate-limiter state; it was left unchanged",
+            "-WRONGTYPE Operation against a key holding the wrong kind of value",
+        ] {
+            assert!(is_module_refusal(&server_error(refusal)), "{refusal}");
+        }
+        for outage in [
+            "-ERR unknown command 'RL.CHECK', with args beginning with: 'k'",
+            "-LOADING Redis is loading the dataset in memory",
+            "-READONLY You can't write against a read only replica.",
+            "-OOM command not allowed when used memory > 'maxmemory'.",
+            "-BUSY Redis is busy running a script.",
+            "-NOPERM User gw has no permissions to run the 'rl.check' command",
+            "-MASTERDOWN Link with MASTER is down",
+        ] {
+            assert!(!is_module_refusal(&server_error(outage)), "{outage}");
+        }
+        let io = redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
+        assert!(!is_module_refusal(&io));
+    }
+
+    #[test]
+    fn amounts_beyond_what_the_module_takes_are_sent_as_its_largest() {
+        assert_eq!(amount(5), 5);
+        assert_eq!(amount(i64::MAX as u64), i64::MAX as u64);
+        assert_eq!(amount(u64::MAX), i64::MAX as u64);
+    }
+}

@@ -16,8 +16,8 @@ use tower::ServiceBuilder;
 use crate::config::Settings;
 use crate::limiter::{Metered, RateLimiter};
 use crate::metrics;
-use crate::pipeline::{access_log, checks, identify, limit, proxy, route};
-use crate::pipeline::{Checks, Identify, Limit, Proxy};
+use crate::pipeline::{access_log, checks, identify, keep_alive, limit, proxy, route};
+use crate::pipeline::{Checks, Identify, KeepAlive, Limit, Proxy};
 use crate::routing::{LiveRoutes, Routes};
 
 /// The router. Requests to the pipeline need the client address as a
@@ -32,7 +32,9 @@ pub fn app_with_routes<L: RateLimiter>(settings: &Settings, limiter: L, routes: 
     // Every limiter call, from any step, lease or settlement, is timed into /metrics.
     let limiter = Metered(limiter);
     metrics::metrics().declare(settings);
+    let keep = Arc::new(KeepAlive { body_timeout: settings.client_body_timeout });
     let pipeline = ServiceBuilder::new()
+        .layer(from_fn_with_state(keep, keep_alive::keep_alive))
         .layer(from_fn_with_state(Arc::new(Checks::new(settings)), checks::check_request))
         .layer(from_fn_with_state(routes, route::route))
         .layer(from_fn_with_state(Arc::new(Identify::new(&settings.identity)), identify::identify))

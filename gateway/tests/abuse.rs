@@ -155,3 +155,58 @@ async fn a_check_that_timed_out_and_ran_later_is_given_back() {
     assert_eq!(timeouts, Some(3.0));
     assert_eq!(predict(&gateway, &[("x-api-key", "k")]).await.status, StatusCode::OK, "served again");
 }
+
+/// Reads one whole answer (head and a `Content-Length` body) from `stream`.
+fn read_answer(stream: &mut TcpStream) -> String {
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&answer).to_string();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap())
+                })
+                .unwrap_or(0);
+            if body.len() >= length {
+                return text;
+            }
+        }
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return text,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_refusal_sent_before_the_body_arrived_leaves_the_connection_usable_or_says_close() {
+    let redis = RedisServer::start();
+    let model = start_model(0);
+    let gateway = start_gateway(&redis, &model.url(""), 1, 3600, &[]);
+    assert_eq!(predict(&gateway, &[("x-api-key", "k")]).await.status, StatusCode::OK);
+    let mut stream = TcpStream::connect(("127.0.0.1", gateway.port)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let body = r#"{"text":"a late body"}"#;
+    let head =
+        format!("POST /v1/predict HTTP/1.1\r\nHost: x\r\nX-API-Key: k\r\nContent-Length: {}\r\n\r\n", body.len());
+    for round in 0..3 {
+        // As Python's http.client does: the headers, and the body in a second write.
+        stream.write_all(head.as_bytes()).unwrap();
+        let refused = read_answer(&mut stream);
+        assert!(refused.starts_with("HTTP/1.1 429"), "round {round}: {refused}");
+        assert!(!refused.to_ascii_lowercase().contains("connection: close"), "{refused}");
+        std::thread::sleep(Duration::from_millis(50));
+        stream.write_all(body.as_bytes()).unwrap();
+    }
+    // A body too large to read through is not read: the refusal says the connection closes.
+    let mut large = TcpStream::connect(("127.0.0.1", gateway.port)).unwrap();
+    large.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    large
+        .write_all(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nX-API-Key: k\r\nContent-Length: 500000\r\n\r\n{")
+        .unwrap();
+    let refused = read_answer(&mut large);
+    assert!(refused.starts_with("HTTP/1.1 429"), "{refused}");
+    assert!(refused.to_ascii_lowercase().contains("connection: close"), "{refused}");
+}

@@ -1,6 +1,8 @@
 //! The steps every proxied request goes through, in this order (see [`crate::app::app`]):
 //!
 //! 1. [`access_log`]: one log line per request, with its status and time (every route).
+//!    Then [`keep_alive`]: an answer made before the body was read leaves the connection
+//!    usable (a small body is read through) or says `Connection: close`.
 //! 2. [`checks`]: the target is a path, the API-key headers are consistent (and present, if
 //!    required), a declared body size fits. Hands on the [`ApiKey`].
 //! 3. [`route`]: the normalized path and the policy covering it ([`crate::routing::Route`]).
@@ -20,11 +22,13 @@
 pub mod access_log;
 pub mod checks;
 pub mod identify;
+pub mod keep_alive;
 pub mod limit;
 pub mod proxy;
 pub mod route;
 
 pub use checks::{ApiKey, Checks};
 pub use identify::{Caller, Identify};
+pub use keep_alive::KeepAlive;
 pub use limit::Limit;
 pub use proxy::Proxy;

@@ -133,7 +133,8 @@ mod tests {
 
     #[tokio::test]
     async fn only_an_unread_body_too_large_or_of_unknown_length_closes_the_connection() {
-        let cases: [(&str, &[(&str, &str)], &str, Option<&str>); 5] = [
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str, Option<&'a str>);
+        let cases: [Case; 5] = [
             ("/refuse", &[("content-length", "5")], "hello", None),
             ("/refuse", &[], "", None),
             ("/refuse", &[("content-length", "70000")], "x", Some("close")),

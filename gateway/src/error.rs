@@ -9,6 +9,7 @@ use serde_json::json;
 
 use crate::identity::BadIdentity;
 use crate::llm::BadLlmRequest;
+use crate::log_limit::{error_every, warn_every};
 
 #[derive(Debug)]
 pub enum ApiError {
@@ -86,6 +87,10 @@ pub enum BadRequest {
     UnreadableBody,
     /// The normalized path does not make a valid upstream URI.
     InvalidTarget,
+    /// The path's percent-escapes decode to bytes that are not UTF-8.
+    PathNotUtf8,
+    /// More than one `Host` header (RFC 9112 section 3.2: answer `400`).
+    DuplicateHost,
 }
 
 impl BadRequest {
@@ -96,6 +101,8 @@ impl BadRequest {
             BadRequest::ContentLength => "Malformed Content-Length header.",
             BadRequest::UnreadableBody => "The request body could not be read.",
             BadRequest::InvalidTarget => "The request target is not a valid path.",
+            BadRequest::PathNotUtf8 => "The request path's percent-escapes must decode to UTF-8.",
+            BadRequest::DuplicateHost => "The request has more than one Host header.",
         }
     }
 }
@@ -201,11 +208,11 @@ impl ApiError {
 
     fn log(&self) {
         match self {
-            ApiError::UpstreamUnavailable { detail } => tracing::warn!(%detail, "upstream unreachable"),
-            ApiError::UpstreamTimeout { detail } => tracing::warn!(%detail, "upstream timed out"),
-            ApiError::LimiterUnavailable { detail } => tracing::error!(%detail, "rate limiter unavailable, refusing"),
+            ApiError::UpstreamUnavailable { detail } => warn_every!(%detail, "upstream unreachable"),
+            ApiError::UpstreamTimeout { detail } => warn_every!(%detail, "upstream timed out"),
+            ApiError::LimiterUnavailable { detail } => error_every!(%detail, "rate limiter unavailable, refusing"),
             ApiError::LimiterRejected { detail } => {
-                tracing::error!(%detail, "the ratelimit module refused the gateway's command, refusing with 500")
+                error_every!(%detail, "the ratelimit module refused the gateway's command, refusing with 500")
             }
             ApiError::BadRequest(why) => tracing::debug!(why = why.message(), "bad request"),
             ApiError::InvalidLlmRequest(why) => tracing::debug!(why = %why.message(), "invalid LLM request"),

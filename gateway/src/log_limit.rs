@@ -53,6 +53,39 @@ impl Default for Throttle {
     }
 }
 
+/// `tracing::warn!` at most once a second from this place, with `left_out`: how many were
+/// not written since. Same arguments as `tracing::warn!` (fields, then the message).
+macro_rules! warn_every {
+    ($($arg:tt)+) => {{
+        static THROTTLE: $crate::log_limit::Throttle = $crate::log_limit::Throttle::new();
+        if let Some(left_out) = THROTTLE.allow() {
+            tracing::warn!(left_out, $($arg)+);
+        }
+    }};
+}
+
+/// `tracing::error!` at most once a second from this place (see [`warn_every`]).
+macro_rules! error_every {
+    ($($arg:tt)+) => {{
+        static THROTTLE: $crate::log_limit::Throttle = $crate::log_limit::Throttle::new();
+        if let Some(left_out) = THROTTLE.allow() {
+            tracing::error!(left_out, $($arg)+);
+        }
+    }};
+}
+
+/// `tracing::info!` at most once a second from this place (see [`warn_every`]).
+macro_rules! info_every {
+    ($($arg:tt)+) => {{
+        static THROTTLE: $crate::log_limit::Throttle = $crate::log_limit::Throttle::new();
+        if let Some(left_out) = THROTTLE.allow() {
+            tracing::info!(left_out, $($arg)+);
+        }
+    }};
+}
+
+pub(crate) use {error_every, info_every, warn_every};
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -40,17 +40,18 @@ impl Routes {
         Routes::with_tiers(&settings.policies, settings.tiers.clone())
     }
 
-    /// The route of a request path as received.
-    pub fn route(&self, path: &str) -> Route {
-        let path = normalize_path(path);
+    /// The route of a request path as received; `None` when its escapes decode to bytes that
+    /// are not UTF-8 (see [`normalize_path`]).
+    pub fn route(&self, path: &str) -> Option<Route> {
+        let path = normalize_path(path)?;
         let policy = self.policy_for_normal(&path).cloned();
-        Route { path, policy, tiers: self.tiers.clone() }
+        Some(Route { path, policy, tiers: self.tiers.clone() })
     }
 
     /// The policy for a request path as received: [`Routes::policy_for_normal`] of its
     /// normalized form.
     pub fn policy_for(&self, path: &str) -> Option<&Arc<Policy>> {
-        self.policy_for_normal(&normalize_path(path))
+        self.policy_for_normal(&normalize_path(path)?)
     }
 
     /// The policy with the longest prefix covering `path` (the first in the file on a tie),
@@ -104,10 +105,12 @@ fn path_under(path: &str, prefix: &str) -> bool {
 }
 
 /// The path with percent-escapes decoded, empty and `.` segments dropped and `..` applied.
-/// A trailing `/` is kept; the result always starts with `/`.
-pub fn normalize_path(path: &str) -> String {
+/// A trailing `/` is kept; the result always starts with `/`. `None` when the decoded bytes
+/// are not UTF-8 (`/%ff`): replacing them would make distinct paths one, so such a request
+/// is refused.
+pub fn normalize_path(path: &str) -> Option<String> {
     if already_normal(path) {
-        return path.to_string();
+        return Some(path.to_string());
     }
     let bytes = path.as_bytes();
     let mut decoded = Vec::with_capacity(bytes.len());
@@ -125,7 +128,7 @@ pub fn normalize_path(path: &str) -> String {
             }
         }
     }
-    let decoded = String::from_utf8_lossy(&decoded);
+    let decoded = String::from_utf8(decoded).ok()?;
     let mut segments: Vec<&str> = Vec::new();
     for segment in decoded.split('/') {
         match segment {
@@ -144,7 +147,7 @@ pub fn normalize_path(path: &str) -> String {
     if normal.is_empty() || (path.ends_with('/') && !segments.is_empty()) {
         normal.push('/');
     }
-    normal
+    Some(normal)
 }
 
 /// Whether [`normalize_path`] would give `path` back unchanged: it starts with `/`, has no
@@ -193,14 +196,19 @@ mod tests {
 
     #[test]
     fn paths_are_matched_normalized() {
-        assert_eq!(normalize_path("/v1/%70redict"), "/v1/predict");
-        assert_eq!(normalize_path("/x/../v1//predict/"), "/v1/predict/");
-        assert_eq!(normalize_path("/v1%2Fpredict"), "/v1/predict");
-        assert_eq!(normalize_path("/../.."), "/");
-        assert_eq!(normalize_path("/a/%zz"), "/a/%zz");
+        let normal = |path| normalize_path(path).unwrap();
+        assert_eq!(normal("/v1/%70redict"), "/v1/predict");
+        assert_eq!(normal("/x/../v1//predict/"), "/v1/predict/");
+        assert_eq!(normal("/v1%2Fpredict"), "/v1/predict");
+        assert_eq!(normal("/../.."), "/");
+        assert_eq!(normal("/a/%zz"), "/a/%zz");
+        assert_eq!(normal("/caf%C3%A9"), "/caf\u{e9}");
+        for not_utf8 in ["/v1/echo/%ff%fe", "/%C3", "/%80/x", "/a%C3%28"] {
+            assert_eq!(normalize_path(not_utf8), None, "{not_utf8}: not made into U+FFFD");
+        }
         for same in ["/", "/v1", "/v1/", "/v1/predict", "/a.b/..c/.d/"] {
             assert!(already_normal(same), "{same}");
-            assert_eq!(normalize_path(same), same);
+            assert_eq!(normal(same), same);
         }
         for changed in ["", "v1", "//", "/v1//", "/./", "/v1/.", "/v1/../x", "/%70", "/a//b"] {
             assert!(!already_normal(changed), "{changed}");
@@ -214,11 +222,11 @@ mod tests {
     #[test]
     fn a_route_carries_the_normalized_path_it_was_chosen_on() {
         let routes = Routes::new(&[policy("p", &["/v1/predict"], 1)]);
-        let route = routes.route("/v1/%2570/../predict");
+        let route = routes.route("/v1/%2570/../predict").unwrap();
         assert_eq!(route.path, "/v1/predict");
         assert_eq!(route.policy.as_ref().map(|p| p.name.as_str()), Some("p"));
         // Decoded once only: `%2570` is the segment `%70`, not `p`.
-        let decoded_once = routes.route("/v1/%2570redict");
+        let decoded_once = routes.route("/v1/%2570redict").unwrap();
         assert_eq!((decoded_once.path.as_str(), decoded_once.policy), ("/v1/%70redict", None));
     }
 

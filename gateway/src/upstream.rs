@@ -20,6 +20,7 @@ use tokio::net::TcpStream;
 
 use crate::config::Upstream;
 use crate::error::{error_chain, ApiError, BadRequest};
+use crate::log_limit::warn_every;
 
 /// Headers that describe one connection, not the message (RFC 9110 section 7.6.1), never forwarded.
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -433,12 +434,11 @@ impl HttpBody for Bounded {
     type Error = Box<dyn std::error::Error + Send + Sync>;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let timed_out = |limit| Poll::Ready(Some(Err(AnswerTimedOut { limit }.into())));
+        let timed_out = |limit: Duration| {
+            warn_every!(limit_ms = limit.as_millis(), "the model's answer was cut at upstream.response_timeout_ms");
+            Poll::Ready(Some(Err(AnswerTimedOut { limit }.into())))
+        };
         if Instant::now() >= self.deadline {
-            tracing::warn!(
-                limit_ms = self.limit.as_millis(),
-                "the model's answer was cut at upstream.response_timeout_ms"
-            );
             return timed_out(self.limit);
         }
         match Pin::new(&mut self.body).poll_frame(cx) {
@@ -447,13 +447,7 @@ impl HttpBody for Bounded {
                 let deadline = tokio::time::Instant::from_std(self.deadline);
                 let sleep = self.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
                 match sleep.as_mut().poll(cx) {
-                    Poll::Ready(()) => {
-                        tracing::warn!(
-                            limit_ms = self.limit.as_millis(),
-                            "the model's answer was cut at upstream.response_timeout_ms"
-                        );
-                        timed_out(self.limit)
-                    }
+                    Poll::Ready(()) => timed_out(self.limit),
                     Poll::Pending => Poll::Pending,
                 }
             }

@@ -210,3 +210,44 @@ async fn a_refusal_sent_before_the_body_arrived_leaves_the_connection_usable_or_
     assert!(refused.starts_with("HTTP/1.1 429"), "{refused}");
     assert!(refused.to_ascii_lowercase().contains("connection: close"), "{refused}");
 }
+
+#[tokio::test]
+async fn a_path_escaping_bytes_that_are_not_utf8_is_refused_and_two_hosts_too() {
+    let redis = RedisServer::start();
+    let model = start_model(0);
+    let gateway = start_gateway(&redis, &model.url(""), 100, 60, &[]);
+    // Two distinct paths must not reach the model as one (each byte replaced by U+FFFD).
+    for path in ["/v1/echo/%ff%fe", "/v1/echo/%fe%ff", "/v1/echo/%C3"] {
+        let answer = get(&gateway.url(path)).await.unwrap();
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{path}: {answer:?}");
+        assert_eq!(answer.json()["error"]["type"], "bad_request");
+        assert!(answer.headers.get("ratelimit").is_none(), "refused before any quota");
+    }
+    let valid = get(&gateway.url("/v1/echo/caf%C3%A9")).await.unwrap();
+    assert_eq!(valid.status, StatusCode::OK);
+    assert_eq!(valid.json()["path"], "/v1/echo/caf%C3%A9");
+    let two_hosts = raw_status_line(gateway.port, b"GET /v1/echo HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\n\r\n");
+    assert_eq!(two_hosts, "HTTP/1.1 400 Bad Request");
+}
+
+#[tokio::test]
+async fn an_outage_is_logged_once_a_second_not_once_a_request() {
+    let mut redis = RedisServer::start();
+    let model = start_model(0);
+    let gateway = start_gateway(&redis, &model.url(""), 100, 60, &[]);
+    redis.kill();
+    let started = Instant::now();
+    for _ in 0..40 {
+        assert_eq!(predict(&gateway, &[("x-api-key", "k")]).await.status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+    let seconds = started.elapsed().as_secs() + 1;
+    let logs = gateway.logs();
+    let lines = logs.lines().filter(|l| l.contains("rate limiter unavailable, refusing")).count() as u64;
+    assert!(lines >= 1 && lines <= seconds, "{lines} lines in {seconds} s:\n{logs}");
+    let after_a_second = wait_until(Instant::now() + Duration::from_secs(3), || {
+        // The next line, a second later, says how many were left out.
+        let _ = http_status(gateway.port, "/v1/predict");
+        gateway.logs().lines().any(|l| l.contains("rate limiter unavailable") && !l.contains("left_out=0"))
+    });
+    assert!(after_a_second, "{}", gateway.logs());
+}

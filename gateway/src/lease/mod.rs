@@ -18,6 +18,7 @@ use std::time::Duration;
 use rl_protocol::AcquireReply;
 
 use crate::limiter::{LimiterError, RateLimiter};
+use crate::log_limit::warn_every;
 use crate::metrics::metrics;
 
 pub use admit::{append_items, refusal_answer, take_leases, Refusal, UpstreamLimits};
@@ -116,11 +117,11 @@ async fn renew<L: RateLimiter>(limiter: L, slot: Arc<Slot>, id: Arc<str>, lease_
         match limiter.renew(&slot, &id, lease_ms).await {
             Ok(true) => {}
             Ok(false) => {
-                tracing::warn!(?slot, %id, "lease ended before its request did: no longer renewed");
+                warn_every!(?slot, %id, "lease ended before its request did: no longer renewed");
                 return;
             }
             // A failed renewal is tried again at the next tick; the lease is still live for now.
-            Err(e) => tracing::warn!(?slot, %id, error = %e, "lease renewal failed"),
+            Err(e) => warn_every!(?slot, %id, error = %e, "lease renewal failed"),
         }
     }
 }
@@ -138,7 +139,7 @@ impl<L: RateLimiter> Drop for Lease<L> {
         runtime.spawn(async move {
             match limiter.release(&slot, &id).await {
                 Ok(released) => tracing::debug!(?slot, %id, released, "lease released"),
-                Err(e) => tracing::warn!(?slot, %id, error = %e, "lease release failed; it ends by itself"),
+                Err(e) => warn_every!(?slot, %id, error = %e, "lease release failed; it ends by itself"),
             }
         });
     }

@@ -28,6 +28,7 @@ use rl_protocol::CheckAllReply;
 use crate::config::{Llm, Policy, Unit};
 use crate::error::ApiError;
 use crate::limiter::RateLimiter;
+use crate::log_limit::warn_every;
 use crate::metrics::metrics;
 
 /// `usage.total_tokens` of a JSON answer, if it has one (read without building the answer's
@@ -122,12 +123,12 @@ impl<L: RateLimiter> Settlement<L> {
                 return Response::from_parts(parts, body);
             }
             Err(e) if crate::upstream::AnswerTimedOut::is_cause_of(&e) => {
-                tracing::warn!(error = %e, reserved, "the model's answer took too long: reservation kept");
+                warn_every!(error = %e, reserved, "the model's answer took too long: reservation kept");
                 self.kept();
                 return ApiError::UpstreamTimeout { detail: e.to_string() }.into_response();
             }
             Err(e) => {
-                tracing::warn!(error = %e, reserved, "the model broke off its answer: reservation kept");
+                warn_every!(error = %e, reserved, "the model broke off its answer: reservation kept");
                 self.kept();
                 return ApiError::UpstreamUnavailable { detail: e.to_string() }.into_response();
             }
@@ -175,7 +176,7 @@ pub async fn settle_usage<L: RateLimiter>(
             }
             (Err(e), _) => {
                 m.tokens_charged(&policy.name, &quota.name, reserved);
-                tracing::warn!(error = %e, limit = %quota.name, reserved, used, "settlement failed: reservation kept")
+                warn_every!(error = %e, limit = %quota.name, reserved, used, "settlement failed: reservation kept")
             }
         }
     }

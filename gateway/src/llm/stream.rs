@@ -17,6 +17,7 @@ use serde_json::Value;
 
 use super::settle::{settle_usage, Settlement};
 use crate::limiter::RateLimiter;
+use crate::log_limit::warn_every;
 
 /// What one event is: its `usage.total_tokens` if it has one, and whether it is a usage-only
 /// chunk (empty `choices`). The event's `data:` lines are joined with `\n`, as an SSE client
@@ -235,7 +236,7 @@ impl<L: RateLimiter> HttpBody for Settling<L> {
                     };
                     let (out, result) = self.complete_events(&frame);
                     if let Err(too_long) = result {
-                        tracing::warn!(error = %too_long, "stream cut");
+                        warn_every!(error = %too_long, "stream cut");
                         self.broken(&too_long);
                         let error = axum::Error::new(too_long);
                         if out.is_empty() {

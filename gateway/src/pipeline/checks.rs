@@ -1,5 +1,5 @@
 //! Step 2: what is wrong with a request whatever its path, refused before any quota is spent:
-//! a target that is not a path (`400`), two different API keys or a `Connection` header
+//! a target that is not a path (`400`), two `Host` headers (`400`), two different API keys or a `Connection` header
 //! naming a key header (`400`), no key when one is required (`401`), a declared
 //! `Content-Length` over `max_body_bytes` (`413`). Hands the request's [`ApiKey`] on.
 
@@ -36,6 +36,9 @@ impl Checks {
     /// The request's API key, or why the request is refused.
     pub fn check(&self, uri: &Uri, headers: &HeaderMap) -> Result<ApiKey, ApiError> {
         target_is_path(uri)?;
+        if headers.get_all(header::HOST).iter().nth(1).is_some() {
+            return Err(BadRequest::DuplicateHost.into());
+        }
         let key = api_key(headers, &self.api_key_headers)?;
         if key.is_none() && self.require_api_key {
             return Err(ApiError::Unauthorized);
@@ -105,6 +108,14 @@ mod tests {
         assert!(matches!(two, Err(ApiError::BadRequest(BadRequest::Identity(BadIdentity::ConflictingKeys)))));
         let hop = check(&c, "/", &[("x-api-key", "a"), ("connection", "x-api-key")]);
         assert!(matches!(hop, Err(ApiError::BadRequest(BadRequest::Identity(BadIdentity::KeyHeaderIsHopByHop)))));
+    }
+
+    #[test]
+    fn two_host_headers_are_refused() {
+        let c = checks("");
+        let two = check(&c, "/", &[("host", "a.example"), ("host", "b.example")]);
+        assert!(matches!(two, Err(ApiError::BadRequest(BadRequest::DuplicateHost))));
+        assert!(check(&c, "/", &[("host", "a.example")]).is_ok());
     }
 
     #[test]

@@ -45,6 +45,7 @@ use crate::lease::{
 };
 use crate::limiter::RateLimiter;
 use crate::llm::{read_off_the_workers, Settlement};
+use crate::log_limit::{error_every, warn_every};
 use crate::metrics::{metrics, Outcome};
 
 pub struct Limit<L> {
@@ -136,14 +137,14 @@ pub async fn limit<L: RateLimiter>(
             Err(e) if !e.is_outage() => {
                 m.request(&policy.name, Outcome::ModuleError);
                 if policy.shadow {
-                    tracing::error!(error = %e, policy = %policy.name, "the ratelimit module refused the command; shadow policy, forwarding");
+                    error_every!(error = %e, policy = %policy.name, "the ratelimit module refused the command; shadow policy, forwarding");
                     return next.run(unmetered(request)).await;
                 }
                 return ApiError::LimiterRejected { detail: e.to_string() }.into_response();
             }
             Err(e) if policy.shadow || limit.failure_mode == FailureMode::Open => {
                 m.request(&policy.name, Outcome::FailOpen);
-                tracing::warn!(error = %e, policy = %policy.name, shadow = policy.shadow, "rate limiter unavailable, forwarding unmetered");
+                warn_every!(error = %e, policy = %policy.name, shadow = policy.shadow, "rate limiter unavailable, forwarding unmetered");
                 return next.run(unmetered(request)).await;
             }
             Err(e) => {
@@ -225,7 +226,7 @@ pub async fn limit<L: RateLimiter>(
                     &policy.name,
                     if refusal.is_module_error() { Outcome::ModuleError } else { Outcome::FailOpen },
                 );
-                tracing::warn!(?refusal, policy = %policy.name, shadow = policy.shadow, "lease unavailable, forwarding without it");
+                warn_every!(?refusal, policy = %policy.name, shadow = policy.shadow, "lease unavailable, forwarding without it");
                 Vec::new()
             }
         },
@@ -292,7 +293,7 @@ async fn give_back<L: RateLimiter>(
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %e, limit = i, cost, "could not give back the tokens of a refused request")
+                warn_every!(error = %e, limit = i, cost, "could not give back the tokens of a refused request")
             }
         }
     }

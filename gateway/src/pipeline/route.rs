@@ -1,17 +1,21 @@
 //! Step 3: the request's [`Route`]: its normalized path (what the model will receive) and
 //! the policy covering that path, if any (see [`crate::routing`]), from the configuration in
-//! force when the request arrived.
+//! force when the request arrived. A path whose escapes decode to bytes that are not UTF-8
+//! gets `400` (before any quota is spent).
 
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 
+use crate::error::{ApiError, BadRequest};
 use crate::routing::{LiveRoutes, Route};
 
 pub async fn route(State(routes): State<Arc<LiveRoutes>>, mut request: Request, next: Next) -> Response {
-    let route: Route = routes.current().route(request.uri().path());
+    let Some(route): Option<Route> = routes.current().route(request.uri().path()) else {
+        return ApiError::from(BadRequest::PathNotUtf8).into_response();
+    };
     request.extensions_mut().insert(route);
     next.run(request).await
 }

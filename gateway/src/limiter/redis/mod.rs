@@ -38,6 +38,7 @@ use self::connection::{io, on_io, Link, Managed};
 use super::{LimiterError, RateLimiter};
 use crate::config::{Pem, Policy, Quota, Redacted, RedisSettings, RedisTarget};
 use crate::lease::{Slot, CONCURRENT_NAME};
+use crate::log_limit::{info_every, warn_every};
 use crate::metrics::metrics;
 
 /// The Redis client could not be set up from a setting (a URL it refuses, for instance).
@@ -312,7 +313,7 @@ impl RedisLimiter {
                 Ok(Err(_)) | Err(_) => "unknown",
             };
             LISTENING.fetch_sub(1, Ordering::Relaxed);
-            tracing::info!(command = undo.command, outcome, "late reply of a call that had timed out");
+            info_every!(command = undo.command, outcome, "late reply of a call that had timed out");
             metrics().late_reply(undo.command, outcome);
         });
     }
@@ -322,13 +323,13 @@ impl RedisLimiter {
             GiveBack::Tokens(costs) => {
                 for (key, quota, cost) in costs.into_iter().filter(|(_, _, cost)| *cost > 0) {
                     if let Err(e) = self.query::<RefundReply>(refund_cmd(&key, &quota, cost), &key, None).await {
-                        tracing::warn!(error = %e, %key, cost, "could not give back what a timed-out check took");
+                        warn_every!(error = %e, %key, cost, "could not give back what a timed-out check took");
                     }
                 }
             }
             GiveBack::Lease { key, id } => {
                 if let Err(e) = self.query::<i64>(release_cmd(&key, &id), &key, None).await {
-                    tracing::warn!(error = %e, %key, %id, "could not release the lease a timed-out call took; it ends by itself");
+                    warn_every!(error = %e, %key, %id, "could not release the lease a timed-out call took; it ends by itself");
                 }
             }
         }

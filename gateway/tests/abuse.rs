@@ -226,7 +226,8 @@ async fn a_path_escaping_bytes_that_are_not_utf8_is_refused_and_two_hosts_too() 
     let valid = get(&gateway.url("/v1/echo/caf%C3%A9")).await.unwrap();
     assert_eq!(valid.status, StatusCode::OK);
     assert_eq!(valid.json()["path"], "/v1/echo/caf%C3%A9");
-    let two_hosts = raw_status_line(gateway.port, b"GET /v1/echo HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\n\r\n");
+    let two_hosts =
+        raw_status_line(gateway.port, b"GET /v1/echo HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\n\r\n");
     assert_eq!(two_hosts, "HTTP/1.1 400 Bad Request");
 }
 

@@ -226,13 +226,14 @@ impl Managed {
         sent: Arc<AtomicBool>,
     ) -> RedisResult<redis::Value> {
         sent.store(true, Ordering::Relaxed);
-        let (first_poll, result) = FirstPoll::new(query(link.conn.clone(), cmd.clone())).await;
+        let first = std::pin::pin!(query(link.conn.clone(), &cmd));
+        let (first_poll, result) = FirstPoll { future: first, polled: false }.await;
         let (link, result) = match result {
             Err(e) if first_poll && e.is_connection_dropped() => {
                 // The connection had closed before the command could be handed to it.
                 self.forget(Some(link.id), &e);
                 let link = self.link().await?;
-                let result = query(link.conn.clone(), cmd).await;
+                let result = query(link.conn.clone(), &cmd).await;
                 (link, result)
             }
             result => (link, result),
@@ -246,23 +247,17 @@ impl Managed {
     }
 }
 
-async fn query(mut conn: MultiplexedConnection, cmd: redis::Cmd) -> RedisResult<redis::Value> {
+async fn query(mut conn: MultiplexedConnection, cmd: &redis::Cmd) -> RedisResult<redis::Value> {
     cmd.query_async::<redis::Value>(&mut conn).await
 }
 
-/// A future's output, and whether it came on the first poll.
-struct FirstPoll<F> {
-    future: Pin<Box<F>>,
+/// A (pinned) future's output, and whether it came on the first poll.
+struct FirstPoll<'a, F> {
+    future: Pin<&'a mut F>,
     polled: bool,
 }
 
-impl<F: Future> FirstPoll<F> {
-    fn new(future: F) -> Self {
-        FirstPoll { future: Box::pin(future), polled: false }
-    }
-}
-
-impl<F: Future> Future for FirstPoll<F> {
+impl<F: Future> Future for FirstPoll<'_, F> {
     type Output = (bool, F::Output);
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
@@ -278,12 +273,13 @@ mod tests {
 
     #[tokio::test]
     async fn first_poll_tells_an_immediate_answer_from_a_later_one() {
-        assert_eq!(FirstPoll::new(async { 5 }).await, (true, 5));
-        let later = async {
+        let now = std::pin::pin!(async { 5 });
+        assert_eq!(FirstPoll { future: now, polled: false }.await, (true, 5));
+        let later = std::pin::pin!(async {
             tokio::task::yield_now().await;
             6
-        };
-        assert_eq!(FirstPoll::new(later).await, (false, 6));
+        });
+        assert_eq!(FirstPoll { future: later, polled: false }.await, (false, 6));
     }
 
     #[tokio::test]

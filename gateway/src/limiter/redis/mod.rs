@@ -267,11 +267,17 @@ impl RedisLimiter {
     /// `connect_timeout` for a connection, then `timeout` for the reply; a call that times out
     /// after it was sent is listened to for its late reply, and what it took is given back
     /// (`undo`).
-    async fn query<T: redis::FromRedisValue>(
+    async fn query<T: redis::FromRedisValue>(&self, cmd: redis::Cmd, key: &str) -> Result<T, LimiterError> {
+        self.query_undoable(cmd, key, None::<fn() -> Undo>).await
+    }
+
+    /// [`RedisLimiter::query`] of a command that takes something: `undo` says what, and is
+    /// made only when the call times out (the hot path clones no key for it).
+    async fn query_undoable<T: redis::FromRedisValue>(
         &self,
         cmd: redis::Cmd,
         key: &str,
-        undo: Option<Undo>,
+        undo: Option<impl FnOnce() -> Undo>,
     ) -> Result<T, LimiterError> {
         let ready = match tokio::time::timeout(self.connect_timeout, self.backend.ready()).await {
             Ok(Ok(ready)) => ready,
@@ -286,7 +292,7 @@ impl RedisLimiter {
             Err(_) => {
                 call.ready.timed_out();
                 if let Some(undo) = undo.filter(|_| sent.load(Ordering::Relaxed)) {
-                    self.listen_late(call.future, undo);
+                    self.listen_late(call.future, undo());
                 }
                 Err(LimiterError::Timeout(self.timeout))
             }
@@ -322,13 +328,13 @@ impl RedisLimiter {
         match give_back {
             GiveBack::Tokens(costs) => {
                 for (key, quota, cost) in costs.into_iter().filter(|(_, _, cost)| *cost > 0) {
-                    if let Err(e) = self.query::<RefundReply>(refund_cmd(&key, &quota, cost), &key, None).await {
+                    if let Err(e) = self.query::<RefundReply>(refund_cmd(&key, &quota, cost), &key).await {
                         warn_every!(error = %e, %key, cost, "could not give back what a timed-out check took");
                     }
                 }
             }
             GiveBack::Lease { key, id } => {
-                if let Err(e) = self.query::<i64>(release_cmd(&key, &id), &key, None).await {
+                if let Err(e) = self.query::<i64>(release_cmd(&key, &id), &key).await {
                     warn_every!(error = %e, %key, %id, "could not release the lease a timed-out call took; it ends by itself");
                 }
             }
@@ -409,21 +415,24 @@ impl RateLimiter for RedisLimiter {
         let keys: Vec<String> = policy.limits.iter().map(|q| self.key(policy, q, identity_hash)).collect();
         let first = keys.first().cloned().unwrap_or_default();
         let cost = |i: usize| amount(costs.get(i).copied().unwrap_or(1));
-        let undo = |command| Undo {
-            command,
-            give_back: GiveBack::Tokens(
-                keys.iter()
-                    .zip(&policy.limits)
-                    .enumerate()
-                    .map(|(i, (k, q))| (k.clone(), q.clone(), cost(i)))
-                    .collect(),
-            ),
+        let undo = |command| {
+            let keys = &keys;
+            move || Undo {
+                command,
+                give_back: GiveBack::Tokens(
+                    keys.iter()
+                        .zip(&policy.limits)
+                        .enumerate()
+                        .map(|(i, (k, q))| (k.clone(), q.clone(), cost(i)))
+                        .collect(),
+                ),
+            }
         };
         match policy.limits.as_slice() {
             [q] => {
                 let mut cmd = redis::cmd("RL.CHECK");
                 cmd.arg(&first).arg(q.limit).arg(q.window).arg("COST").arg(cost(0)).arg("BURST").arg(q.burst);
-                let reply: CheckReply = self.query(cmd, &first, Some(undo("check"))).await?;
+                let reply: CheckReply = self.query_undoable(cmd, &first, Some(undo("check"))).await?;
                 Ok(CheckAllReply { allowed: reply.allowed, retry_after_ms: reply.retry_after_ms, limits: vec![reply] })
             }
             limits => {
@@ -432,7 +441,7 @@ impl RateLimiter for RedisLimiter {
                 for (i, q) in limits.iter().enumerate() {
                     cmd.arg(q.limit).arg(q.window).arg(cost(i)).arg(q.burst);
                 }
-                self.query(cmd, &first, Some(undo("checkall"))).await
+                self.query_undoable(cmd, &first, Some(undo("checkall"))).await
             }
         }
     }
@@ -446,7 +455,7 @@ impl RateLimiter for RedisLimiter {
     ) -> Result<RefundReply, LimiterError> {
         let q = policy.limits.get(index).ok_or(LimiterError::NoSuchLimit(index))?;
         let key = self.key(policy, q, identity_hash);
-        self.query(refund_cmd(&key, q, tokens), &key, None).await
+        self.query(refund_cmd(&key, q, tokens), &key).await
     }
 
     async fn force(
@@ -460,7 +469,7 @@ impl RateLimiter for RedisLimiter {
         let key = self.key(policy, q, identity_hash);
         let mut cmd = redis::cmd("RL.CHECK");
         cmd.arg(&key).arg(q.limit).arg(q.window).arg("COST").arg(amount(tokens)).arg("BURST").arg(q.burst).arg("FORCE");
-        self.query(cmd, &key, None).await
+        self.query(cmd, &key).await
     }
 
     async fn check_shared(&self, quota: &Quota, cost: u64, keep: u64) -> Result<CheckReply, LimiterError> {
@@ -469,28 +478,28 @@ impl RateLimiter for RedisLimiter {
         cmd.arg(&key).arg(quota.limit).arg(quota.window).arg("COST").arg(amount(cost)).arg("BURST").arg(quota.burst);
         cmd.arg("KEEP").arg(amount(keep));
         let undo =
-            Undo { command: "check_shared", give_back: GiveBack::Tokens(vec![(key.clone(), quota.clone(), cost)]) };
-        self.query(cmd, &key, Some(undo)).await
+            || Undo { command: "check_shared", give_back: GiveBack::Tokens(vec![(key.clone(), quota.clone(), cost)]) };
+        self.query_undoable(cmd, &key, Some(undo)).await
     }
 
     async fn acquire(&self, slot: &Slot, max: u64, lease_ms: u64, id: &str) -> Result<AcquireReply, LimiterError> {
         let key = lease_key(&self.prefix, slot);
         let mut cmd = redis::cmd("RL.ACQUIRE");
         cmd.arg(&key).arg(max).arg(lease_ms).arg("ID").arg(id);
-        let undo = Undo { command: "acquire", give_back: GiveBack::Lease { key: key.clone(), id: id.to_string() } };
-        self.query(cmd, &key, Some(undo)).await
+        let undo = || Undo { command: "acquire", give_back: GiveBack::Lease { key: key.clone(), id: id.to_string() } };
+        self.query_undoable(cmd, &key, Some(undo)).await
     }
 
     async fn release(&self, slot: &Slot, id: &str) -> Result<bool, LimiterError> {
         let key = lease_key(&self.prefix, slot);
-        self.query::<i64>(release_cmd(&key, id), &key, None).await.map(|n| n == 1)
+        self.query::<i64>(release_cmd(&key, id), &key).await.map(|n| n == 1)
     }
 
     async fn renew(&self, slot: &Slot, id: &str, lease_ms: u64) -> Result<bool, LimiterError> {
         let key = lease_key(&self.prefix, slot);
         let mut cmd = redis::cmd("RL.RENEW");
         cmd.arg(&key).arg(id).arg(lease_ms);
-        self.query::<i64>(cmd, &key, None).await.map(|n| n == 1)
+        self.query::<i64>(cmd, &key).await.map(|n| n == 1)
     }
 
     /// A read-only `RL.PEEK` on a probe key: Redis answers and has the module.
@@ -498,7 +507,7 @@ impl RateLimiter for RedisLimiter {
         let probe = format!("{}__readyz__", self.prefix);
         let mut cmd = redis::cmd("RL.PEEK");
         cmd.arg(&probe).arg(1).arg(1);
-        let _: CheckReply = self.query(cmd, &probe, None).await?;
+        let _: CheckReply = self.query(cmd, &probe).await?;
         Ok(())
     }
 }

@@ -17,14 +17,7 @@ use hyper::StatusCode;
 /// Sends `GET /healthz` on `stream` (kept alive) and reads the whole answer.
 fn health_on(stream: &mut TcpStream) -> String {
     stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut answer = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !String::from_utf8_lossy(&answer).ends_with('}') {
-        let n = stream.read(&mut buf).unwrap();
-        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&answer));
-        answer.extend_from_slice(&buf[..n]);
-    }
-    String::from_utf8_lossy(&answer).to_string()
+    read_answer(stream)
 }
 
 #[tokio::test]
@@ -104,12 +97,6 @@ fn the_limit_on_open_files_is_raised_at_start_and_max_connections_kept_within_it
     assert!(low.logs().contains("max_connections=468"), "the listener says what it serves: {}", low.logs());
 }
 
-/// How many times Redis ran `command` (from its own `INFO commandstats`).
-fn redis_calls(con: &mut testkit::redis::Connection, command: &str) -> u64 {
-    let stats = testkit::info_field(con, "commandstats", &format!("cmdstat_{command}")).unwrap_or_default();
-    stats.strip_prefix("calls=").and_then(|rest| rest.split(',').next()).map_or(0, |n| n.parse().unwrap())
-}
-
 #[tokio::test]
 async fn the_first_request_after_redis_restarted_while_the_gateway_was_idle_is_served() {
     let mut redis = RedisServer::start();
@@ -121,7 +108,7 @@ async fn the_first_request_after_redis_restarted_while_the_gateway_was_idle_is_s
     tokio::time::sleep(Duration::from_millis(200)).await;
     let first = predict(&gateway, &[("x-api-key", "k")]).await;
     assert_eq!(first.status, StatusCode::OK, "{first:?}\n{}", gateway.logs());
-    assert_eq!(redis_calls(&mut redis.client(), "RL.CHECK"), 1, "sent once, on the new connection");
+    assert_eq!(testkit::command_calls(&mut redis.client(), "RL.CHECK"), 1, "sent once, on the new connection");
     // The same after a crash.
     redis.kill();
     redis.respawn();
@@ -144,10 +131,10 @@ async fn a_check_that_timed_out_and_ran_later_is_given_back() {
     let mut con = redis.client();
     let key = format!("rl:{{{}}}:default:requests", digest("k"));
     let given_back = wait_until(Instant::now() + Duration::from_secs(8), || {
-        redis_calls(&mut con, "RL.CHECK") == 4 && testkit::tokens(&mut con, &key, 5, 3600, 5) == 4
+        testkit::command_calls(&mut con, "RL.CHECK") == 4 && testkit::tokens(&mut con, &key, 5, 3600, 5) == 4
     });
     assert!(given_back, "the three 503s ran late and were given back\n{}", gateway.logs());
-    assert_eq!(redis_calls(&mut con, "RL.REFUND"), 3);
+    assert_eq!(testkit::command_calls(&mut con, "RL.REFUND"), 3);
     let m = scrape(&gateway).await;
     let late = |outcome| value(&m, "gateway_redis_late_replies_total", &[("command", "check"), ("outcome", outcome)]);
     assert_eq!(late("given_back"), Some(3.0));

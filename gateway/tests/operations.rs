@@ -14,12 +14,6 @@ use hyper::StatusCode;
 use prometheus_parse::{Scrape, Value};
 use testkit::{info_field, redis, tokens};
 
-/// How many times Redis ran `command` (from its own `INFO commandstats`).
-fn redis_calls(con: &mut redis::Connection, command: &str) -> u64 {
-    let stats = info_field(con, "commandstats", &format!("cmdstat_{command}")).unwrap_or_default();
-    stats.strip_prefix("calls=").and_then(|rest| rest.split(',').next()).map_or(0, |n| n.parse().unwrap())
-}
-
 #[tokio::test]
 async fn metrics_count_every_outcome_and_time_every_redis_and_model_call() {
     let redis = RedisServer::start();
@@ -53,7 +47,7 @@ async fn metrics_count_every_outcome_and_time_every_redis_and_model_call() {
     // and the latency histogram has exactly Redis's count.
     assert_eq!(value(&m, "gateway_deny_cache_hits_total", &[("policy", "default")]), Some(2.0));
     assert_eq!(value(&m, "gateway_deny_cache_entries", &[]), Some(1.0));
-    let checks = redis_calls(&mut redis.client(), "RL.CHECK");
+    let checks = testkit::command_calls(&mut redis.client(), "RL.CHECK");
     assert_eq!(checks, 4);
     let timed = m
         .samples
@@ -202,12 +196,12 @@ async fn the_deny_cache_spares_redis_at_least_90_percent_of_the_calls_of_a_hamme
     let mut con = redis.client();
     const N: usize = 400;
 
-    let before = redis_calls(&mut con, "RL.CHECK");
+    let before = testkit::command_calls(&mut con, "RL.CHECK");
     assert_eq!(hammer(&uncached, "abuser-a", N).await, N - 1);
-    let without_cache = redis_calls(&mut con, "RL.CHECK") - before;
-    let before = redis_calls(&mut con, "RL.CHECK");
+    let without_cache = testkit::command_calls(&mut con, "RL.CHECK") - before;
+    let before = testkit::command_calls(&mut con, "RL.CHECK");
     assert_eq!(hammer(&cached, "abuser-b", N).await, N - 1, "the same answers, with or without the cache");
-    let with_cache = redis_calls(&mut con, "RL.CHECK") - before;
+    let with_cache = testkit::command_calls(&mut con, "RL.CHECK") - before;
 
     assert_eq!(without_cache, N as u64, "one call per request without the cache");
     let saved = 1.0 - with_cache as f64 / without_cache as f64;

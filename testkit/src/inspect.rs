@@ -116,6 +116,14 @@ pub fn info_field(con: &mut impl ConnectionLike, section: &str, field: &str) -> 
     info.lines().find_map(|line| line.strip_prefix(field)?.strip_prefix(':').map(|v| v.trim().to_string()))
 }
 
+/// How many times the server ran `command` (`calls=` of `INFO commandstats`; 0 when never),
+/// e.g. `command_calls(con, "RL.CHECK")`.
+pub fn command_calls(con: &mut impl ConnectionLike, command: &str) -> u64 {
+    let stats = info_field(con, "commandstats", &format!("cmdstat_{command}")).unwrap_or_default();
+    let calls = stats.strip_prefix("calls=").and_then(|rest| rest.split(',').next());
+    calls.map_or(0, |n| n.parse().unwrap_or_else(|e| panic!("calls of {command} in {stats:?}: {e}")))
+}
+
 /// `master_repl_offset`: how many bytes of writes the server has sent to its replication
 /// stream so far (it moves exactly when something is propagated).
 pub fn repl_offset(con: &mut impl ConnectionLike) -> u64 {

@@ -21,7 +21,7 @@
 //!   [`reply`] (the `rl-protocol` crate): [`CheckReply`], [`CheckAllReply`], [`RefundReply`],
 //!   [`ThrottleReply`], [`AcquireReply`].
 //! - **Inspection** ([`inspect`]): what a server holds ([`Stored`], [`stored`], [`snapshot`],
-//!   [`all_keys`]; [`StoredLeases`] for a lease set), what it reports ([`info_field`],
+//!   [`all_keys`]; [`StoredLeases`] for a lease set), what it reports ([`info_field`], [`command_calls`],
 //!   [`repl_offset`], [`redis_version`], [`is_valkey`]), and [`wait_for_replicas`] (`WAIT`).
 //! - **Processes** ([`process`]): [`ChildGuard`] runs any binary with its output in files and
 //!   kills it on drop; the gateway's tests run the `gateway` binary with it.
@@ -63,8 +63,8 @@ pub use commands::{
     tokens,
 };
 pub use inspect::{
-    all_keys, info_field, is_valkey, redis_version, repl_offset, snapshot, stored, wait_for_replicas, Stored,
-    StoredLeases, LEASE_MARKER,
+    all_keys, command_calls, info_field, is_valkey, redis_version, repl_offset, snapshot, stored, wait_for_replicas,
+    Stored, StoredLeases, LEASE_MARKER,
 };
 pub use process::ChildGuard;
 pub use proxy::Proxy;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use hyper::StatusCode;
 use prometheus_parse::{Scrape, Value};
-use testkit::{info_field, redis, tokens};
+use testkit::{redis, tokens};
 
 #[tokio::test]
 async fn metrics_count_every_outcome_and_time_every_redis_and_model_call() {

@@ -534,3 +534,20 @@ async fn a_model_that_stalls_after_its_headers_gets_504_at_the_response_timeout_
     assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
     assert_eq!(left(&mut con, "tokens", 1000, 86400), 798, "kept as well");
 }
+
+#[tokio::test]
+async fn a_request_estimated_at_nothing_still_reserves_a_token_and_is_refused_while_in_debt() {
+    let s = setup(CHAT.replace("limit = 3\n", "limit = 100\n").as_str()).await;
+    let url = s.gateway.url("/v1/chat/completions");
+    let nothing = json!({"messages": [{"role": "user", "content": ""}], "max_tokens": 0}).to_string();
+    let first = send(Method::POST, &url, &[("x-api-key", "k"), ("x-test-usage", "5000")], nothing.clone()).await.unwrap();
+    assert_eq!(first.status, StatusCode::OK);
+    assert_eq!(first.header("x-ratelimit-remaining-tokens"), "0", "settled: one burst of debt");
+    // In debt, a request that claims to need nothing is refused like any other.
+    for _ in 0..3 {
+        let again = send(Method::POST, &url, &[("x-api-key", "k"), ("x-test-usage", "5000")], nothing.clone()).await;
+        let again = again.unwrap();
+        assert_eq!(again.status, StatusCode::TOO_MANY_REQUESTS, "{again:?}");
+        assert_eq!(again.json()["error"]["limits"][0]["name"], "tokens");
+    }
+}

@@ -1,12 +1,19 @@
-//! The token estimate of an OpenAI-style request body, before it is sent.
+//! The token estimate of an OpenAI-style request body, before it is sent. It must never be
+//! less than what the model may read and produce, whatever the endpoint, since a client picks
+//! the body and the path:
 //!
 //! - Prompt: the characters (Unicode scalar values) of `messages[].content` (a string, or the
 //!   `text` of each part of an array; images, audio and tool calls are not counted), of
-//!   `prompt` or of `input` (a string or an array of strings), divided by `chars_per_token`
-//!   and rounded up; a prompt or input given as token ids counts one token per id.
-//! - Completion: `max_completion_tokens`, else `max_tokens`, else the policy's
-//!   `default_max_tokens`, times `n` (default 1); 0 for embeddings (a body with `input` and
-//!   neither `messages` nor `prompt`).
+//!   `prompt` and of `input` (a string or an array of strings), all three added up, divided by
+//!   `chars_per_token` and rounded up; a prompt or input given as token ids counts one token
+//!   per id.
+//! - Completion: the larger of `max_completion_tokens` and `max_tokens` (servers differ on
+//!   which wins, and some read a `0` as unset), else the policy's `default_max_tokens`, times
+//!   `n` (default 1); 0 for embeddings (a body with `input` and neither `messages` nor
+//!   `prompt`).
+//! - At least 1 in all ([`Estimate::reserved`]): a reservation of 0 is only a look at the
+//!   bucket, admitted even when the bucket is empty or in debt, which would let a request
+//!   that claims to need nothing use as much as it likes and settle afterwards.
 //!
 //! The estimate is only a reservation: ~4 characters per token holds for English text with
 //! OpenAI's tokenizers, other languages and code run from ~1 to ~3, and chat formatting adds a
@@ -29,6 +36,12 @@ pub struct Estimate {
 impl Estimate {
     pub fn total(&self) -> u64 {
         self.prompt_tokens.saturating_add(self.completion_tokens)
+    }
+
+    /// What is reserved on each limit counted in tokens: the total, at least 1 (see the
+    /// module's comment).
+    pub fn reserved(&self) -> u64 {
+        self.total().max(1)
     }
 }
 
@@ -70,25 +83,24 @@ pub fn estimate(body: &[u8], llm: &Llm) -> Result<Estimate, BadLlmRequest> {
 
 /// The estimate from the request's fields (each the raw JSON text of that field, if present).
 pub(super) fn estimate_fields(fields: &EstimateFields<'_>, llm: &Llm) -> Result<Estimate, BadLlmRequest> {
-    let (chars, ids, embeddings) = match (fields.messages, fields.prompt, fields.input) {
-        (Some(messages), _, _) => (read_field(messages, "messages", MessageChars)?, 0, false),
-        (None, Some(prompt), _) => {
-            let (chars, ids) = read_field(prompt, "prompt", PromptLike)?;
-            (chars, ids, false)
-        }
-        (None, None, Some(input)) => {
-            let (chars, ids) = read_field(input, "input", PromptLike)?;
-            (chars, ids, true)
-        }
-        (None, None, None) => return Err(BadLlmRequest::NoPrompt),
-    };
-    let prompt_tokens = chars.div_ceil(llm.chars_per_token).saturating_add(ids);
+    if fields.messages.is_none() && fields.prompt.is_none() && fields.input.is_none() {
+        return Err(BadLlmRequest::NoPrompt);
+    }
+    let message_chars = fields.messages.map(|m| read_field(m, "messages", MessageChars)).transpose()?;
+    let (prompt_chars, prompt_ids) =
+        fields.prompt.map(|p| read_field(p, "prompt", PromptLike)).transpose()?.unwrap_or_default();
+    let (input_chars, input_ids) =
+        fields.input.map(|i| read_field(i, "input", PromptLike)).transpose()?.unwrap_or_default();
+    let chars = message_chars.unwrap_or(0).saturating_add(prompt_chars).saturating_add(input_chars);
+    let prompt_tokens = chars.div_ceil(llm.chars_per_token).saturating_add(prompt_ids).saturating_add(input_ids);
+    let embeddings = fields.messages.is_none() && fields.prompt.is_none();
     let completion_tokens = if embeddings {
         0
     } else {
-        let max = match count(fields.max_completion_tokens, "max_completion_tokens")? {
-            Some(max) => max,
-            None => count(fields.max_tokens, "max_tokens")?.unwrap_or(llm.default_max_tokens),
+        let completion = count(fields.max_completion_tokens, "max_completion_tokens")?;
+        let max = match (completion, count(fields.max_tokens, "max_tokens")?) {
+            (None, None) => llm.default_max_tokens,
+            (a, b) => a.unwrap_or(0).max(b.unwrap_or(0)),
         };
         let n = count(fields.n, "n")?.unwrap_or(1).max(1);
         max.saturating_mul(n)
@@ -335,7 +347,7 @@ mod tests {
             Ok((2, 100)),
             "default, chars not bytes"
         );
-        assert_eq!(est(r#"{"messages":[],"max_completion_tokens":7,"max_tokens":9,"n":3}"#), Ok((0, 21)));
+        assert_eq!(est(r#"{"messages":[],"max_completion_tokens":9,"max_tokens":7,"n":3}"#), Ok((0, 27)));
     }
 
     #[test]
@@ -348,10 +360,30 @@ mod tests {
     }
 
     #[test]
-    fn the_last_of_a_repeated_key_counts_and_an_unused_field_is_not_checked() {
+    fn what_any_endpoint_may_read_is_counted() {
+        // /v1/completions reads prompt, /v1/embeddings input: a messages list beside them
+        // must not hide them.
+        assert_eq!(est(r#"{"messages":[],"prompt":"abcdefgh","max_tokens":1}"#), Ok((2, 1)));
+        assert_eq!(est(r#"{"messages":[{"content":"abcd"}],"input":"abcd","max_tokens":1}"#), Ok((2, 1)));
+        assert_eq!(est(r#"{"prompt":[1,2],"input":[3],"max_tokens":0}"#), Ok((3, 0)));
+        // The larger maximum, as a server reading either (or taking 0 as unset) may.
+        assert_eq!(est(r#"{"prompt":"","max_completion_tokens":0,"max_tokens":4000}"#), Ok((0, 4000)));
+        assert_eq!(est(r#"{"prompt":"","max_completion_tokens":50,"max_tokens":null}"#), Ok((0, 50)));
+    }
+
+    #[test]
+    fn nothing_is_ever_reserved_as_zero() {
+        let zero = estimate(br#"{"messages":[{"role":"user","content":""}],"max_tokens":0}"#, &LLM).unwrap();
+        assert_eq!((zero.total(), zero.reserved()), (0, 1));
+        let some = estimate(br#"{"prompt":"abcdefgh","max_tokens":3}"#, &LLM).unwrap();
+        assert_eq!(some.reserved(), 5);
+    }
+
+    #[test]
+    fn the_last_of_a_repeated_key_counts() {
         assert_eq!(est(r#"{"prompt":"x","max_tokens":1,"max_tokens":50}"#), Ok((1, 50)));
         assert_eq!(est(r#"{"messages":[{"content":"abcdefgh","content":"a"}]}"#), Ok((1, 100)));
-        assert_eq!(est(r#"{"messages":[],"prompt":5}"#), Ok((0, 100)), "messages win; prompt is not read");
+        assert_eq!(est(r#"{"messages":[],"prompt":5}"#), Err(BadLlmRequest::BadField("prompt")), "every field is read");
         assert_eq!(est(r#"{"messages":[{"content":[{"type":"image_url"},{"text":"abcde"}]}]}"#), Ok((2, 100)));
         assert_eq!(est(r#"{"messages":[{"content":"ab\u00e9"}]}"#), Ok((1, 100)), "escapes decoded: 3 chars");
     }

@@ -105,7 +105,7 @@ pub async fn limit<L: RateLimiter>(
             let strip = read.asking_for_usage.is_some();
             let sent = read.asking_for_usage.unwrap_or_else(|| body.clone());
             unmetered_body = Some(body);
-            (Request::from_parts(parts, Body::from(sent)), Some((read.estimate.total(), strip)))
+            (Request::from_parts(parts, Body::from(sent)), Some((read.estimate.reserved(), strip)))
         }
     };
     let unmetered = move |request: Request| match unmetered_body {

@@ -2,9 +2,12 @@
 //! connections) until SIGTERM or Ctrl-C, then draining in-flight requests. The gateway and the
 //! demo model both run this way.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
@@ -13,6 +16,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tower::Service;
@@ -65,13 +69,92 @@ pub struct Connections {
     /// How long a client may take to send a request's headers, also the idle time allowed
     /// between requests on a kept-alive connection; then its connection is closed.
     pub header_timeout: Duration,
+    /// How long a write to a client may wait (the client is not reading, its socket is full);
+    /// then the connection is closed ([`WriteTimeout`]).
+    pub write_timeout: Duration,
     /// The most client connections open at once; a new one beyond is closed at once.
     pub max: usize,
 }
 
 impl Default for Connections {
     fn default() -> Self {
-        Connections { header_timeout: DEFAULT_HEADER_TIMEOUT, max: crate::config::DEFAULT_MAX_CONNECTIONS }
+        Connections {
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            write_timeout: Duration::from_millis(crate::config::DEFAULT_CLIENT_WRITE_TIMEOUT_MS),
+            max: crate::config::DEFAULT_MAX_CONNECTIONS,
+        }
+    }
+}
+
+/// A client connection whose writes must make progress. A client that stops reading (and
+/// keeps sending requests, or waits on a large answer) fills its socket, and the server's next
+/// write waits; nothing else would ever end such a connection, which keeps its place among
+/// `max_connections` and whatever the answer holds (a concurrency lease, a connection to the
+/// model). After `limit` without a byte written, writes fail and the connection ends, as
+/// nginx's `send_timeout` does.
+pub struct WriteTimeout<T> {
+    io: T,
+    limit: Duration,
+    /// Set while a write waits: when it fires.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<T> WriteTimeout<T> {
+    pub fn new(io: T, limit: Duration) -> Self {
+        WriteTimeout { io, limit, stalled: None }
+    }
+
+    /// After a write or flush: progress clears the timer; waiting starts it (once) and fails
+    /// when it fires.
+    fn check<R>(&mut self, cx: &mut Context<'_>, result: Poll<std::io::Result<R>>) -> Poll<std::io::Result<R>> {
+        if result.is_ready() {
+            self.stalled = None;
+            return result;
+        }
+        let limit = self.limit;
+        let stalled = self.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match stalled.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the client read nothing for {} ms (client_write_timeout_ms)", limit.as_millis()),
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for WriteTimeout<T> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for WriteTimeout<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let result = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.check(cx, result)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let result = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.check(cx, result)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let result = Pin::new(&mut self.io).poll_flush(cx);
+        self.check(cx, result)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
@@ -137,7 +220,7 @@ pub async fn run(what: &str, addr: SocketAddr, router: Router, connections: Conn
     let local = listener.local_addr()?;
     tracing::info!(%local, max_connections = connections.max, "{what} listening on http://{local}");
     let open = Arc::new(AtomicUsize::new(0));
-    let header_timeout = connections.header_timeout;
+    let (header_timeout, write_timeout) = (connections.header_timeout, connections.write_timeout);
 
     let (tx, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -187,7 +270,7 @@ pub async fn run(what: &str, addr: SocketAddr, router: Router, connections: Conn
             let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(header_timeout)
-                .serve_connection(TokioIo::new(stream), service);
+                .serve_connection(TokioIo::new(WriteTimeout::new(stream, write_timeout)), service);
             tokio::pin!(connection);
             let result = tokio::select! {
                 result = connection.as_mut() => result,

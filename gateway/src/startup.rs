@@ -96,6 +96,7 @@ pub async fn serve_gateway(settings: Settings, args: ServeArgs) -> Result<(), St
     let router = app_with_routes(&settings, limiter, routes);
     let connections = serve::Connections {
         header_timeout: settings.client_header_timeout,
+        write_timeout: settings.client_write_timeout,
         max: serve::connections_that_fit(settings.max_connections),
     };
     serve::run("gateway", settings.listen, router, connections).await?;

@@ -239,3 +239,59 @@ async fn an_outage_is_logged_once_a_second_not_once_a_request() {
     });
     assert!(after_a_second, "{}", gateway.logs());
 }
+
+/// A client socket that reads nothing: a small receive buffer, `request` sent `times` times
+/// (pipelined) without waiting.
+fn never_reading(port: u16, request: &str, times: usize) -> TcpStream {
+    let stream = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    stream.set_recv_buffer_size(4096).unwrap();
+    stream.connect(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into()).unwrap();
+    let mut stream: TcpStream = stream.into();
+    stream.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+    let _ = stream.write_all(request.repeat(times).as_bytes());
+    stream
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_disconnected_at_the_write_timeout_and_frees_its_place() {
+    let redis = RedisServer::start();
+    let model = start_model(0);
+    let args = ["--max-connections", "2", "--client-write-timeout-ms", "500"];
+    let gateway = start_gateway(&redis, &model.url(""), 100, 60, &args);
+    let _stuck: Vec<TcpStream> =
+        (0..2).map(|_| never_reading(gateway.port, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", 400)).collect();
+    // Both places are held until their writes have waited 500 ms; then they are freed.
+    let freed =
+        wait_until(Instant::now() + Duration::from_secs(5), || http_status(gateway.port, "/healthz") == Some(200));
+    assert!(freed, "{}", gateway.logs());
+}
+
+/// A model whose every answer is 50 MB.
+async fn huge_upstream() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let answer = || async { vec![b'x'; 50 << 20] };
+    tokio::spawn(async move { axum::serve(listener, axum::Router::new().fallback(answer)).await.unwrap() });
+    url
+}
+
+// Multi-threaded: the test waits blocking while the in-test model answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_gives_back_its_upstream_lease_at_the_write_timeout() {
+    let redis = RedisServer::start();
+    let upstream = huge_upstream().await;
+    let (_dir, config) = config_file(&format!(
+        "client_write_timeout_ms = 500\n[upstream]\nurl = \"{upstream}\"\nmax_concurrent = 1\n\
+         [[policy]]\nname = \"p\"\nlimit = 100\nwindow = 60\n"
+    ));
+    let gateway = start_gateway_args(&redis.url(), &upstream, &["--config".into(), config.display().to_string()]);
+    let _stuck = never_reading(gateway.port, "GET /big HTTP/1.1\r\nHost: x\r\nX-API-Key: a\r\n\r\n", 1);
+    let freed = wait_until(Instant::now() + Duration::from_secs(5), || {
+        let mut stream = TcpStream::connect(("127.0.0.1", gateway.port)).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        stream.write_all(b"HEAD /big HTTP/1.1\r\nHost: x\r\nX-API-Key: b\r\n\r\n").unwrap();
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).is_ok() && &head == b"HTTP/1.1 200"
+    });
+    assert!(freed, "the stuck client's lease was never given back\n{}", gateway.logs());
+}

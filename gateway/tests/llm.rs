@@ -540,7 +540,8 @@ async fn a_request_estimated_at_nothing_still_reserves_a_token_and_is_refused_wh
     let s = setup(CHAT.replace("limit = 3\n", "limit = 100\n").as_str()).await;
     let url = s.gateway.url("/v1/chat/completions");
     let nothing = json!({"messages": [{"role": "user", "content": ""}], "max_tokens": 0}).to_string();
-    let first = send(Method::POST, &url, &[("x-api-key", "k"), ("x-test-usage", "5000")], nothing.clone()).await.unwrap();
+    let first =
+        send(Method::POST, &url, &[("x-api-key", "k"), ("x-test-usage", "5000")], nothing.clone()).await.unwrap();
     assert_eq!(first.status, StatusCode::OK);
     assert_eq!(first.header("x-ratelimit-remaining-tokens"), "0", "settled: one burst of debt");
     // In debt, a request that claims to need nothing is refused like any other.

@@ -14,6 +14,7 @@ pub struct FileConfig {
     pub max_body_bytes: Option<u64>,
     pub client_body_timeout_ms: Option<u64>,
     pub client_header_timeout_ms: Option<u64>,
+    pub client_write_timeout_ms: Option<u64>,
     pub max_connections: Option<u64>,
     #[serde(default)]
     pub upstream: UpstreamFile,

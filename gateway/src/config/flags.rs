@@ -5,10 +5,10 @@
 use std::path::PathBuf;
 
 use super::{
-    DEFAULT_CLIENT_BODY_TIMEOUT_MS, DEFAULT_CLIENT_HEADER_TIMEOUT_MS, DEFAULT_KEY_PREFIX, DEFAULT_LISTEN,
-    DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONNECTIONS, DEFAULT_REDIS_CONNECT_TIMEOUT_MS, DEFAULT_REDIS_TIMEOUT_MS,
-    DEFAULT_REDIS_URL, DEFAULT_UPSTREAM, DEFAULT_UPSTREAM_RESPONSE_TIMEOUT_MS, DEFAULT_UPSTREAM_TIMEOUT_MS,
-    REDIS_URL_ENV,
+    DEFAULT_CLIENT_BODY_TIMEOUT_MS, DEFAULT_CLIENT_HEADER_TIMEOUT_MS, DEFAULT_CLIENT_WRITE_TIMEOUT_MS,
+    DEFAULT_KEY_PREFIX, DEFAULT_LISTEN, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_REDIS_CONNECT_TIMEOUT_MS, DEFAULT_REDIS_TIMEOUT_MS, DEFAULT_REDIS_URL, DEFAULT_UPSTREAM,
+    DEFAULT_UPSTREAM_RESPONSE_TIMEOUT_MS, DEFAULT_UPSTREAM_TIMEOUT_MS, REDIS_URL_ENV,
 };
 
 #[derive(clap::Args, Debug, Default, Clone)]
@@ -79,6 +79,9 @@ pub struct Overrides {
 
     #[arg(long, help = format!("Time allowed to send request headers (and to stay idle between requests) in ms, then the connection is closed [config: client_header_timeout_ms; default {DEFAULT_CLIENT_HEADER_TIMEOUT_MS}]"))]
     pub client_header_timeout_ms: Option<u64>,
+
+    #[arg(long, help = format!("Time a write to a client may wait for it to read in ms, then the connection is closed [config: client_write_timeout_ms; default {DEFAULT_CLIENT_WRITE_TIMEOUT_MS}]"))]
+    pub client_write_timeout_ms: Option<u64>,
 
     #[arg(long, help = format!("Client connections open at once; one more is closed at once [config: max_connections; default {DEFAULT_MAX_CONNECTIONS}]"))]
     pub max_connections: Option<u64>,

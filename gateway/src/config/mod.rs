@@ -46,6 +46,8 @@ pub const DEFAULT_UPSTREAM_TIMEOUT_MS: u64 = 30_000;
 /// Client connections open at once: ten thousand, two file descriptors each, well within the
 /// usual hard limit on open files (524288 under systemd, 1048576 in containers).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// A write to a client that reads nothing: a minute, as nginx's `send_timeout`.
+pub const DEFAULT_CLIENT_WRITE_TIMEOUT_MS: u64 = 60_000;
 /// The whole answer of the model: ten minutes, as the OpenAI SDKs wait by default.
 pub const DEFAULT_UPSTREAM_RESPONSE_TIMEOUT_MS: u64 = 600_000;
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/";
@@ -234,6 +236,8 @@ pub struct Settings {
     pub client_body_timeout: Duration,
     /// How long a client may take to send a request's headers, or stay idle between requests.
     pub client_header_timeout: Duration,
+    /// How long a write to a client may wait for it to read; then the connection is closed.
+    pub client_write_timeout: Duration,
     /// Client connections open at once (before the limit on open files is applied).
     pub max_connections: usize,
     pub upstream: Upstream,

@@ -46,6 +46,11 @@ impl Settings {
             "client_header_timeout_ms",
         )?;
 
+        let client_write_timeout = positive_ms(
+            overrides.client_write_timeout_ms.or(file.client_write_timeout_ms),
+            DEFAULT_CLIENT_WRITE_TIMEOUT_MS,
+            "client_write_timeout_ms",
+        )?;
         let max_connections = overrides.max_connections.or(file.max_connections);
         let max_connections = match max_connections.map(usize::try_from) {
             None => DEFAULT_MAX_CONNECTIONS,
@@ -95,6 +100,7 @@ impl Settings {
             max_body_bytes,
             client_body_timeout,
             client_header_timeout,
+            client_write_timeout,
             max_connections,
             upstream,
             redis,

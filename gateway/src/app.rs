@@ -15,6 +15,7 @@ use tower::ServiceBuilder;
 
 use crate::config::Settings;
 use crate::limiter::{Metered, RateLimiter};
+use crate::log_limit::warn_every;
 use crate::metrics;
 use crate::pipeline::{access_log, checks, identify, keep_alive, limit, proxy, route};
 use crate::pipeline::{Checks, Identify, KeepAlive, Limit, Proxy};
@@ -64,7 +65,7 @@ async fn readyz<L: RateLimiter>(State(limiter): State<Arc<L>>) -> Response {
     match limiter.ready().await {
         Ok(()) => Json(json!({"status": "ready"})).into_response(),
         Err(e) => {
-            tracing::warn!(error = %e, "not ready");
+            warn_every!(error = %e, "not ready");
             (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "not_ready", "reason": "redis unavailable"})))
                 .into_response()
         }

@@ -91,6 +91,8 @@ pub enum BadRequest {
     PathNotUtf8,
     /// More than one `Host` header (RFC 9112 section 3.2: answer `400`).
     DuplicateHost,
+    /// No `Host` in an HTTP/1.1 request, or one that is not a host and port.
+    BadHost,
 }
 
 impl BadRequest {
@@ -103,6 +105,7 @@ impl BadRequest {
             BadRequest::InvalidTarget => "The request target is not a valid path.",
             BadRequest::PathNotUtf8 => "The request path's percent-escapes must decode to UTF-8.",
             BadRequest::DuplicateHost => "The request has more than one Host header.",
+            BadRequest::BadHost => "An HTTP/1.1 request needs one Host header naming a host (and port).",
         }
     }
 }

@@ -53,6 +53,10 @@ pub fn request_from(
 ) -> Request<Body> {
     let mut request = Request::builder().method(method).uri(uri).body(body.into()).unwrap();
     *request.headers_mut() = headers(pairs);
+    // As every HTTP/1.1 client sends one.
+    if !request.headers().contains_key("host") {
+        request.headers_mut().insert("host", HeaderValue::from_static("gw.example"));
+    }
     request.extensions_mut().insert(ConnectInfo(peer.parse::<SocketAddr>().unwrap()));
     request
 }

@@ -30,6 +30,7 @@ async fn llm_upstream() -> String {
         let usage = request.headers().get("x-test-usage").and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         let headers_events =
             request.headers().get("x-test-events").and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+        let accept_encoding = request.headers().get("accept-encoding").map(|v| v.to_str().unwrap().to_string());
         let endless = request.headers().contains_key("x-test-endless-event");
         let stall = request.headers().contains_key("x-test-stall-after-headers");
         let body = to_bytes(request.into_body(), usize::MAX).await.unwrap();
@@ -61,7 +62,7 @@ async fn llm_upstream() -> String {
             let stream = futures_stream(events);
             return ([("content-type", "text/event-stream")], axum::body::Body::new(stream)).into_response();
         }
-        let mut reply = json!({"object": "chat.completion", "choices": [], "seen_bytes": body.len()});
+        let mut reply = json!({"object": "chat.completion", "choices": [], "seen_bytes": body.len(), "accept_encoding": accept_encoding});
         if let Some(total) = usage {
             reply["usage"] =
                 json!({"prompt_tokens": 1, "completion_tokens": total.saturating_sub(1), "total_tokens": total});
@@ -551,4 +552,15 @@ async fn a_request_estimated_at_nothing_still_reserves_a_token_and_is_refused_wh
         assert_eq!(again.status, StatusCode::TOO_MANY_REQUESTS, "{again:?}");
         assert_eq!(again.json()["error"]["limits"][0]["name"], "tokens");
     }
+}
+
+#[tokio::test]
+async fn the_model_is_asked_for_an_uncompressed_answer_so_its_usage_can_be_settled() {
+    let s = setup(CHAT).await;
+    let url = s.gateway.url("/v1/chat/completions");
+    let body = json!({"messages": [{"role": "user", "content": "abcd"}], "max_tokens": 100}).to_string();
+    let headers = [("x-api-key", "k"), ("x-test-usage", "7"), ("accept-encoding", "gzip, br")];
+    let answer = send(Method::POST, &url, &headers, body).await.unwrap();
+    assert_eq!(answer.json()["accept_encoding"], "identity");
+    assert_eq!(answer.header("x-ratelimit-remaining-tokens"), "993", "settled on the usage of 7");
 }

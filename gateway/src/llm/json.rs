@@ -32,7 +32,12 @@ pub fn fields<'a, const N: usize>(
     let mut de = serde_json::Deserializer::from_slice(input);
     let found = de.deserialize_map(FieldsVisitor { wanted }).and_then(|found| de.end().map(|()| found));
     found.map_err(|_| {
-        // Tell a non-object from non-JSON only on this (rare) path, by one more pass.
+        // Tell a non-object from non-JSON only on this (rare) path: an object that failed has
+        // a syntax error somewhere (skipping does not check strings' UTF-8, so a second pass
+        // might pass it); anything else is JSON if it parses.
+        if input.trim_ascii_start().starts_with(b"{") {
+            return NotAnObject::NotJson;
+        }
         match serde_json::from_slice::<IgnoredAny>(input) {
             Ok(_) => NotAnObject::OtherJson,
             Err(_) => NotAnObject::NotJson,
@@ -124,6 +129,7 @@ mod tests {
         for bad in [&b"{"[..], b"{} {}", b"{\"a\":}", b"", b"nope", b"{\"a\":1,}"] {
             assert_eq!(fields(bad, ["a"]).err(), Some(NotAnObject::NotJson), "{}", String::from_utf8_lossy(bad));
         }
+        assert_eq!(fields(b"{\"a\": \"\xff\"}", ["a"]).err(), Some(NotAnObject::NotJson), "invalid UTF-8 in a string");
         let escaped_key = fields(br#"{"\u0061": 5}"#, ["a"]).unwrap();
         assert_eq!(escaped_key[0].map(RawValue::get), Some("5"), "keys compare decoded");
     }

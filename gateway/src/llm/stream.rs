@@ -13,7 +13,6 @@ use std::task::{Context, Poll};
 
 use axum::body::{Body, Bytes, HttpBody};
 use hyper::body::Frame;
-use serde_json::Value;
 
 use super::settle::{settle_usage, Settlement};
 use crate::limiter::RateLimiter;
@@ -32,10 +31,19 @@ fn usage_of(event: &[u8]) -> Option<(u64, bool)> {
             data.extend_from_slice(value.strip_prefix(b" ").unwrap_or(value));
         }
     }
-    let value: Value = serde_json::from_slice(&data).ok()?;
-    let total = value.get("usage")?.get("total_tokens")?.as_u64()?;
-    let usage_only = value.get("choices").and_then(Value::as_array).is_none_or(|c| c.is_empty());
+    // Read as the answers of non-streamed requests are: the two fields, without building the
+    // event's document (a model's event may be up to max_event_bytes of anything).
+    let [usage, choices] = super::json::fields(&data, ["usage", "choices"]).ok()?;
+    let [total] = super::json::fields(usage?.get().as_bytes(), ["total_tokens"]).ok()?;
+    let total = serde_json::from_str::<u64>(total?.get()).ok()?;
+    // Like an SSE client reading `choices` as a list: absent, not a list or empty: no choices.
+    let usage_only = choices.is_none_or(|c| !c.get().starts_with('[') || is_empty_array(c.get()));
     Some((total, usage_only))
+}
+
+/// `[ ]`, with any whitespace inside.
+fn is_empty_array(json: &str) -> bool {
+    json.strip_prefix('[').and_then(|rest| rest.strip_suffix(']')).is_some_and(|inside| inside.trim().is_empty())
 }
 
 /// The lines of an event, each without its end (`\r\n`, `\n` or `\r`).
@@ -150,6 +158,24 @@ impl EventSplitter {
     }
 }
 
+/// Adds `event` to `out` unless it is the usage-only chunk the client did not ask for
+/// (`strip`), noting its usage in `usage`. `dropped_last`: whether the event before was
+/// dropped, so that a lone `\n` completing its line end is dropped too.
+fn keep_event(event: &[u8], usage: &mut Option<u64>, strip: bool, dropped_last: &mut bool, out: &mut Vec<u8>) {
+    if event == b"\n" && std::mem::take(dropped_last) {
+        return;
+    }
+    *dropped_last = false;
+    if let Some((total, usage_only)) = usage_of(event) {
+        *usage = Some(total);
+        if usage_only && strip {
+            *dropped_last = true;
+            return;
+        }
+    }
+    out.extend_from_slice(event);
+}
+
 struct Settling<L: RateLimiter> {
     inner: Body,
     events: EventSplitter,
@@ -160,33 +186,30 @@ struct Settling<L: RateLimiter> {
     /// The stream was cut (an event too long): the error to end the body with, once the
     /// events completed before it are out.
     cut: Option<axum::Error>,
+    /// The last event was the usage-only chunk, not forwarded: a `\n` completing its line end
+    /// in the next frame is not forwarded either.
+    dropped_last: bool,
+    /// The model's trailers, passed on after the last event.
+    trailers: Option<Frame<Bytes>>,
 }
 
 impl<L: RateLimiter> Settling<L> {
     /// Reads `frame` into events: the bytes to forward (the usage-only event dropped if asked).
     fn complete_events(&mut self, frame: &[u8]) -> (Vec<u8>, Result<(), EventTooLong>) {
         let mut out = Vec::with_capacity(frame.len());
-        let (usage, strip) = (&mut self.usage, self.strip);
-        let mut dropped_last = false;
-        let result = self.events.push(frame, |event| {
-            // A lone `\n` completing the line end of the event before it goes where that went.
-            if event == b"\n" && dropped_last {
-                return;
-            }
-            dropped_last = false;
-            match usage_of(event) {
-                Some((total, usage_only)) => {
-                    *usage = Some(total);
-                    if usage_only && strip {
-                        dropped_last = true;
-                        return;
-                    }
-                    out.extend_from_slice(event);
-                }
-                None => out.extend_from_slice(event),
-            }
-        });
+        let (usage, strip, dropped_last) = (&mut self.usage, self.strip, &mut self.dropped_last);
+        let result = self.events.push(frame, |event| keep_event(event, usage, strip, dropped_last, &mut out));
         (out, result)
+    }
+
+    /// The end of the stream (its body, or its trailers): a last event without its blank line,
+    /// to forward (unless it is the usage-only chunk to drop), and the settlement.
+    fn end(&mut self) -> Vec<u8> {
+        let rest = self.events.rest();
+        let mut out = Vec::with_capacity(rest.len());
+        keep_event(&rest, &mut self.usage, self.strip, &mut self.dropped_last, &mut out);
+        self.finish();
+        out
     }
 
     /// The stream cannot end well (the model broke it off, or sent an event too long): the
@@ -222,6 +245,9 @@ impl<L: RateLimiter> HttpBody for Settling<L> {
         if let Some(cut) = self.cut.take() {
             return Poll::Ready(Some(Err(cut)));
         }
+        if let Some(trailers) = self.trailers.take() {
+            return Poll::Ready(Some(Ok(trailers)));
+        }
         loop {
             match Pin::new(&mut self.inner).poll_frame(cx) {
                 Poll::Pending => return Poll::Pending,
@@ -232,7 +258,15 @@ impl<L: RateLimiter> HttpBody for Settling<L> {
                 Poll::Ready(Some(Ok(frame))) => {
                     let frame = match frame.into_data() {
                         Ok(data) => data,
-                        Err(trailers) => return Poll::Ready(Some(Ok(trailers))),
+                        // Trailers end the stream (nothing is polled after them): settle now.
+                        Err(trailers) => {
+                            let rest = self.end();
+                            if rest.is_empty() {
+                                return Poll::Ready(Some(Ok(trailers)));
+                            }
+                            self.trailers = Some(trailers);
+                            return Poll::Ready(Some(Ok(Frame::data(Bytes::from(rest)))));
+                        }
                     };
                     let (out, result) = self.complete_events(&frame);
                     if let Err(too_long) = result {
@@ -251,11 +285,7 @@ impl<L: RateLimiter> HttpBody for Settling<L> {
                 }
                 Poll::Ready(None) => {
                     // A last event without its blank line is forwarded as it is.
-                    let rest = self.events.rest();
-                    if let Some((total, _)) = usage_of(&rest) {
-                        self.usage = Some(total);
-                    }
-                    self.finish();
+                    let rest = self.end();
                     return match rest.is_empty() {
                         true => Poll::Ready(None),
                         false => Poll::Ready(Some(Ok(Frame::data(Bytes::from(rest))))),
@@ -270,7 +300,16 @@ impl<L: RateLimiter> HttpBody for Settling<L> {
 pub fn settled_on_end<L: RateLimiter>(body: Body, settlement: Settlement<L>) -> Body {
     let strip = settlement.strip_usage_chunk;
     let events = EventSplitter::new(usize::try_from(settlement.llm.max_event_bytes).unwrap_or(usize::MAX));
-    Body::new(Settling { inner: body, events, usage: None, settlement: Some(settlement), strip, cut: None })
+    Body::new(Settling {
+        inner: body,
+        events,
+        usage: None,
+        settlement: Some(settlement),
+        strip,
+        cut: None,
+        dropped_last: false,
+        trailers: None,
+    })
 }
 
 #[cfg(test)]
@@ -340,6 +379,92 @@ mod tests {
         assert!(at_cap.push(b"data: 0123456789", |_| {}).is_ok(), "16 bytes fit");
     }
 
+    /// `frames` through a settling body (the usage chunk stripped when `strip`): what the
+    /// client gets (data, and trailers if any) and the tokens left afterwards (reserved: 50 of
+    /// 1000).
+    async fn through(frames: Vec<Frame<Bytes>>, strip: bool) -> (Vec<u8>, bool, u64) {
+        use crate::config::{Llm, Policy, Quota, Unit};
+        use crate::limiter::memory::MemoryLimiter;
+        use http_body_util::BodyExt;
+        let limiter = MemoryLimiter::new();
+        let mut policy = Policy::simple("chat", &["/"], 10, 60, 10);
+        policy.limits.push(Quota { name: "tokens".into(), unit: Unit::Tokens, limit: 1000, window: 60, burst: 1000 });
+        let policy = std::sync::Arc::new(policy);
+        limiter.check(&policy, "id", &[1, 50]).await.unwrap();
+        let settlement = Settlement {
+            limiter: limiter.clone(),
+            policy: policy.clone(),
+            identity_hash: "id".into(),
+            reserved: 50,
+            llm: Llm {
+                chars_per_token: 4,
+                default_max_tokens: 10,
+                max_response_bytes: 1 << 20,
+                max_event_bytes: 1 << 20,
+            },
+            strip_usage_chunk: strip,
+        };
+        let frames = futures_util::stream::iter(frames.into_iter().map(Ok::<_, std::convert::Infallible>));
+        let mut body = settled_on_end(Body::new(http_body_util::StreamBody::new(frames)), settlement);
+        let (mut data, mut trailers) = (Vec::new(), false);
+        while let Some(frame) = body.frame().await {
+            match frame.unwrap().into_data() {
+                Ok(bytes) => data.extend_from_slice(&bytes),
+                Err(_) => trailers = true,
+            }
+        }
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        (data, trailers, limiter.tokens(&policy, "id", 1))
+    }
+
+    fn data(bytes: &'static [u8]) -> Frame<Bytes> {
+        Frame::data(Bytes::from_static(bytes))
+    }
+
+    const USAGE_ONLY: &[u8] = b"data: {\"choices\":[],\"usage\":{\"total_tokens\":7}}";
+
+    #[tokio::test]
+    async fn the_usage_chunk_is_dropped_however_it_arrives_and_the_stream_settled() {
+        let chunk = || data(b"data: {\"choices\":[{}]}\n\n");
+        // Its final \r and \n in two frames.
+        let split = vec![chunk(), data(USAGE_ONLY), data(b"\r\n\r"), data(b"\ndata: [DONE]\n\n")];
+        let (sent, _, left) = through(split, true).await;
+        assert_eq!(
+            sent,
+            b"data: {\"choices\":[{}]}\n\ndata: [DONE]\n\n".to_vec(),
+            "{}",
+            String::from_utf8_lossy(&sent)
+        );
+        assert_eq!(left, 993, "settled on 7");
+        // The last thing in the stream, without its blank line.
+        let (sent, _, left) = through(vec![chunk(), data(USAGE_ONLY)], true).await;
+        assert_eq!(sent, b"data: {\"choices\":[{}]}\n\n".to_vec(), "{}", String::from_utf8_lossy(&sent));
+        assert_eq!(left, 993);
+        // Kept for a client that asked for it.
+        let (sent, _, _) = through(vec![chunk(), data(USAGE_ONLY)], false).await;
+        assert!(sent.ends_with(USAGE_ONLY));
+    }
+
+    #[tokio::test]
+    async fn a_stream_ending_with_trailers_is_settled_and_its_last_event_forwarded() {
+        let mut trailers = axum::http::HeaderMap::new();
+        trailers.insert("x-done", axum::http::HeaderValue::from_static("1"));
+        let frames = vec![
+            data(b"data: {\"choices\":[{}]}\n\ndata: {\"choices\":[{}],\"usage\":{\"total_tokens\":9}}"),
+            Frame::trailers(trailers),
+        ];
+        let (sent, trailers, left) = through(frames, true).await;
+        assert!(
+            sent.ends_with(b"\"total_tokens\":9}}"),
+            "the last event, with choices, forwarded: {}",
+            String::from_utf8_lossy(&sent)
+        );
+        assert!(trailers, "and the trailers after it");
+        assert_eq!(left, 991, "settled on 9");
+    }
+
     #[test]
     fn the_usage_chunk_is_recognised_whatever_its_line_ends() {
         let usage = b"{\"choices\":[],\"usage\":{\"total_tokens\":7}}";
@@ -354,5 +479,8 @@ mod tests {
             "data lines joined"
         );
         assert_eq!(usage_of(b"data: [DONE]\n\n"), None);
+        assert_eq!(usage_of(b"data: {\"choices\":[ ],\"usage\":{\"total_tokens\":2}}\n\n"), Some((2, true)));
+        assert_eq!(usage_of(b"data: {\"choices\":null,\"usage\":{\"total_tokens\":2}}\n\n"), Some((2, true)));
+        assert_eq!(usage_of(b"data: {\"usage\":{\"total_tokens\":-2}}\n\n"), None);
     }
 }

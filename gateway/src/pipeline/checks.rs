@@ -6,7 +6,8 @@
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, Uri};
+use axum::http::uri::Authority;
+use axum::http::{header, HeaderMap, Uri, Version};
 use axum::middleware::Next;
 use axum::response::Response;
 
@@ -34,11 +35,9 @@ impl Checks {
     }
 
     /// The request's API key, or why the request is refused.
-    pub fn check(&self, uri: &Uri, headers: &HeaderMap) -> Result<ApiKey, ApiError> {
+    pub fn check(&self, uri: &Uri, version: Version, headers: &HeaderMap) -> Result<ApiKey, ApiError> {
         target_is_path(uri)?;
-        if headers.get_all(header::HOST).iter().nth(1).is_some() {
-            return Err(BadRequest::DuplicateHost.into());
-        }
+        host_is_one_authority(version, headers)?;
         let key = api_key(headers, &self.api_key_headers)?;
         if key.is_none() && self.require_api_key {
             return Err(ApiError::Unauthorized);
@@ -55,7 +54,7 @@ pub async fn check_request(
     mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let key = checks.check(request.uri(), request.headers())?;
+    let key = checks.check(request.uri(), request.version(), request.headers())?;
     request.extensions_mut().insert(key);
     Ok(next.run(request).await)
 }
@@ -65,6 +64,25 @@ fn target_is_path(uri: &Uri) -> Result<(), BadRequest> {
     match uri.path().starts_with('/') {
         true => Ok(()),
         false => Err(BadRequest::NotAPath),
+    }
+}
+
+/// RFC 9112 section 3.2: an HTTP/1.1 request has exactly one `Host`, and its value is a host
+/// and an optional port (empty is allowed); anything else gets `400`. (Several, or a list,
+/// would let the gateway and the model read different hosts.)
+fn host_is_one_authority(version: Version, headers: &HeaderMap) -> Result<(), BadRequest> {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let host = match (hosts.next(), hosts.next()) {
+        (_, Some(_)) => return Err(BadRequest::DuplicateHost),
+        (None, _) if version == Version::HTTP_11 => return Err(BadRequest::BadHost),
+        (None, _) => return Ok(()),
+        (Some(host), None) => host.as_bytes(),
+    };
+    let authority = host.is_empty()
+        || (!host.contains(&b'@') && std::str::from_utf8(host).is_ok_and(|h| h.parse::<Authority>().is_ok()));
+    match authority {
+        true => Ok(()),
+        false => Err(BadRequest::BadHost),
     }
 }
 
@@ -89,7 +107,11 @@ mod tests {
     }
 
     fn check(checks: &Checks, uri: &str, pairs: &[(&'static str, &str)]) -> Result<ApiKey, ApiError> {
-        checks.check(&uri.parse().unwrap(), &headers(pairs))
+        let mut with_host = headers(pairs);
+        if !with_host.contains_key("host") {
+            with_host.insert("host", "gw.example".parse().unwrap());
+        }
+        checks.check(&uri.parse().unwrap(), Version::HTTP_11, &with_host)
     }
 
     #[test]
@@ -111,11 +133,22 @@ mod tests {
     }
 
     #[test]
-    fn two_host_headers_are_refused() {
+    fn an_http_1_1_request_needs_one_host_naming_a_host() {
         let c = checks("");
         let two = check(&c, "/", &[("host", "a.example"), ("host", "b.example")]);
         assert!(matches!(two, Err(ApiError::BadRequest(BadRequest::DuplicateHost))));
-        assert!(check(&c, "/", &[("host", "a.example")]).is_ok());
+        for fine in ["a.example", "a.example:8080", "127.0.0.1:1", "[::1]:80", ""] {
+            assert!(check(&c, "/", &[("host", fine)]).is_ok(), "{fine:?}");
+        }
+        for bad in ["a.example, b.example", "a b", "user@a.example", "a.example/x"] {
+            assert!(
+                matches!(check(&c, "/", &[("host", bad)]), Err(ApiError::BadRequest(BadRequest::BadHost))),
+                "{bad}"
+            );
+        }
+        let none = c.check(&"/".parse().unwrap(), Version::HTTP_11, &HeaderMap::new());
+        assert!(matches!(none, Err(ApiError::BadRequest(BadRequest::BadHost))));
+        assert!(c.check(&"/".parse().unwrap(), Version::HTTP_10, &HeaderMap::new()).is_ok(), "HTTP/1.0 needs none");
     }
 
     #[test]

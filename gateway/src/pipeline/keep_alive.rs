@@ -6,8 +6,9 @@
 //! body in a second write (Python's `http.client` does) then find their next request failing on
 //! a connection the answer never said was closing. So: a body of at most [`DRAIN_BYTES`]
 //! declared by `Content-Length` is read and thrown away after the answer is sent (the client is
-//! sending it anyway), and the connection stays open; any other body (larger, or chunked
-//! without a length) is not waited for, and the answer carries `Connection: close`.
+//! sending it anyway), and the connection stays open; any other body (larger, chunked without
+//! a length, or one the client holds back until asked, `Expect: 100-continue`) is not waited
+//! for, and the answer carries `Connection: close`.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -36,11 +37,16 @@ pub async fn keep_alive(State(keep): State<Arc<KeepAlive>>, request: Request, ne
     if request.body().is_end_stream() {
         return next.run(request).await;
     }
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
+    // A client that sent `Expect: 100-continue` waits to be asked for its body, and is not
+    // asked when the answer comes first: draining would swallow its next request.
+    let declared = match request.headers().contains_key(header::EXPECT) {
+        true => None,
+        false => request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok()),
+    };
     let unread = Arc::new(Mutex::new(None));
     let (parts, body) = request.into_parts();
     let body = Body::new(Returned { inner: Some(body), ended: false, unread: unread.clone() });
@@ -134,11 +140,12 @@ mod tests {
     #[tokio::test]
     async fn only_an_unread_body_too_large_or_of_unknown_length_closes_the_connection() {
         type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str, Option<&'a str>);
-        let cases: [Case; 5] = [
+        let cases: [Case; 6] = [
             ("/refuse", &[("content-length", "5")], "hello", None),
             ("/refuse", &[], "", None),
             ("/refuse", &[("content-length", "70000")], "x", Some("close")),
             ("/refuse", &[("transfer-encoding", "chunked")], "hello", Some("close")),
+            ("/refuse", &[("content-length", "5"), ("expect", "100-continue")], "hello", Some("close")),
             ("/read", &[("content-length", "70000")], "x", None),
         ];
         for (path, headers, body, connection) in cases {

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
@@ -84,14 +85,17 @@ pub async fn limit<L: RateLimiter>(
     let Some(Extension(caller)) = caller else { return next.run(request).await };
     let policy = &caller.policy;
     let m = metrics();
-    // What a shadow policy forwards when it would have refused: the request as the client
-    // sent it, since nothing is reserved to settle.
+    // What a shadow policy (or a failing limiter in "open" mode) forwards unmetered: the
+    // request as the client sent it, since nothing is reserved to settle.
     let mut unmetered_body: Option<Bytes> = None;
     // An LLM route: the body (bounded, with a timeout), its estimate, and the body put back.
     let (request, tokens) = match &policy.llm {
         None => (request, None),
         Some(llm) => {
-            let (parts, body) = request.into_parts();
+            let (mut parts, body) = request.into_parts();
+            // The answer's usage is read from its bytes: a compressed answer would keep every
+            // reservation, and charge nothing beyond it.
+            parts.headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
             let body = match read_body(body, limit.max_body_bytes, limit.body_timeout).await {
                 Ok(body) => body,
                 Err(e) => return e.into_response(),
@@ -104,7 +108,11 @@ pub async fn limit<L: RateLimiter>(
             // A streamed request also asks the model for its usage (see crate::llm::stream).
             let strip = read.asking_for_usage.is_some();
             let sent = read.asking_for_usage.unwrap_or_else(|| body.clone());
-            unmetered_body = Some(body);
+            // Kept only where a request may be forwarded unmetered: a streamed body the usage
+            // option was spliced into would otherwise stay in memory twice until it ends.
+            if policy.shadow || limit.failure_mode == FailureMode::Open {
+                unmetered_body = Some(body);
+            }
             (Request::from_parts(parts, Body::from(sent)), Some((read.estimate.reserved(), strip)))
         }
     };

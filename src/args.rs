@@ -61,16 +61,26 @@ fn parse_i64(bytes: &[u8]) -> Option<i64> {
     Some(value)
 }
 
+/// Whether `bytes` is a canonical positive decimal too large for an `i64` (so the error can
+/// say that the number is out of range, not that it is no number).
+fn too_large(bytes: Option<&[u8]>) -> bool {
+    bytes.is_some_and(|b| b.first().is_some_and(|d| (b'1'..=b'9').contains(d)) && b.iter().all(u8::is_ascii_digit))
+}
+
 fn positive(bytes: Option<&[u8]>, name: &'static str) -> Result<NonZeroU64, Error> {
-    bytes
-        .and_then(parse_i64)
-        .and_then(|v| u64::try_from(v).ok())
-        .and_then(NonZeroU64::new)
-        .ok_or(Error::NotPositive { name })
+    match bytes.and_then(parse_i64) {
+        None if too_large(bytes) => Err(Error::TooLarge { name }),
+        parsed => {
+            parsed.and_then(|v| u64::try_from(v).ok()).and_then(NonZeroU64::new).ok_or(Error::NotPositive { name })
+        }
+    }
 }
 
 fn non_negative(bytes: Option<&[u8]>, name: &'static str) -> Result<u64, Error> {
-    bytes.and_then(parse_i64).and_then(|v| u64::try_from(v).ok()).ok_or(Error::Negative { name })
+    match bytes.and_then(parse_i64) {
+        None if too_large(bytes) => Err(Error::TooLarge { name }),
+        parsed => parsed.and_then(|v| u64::try_from(v).ok()).ok_or(Error::Negative { name }),
+    }
 }
 
 /// A request to take tokens (RL.CHECK, CL.THROTTLE, one spec of RL.CHECKALL): the quota and
@@ -195,8 +205,9 @@ pub fn parse_reset<A: Args + ?Sized>(args: &A) -> Result<(), Error> {
 
 /// The most keys one RL.CHECKALL may name. Real uses combine a handful of limits (requests,
 /// tokens, an organisation budget); the cap keeps the command `fast` and its duplicate check
-/// (quadratic, but allocation-free) bounded.
-pub const MAX_CHECKALL_KEYS: usize = 64;
+/// (quadratic, but allocation-free) bounded. (In `rl_protocol::bounds`, shared with the
+/// gateway, which refuses a policy of more limits.)
+pub use rl_protocol::bounds::MAX_CHECKALL_KEYS;
 
 /// RL.CHECKALL's `numkeys` and spec width, when `numkeys` is within `1..=MAX_CHECKALL_KEYS`
 /// and matches the line: each key takes one argument and a spec of four integers (`limit
@@ -431,7 +442,10 @@ mod tests {
             ("RL.CHECK k ten 60", Error::NotPositive { name: "limit" }),
             ("RL.CHECK k 1.5 60", Error::NotPositive { name: "limit" }),
             ("RL.CHECK k +5 60", Error::NotPositive { name: "limit" }),
-            ("RL.CHECK k 99999999999999999999 60", Error::NotPositive { name: "limit" }),
+            ("RL.CHECK k 99999999999999999999 60", Error::TooLarge { name: "limit" }),
+            ("RL.CHECK k 9223372036854775808 60", Error::TooLarge { name: "limit" }),
+            ("RL.CHECK k -99999999999999999999 60", Error::NotPositive { name: "limit" }),
+            ("RL.CHECK k 5 60 COST 99999999999999999999", Error::TooLarge { name: "cost" }),
             ("RL.CHECK k 10 0", Error::NotPositive { name: "window" }),
             ("RL.CHECK k 10 60 BURST 0", Error::NotPositive { name: "burst" }),
             ("RL.CHECK k 10 60 BURST -3", Error::NotPositive { name: "burst" }),

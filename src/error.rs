@@ -20,6 +20,10 @@ pub enum Error {
     Negative {
         name: &'static str,
     },
+    /// `name` is a number, but larger than a 64-bit signed integer.
+    TooLarge {
+        name: &'static str,
+    },
     /// An option keyword the command does not know (at most [`MAX_ECHOED_BYTES`] of it, see
     /// [`Error::unknown_option`]).
     UnknownOption {
@@ -91,6 +95,7 @@ impl fmt::Display for Error {
             Error::Arity { usage } => write!(f, "ERR wrong number of arguments, usage: {usage}"),
             Error::NotPositive { name } => write!(f, "ERR {name} must be a positive integer"),
             Error::Negative { name } => write!(f, "ERR {name} must be a non-negative integer"),
+            Error::TooLarge { name } => write!(f, "ERR {name} is out of range: at most {}", i64::MAX),
             Error::UnknownOption { option, usage } => write!(f, "ERR unknown option '{option}', usage: {usage}"),
             Error::RepeatedOption { option } => write!(f, "ERR option {option} given more than once"),
             Error::KeepWithForce => f.write_str("ERR KEEP and FORCE cannot be combined"),

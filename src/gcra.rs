@@ -25,8 +25,9 @@ const NANOS_PER_SECOND: u128 = 1_000_000_000;
 const NANOS_PER_MILLI: u128 = 1_000_000;
 
 /// The largest tolerance (`burst × window / limit`) accepted: 100 years. Larger settings are
-/// rejected up front, so every later sum of instants stays far inside `u64` nanoseconds.
-pub const MAX_TOLERANCE_NANOS: u128 = 100 * 365 * 24 * 3600 * NANOS_PER_SECOND;
+/// rejected up front, so every later sum of instants stays far inside `u64` nanoseconds. (The
+/// bound lives in `rl_protocol::bounds`, where the gateway checks its configuration against it.)
+pub use rl_protocol::bounds::MAX_TOLERANCE_NANOS;
 
 /// A rate limit: `limit` tokens per `window_secs` seconds, bucket capacity `burst`.
 /// Only constructible with positive values whose tolerance fits [`MAX_TOLERANCE_NANOS`].
@@ -53,11 +54,8 @@ pub enum MathError {
 impl Quota {
     pub fn new(limit: NonZeroU64, window_secs: NonZeroU64, burst: NonZeroU64) -> Result<Self, MathError> {
         let interval = u128::from(window_secs.get()) * NANOS_PER_SECOND;
-        let tolerance = interval.checked_mul(u128::from(burst.get())).ok_or(MathError::ToleranceTooLarge)?;
-        // Compared in scaled units, so no rounding lets a fraction of a nanosecond through.
-        if tolerance > MAX_TOLERANCE_NANOS * u128::from(limit.get()) {
-            return Err(MathError::ToleranceTooLarge);
-        }
+        let tolerance = rl_protocol::bounds::scaled_tolerance(limit.get(), window_secs.get(), burst.get())
+            .ok_or(MathError::ToleranceTooLarge)?;
         Ok(Quota { limit, window_secs, burst, interval, tolerance })
     }
 

@@ -12,16 +12,13 @@
 //! The set is stored as a Redis sorted set (member = id, score = deadline), so the store tells
 //! this code only the few numbers a decision needs ([`LeaseView`]).
 
-/// The longest lease (and renewal) accepted: one day. Holders of longer work renew.
-pub const MAX_LEASE_MS: u64 = 24 * 60 * 60 * 1000;
-
-/// The largest `max` accepted. A set only grows through an acquire that finds fewer than
-/// `max` live leases after purging the expired ones, so a lease set never holds more than
-/// this many members, and one call never purges more than this many.
-pub const MAX_LEASES: u64 = 10_000;
-
-/// The longest lease id accepted, in bytes.
-pub const MAX_ID_BYTES: usize = 256;
+/// The bounds of the lease commands' arguments (in `rl_protocol::bounds`, shared with the
+/// gateway): a lease (and a renewal) lasts at most [`MAX_LEASE_MS`], one day (holders of
+/// longer work renew); `max` is at most [`MAX_LEASES`] (a set only grows through an acquire
+/// that finds fewer than `max` live leases after purging the expired ones, so a lease set never
+/// holds more than this many members, and one call never purges more than this many); an id
+/// has at most [`MAX_ID_BYTES`] bytes.
+pub use rl_protocol::bounds::{MAX_ID_BYTES, MAX_LEASES, MAX_LEASE_MS};
 
 /// The member that marks a sorted set as lease state, scored [`MARKER_SCORE`]. It starts with
 /// a NUL byte, which no text id holds, and is the one id refused; any other bytes (a binary

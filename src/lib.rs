@@ -21,8 +21,6 @@ pub mod state;
 pub mod stats;
 pub mod store;
 
-use redis_module::{redis_module, Context, RedisString, Status};
-
 use crate::ffi::register::KeyAccess::{Delete, Read, Update};
 use crate::ffi::register::{handler, CommandSpec, Keys};
 
@@ -32,7 +30,7 @@ use crate::ffi::register::{handler, CommandSpec, Keys};
 // Redis 7.0. `ffi::register` adds key specs, `getkeys-api` and the `ratelimit` ACL category only
 // where the server has them. Each command's legacy first/last/step key range and
 // `getkeys-api` flag are derived from its `keys`.
-const COMMANDS: [CommandSpec; 9] = [
+pub(crate) const COMMANDS: [CommandSpec; 9] = [
     CommandSpec {
         name: c"RL.CHECK",
         handler: handler!(commands::check::run),
@@ -94,17 +92,5 @@ const COMMANDS: [CommandSpec; 9] = [
 ];
 
 /// Registered only with the module argument `debug-commands`, for the tests of the panic guard.
-const DEBUG_COMMAND: CommandSpec =
+pub(crate) const DEBUG_COMMAND: CommandSpec =
     CommandSpec { name: c"RL.DEBUG", handler: handler!(commands::debug::run), flags: "readonly", keys: Keys::None };
-
-fn init(ctx: &Context, args: &[RedisString]) -> Status {
-    ffi::register::load(ctx, args, &COMMANDS, &DEBUG_COMMAND)
-}
-
-redis_module! {
-    name: "ratelimit",
-    version: 1,
-    allocator: (ffi::alloc::ModuleAlloc, ffi::alloc::ModuleAlloc),
-    data_types: [],
-    init: init,
-}

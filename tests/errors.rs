@@ -33,7 +33,8 @@ fn bad_arguments_are_refused_and_change_nothing() {
         ("RL.CHECK k -5 1000", "limit must be a positive integer"),
         ("RL.CHECK k five 1000", "limit must be a positive integer"),
         ("RL.CHECK k 5.0 1000", "limit must be a positive integer"),
-        ("RL.CHECK k 99999999999999999999999 1000", "limit must be a positive integer"),
+        ("RL.CHECK k 99999999999999999999999 1000", "limit is out of range: at most 9223372036854775807"),
+        ("RL.CHECK k 5 1000 COST 9223372036854775808", "cost is out of range: at most 9223372036854775807"),
         ("RL.CHECK k 05 1000", "limit must be a positive integer"),
         ("RL.CHECK k +5 1000", "limit must be a positive integer"),
         ("RL.CHECK k 5 1000 COST -0", "cost must be a non-negative integer"),
@@ -192,4 +193,21 @@ fn a_panic_inside_a_handler_becomes_an_error_reply() {
     let mut con = plain.client();
     let error = error_of(&mut con, &words("RL.DEBUG PANIC"));
     assert!(error.contains("unknown command"), "not registered by default: {error}");
+}
+
+#[test]
+fn an_unknown_module_argument_and_a_second_load_are_refused_and_the_log_says_why() {
+    let server = RedisServer::builder().without_module().arg("enable-module-command", "yes").start();
+    let mut con = server.client();
+    let module = testkit::module_path();
+    let load = |con: &mut Connection, args: &[&str]| -> redis::RedisResult<()> {
+        redis::cmd("MODULE").arg("LOAD").arg(module.to_str().unwrap()).arg(args).query(con)
+    };
+    assert!(load(&mut con, &["debug-command"]).is_err(), "a typo is not ignored");
+    assert!(server.log_tail().contains("unknown module argument 'debug-command'"), "{}", server.log_tail());
+    load(&mut con, &["DEBUG-COMMANDS"]).unwrap();
+    assert!(error_of(&mut con, &words("RL.DEBUG PANIC")).contains("internal error"), "loaded with its argument");
+    assert!(load(&mut con, &[]).is_err());
+    assert!(server.log_tail().contains("a module named ratelimit is loaded already"), "{}", server.log_tail());
+    assert!(rl_check(&mut con, &["k", "5", "10"]).allowed, "the first load still serves");
 }

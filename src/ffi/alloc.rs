@@ -17,6 +17,10 @@ use redis_module::raw;
 
 pub struct ModuleAlloc;
 
+/// The allocator of every allocation of the module (and of the tests that link it).
+#[global_allocator]
+static ALLOCATOR: ModuleAlloc = ModuleAlloc;
+
 /// The alignment every malloc gives, whatever the build.
 const REDIS_ALIGN: usize = 8;
 

@@ -13,6 +13,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use redis_module::{raw, Context, RedisString, Status};
 
 use super::{key, run_command, Argv, Body, RawArgs, RawCtx};
+use crate::error::MAX_ECHOED_BYTES;
 use crate::stats;
 
 /// One command of the module: what `lib.rs`'s table lists.
@@ -152,11 +153,76 @@ const DEBUG_COMMANDS_ARG: &str = "debug-commands";
 
 /// The module's OnLoad, after redis-module has bound the API: creates `commands` (and
 /// `debug_command` when the module argument asks for it) and the INFO section.
+/// The module's name (`MODULE LIST`, `INFO ratelimit`).
+pub const MODULE_NAME: &CStr = c"ratelimit";
+const MODULE_VERSION: c_int = 1;
+
+/// Called by Redis when it loads the module: [`on_load`] with `lib.rs`'s table.
+///
+/// # Safety
+/// Only Redis calls it, with its context and arguments.
+#[no_mangle]
+#[allow(non_snake_case)]
+pub unsafe extern "C" fn RedisModule_OnLoad(ctx: RawCtx, argv: *mut *mut raw::RedisModuleString, argc: c_int) -> c_int {
+    unsafe { on_load(ctx, argv, argc, &crate::COMMANDS, &crate::DEBUG_COMMAND) }
+}
+
+/// What Redis calls when it loads the module (`--loadmodule`, `MODULE LOAD`), written here
+/// rather than by redis-module's `redis_module!` macro for one thing the macro cannot do: say
+/// why a second load fails. Redis refuses it inside `RedisModule_Init` (the name is taken),
+/// before any module code runs, and logs only "initialization failed"; the module API is bound
+/// by then, so the reason can be logged here. The rest is what the macro did for this module:
+/// the module context, the arguments, then [`load`].
+///
+/// # Safety
+/// Redis calls it with its context and arguments, once per load.
+pub unsafe fn on_load(
+    ctx: RawCtx,
+    argv: *mut *mut raw::RedisModuleString,
+    argc: c_int,
+    commands: &[CommandSpec],
+    debug_command: &CommandSpec,
+) -> c_int {
+    let status = unsafe {
+        raw::Export_RedisModule_Init(ctx, MODULE_NAME.as_ptr(), MODULE_VERSION, raw::REDISMODULE_APIVER_1 as c_int)
+    };
+    if status == raw::Status::Err as c_int {
+        let busy = match unsafe { raw::RedisModule_IsModuleNameBusy } {
+            Some(is_busy) => (unsafe { is_busy(MODULE_NAME.as_ptr()) }) != 0,
+            None => false,
+        };
+        if busy {
+            if let Some(log) = unsafe { raw::RedisModule_Log } {
+                let message = c"ratelimit not loaded: a module named ratelimit is loaded already (MODULE LIST); \
+                    MODULE UNLOAD ratelimit first to load another build";
+                unsafe { log(ctx, c"warning".as_ptr(), c"%s".as_ptr(), message.as_ptr()) };
+            }
+        }
+        return raw::Status::Err as c_int;
+    }
+    let context = Context::new(ctx);
+    let _ = redis_module::MODULE_CONTEXT.set_context(&context);
+    let args = redis_module::decode_args(ctx, argv, argc);
+    load(&context, &args, commands, debug_command) as c_int
+}
+
 pub fn load(ctx: &Context, args: &[RedisString], commands: &[CommandSpec], debug_command: &CommandSpec) -> Status {
-    let debug = args.iter().any(|a| a.as_slice().eq_ignore_ascii_case(DEBUG_COMMANDS_ARG.as_bytes()));
-    if !key::init_strings() {
+    // An argument the module does not know (a typo of `debug-commands`, say) is refused, not
+    // ignored: Redis says only that the module failed to load, so the reason is logged.
+    if let Some(unknown) = args.iter().find(|a| !a.as_slice().eq_ignore_ascii_case(DEBUG_COMMANDS_ARG.as_bytes())) {
+        let shown = String::from_utf8_lossy(unknown.as_slice().get(..MAX_ECHOED_BYTES).unwrap_or(unknown.as_slice()))
+            .into_owned();
+        ctx.log_warning(&format!(
+            "not loaded: unknown module argument '{shown}' (the only argument is {DEBUG_COMMANDS_ARG})"
+        ));
         return Status::Err;
     }
+    let debug = !args.is_empty();
+    if !key::init_strings() {
+        ctx.log_warning("not loaded: could not create the module's strings");
+        return Status::Err;
+    }
+    let log = ctx;
     let ctx = ctx.ctx;
     unsafe {
         // Commands signal the keys they really modify: a refused check must not disturb WATCH.
@@ -171,13 +237,17 @@ pub fn load(ctx: &Context, args: &[RedisString], commands: &[CommandSpec], debug
             Some(add) => add(ctx, ACL_CATEGORY.as_ptr()) == raw::REDISMODULE_OK as c_int,
             None => false,
         };
-        for spec in commands {
-            if !create_command(ctx, spec, with_category) {
+        for spec in commands.iter().chain(debug.then_some(debug_command)) {
+            if !create_command(ctx, spec, with_category && !debug_command.name.eq(spec.name)) {
+                // The usual reason: the module (or another defining these commands) is loaded
+                // already; a second MODULE LOAD would otherwise fail without one.
+                log.log_warning(&format!(
+                    "not loaded: Redis refused to create the command {}; a command of that name is defined \
+                     already (by another module? see MODULE LIST)",
+                    spec.name.to_string_lossy()
+                ));
                 return Status::Err;
             }
-        }
-        if debug && !create_command(ctx, debug_command, false) {
-            return Status::Err;
         }
         if let Some(register_info) = raw::RedisModule_RegisterInfoFunc {
             register_info(ctx, Some(info));

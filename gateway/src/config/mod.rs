@@ -80,9 +80,9 @@ pub const DEFAULT_MAX_EVENT_BYTES: u64 = 1024 * 1024;
 pub const DEFAULT_DENY_CACHE_MAX_ENTRIES: u64 = 100_000;
 /// How long a concurrency lease lives without renewal (renewed every third of it).
 pub const DEFAULT_LEASE_MS: u64 = 30_000;
-/// The module's bounds on `max` and `lease_ms` of `RL.ACQUIRE`.
-pub const MAX_CONCURRENT_LIMIT: u64 = 10_000;
-pub const MAX_LEASE_MS: u64 = 86_400_000;
+/// The module's bounds on `max` and `lease_ms` of `RL.ACQUIRE` (from `rl_protocol::bounds`,
+/// where the module takes them from too).
+pub use rl_protocol::bounds::{MAX_LEASES as MAX_CONCURRENT_LIMIT, MAX_LEASE_MS};
 
 /// What to do with a request when Redis does not answer in time (or answers an error).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]

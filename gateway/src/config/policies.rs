@@ -5,6 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use rl_protocol::bounds::{check_quota, MAX_CHECKALL_KEYS};
+
 use super::resolve::resolve_concurrency;
 use super::*;
 
@@ -166,15 +168,15 @@ fn resolve_limits(f: PolicyFile, llm: bool, overrides: &Overrides) -> Result<Vec
         let window = overrides.window.filter(|_| by_flags).unwrap_or(l.window);
         let file_burst = if by_flags && overrides.limit.is_some() { None } else { l.burst };
         let burst = overrides.burst.filter(|_| by_flags).or(file_burst).unwrap_or(limit);
-        for (value, key) in [(limit, "limit"), (window, "window"), (burst, "burst")] {
-            if value == 0 || value > i64::MAX as u64 {
-                return Err(format!("limit {:?}: {key} must be a positive integer", l.name));
-            }
+        // Exactly what the module would refuse (rl_protocol::bounds is the module's own rule):
+        // a limit that starts must be one Redis takes.
+        if let Err(why) = check_quota(limit, window, burst) {
+            return Err(format!("limit {:?}: {why}", l.name));
         }
         limits.push(Quota { name: l.name, unit: l.unit, limit, window, burst });
     }
-    if limits.len() > 64 {
-        return Err("at most 64 limits per policy (RL.CHECKALL takes 64 keys)".into());
+    if limits.len() > MAX_CHECKALL_KEYS {
+        return Err(format!("at most {MAX_CHECKALL_KEYS} limits per policy (RL.CHECKALL takes {MAX_CHECKALL_KEYS} keys)"));
     }
     Ok(limits)
 }

@@ -75,11 +75,8 @@ impl Settings {
             .map_err(|reason| ConfigError::invalid("upstream.max_concurrent", reason))?;
         if let Some(c) = file.upstream.capacity {
             let burst = c.burst.unwrap_or(c.limit);
-            if [c.limit, c.window, burst].iter().any(|&v| v == 0 || v > i64::MAX as u64) {
-                return Err(ConfigError::invalid(
-                    "upstream.capacity",
-                    "limit, window and burst must be positive integers",
-                ));
+            if let Err(why) = rl_protocol::bounds::check_quota(c.limit, c.window, burst) {
+                return Err(ConfigError::invalid("upstream.capacity", why.to_string()));
             }
             let name = "capacity".to_string();
             upstream.capacity = Some(Quota { name, unit: Unit::Requests, limit: c.limit, window: c.window, burst });

@@ -59,6 +59,24 @@ fn rejects_bad_values_with_the_key_name() {
 }
 
 #[test]
+fn every_bound_the_module_enforces_is_checked_when_the_config_loads() {
+    let century = "must not exceed 100 years";
+    let cases = [
+        ("[[policy]]\nname = \"p\"\nlimit = 1\nwindow = 99999999999\n", century),
+        ("[[policy]]\nname = \"p\"\nlimit = 1\nwindow = 1\nburst = 3153600001\n", century),
+        ("[[policy]]\nname = \"p\"\nlimit = 1\nwindow = 1\nburst = 9223372036854775808\n", "burst must be an integer between 1 and 9223372036854775807"),
+        ("[[policy]]\nname = \"p\"\nlimit = 5\nwindow = 60\n[[policy.tier]]\ntier = \"default\"\nlimit = 1\nwindow = 99999999999\n", century),
+        (&format!("[upstream.capacity]\nlimit = 1\nwindow = 99999999999\n{POLICY}"), century),
+        (&format!("[upstream]\nmax_concurrent = 10001\n{POLICY}"), "max_concurrent must be between 1 and 10000"),
+        (&format!("[upstream]\nmax_concurrent = 1\nlease_ms = 86400001\n{POLICY}"), "lease_ms must be between 1 and 86400000"),
+    ];
+    for (text, needle) in cases {
+        let e = settings(text).err().unwrap_or_else(|| panic!("{text:?} was accepted"));
+        assert!(e.to_string().contains(needle), "{text:?}: {e}");
+    }
+}
+
+#[test]
 fn errors_are_typed() {
     assert!(matches!(settings(""), Err(ConfigError::NoPolicy)));
     assert!(matches!(settings("bogus = 1\n"), Err(ConfigError::Parse { .. })));

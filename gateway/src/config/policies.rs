@@ -48,6 +48,16 @@ pub(super) fn resolve_policies(
         if paths.is_empty() || paths.iter().any(|p| !p.starts_with('/')) {
             return Err(invalid("paths must be a non-empty list of paths starting with '/'"));
         }
+        // The first policy with a path wins it, so a second one there would never apply.
+        for path in &paths {
+            if let Some(first) = policies.iter().find(|p| p.paths.contains(path)) {
+                return Err(invalid(&format!(
+                    "path {path:?} is already covered by policy {:?}, which would always win it; \
+                     give it to one policy only",
+                    first.name
+                )));
+            }
+        }
         let llm = resolve_llm(&f).map_err(|reason| invalid(&reason))?;
         let shadow = f.shadow.unwrap_or(false);
         let concurrency = resolve_concurrency(f.max_concurrent, f.lease_ms).map_err(|reason| invalid(&reason))?;

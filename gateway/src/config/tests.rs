@@ -68,6 +68,10 @@ fn every_bound_the_module_enforces_is_checked_when_the_config_loads() {
         ("[[policy]]\nname = \"p\"\nlimit = 5\nwindow = 60\n[[policy.tier]]\ntier = \"default\"\nlimit = 1\nwindow = 99999999999\n", century),
         (&format!("[upstream.capacity]\nlimit = 1\nwindow = 99999999999\n{POLICY}"), century),
         (&format!("[upstream]\nmax_concurrent = 10001\n{POLICY}"), "max_concurrent must be between 1 and 10000"),
+        (
+            "[[policy]]\nname = \"a\"\npaths = [\"/v1\", \"/v2\"]\nlimit = 1\nwindow = 1\n[[policy]]\nname = \"b\"\npaths = [\"/v2\"]\nlimit = 1\nwindow = 1\n",
+            "policy \"b\": path \"/v2\" is already covered by policy \"a\"",
+        ),
         (&format!("[upstream]\nmax_concurrent = 1\nlease_ms = 86400001\n{POLICY}"), "lease_ms must be between 1 and 86400000"),
     ];
     for (text, needle) in cases {

@@ -1,6 +1,7 @@
 # ml-api-rate-limiter — the commands a newcomer needs.
 #   make demo    build everything and run the gateway demo end to end
-#   make test    install missing system packages, build, run every test (Redis 7.0 and Valkey 8)
+#   make test    install missing system packages, lint (fmt, clippy, docs), build, run every
+#                test (Redis 7.0 and Valkey 8)
 #   make bench   criterion benches and the redis-benchmark comparison (a few minutes)
 #   make bench-gateway  the gateway against nginx under wrk (see BENCHMARKS.md)
 
@@ -10,7 +11,7 @@ MODULE := $(TARGET_DIR)/release/librl.so
 VALKEY_DIR := .cache/valkey
 VALKEY := $(VALKEY_DIR)/valkey-server
 
-.PHONY: all deps build module test test-redis test-valkey test-server valkey bench bench-smoke bench-gateway demo lint fmt clean
+.PHONY: all deps build module test test-redis test-valkey test-server valkey bench bench-smoke bench-gateway demo lint doc fmt clean
 
 all: build
 
@@ -26,9 +27,10 @@ build: deps
 valkey: deps
 	@bash scripts/fetch-valkey.sh $(VALKEY_DIR)
 
-# Every test, against Debian's Redis 7.0 and then against Valkey 8.x, plus a smoke run of the
-# benchmarks that proves they execute (no performance assertions in tests).
-test: module valkey test-redis test-valkey bench-smoke
+# The lints and docs first (seconds, and they fail fast), then every test, against Debian's
+# Redis 7.0 and then against Valkey 8.x, plus a smoke run of the benchmarks that proves they
+# execute (no performance assertions in tests).
+test: lint doc module valkey test-redis test-valkey bench-smoke
 
 # Tests load the release module; the gateway's tests use the debug binary cargo builds for them.
 test-redis: module
@@ -60,9 +62,13 @@ bench-gateway: build
 demo: build
 	bash scripts/demo.sh
 
-lint:
+lint: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# Every crate's docs, with a broken or private link an error.
+doc: deps
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps
 
 fmt:
 	$(CARGO) fmt --all

@@ -3,6 +3,8 @@
 //!
 //! `cargo bench --bench gcra`
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::hint::black_box;
 use std::num::NonZeroU64;
 use std::time::Duration;

@@ -6,6 +6,8 @@
 //!
 //! `cargo bench --bench roundtrip` (needs the module built: `cargo build --release --lib`).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};

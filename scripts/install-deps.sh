@@ -22,6 +22,12 @@ have_cmd unzip || need+=(unzip)
 have_cmd pip3 || have_cmd pip || need+=(python3-pip)
 have_cmd curl || need+=(curl)
 
+# make lint and make test run rustfmt and clippy; rustup's minimal profile leaves them out.
+if have_cmd rustup; then
+  cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
+  cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
+fi
+
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
 fi

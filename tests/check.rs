@@ -1,5 +1,7 @@
 //! RL.CHECK against a real redis-server with the module loaded.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::thread::sleep;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -1,6 +1,8 @@
 //! The module on a real Redis Cluster (three primaries on loopback), driven through the
 //! `redis` crate's cluster-aware client as an application would.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeMap;
 use std::sync::{Arc, Barrier};
 

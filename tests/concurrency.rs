@@ -1,6 +1,8 @@
 //! Many client connections hitting one limiter at once. Redis runs each module command
 //! atomically, so the GCRA needs no retry loop, and these tests hold it to exact counts.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 

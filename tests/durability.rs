@@ -5,6 +5,8 @@
 //! All quotas here use long windows (every stored TAT expires minutes after it was written),
 //! so no key can expire while a test compares state before and after.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 

@@ -1,5 +1,7 @@
 //! Every bad input gets a clear error reply, changes nothing, and leaves the server running.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use testkit::redis::{self, Connection, Value};
 use testkit::{rl_check, rl_refund, RedisServer, Stored};
 

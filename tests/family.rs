@@ -1,5 +1,7 @@
 //! RL.CHECKALL, RL.PEEK, RL.REFUND, RL.RESET, CL.THROTTLE, INFO and ACL on a real server.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use testkit::redis::{self, Connection, Value};
 use testkit::{
     cl_throttle, is_valkey, redis_version, rl_check, rl_checkall, rl_peek, rl_refund, rl_reset, CheckReply,

@@ -2,6 +2,8 @@
 //! that later requests wait for, replicates its effect (`SET key value PXAT ms`) so a replica
 //! holds the very same state, and reloads from the AOF unchanged.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use testkit::{repl_offset, rl_check, wait_for_replicas, RedisServer, Stored};
 
 /// 5 per 1000 s: a token every 200 s, tolerance 1000 s; nothing refills during a test.

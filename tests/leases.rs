@@ -3,6 +3,8 @@
 //! that come back by themselves when a holder vanishes, and state that replicas and the AOF
 //! hold byte for byte (members, scores and expiry), on a single server and on a cluster.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 

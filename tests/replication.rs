@@ -1,6 +1,8 @@
 //! Effect replication: replicas and the AOF receive `SET key value PXAT ms`, never the
 //! clock-dependent command, and nothing at all when nothing was written.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use testkit::redis::{self, Value};
 use testkit::{
     cl_throttle, repl_offset, rl_check, rl_peek, rl_refund, rl_reset, wait_for_replicas, RedisServer, Stored,

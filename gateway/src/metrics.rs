@@ -4,7 +4,7 @@
 //! One registry per process, like the default registry of the Go and Python clients: every
 //! step records where it happens (the limit step its decisions, the proxy the upstream's
 //! latency, a lease its life) without handing a registry down the pipeline. Every series a
-//! dashboard needs is listed in [`Metrics::new`]; `deploy/grafana-dashboard.json` queries only
+//! dashboard needs is listed in `Metrics::new`; `deploy/grafana-dashboard.json` queries only
 //! these (a test checks it).
 //!
 //! Label values come from the configuration (policy and limit names) and from fixed sets

@@ -165,7 +165,7 @@ const RESERVED_DESCRIPTORS: u64 = 64;
 /// Raises this process's soft limit on open files to its hard limit (where it is lower), and
 /// says how many client connections fit in it: `wanted`, or fewer (logged) when there are not
 /// two descriptors for each (the client's and a connection to the model it may hold) besides
-/// [`RESERVED_DESCRIPTORS`]. So the server refuses connections of its own accord rather than
+/// a few kept for the process itself (`RESERVED_DESCRIPTORS`). So the server refuses connections of its own accord rather than
 /// failing to accept them with "Too many open files".
 pub fn connections_that_fit(wanted: usize) -> usize {
     let limit = match rlimit::increase_nofile_limit(u64::MAX) {

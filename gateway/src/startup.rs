@@ -1,5 +1,5 @@
 //! `gateway serve` once its settings are resolved: logs them (passwords hidden), sets up the
-//! Redis limiter, says early whether Redis is ready, and serves [`app`] until shutdown. On
+//! Redis limiter, says early whether Redis is ready, and serves [`crate::app::app_with_routes`] until shutdown. On
 //! `SIGHUP` it reads the config file again and puts its policies and tiers in force for the
 //! requests that start from then on (open connections stay); everything else (listen address,
 //! upstream, Redis, identity, body limits) needs a restart, and a changed value is logged as

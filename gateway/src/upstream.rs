@@ -215,7 +215,7 @@ impl SendError {
     }
 }
 
-/// The client to the model: HTTP/1.1 over kept-alive connections of its own [`Pool`].
+/// The client to the model: HTTP/1.1 over kept-alive connections of its own (`Pool`).
 ///
 /// (It replaced hyper-util's pooled client, whose per-request work showed in the profile:
 /// the pool key and `Host` value formatted for every request, the absolute URI rewritten to

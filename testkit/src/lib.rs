@@ -39,6 +39,10 @@
 //! - `RL_MODULE`: path of the built module (default `$CARGO_TARGET_DIR/release/librl.so`, or
 //!   `<workspace>/target/release/librl.so`).
 
+// A harness: a server that fails to start or a reply of the wrong shape ends the test that
+// asked for it, so unwrapping (with a message) is how it reports; nothing here runs in Redis.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU16, Ordering};

@@ -1,7 +1,7 @@
 //! OpenAI-compatible LLM routes (`kind = "openai"` policies): reserve, then settle.
 //!
 //! Before forwarding, [`request`] reads the JSON body (only the fields it needs, without
-//! building the document) and [`estimate`] what the request can cost
+//! building the document) and [`estimate()`] what the request can cost
 //! in tokens: its prompt (text length / `chars_per_token`) plus the completion it may produce
 //! (`max_completion_tokens` or `max_tokens`, else the policy's `default_max_tokens`, times `n`;
 //! 0 for embeddings). That estimate is reserved on every limit counted in tokens, together with

@@ -1,5 +1,5 @@
 //! Reading an LLM request body before the check, in one pass over its top-level fields
-//! ([`super::json`]): the token estimate ([`super::estimate`]) and, for a streamed request,
+//! (`llm::json`): the token estimate ([`super::estimate()`]) and, for a streamed request,
 //! whether the client asked for the usage chunk. A streamed request that did not ask gets
 //! `stream_options.include_usage: true` spliced into the bytes it sent (everything else stays
 //! byte for byte as the client wrote it), so that the stream can be settled.

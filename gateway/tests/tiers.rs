@@ -115,7 +115,9 @@ async fn sighup_reloads_policies_and_tiers_keeping_connections_and_a_broken_file
         wait_until(Instant::now() + Duration::from_secs(10), || gateway.logs().contains("config reload failed"));
     assert!(refused, "{}", gateway.logs());
     assert!(
-        gateway.logs().contains("policy \"p\": limit \"requests\": limit must be an integer between 1 and 9223372036854775807"),
+        gateway
+            .logs()
+            .contains("policy \"p\": limit \"requests\": limit must be an integer between 1 and 9223372036854775807"),
         "{}",
         gateway.logs()
     );

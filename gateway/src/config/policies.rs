@@ -186,7 +186,9 @@ fn resolve_limits(f: PolicyFile, llm: bool, overrides: &Overrides) -> Result<Vec
         limits.push(Quota { name: l.name, unit: l.unit, limit, window, burst });
     }
     if limits.len() > MAX_CHECKALL_KEYS {
-        return Err(format!("at most {MAX_CHECKALL_KEYS} limits per policy (RL.CHECKALL takes {MAX_CHECKALL_KEYS} keys)"));
+        return Err(format!(
+            "at most {MAX_CHECKALL_KEYS} limits per policy (RL.CHECKALL takes {MAX_CHECKALL_KEYS} keys)"
+        ));
     }
     Ok(limits)
 }

@@ -14,7 +14,7 @@ use serde_json::json;
 use tower::ServiceBuilder;
 
 use crate::config::Settings;
-use crate::limiter::{Metered, RateLimiter};
+use crate::limiter::{LimiterError, Metered, RateLimiter};
 use crate::log_limit::warn_every;
 use crate::metrics;
 use crate::pipeline::{access_log, checks, identify, keep_alive, limit, proxy, route};
@@ -66,8 +66,11 @@ async fn readyz<L: RateLimiter>(State(limiter): State<Arc<L>>) -> Response {
         Ok(()) => Json(json!({"status": "ready"})).into_response(),
         Err(e) => {
             warn_every!(error = %e, "not ready");
-            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "not_ready", "reason": "redis unavailable"})))
-                .into_response()
+            let reason = match e {
+                LimiterError::ModuleMissing(_) => "ratelimit module not loaded in redis",
+                _ => "redis unavailable",
+            };
+            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "not_ready", "reason": reason}))).into_response()
         }
     }
 }

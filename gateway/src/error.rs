@@ -11,6 +11,9 @@ use crate::identity::BadIdentity;
 use crate::llm::BadLlmRequest;
 use crate::log_limit::{error_every, warn_every};
 
+/// `x-should-retry`: the header the OpenAI and Anthropic SDKs read before their own retry rule.
+pub const SHOULD_RETRY: &str = "x-should-retry";
+
 #[derive(Debug)]
 pub enum ApiError {
     /// `429`; `retry_after_secs` (the longest wait) is `None` when the request can never be
@@ -65,13 +68,62 @@ pub enum ApiError {
     },
 }
 
-/// One limit that refused a request, in the `429` body: `{"policy", "name", "retry_after_ms"}`
-/// (`retry_after_ms` is `null` when this limit can never admit the request).
+/// One limit that refused a request, in the `429` (or `503 upstream_busy`) body:
+/// `{"policy", "name", "unit", "retry_after_ms"}` (`retry_after_ms` is `null` when this limit can
+/// never admit the request). `size` is for the message only.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct RefusedLimit {
     pub policy: String,
     pub name: String,
+    /// What the limit counts: `requests`, `tokens` or `concurrent_requests`.
+    pub unit: &'static str,
     pub retry_after_ms: Option<u64>,
+    #[serde(skip)]
+    pub size: LimitSize,
+}
+
+/// How large a refusing limit is, for the message that names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitSize {
+    /// `limit` per `window` seconds, a bucket of `burst`.
+    Rate { limit: u64, window: u64, burst: u64 },
+    /// `max` requests in flight at once.
+    Concurrent { max: u64 },
+}
+
+impl RefusedLimit {
+    /// `"tokens" of policy "chat" (1000 tokens per 60 seconds)`.
+    fn describe(&self) -> String {
+        let what = match self.size {
+            LimitSize::Rate { limit, window, .. } => {
+                format!("{} per {}", plural(limit, self.unit_word()), plural(window, "second"))
+            }
+            LimitSize::Concurrent { max } => format!("{max} in flight at once"),
+        };
+        format!("{:?} of policy {:?} ({what})", self.name, self.policy)
+    }
+
+    /// `request` or `token`: one of what the limit counts.
+    fn unit_word(&self) -> &'static str {
+        self.unit.strip_suffix('s').unwrap_or(self.unit)
+    }
+
+    /// `"tokens" of policy "chat" holds at most 1000 tokens`: why a request above its burst
+    /// never fits.
+    fn describe_burst(&self) -> String {
+        match self.size {
+            LimitSize::Rate { burst, .. } => {
+                format!("{:?} of policy {:?} holds at most {}", self.name, self.policy, plural(burst, self.unit_word()))
+            }
+            LimitSize::Concurrent { .. } => self.describe(),
+        }
+    }
+}
+
+/// The limits of a refusal, joined for its message.
+fn describe_all(limits: &[RefusedLimit], describe: fn(&RefusedLimit) -> String) -> String {
+    let described: Vec<String> = limits.iter().map(describe).collect();
+    described.join("; ")
 }
 
 /// Why a request is refused with `400`.
@@ -151,24 +203,31 @@ impl ApiError {
         match self {
             ApiError::RateLimited { retry_after_secs: Some(secs), limits } => json!({"error": {
                 "type": "rate_limited",
-                "message": format!("Client exceeded sending requests. Please try again after {}.", plural(*secs, "second")),
+                "message": format!(
+                    "Rate limit exceeded: {}. Please try again after {}.",
+                    describe_all(limits, RefusedLimit::describe),
+                    plural(*secs, "second")
+                ),
                 "retry_after_seconds": secs,
                 "limits": limits,
             }}),
             ApiError::RateLimited { retry_after_secs: None, limits } => json!({"error": {
                 "type": "rate_limited",
-                "message": "This request is larger than the rate limit allows and can never be admitted.",
+                "message": format!(
+                    "This request is larger than its rate limit allows and can never be admitted: {}. Retrying will not help; ask for less.",
+                    describe_all(limits, RefusedLimit::describe_burst)
+                ),
                 "limits": limits,
             }}),
             ApiError::ConcurrencyLimited { retry_after_secs: secs, limit } => json!({"error": {
                 "type": "rate_limited",
-                "message": format!("Too many concurrent requests. Please try again after {}.", plural(*secs, "second")),
+                "message": format!("Too many concurrent requests: {}. Please try again after {}.", limit.describe(), plural(*secs, "second")),
                 "retry_after_seconds": secs,
                 "limits": [limit],
             }}),
             ApiError::UpstreamBusy { retry_after_secs: secs, limit } => json!({"error": {
                 "type": "upstream_busy",
-                "message": format!("The model service is at capacity. Please try again after {}.", plural(*secs, "second")),
+                "message": format!("The model service is at capacity: {}. Please try again after {}.", limit.describe(), plural(*secs, "second")),
                 "retry_after_seconds": secs,
                 "limits": [limit],
             }}),
@@ -238,6 +297,11 @@ impl IntoResponse for ApiError {
             | ApiError::ConcurrencyLimited { retry_after_secs: secs, .. }
             | ApiError::UpstreamBusy { retry_after_secs: secs, .. } => {
                 response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            }
+            // Never admitted however long the client waits: the OpenAI SDKs (and others that
+            // read it) then do not retry, where a bare 429 would be retried with backoff.
+            ApiError::RateLimited { retry_after_secs: None, .. } => {
+                response.headers_mut().insert(SHOULD_RETRY, HeaderValue::from_static("false"));
             }
             ApiError::Unauthorized => {
                 response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

@@ -10,7 +10,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::app::app_with_routes;
-use crate::config::{ConfigError, ServeArgs, Settings, Tiers};
+use crate::config::{ConfigError, ServeArgs, Settings};
 use crate::limiter::{ClientError, RateLimiter, RedisLimiter};
 use crate::routing::{LiveRoutes, Routes};
 use crate::serve;
@@ -69,6 +69,7 @@ pub async fn serve_gateway(settings: Settings, args: ServeArgs) -> Result<(), St
     tracing::info!(
         listen = %settings.listen,
         upstream = %format!("{}{}", settings.upstream.origin, settings.upstream.base_path),
+        upstream_limits = %describe_upstream_limits(&settings.upstream),
         redis = %settings.redis.target,
         key_prefix = %settings.redis.key_prefix,
         failure_mode = ?settings.redis.failure_mode,
@@ -76,9 +77,10 @@ pub async fn serve_gateway(settings: Settings, args: ServeArgs) -> Result<(), St
             true => format!("on, at most {} entries", settings.deny_cache.max_entries),
             false => "off".to_string(),
         },
-        policies = ?settings.policies.iter().map(describe_policy).collect::<Vec<_>>(),
+        policies = %describe_policies(&settings.policies),
         "gateway configured"
     );
+    warn_if_short(&settings.identity.secret.0);
     let limiter = RedisLimiter::new(&settings.redis)?;
     // Say early (without delaying the start) when Redis or the module is missing.
     let probe = limiter.clone();
@@ -103,25 +105,82 @@ pub async fn serve_gateway(settings: Settings, args: ServeArgs) -> Result<(), St
     Ok(())
 }
 
-/// `chat on ["/v1/chat"]: requests 60/60s burst 60, tokens 100000/60s burst 100000`, for the log.
+/// Below this many bytes the key-hashing secret is easy to guess (see [`warn_if_short`]).
+pub const SHORT_SECRET_BYTES: usize = 16;
+
+/// A short secret is accepted (a test or a demo may use one) but said: whoever has a key's
+/// digest (tier lists in config files, the access log) and guesses the secret can test
+/// candidate keys offline.
+fn warn_if_short(secret: &[u8]) {
+    if secret.len() < SHORT_SECRET_BYTES {
+        tracing::warn!(
+            bytes = secret.len(),
+            "the key-hashing secret is shorter than {SHORT_SECRET_BYTES} bytes: anyone holding a key digest could \
+             guess it; use 32 random bytes (openssl rand -hex 32)"
+        );
+    }
+}
+
+/// Every policy, `; `-separated, as [`describe_policy`] says it.
+fn describe_policies(policies: &[crate::config::Policy]) -> String {
+    let described: Vec<String> = policies.iter().map(describe_policy).collect();
+    described.join("; ")
+}
+
+/// `chat on /v1/chat, /v1/completions: requests 60/60s burst 60, tokens 100000/60s burst
+/// 100000, max_concurrent 4 (lease 30000 ms) [tier pro: ...]`, for the log.
 fn describe_policy(policy: &crate::config::Policy) -> String {
     let tiers: Vec<String> =
         policy.tiers.iter().map(|(tier, p)| format!(" [tier {tier}: {}]", describe_limits(p))).collect();
     let shadow = if policy.shadow { " (shadow: counted, never enforced)" } else { "" };
-    format!("{} on {:?}: {}{}{shadow}", policy.name, policy.paths, describe_limits(policy), tiers.concat())
+    format!("{} on {}: {}{}{shadow}", policy.name, policy.paths.join(", "), describe_limits(policy), tiers.concat())
 }
 
 fn describe_limits(policy: &crate::config::Policy) -> String {
-    let limits: Vec<String> =
-        policy.limits.iter().map(|q| format!("{} {}/{}s burst {}", q.name, q.limit, q.window, q.burst)).collect();
+    let mut limits: Vec<String> = policy.limits.iter().map(describe_quota).collect();
+    limits.extend(policy.concurrency.map(describe_concurrency));
     limits.join(", ")
 }
 
-/// What a reload cannot change, for comparison: the settings without policies and tiers (and
-/// the secret, which `Debug` hides).
-fn fixed_part(settings: &Settings) -> (String, Vec<u8>) {
-    let fixed = Settings { policies: Vec::new(), tiers: Tiers::default(), ..settings.clone() };
-    (format!("{fixed:?}"), settings.identity.secret.0.clone())
+fn describe_quota(q: &crate::config::Quota) -> String {
+    format!("{} {}/{}s burst {}", q.name, q.limit, q.window, q.burst)
+}
+
+fn describe_concurrency(c: crate::config::Concurrency) -> String {
+    format!("max_concurrent {} (lease {} ms)", c.max, c.lease_ms)
+}
+
+/// `[upstream] max_concurrent` and `[upstream.capacity]`, or `none`.
+fn describe_upstream_limits(upstream: &crate::config::Upstream) -> String {
+    let mut limits: Vec<String> = upstream.concurrency.map(describe_concurrency).into_iter().collect();
+    limits.extend(upstream.capacity.as_ref().map(|q| format!("capacity {}/{}s burst {}", q.limit, q.window, q.burst)));
+    if limits.is_empty() {
+        return "none".into();
+    }
+    limits.join(", ")
+}
+
+/// The settings a reload cannot change that differ between `running` and `new`, by the name
+/// a user knows them by.
+fn changed_restart_only(running: &Settings, new: &Settings) -> Vec<&'static str> {
+    let debug = |v: &dyn fmt::Debug| format!("{v:?}");
+    let categories: [(&'static str, bool); 9] = [
+        ("listen", running.listen != new.listen),
+        ("max_connections", running.max_connections != new.max_connections),
+        ("max_body_bytes", running.max_body_bytes != new.max_body_bytes),
+        (
+            "client timeouts (client_*_timeout_ms)",
+            (running.client_body_timeout, running.client_header_timeout, running.client_write_timeout)
+                != (new.client_body_timeout, new.client_header_timeout, new.client_write_timeout),
+        ),
+        ("[upstream]", debug(&running.upstream) != debug(&new.upstream)),
+        ("[redis]", debug(&running.redis) != debug(&new.redis)),
+        // Debug hides the secret: compared on its own.
+        ("[identity]", debug(&running.identity) != debug(&new.identity)),
+        ("the key-hashing secret", running.identity.secret != new.identity.secret),
+        ("[deny_cache]", running.deny_cache != new.deny_cache),
+    ];
+    categories.into_iter().filter(|(_, changed)| *changed).map(|(name, _)| name).collect()
 }
 
 /// On each SIGHUP: load `args` again and replace the routes, or log why not.
@@ -136,20 +195,23 @@ fn spawn_reloader(args: ServeArgs, running: Settings, routes: Arc<LiveRoutes>) {
             return;
         }
     };
-    let fixed = fixed_part(&running);
     tokio::spawn(async move {
         while hangups.recv().await.is_some() {
             match Settings::load(&args, |name| std::env::var(name).ok()) {
                 Ok(new) => {
-                    if fixed_part(&new) != fixed {
+                    let ignored = changed_restart_only(&running, &new);
+                    if !ignored.is_empty() {
                         tracing::warn!(
-                            "config reload: only [[policy]], [tiers] and [[tier]] are reloaded; the other \
-                             changed settings (listen, upstream, redis, identity, body limits) need a restart"
+                            changed = %ignored.join(", "),
+                            "config reload: these changed settings need a restart and are not applied; \
+                             only [[policy]], [tiers] and [[tier]] are reloaded"
                         );
                     }
+                    // The new policies' series are in /metrics at zero from now on, as at start.
+                    crate::metrics::metrics().declare(&new);
                     routes.replace(Routes::from_settings(&new));
                     tracing::info!(
-                        policies = ?new.policies.iter().map(describe_policy).collect::<Vec<_>>(),
+                        policies = %describe_policies(&new.policies),
                         tiered_keys = new.tiers.keys.len(),
                         "config reloaded"
                     );
@@ -162,3 +224,39 @@ fn spawn_reloader(args: ServeArgs, running: Settings, routes: Arc<LiveRoutes>) {
 
 #[cfg(not(unix))]
 fn spawn_reloader(_: ServeArgs, _: Settings, _: Arc<LiveRoutes>) {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::settings;
+
+    const CHAT: &str = "[[policy]]\nname = \"chat\"\npaths = [\"/v1/chat\", \"/v1/completions\"]\nlimit = 60\nwindow = 60\nmax_concurrent = 4\n";
+
+    #[test]
+    fn the_start_up_log_lists_every_limit_without_escaped_quotes() {
+        let s = settings(&format!(
+            "[upstream]\nmax_concurrent = 64\n[upstream.capacity]\nlimit = 100\nwindow = 1\n[[tier]]\nname = \"pro\"\n{CHAT}[[policy.tier]]\ntier = \"pro\"\nlimit = 600\nwindow = 60\n"
+        ));
+        assert_eq!(
+            describe_policies(&s.policies),
+            "chat on /v1/chat, /v1/completions: requests 60/60s burst 60, max_concurrent 4 (lease 30000 ms) \
+             [tier pro: requests 600/60s burst 600, max_concurrent 4 (lease 30000 ms)]"
+        );
+        assert_eq!(
+            describe_upstream_limits(&s.upstream),
+            "max_concurrent 64 (lease 30000 ms), capacity 100/1s burst 100"
+        );
+        assert_eq!(describe_upstream_limits(&settings(CHAT).upstream), "none");
+    }
+
+    #[test]
+    fn a_reload_names_only_the_restart_only_settings_that_changed() {
+        let running = settings(CHAT);
+        let policies_only = settings(&CHAT.replace("limit = 60", "limit = 5"));
+        assert_eq!(changed_restart_only(&running, &policies_only), Vec::<&str>::new());
+        let upstream = settings(&format!("[upstream]\ntimeout_ms = 5\n{CHAT}"));
+        assert_eq!(changed_restart_only(&running, &upstream), vec!["[upstream]"]);
+        let two = settings(&format!("max_body_bytes = 10\n[deny_cache]\nenabled = false\n{CHAT}"));
+        assert_eq!(changed_restart_only(&running, &two), vec!["max_body_bytes", "[deny_cache]"]);
+    }
+}

@@ -72,6 +72,37 @@ async fn a_callers_third_concurrent_request_gets_429_costs_nothing_and_other_key
 }
 
 #[tokio::test]
+async fn a_concurrency_refusal_says_retry_after_the_hold_time_seen_not_the_lease_length() {
+    let redis = RedisServer::start();
+    let model = start_model(2500);
+    // One slot, a 30 s lease: the module's own bound would say 30 s.
+    let (_dir, gateway) = gateway_with(&redis, &model, &format!("{POLICY}max_concurrent = 1\nlease_ms = 30000\n"));
+    let url = gateway.url("/v1/predict");
+    let held = |url: String| {
+        tokio::spawn(async move { send(Method::POST, &url, &[("x-api-key", "k")], r#"{"text":"good"}"#).await })
+    };
+    let refusal = |url: String| async move {
+        let answer = send(Method::POST, &url, &[("x-api-key", "k")], r#"{"text":"good"}"#).await.unwrap();
+        assert_eq!(answer.status, StatusCode::TOO_MANY_REQUESTS, "{answer:?}");
+        let body = answer.json();
+        (answer.header("retry-after").parse::<u64>().unwrap(), body["error"]["limits"][0]["retry_after_ms"].as_u64())
+    };
+    // Nothing has ended yet: 1 s.
+    let first = held(url.clone());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(refusal(url.clone()).await, (1, Some(1000)));
+    assert_eq!(first.await.unwrap().unwrap().status, StatusCode::OK);
+    // One 2.5 s hold seen: a slot frees about every 2.5 s, so retry after 3 s.
+    let second = held(url.clone());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (retry, retry_ms) = refusal(url.clone()).await;
+    assert_eq!(retry, 3, "ceil(2.5 s), not the 30 s lease");
+    let retry_ms = retry_ms.unwrap();
+    assert!((2500..2800).contains(&retry_ms), "{retry_ms}");
+    assert_eq!(second.await.unwrap().unwrap().status, StatusCode::OK);
+}
+
+#[tokio::test]
 async fn three_gateways_never_let_more_than_upstream_max_concurrent_reach_the_model() {
     let redis = RedisServer::start();
     let model = start_model(200);

@@ -55,13 +55,15 @@ async fn over_the_limit_429_with_retry_after_then_200_after_waiting_it() {
     assert_eq!(limited.header("content-type"), "application/json");
     let body = limited.json();
     assert_eq!(
-        body["error"]["message"], "Client exceeded sending requests. Please try again after 1 second.",
+        body["error"]["message"],
+        "Rate limit exceeded: \"requests\" of policy \"default\" (2 requests per 2 seconds). Please try again after 1 second.",
         "{body}"
     );
     assert_eq!((&body["error"]["type"], &body["error"]["retry_after_seconds"]), (&"rate_limited".into(), &1.into()));
     let refused = body["error"]["limits"].as_array().unwrap();
     assert_eq!(refused.len(), 1, "{body}");
     assert_eq!((&refused[0]["policy"], &refused[0]["name"]), (&"default".into(), &"requests".into()));
+    assert_eq!(refused[0]["unit"], "requests");
     let wait = refused[0]["retry_after_ms"].as_u64().unwrap();
     assert!(wait > 0 && wait <= 1000, "{body}");
 
@@ -69,6 +71,18 @@ async fn over_the_limit_429_with_retry_after_then_200_after_waiting_it() {
     let again = predict(&gateway, &[]).await;
     assert_eq!(again.status, StatusCode::OK, "Retry-After was too short: {again:?}");
     assert_eq!(again.header("x-ratelimit-remaining"), "0");
+
+    // The access log says whose request each was and, for the refusal, which limit refused it.
+    let logs = gateway.logs();
+    let lines: Vec<&str> = logs.lines().filter(|l| l.contains(" request ") && l.contains("/v1/predict")).collect();
+    assert_eq!(lines.len(), 4, "{logs}");
+    for line in &lines {
+        for field in ["policy=default", "tier=anonymous", "caller=\"ip\"", "id="] {
+            assert!(line.contains(field), "{field} missing: {line}");
+        }
+    }
+    assert!(lines[2].contains("status=429") && lines[2].contains("refused_by=requests"), "{}", lines[2]);
+    assert!(!lines[3].contains("refused_by"), "{}", lines[3]);
 }
 
 #[tokio::test]
@@ -304,7 +318,9 @@ async fn redis_passwords_are_used_but_never_logged() {
 
     let wrong = format!("redis://:wrong-password@127.0.0.1:{}/", redis.port());
     let refused = start_gateway_args(&wrong, &model.url(""), &args);
-    assert_eq!(get(&refused.url("/readyz")).await.unwrap().status, StatusCode::SERVICE_UNAVAILABLE);
+    let not_ready = get(&refused.url("/readyz")).await.unwrap();
+    assert_eq!(not_ready.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(not_ready.json()["reason"], "redis unavailable");
     assert_eq!(predict(&refused, &[]).await.status, StatusCode::SERVICE_UNAVAILABLE);
 
     for (logs, secret) in [(gateway.logs(), "hunter2"), (refused.logs(), "wrong-password")] {
@@ -321,6 +337,7 @@ async fn readyz_needs_the_module() {
     let ready = get(&gateway.url("/readyz")).await.unwrap();
     assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(ready.json()["status"], "not_ready");
+    assert_eq!(ready.json()["reason"], "ratelimit module not loaded in redis", "not 'redis unavailable': it answers");
     let refused = predict(&gateway, &[]).await;
     assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(get(&gateway.url("/healthz")).await.unwrap().status, StatusCode::OK);
@@ -626,4 +643,44 @@ async fn sigterm_lets_an_open_request_finish_then_exits() {
     let status = gateway.wait_exit(Duration::from_secs(10));
     assert!(status.is_some_and(|s| s.success()), "{status:?}\n{}", gateway.logs());
     assert!(gateway.logs().contains("gateway stopped"), "{}", gateway.logs());
+}
+
+#[test]
+fn a_fatal_error_is_said_once_and_a_short_secret_is_warned_about() {
+    // A config the gateway refuses: the reason once on stderr (it used to come twice).
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--upstream", "http://127.0.0.1:1", "--limit", "0", "--window", "60"])
+        .envs(serve_env())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.matches("limit must be").count(), 1, "{stderr}");
+    // With errors logged off, still said (plainly).
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--upstream", "http://127.0.0.1:1", "--limit", "0", "--window", "60"])
+        .envs(serve_env())
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.matches("limit must be").count(), 1, "{stderr}");
+    assert!(stderr.starts_with("error: "), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_key_secret_under_16_bytes_starts_with_a_warning() {
+    let redis = RedisServer::start();
+    let port = free_port();
+    let args = serve_args(
+        port,
+        "http://127.0.0.1:1",
+        &["--redis-url".into(), redis.url(), "--limit".into(), "5".into(), "--window".into(), "60".into()],
+    );
+    let mut short = Proc::spawn("gateway", port, &args, &[("GATEWAY_KEY_SECRET", "x"), ("RUST_LOG", "info")]);
+    short.wait_healthy();
+    assert!(short.logs().contains("the key-hashing secret is shorter than 16 bytes"), "{}", short.logs());
+    assert!(short.logs().contains("bytes=1"), "{}", short.logs());
+    let long = start_gateway(&redis, "http://127.0.0.1:1", 5, 60, &[]);
+    assert!(!long.logs().contains("key-hashing secret is shorter"), "{}", long.logs());
 }

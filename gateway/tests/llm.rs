@@ -405,10 +405,11 @@ async fn a_request_that_can_never_fit_is_refused_whatever_the_failure_mode_and_c
             let error = answer.json()["error"].clone();
             assert_eq!(
                 error["limits"],
-                json!([{"policy": "chat", "name": "tokens", "retry_after_ms": null}]),
+                json!([{"policy": "chat", "name": "tokens", "unit": "tokens", "retry_after_ms": null}]),
                 "{body}"
             );
             assert!(answer.headers.get("retry-after").is_none(), "it can never fit: no time to wait for");
+            assert_eq!(answer.header("x-should-retry"), "false", "the OpenAI SDK would retry a bare 429");
         }
         let m = scrape(&s.gateway).await;
         let requests = |outcome| value(&m, "gateway_requests_total", &[("policy", "chat"), ("outcome", outcome)]);

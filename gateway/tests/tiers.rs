@@ -100,11 +100,20 @@ async fn sighup_reloads_policies_and_tiers_keeping_connections_and_a_broken_file
     assert_eq!(connection.get("pro-key"), (200, "\"p\";q=1;w=60".into()), "not yet listed: the free tier");
     assert_eq!(connection.get("pro-key").0, 429);
 
-    // The key joins the pro tier, and the free limit becomes 4.
-    std::fs::write(&config, tiered_config(&pro, 4)).unwrap();
+    // The key joins the pro tier, the free limit becomes 4, and a policy with a lease comes.
+    let added = "[[policy]]\nname = \"added\"\npaths = [\"/v2\"]\nlimit = 5\nwindow = 60\nmax_concurrent = 2\n";
+    assert!(value(&scrape(&gateway).await, "gateway_requests_total", &[("policy", "added")]).is_none());
+    std::fs::write(&config, tiered_config(&pro, 4) + added).unwrap();
     hang_up(&gateway);
     let reloaded = wait_until(Instant::now() + Duration::from_secs(10), || gateway.logs().contains("config reloaded"));
     assert!(reloaded, "{}", gateway.logs());
+    let metrics = scrape(&gateway).await;
+    for (name, labels) in [
+        ("gateway_requests_total", &[("policy", "added"), ("outcome", "allowed")][..]),
+        ("gateway_limit_decisions_total", &[("policy", "added"), ("limit", "concurrent"), ("outcome", "allowed")]),
+    ] {
+        assert_eq!(value(&metrics, name, labels), Some(0.0), "declared at zero by the reload: {name} {labels:?}");
+    }
     assert_eq!(connection.get("pro-key").1, "\"p\";q=3;w=60", "same connection, new tier");
     assert_eq!(connection.get("fresh-key"), (200, "\"p\";q=4;w=60".into()), "new default-tier limit");
 

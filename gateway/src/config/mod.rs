@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::error::{LimitSize, RefusedLimit};
 use crate::identity::IpNet;
 pub use crate::lease::Concurrency;
 
@@ -186,6 +187,16 @@ pub enum Unit {
     Tokens,
 }
 
+impl Unit {
+    /// `requests` or `tokens`, as in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unit::Requests => "requests",
+            Unit::Tokens => "tokens",
+        }
+    }
+}
+
 /// One limit of a policy: `limit` units per `window` seconds, bucket of `burst`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Quota {
@@ -195,6 +206,19 @@ pub struct Quota {
     pub limit: u64,
     pub window: u64,
     pub burst: u64,
+}
+
+impl Quota {
+    /// This limit as it refused a request, in a refusal's body.
+    pub fn refused(&self, policy: &str, retry_after_ms: Option<u64>) -> RefusedLimit {
+        RefusedLimit {
+            policy: policy.to_string(),
+            name: self.name.clone(),
+            unit: self.unit.as_str(),
+            retry_after_ms,
+            size: LimitSize::Rate { limit: self.limit, window: self.window, burst: self.burst },
+        }
+    }
 }
 
 impl Policy {

@@ -9,9 +9,9 @@
 use axum::http::{HeaderMap, HeaderValue};
 use rl_protocol::{AcquireReply, CheckReply};
 
-use super::{Concurrency, Lease, Slot, CONCURRENT_NAME};
+use super::{hold_times, Concurrency, Lease, Slot, CONCURRENT_NAME};
 use crate::config::{Policy, Quota};
-use crate::error::{ApiError, RefusedLimit};
+use crate::error::{ApiError, LimitSize, RefusedLimit};
 use crate::headers::{ceil_secs, RATELIMIT, RATELIMIT_POLICY};
 use crate::limiter::{LimiterError, RateLimiter};
 
@@ -81,17 +81,30 @@ pub async fn take_leases<L: RateLimiter>(
 
 /// The answer to a refusal by a full lease set (`None` for [`Refusal::Unavailable`]), with the
 /// IETF items of the concurrency limit (`qu="concurrent-requests"`) added to `RateLimit-Policy`
-/// and `RateLimit`.
+/// and `RateLimit`. Its `Retry-After` is when a slot is likely to free, from the hold times
+/// this gateway has seen (see [`super::HoldTimes`]), never later than the module's bound.
 pub fn refusal_answer(policy: &Policy, refusal: &Refusal) -> Option<(ApiError, HeaderMap)> {
-    let (reply, item, limit_policy) = match refusal {
-        Refusal::Caller(reply) => (reply, format!("{}-{CONCURRENT_NAME}", policy.name), policy.name.clone()),
-        Refusal::Upstream(reply) => (reply, format!("upstream-{CONCURRENT_NAME}"), "upstream".to_string()),
+    let (reply, item, limit_policy, slot) = match refusal {
+        Refusal::Caller(reply) => {
+            // The hold times are per policy: the caller's hash plays no part in the hint.
+            let slot = Slot::Caller { policy: policy.name.clone(), identity_hash: String::new() };
+            (reply, format!("{}-{CONCURRENT_NAME}", policy.name), policy.name.clone(), slot)
+        }
+        Refusal::Upstream(reply) => {
+            (reply, format!("upstream-{CONCURRENT_NAME}"), "upstream".to_string(), Slot::Upstream)
+        }
         Refusal::Capacity { reply, quota } => return Some(capacity_answer(reply, quota)),
         Refusal::Unavailable(_) => return None,
     };
-    let retry_after_secs = ceil_secs(reply.retry_after_ms).max(1);
-    let limit =
-        RefusedLimit { policy: limit_policy, name: CONCURRENT_NAME.into(), retry_after_ms: Some(reply.retry_after_ms) };
+    let retry_after_ms = hold_times().retry_after_ms(&slot, reply.max, reply.retry_after_ms);
+    let retry_after_secs = ceil_secs(retry_after_ms).max(1);
+    let limit = RefusedLimit {
+        policy: limit_policy,
+        name: CONCURRENT_NAME.into(),
+        unit: "concurrent_requests",
+        retry_after_ms: Some(retry_after_ms),
+        size: LimitSize::Concurrent { max: reply.max },
+    };
     let error = match refusal {
         Refusal::Caller(_) => ApiError::ConcurrencyLimited { retry_after_secs, limit },
         _ => ApiError::UpstreamBusy { retry_after_secs, limit },
@@ -114,7 +127,7 @@ pub fn refusal_answer(policy: &Policy, refusal: &Refusal) -> Option<(ApiError, H
 fn capacity_answer(reply: &CheckReply, quota: &Quota) -> (ApiError, HeaderMap) {
     let retry_after_ms = reply.retry_after_ms;
     let retry_after_secs = ceil_secs(retry_after_ms.unwrap_or(quota.window.saturating_mul(1000))).max(1);
-    let limit = RefusedLimit { policy: "upstream".into(), name: quota.name.clone(), retry_after_ms };
+    let limit = quota.refused("upstream", retry_after_ms);
     let mut headers = HeaderMap::new();
     let items = [
         (RATELIMIT_POLICY, format!("\"upstream-{}\";q={};w={}", quota.name, quota.limit, quota.window)),

@@ -17,7 +17,8 @@ pub struct LeasedBody<L: RateLimiter> {
 }
 
 impl<L: RateLimiter> LeasedBody<L> {
-    pub fn new(inner: Body, leases: Vec<Lease<L>>) -> Self {
+    pub fn new(inner: Body, mut leases: Vec<Lease<L>>) -> Self {
+        leases.iter_mut().for_each(Lease::serving);
         LeasedBody { inner, leases }
     }
 }

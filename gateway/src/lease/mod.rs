@@ -10,10 +10,11 @@
 
 mod admit;
 mod body;
+mod hint;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rl_protocol::AcquireReply;
 
@@ -23,6 +24,7 @@ use crate::metrics::metrics;
 
 pub use admit::{append_items, refusal_answer, take_leases, Refusal, UpstreamLimits};
 pub use body::LeasedBody;
+pub use hint::{hold_times, HoldTimes};
 
 /// Which set of slots a lease is taken in.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -86,6 +88,10 @@ struct Held<L: RateLimiter> {
     slot: Arc<Slot>,
     id: Arc<str>,
     renewals: tokio::task::JoinHandle<()>,
+    acquired_at: Instant,
+    /// Set once its request went on to the model: only such holds tell how long a slot
+    /// stays taken (one dropped because the next lease was refused does not).
+    served: bool,
 }
 
 impl<L: RateLimiter> Lease<L> {
@@ -104,7 +110,15 @@ impl<L: RateLimiter> Lease<L> {
         metrics().lease_held(slot.kind(), 1);
         let slot = Arc::new(slot);
         let renewals = tokio::spawn(renew(limiter.clone(), slot.clone(), id.clone(), concurrency.lease_ms));
-        Ok(Ok(Lease { inner: Some(Held { limiter: limiter.clone(), slot, id, renewals }) }))
+        let held = Held { limiter: limiter.clone(), slot, id, renewals, acquired_at: Instant::now(), served: false };
+        Ok(Ok(Lease { inner: Some(held) }))
+    }
+
+    /// Its request went on to the model: its hold counts in the retry hints ([`HoldTimes`]).
+    pub fn serving(&mut self) {
+        if let Some(held) = &mut self.inner {
+            held.served = true;
+        }
     }
 }
 
@@ -128,8 +142,11 @@ async fn renew<L: RateLimiter>(limiter: L, slot: Arc<Slot>, id: Arc<str>, lease_
 
 impl<L: RateLimiter> Drop for Lease<L> {
     fn drop(&mut self) {
-        let Some(Held { limiter, slot, id, renewals }) = self.inner.take() else { return };
+        let Some(Held { limiter, slot, id, renewals, acquired_at, served }) = self.inner.take() else { return };
         renewals.abort();
+        if served {
+            hold_times().record(&slot, acquired_at.elapsed());
+        }
         // No longer in flight here, whether or not the release below reaches Redis.
         metrics().lease_held(slot.kind(), -1);
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {

@@ -86,6 +86,9 @@ pub trait RateLimiter: Clone + Send + Sync + Unpin + 'static {
 pub enum LimiterError {
     Timeout(Duration),
     Redis(::redis::RedisError),
+    /// Redis answered `ERR unknown command`: the ratelimit module is not loaded there. An
+    /// outage for the gateway (it cannot limit), but one that restarting Redis will not fix.
+    ModuleMissing(::redis::RedisError),
     /// The module ran and refused the command: its arguments are out of its bounds, or the
     /// key holds something that is not limiter state. Not an outage (Redis answered), so never
     /// a reason to forward a request unmetered; the same command would be refused again.
@@ -102,7 +105,7 @@ impl LimiterError {
     /// wrong shape is a fault of this gateway or of the data, never answered by forwarding
     /// unmetered.
     pub fn is_outage(&self) -> bool {
-        matches!(self, LimiterError::Timeout(_) | LimiterError::Redis(_))
+        matches!(self, LimiterError::Timeout(_) | LimiterError::Redis(_) | LimiterError::ModuleMissing(_))
     }
 }
 
@@ -111,6 +114,9 @@ impl fmt::Display for LimiterError {
         match self {
             LimiterError::Timeout(d) => write!(f, "redis did not answer within {} ms", d.as_millis()),
             LimiterError::Redis(e) => write!(f, "redis error: {e}"),
+            LimiterError::ModuleMissing(e) => {
+                write!(f, "redis answers but the ratelimit module is not loaded there (loadmodule librl.so): {e}")
+            }
             LimiterError::Rejected(e) => write!(f, "the ratelimit module refused the command: {e}"),
             LimiterError::Reply(r) => write!(f, "unexpected reply from the ratelimit module: {r}"),
             LimiterError::NoSuchLimit(i) => write!(f, "the policy has no limit #{i}"),
@@ -122,7 +128,7 @@ impl std::error::Error for LimiterError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             LimiterError::Timeout(_) | LimiterError::NoSuchLimit(_) => None,
-            LimiterError::Redis(e) | LimiterError::Rejected(e) => Some(e),
+            LimiterError::Redis(e) | LimiterError::Rejected(e) | LimiterError::ModuleMissing(e) => Some(e),
             LimiterError::Reply(e) => Some(e),
         }
     }

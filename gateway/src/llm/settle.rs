@@ -4,9 +4,12 @@
 //! - `usage < reserved`: `RL.REFUND` of `reserved - usage`;
 //! - `usage > reserved`: `RL.CHECK ... COST (usage - reserved) FORCE` (always charged, even
 //!   when the bucket is short: the caller waits that debt off);
-//! - no usage to read (a body that is not JSON or has no `usage.total_tokens`, a body over
-//!   `max_response_bytes`, an upstream error, a stream that breaks off): the reservation is
-//!   kept as charged.
+//! - a `4xx` answer without usage (the model refused the request: a bad parameter, its own
+//!   rate limit, a context too long): the model did no work, so the whole reservation is given
+//!   back, as for a usage of 0;
+//! - no usage to read otherwise (a body that is not JSON or has no `usage.total_tokens`, a body
+//!   over `max_response_bytes`, a `5xx`, a timeout, a stream that breaks off): the model may
+//!   have worked, so the reservation is kept as charged.
 //!
 //! A streamed answer (`text/event-stream`) is settled when it ends ([`super::stream`]).
 //!
@@ -117,6 +120,11 @@ impl<L: RateLimiter> Settlement<L> {
         let (parts, body) = response.into_parts();
         let bytes = match buffer(body, self.llm.max_response_bytes).await {
             Ok(Ok(bytes)) => bytes,
+            Ok(Err(body)) if parts.status.is_client_error() => {
+                tracing::debug!(reserved, status = parts.status.as_u16(), "the model refused: reservation given back");
+                settle_usage(&self.limiter, &self.policy, &self.identity_hash, reserved, 0, decision).await;
+                return Response::from_parts(parts, body);
+            }
             Ok(Err(body)) => {
                 tracing::debug!(reserved, "answer over max_response_bytes: reservation kept");
                 self.kept();
@@ -133,11 +141,18 @@ impl<L: RateLimiter> Settlement<L> {
                 return ApiError::UpstreamUnavailable { detail: e.to_string() }.into_response();
             }
         };
-        let Some(used) = usage_total_tokens(&bytes) else {
-            let status = parts.status.as_u16();
-            tracing::debug!(reserved, status, "no usage.total_tokens in the answer: reservation kept");
-            self.kept();
-            return Response::from_parts(parts, Body::from(bytes));
+        let used = match usage_total_tokens(&bytes) {
+            Some(used) => used,
+            None if parts.status.is_client_error() => {
+                tracing::debug!(reserved, status = parts.status.as_u16(), "the model refused: reservation given back");
+                0
+            }
+            None => {
+                let status = parts.status.as_u16();
+                tracing::debug!(reserved, status, "no usage.total_tokens in the answer: reservation kept");
+                self.kept();
+                return Response::from_parts(parts, Body::from(bytes));
+            }
         };
         settle_usage(&self.limiter, &self.policy, &self.identity_hash, reserved, used, decision).await;
         tracing::debug!(reserved, used, "settled");
@@ -188,6 +203,7 @@ mod tests {
     use crate::config::Quota;
     use crate::limiter::memory::MemoryLimiter;
     use crate::test_support::header;
+    use axum::http::StatusCode;
 
     fn chat() -> Arc<Policy> {
         let mut policy = Policy::simple("chat", &["/"], 10, 60, 10);
@@ -196,6 +212,15 @@ mod tests {
     }
 
     async fn settle_answer(limiter: &MemoryLimiter, reserved: u64, body: &str) -> (CheckAllReply, Response) {
+        settle_answer_with(limiter, reserved, StatusCode::OK, body).await
+    }
+
+    async fn settle_answer_with(
+        limiter: &MemoryLimiter,
+        reserved: u64,
+        status: StatusCode,
+        body: &str,
+    ) -> (CheckAllReply, Response) {
         let policy = chat();
         let mut decision = limiter.check(&policy, "id", &[1, reserved]).await.unwrap();
         let settlement = Settlement {
@@ -206,7 +231,8 @@ mod tests {
             llm: Llm { chars_per_token: 4, default_max_tokens: 10, max_response_bytes: 64, max_event_bytes: 64 },
             strip_usage_chunk: false,
         };
-        let answer = Response::builder().header("x-model", "m").body(Body::from(body.to_string())).unwrap();
+        let answer =
+            Response::builder().status(status).header("x-model", "m").body(Body::from(body.to_string())).unwrap();
         let response = settlement.settle(&mut decision, answer).await;
         (decision, response)
     }
@@ -250,5 +276,28 @@ mod tests {
             assert_eq!(sent, body.as_bytes(), "the answer is relayed whole");
             assert_eq!(limiter.tokens(&chat(), "id", 1), before - 50, "{body}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_model_that_refused_without_usage_gives_the_whole_reservation_back() {
+        let limiter = MemoryLimiter::new();
+        let refused = r#"{"error":{"message":"max_tokens is too large"}}"#;
+        for status in [StatusCode::BAD_REQUEST, StatusCode::NOT_FOUND, StatusCode::TOO_MANY_REQUESTS] {
+            let before = limiter.tokens(&chat(), "id", 1);
+            let (decision, response) = settle_answer_with(&limiter, 84, status, refused).await;
+            assert_eq!(response.status(), status, "relayed as the model sent it");
+            assert_eq!(limiter.tokens(&chat(), "id", 1), before, "{status}: nothing charged");
+            assert_eq!(decision.limits[1].remaining, before, "the headers show the bucket as it was");
+        }
+        // Also when the refusal is longer than max_response_bytes (64 here): it is not read.
+        let before = limiter.tokens(&chat(), "id", 1);
+        settle_answer_with(&limiter, 84, StatusCode::BAD_REQUEST, &"x".repeat(100)).await;
+        assert_eq!(limiter.tokens(&chat(), "id", 1), before);
+        // A 4xx that reports usage is charged its usage; a 5xx keeps the reservation.
+        let before = limiter.tokens(&chat(), "id", 1);
+        settle_answer_with(&limiter, 84, StatusCode::BAD_REQUEST, r#"{"usage":{"total_tokens":4}}"#).await;
+        assert_eq!(limiter.tokens(&chat(), "id", 1), before - 4);
+        settle_answer_with(&limiter, 84, StatusCode::INTERNAL_SERVER_ERROR, refused).await;
+        assert_eq!(limiter.tokens(&chat(), "id", 1), before - 4 - 84);
     }
 }

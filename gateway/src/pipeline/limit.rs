@@ -39,7 +39,7 @@ use rl_protocol::CheckAllReply;
 
 use crate::config::{FailureMode, Policy, Settings, Unit};
 use crate::deny_cache::DenyCache;
-use crate::error::{ApiError, RefusedLimit};
+use crate::error::ApiError;
 use crate::headers::{openai_headers, rate_limit_headers, retry_after_secs};
 use crate::lease::{
     append_items, refusal_answer, take_leases, Lease, LeasedBody, Refusal, UpstreamLimits, CONCURRENT_NAME,
@@ -76,6 +76,18 @@ impl<L: RateLimiter> Limit<L> {
     }
 }
 
+/// On a response, for the access log ([`super::access_log`]): whose request it was, and what
+/// refused it (the limits' names, or why the limiter could not decide).
+#[derive(Clone, Debug)]
+pub struct Decided {
+    pub caller: Caller,
+    pub refused_by: Option<String>,
+}
+
+/// What refused a request, set on its answer by the step that refused it.
+#[derive(Clone, Debug)]
+struct RefusedBy(String);
+
 pub async fn limit<L: RateLimiter>(
     State(limit): State<Arc<Limit<L>>>,
     caller: Option<Extension<Caller>>,
@@ -83,6 +95,19 @@ pub async fn limit<L: RateLimiter>(
     next: Next,
 ) -> Response {
     let Some(Extension(caller)) = caller else { return next.run(request).await };
+    let mut response = decide(&limit, &caller, request, next).await;
+    let refused_by = response.extensions_mut().remove::<RefusedBy>().map(|RefusedBy(why)| why);
+    response.extensions_mut().insert(Decided { caller, refused_by });
+    response
+}
+
+/// `response`, noted as refused by `why`.
+fn noted_refused(mut response: Response, why: impl Into<String>) -> Response {
+    response.extensions_mut().insert(RefusedBy(why.into()));
+    response
+}
+
+async fn decide<L: RateLimiter>(limit: &Limit<L>, caller: &Caller, request: Request, next: Next) -> Response {
     let policy = &caller.policy;
     let m = metrics();
     // What a shadow policy (or a failing limiter in "open" mode) forwards unmetered: the
@@ -148,7 +173,10 @@ pub async fn limit<L: RateLimiter>(
                     error_every!(error = %e, policy = %policy.name, "the ratelimit module refused the command; shadow policy, forwarding");
                     return next.run(unmetered(request)).await;
                 }
-                return ApiError::LimiterRejected { detail: e.to_string() }.into_response();
+                return noted_refused(
+                    ApiError::LimiterRejected { detail: e.to_string() }.into_response(),
+                    "module_error",
+                );
             }
             Err(e) if policy.shadow || limit.failure_mode == FailureMode::Open => {
                 m.request(&policy.name, Outcome::FailOpen);
@@ -157,7 +185,10 @@ pub async fn limit<L: RateLimiter>(
             }
             Err(e) => {
                 m.request(&policy.name, Outcome::Error);
-                return ApiError::LimiterUnavailable { detail: e.to_string() }.into_response();
+                return noted_refused(
+                    ApiError::LimiterUnavailable { detail: e.to_string() }.into_response(),
+                    "unavailable",
+                );
             }
         },
     };
@@ -172,21 +203,19 @@ pub async fn limit<L: RateLimiter>(
             tracing::info!(policy = %policy.name, id = %caller.identity_hash, retry_after_ms = ?decision.retry_after_ms, "shadow policy would have refused");
             return next.run(unmetered(request)).await;
         }
-        let limits = policy
+        let limits: Vec<_> = policy
             .limits
             .iter()
             .zip(&decision.limits)
             .filter(|(_, row)| !row.allowed)
-            .map(|(q, row)| RefusedLimit {
-                policy: policy.name.clone(),
-                name: q.name.clone(),
-                retry_after_ms: row.retry_after_ms,
-            })
+            .map(|(q, row)| q.refused(&policy.name, row.retry_after_ms))
             .collect();
+        let names: Vec<&str> = limits.iter().map(|l| l.name.as_str()).collect();
+        let why = names.join(",");
         let mut response =
             ApiError::RateLimited { retry_after_secs: retry_after_secs(&decision), limits }.into_response();
         add_headers(&mut response, policy, &decision);
-        return response;
+        return noted_refused(response, why);
     }
     for (quota, &cost) in policy.limits.iter().zip(&costs) {
         m.limit_decision(&policy.name, &quota.name, Outcome::Allowed);
@@ -198,6 +227,9 @@ pub async fn limit<L: RateLimiter>(
         .await
     {
         Ok(leases) => {
+            for limit in admitted_by_leases(policy, &limit.upstream) {
+                m.limit_decision(&policy.name, limit, Outcome::Allowed);
+            }
             m.request(&policy.name, Outcome::Allowed);
             leases
         }
@@ -213,12 +245,13 @@ pub async fn limit<L: RateLimiter>(
                 let mut response = error.into_response();
                 response.headers_mut().extend(rate_limit_headers(policy, &decision));
                 append_items(response.headers_mut(), items);
-                return response;
+                return noted_refused(response, refused_by(&refusal));
             }
             (None, _) if !policy.shadow && refusal.is_module_error() => {
                 give_back(&limit.limiter, policy, &caller.identity_hash, &costs, &mut decision).await;
                 m.request(&policy.name, Outcome::ModuleError);
-                return ApiError::LimiterRejected { detail: format!("{refusal:?}") }.into_response();
+                let answer = ApiError::LimiterRejected { detail: format!("{refusal:?}") }.into_response();
+                return noted_refused(answer, "module_error");
             }
             (None, FailureMode::Closed) if !policy.shadow => {
                 give_back(&limit.limiter, policy, &caller.identity_hash, &costs, &mut decision).await;
@@ -227,7 +260,7 @@ pub async fn limit<L: RateLimiter>(
                     Refusal::Unavailable(e) => e.to_string(),
                     other => format!("{other:?}"),
                 };
-                return ApiError::LimiterUnavailable { detail }.into_response();
+                return noted_refused(ApiError::LimiterUnavailable { detail }.into_response(), "unavailable");
             }
             (None, _) => {
                 m.request(
@@ -268,6 +301,18 @@ fn add_headers(response: &mut Response, policy: &Policy, decision: &CheckAllRepl
     if policy.llm.is_some() {
         response.headers_mut().extend(openai_headers(policy, decision));
     }
+}
+
+/// The `limit` labels of what [`take_leases`] granted: the caller's lease, the upstream's,
+/// the capacity token (each asked only when configured).
+fn admitted_by_leases(policy: &Policy, upstream: &UpstreamLimits) -> impl Iterator<Item = &'static str> {
+    [
+        policy.concurrency.map(|_| CONCURRENT_NAME),
+        upstream.concurrency.map(|_| "upstream-concurrent"),
+        upstream.capacity.as_ref().map(|_| "upstream-capacity"),
+    ]
+    .into_iter()
+    .flatten()
 }
 
 /// The `limit` label of a lease refusal in `gateway_limit_decisions_total`.
@@ -398,7 +443,7 @@ mod tests {
         assert_eq!(header(&refused, "x-ratelimit-reset"), Some("2"));
         assert_eq!(
             json(refused).await.to_string(),
-            r#"{"error":{"type":"rate_limited","message":"Client exceeded sending requests. Please try again after 1 second.","retry_after_seconds":1,"limits":[{"policy":"p","name":"requests","retry_after_ms":1000}]}}"#
+            r#"{"error":{"type":"rate_limited","message":"Rate limit exceeded: \"requests\" of policy \"p\" (2 requests per 2 seconds). Please try again after 1 second.","retry_after_seconds":1,"limits":[{"policy":"p","name":"requests","unit":"requests","retry_after_ms":1000}]}}"#
         );
         limiter.advance(Duration::from_secs(1));
         assert_eq!(send(&teapot).await.status(), StatusCode::IM_A_TEAPOT, "Retry-After was enough");
@@ -429,7 +474,8 @@ mod tests {
     #[tokio::test]
     async fn a_full_lease_answers_429_and_gives_the_tokens_back_until_the_first_body_ends() {
         let limiter = MemoryLimiter::new();
-        let mut policy = Policy::simple("p", &["/"], 10, 60, 10);
+        // A policy of its own: the hold times behind the retry hint are per policy and process.
+        let mut policy = Policy::simple("lease-refusal", &["/"], 10, 60, 10);
         policy.concurrency = Some(Concurrency { max: 1, lease_ms: 30_000 });
         let caller = Caller { policy: Arc::new(policy.clone()), ..caller() };
         let app = router(&limiter, FailureMode::Closed, Some(caller), StatusCode::OK);
@@ -437,13 +483,56 @@ mod tests {
         assert_eq!(held.status(), StatusCode::OK);
         let refused = send(&app).await;
         assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
-        assert_eq!(header(&refused, "retry-after"), Some("30"));
+        assert_eq!(header(&refused, "retry-after"), Some("1"), "no hold ended yet: 1 s, not the 30 s lease");
         assert_eq!(header(&refused, "x-ratelimit-remaining"), Some("9"), "the refused request's token is back");
         assert_eq!(limiter.tokens(&policy, "abc", 0), 9);
-        assert_eq!(json(refused).await["error"]["limits"][0]["name"], "concurrent");
+        let body = json(refused).await;
+        assert_eq!(body["error"]["limits"][0]["name"], "concurrent");
+        assert_eq!(body["error"]["limits"][0]["unit"], "concurrent_requests");
+        assert_eq!(body["error"]["limits"][0]["retry_after_ms"], 1000);
+        let slot = crate::lease::Slot::Caller { policy: policy.name.clone(), identity_hash: "abc".into() };
+        assert_eq!(crate::lease::hold_times().mean(&slot), None, "the refused request's lease counts no hold");
         drop(held);
         tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(crate::lease::hold_times().mean(&slot).is_some(), "a served lease's hold is counted");
         assert_eq!(send(&app).await.status(), StatusCode::OK, "the dropped body released the lease");
+        let decisions = r#"gateway_limit_decisions_total{policy="lease-refusal",limit="concurrent",outcome="#;
+        assert_eq!(series(&format!(r#"{decisions}"allowed"}}"#)), 2, "each lease granted is counted");
+        assert_eq!(series(&format!(r#"{decisions}"limited"}}"#)), 1);
+    }
+
+    #[tokio::test]
+    async fn a_request_that_can_never_fit_is_told_not_to_retry() {
+        let limiter = MemoryLimiter::new();
+        let mut policy = Policy::simple("never-fits", &["/"], 10, 60, 10);
+        policy.limits[0].unit = Unit::Tokens;
+        policy.limits[0].name = "tokens".into();
+        policy.llm = Some(crate::config::Llm {
+            chars_per_token: 4,
+            default_max_tokens: 100,
+            max_response_bytes: 1 << 20,
+            max_event_bytes: 1 << 20,
+        });
+        let app = router(&limiter, FailureMode::Closed, Some(caller_of(policy)), StatusCode::OK);
+        let answer = app
+            .clone()
+            .oneshot(request("POST", "/v1/chat/completions", &[], r#"{"messages":[],"max_tokens":11}"#))
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(header(&answer, "x-should-retry"), Some("false"));
+        assert_eq!(header(&answer, "retry-after"), None);
+        assert_eq!(
+            json(answer).await["error"]["message"],
+            "This request is larger than its rate limit allows and can never be admitted: \"tokens\" of policy \"never-fits\" holds at most 10 tokens. Retrying will not help; ask for less."
+        );
+        // One that fits but must wait is retried as usual: no such header.
+        let fits = r#"{"messages":[],"max_tokens":6}"#;
+        assert_eq!(app.clone().oneshot(request("POST", "/v1/x", &[], fits)).await.unwrap().status(), StatusCode::OK);
+        let later = app.clone().oneshot(request("POST", "/v1/x", &[], fits)).await.unwrap();
+        assert_eq!(later.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(header(&later, "x-should-retry"), None);
+        assert!(header(&later, "retry-after").is_some());
     }
 
     /// A caller of its own (metrics are per process: each test counts under its own policy).

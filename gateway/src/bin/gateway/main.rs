@@ -105,9 +105,13 @@ fn main() -> ExitCode {
 fn exit<E: std::fmt::Display>(result: Result<(), E>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // Said once: in the log's format, unless RUST_LOG turned errors off.
         Err(e) => {
-            tracing::error!("{e}");
-            eprintln!("error: {e}");
+            if tracing::enabled!(tracing::Level::ERROR) {
+                tracing::error!("{e}");
+            } else {
+                eprintln!("error: {e}");
+            }
             ExitCode::FAILURE
         }
     }

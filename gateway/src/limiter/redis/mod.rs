@@ -149,19 +149,25 @@ impl Ready {
 /// one: that is a server the gateway cannot use, as when it is down.
 fn is_module_refusal(e: &redis::RedisError) -> bool {
     match e.kind() {
-        ErrorKind::Server(ServerErrorKind::ResponseError) => {
-            !e.detail().is_some_and(|detail| detail.starts_with("unknown command"))
-        }
+        ErrorKind::Server(ServerErrorKind::ResponseError) => !is_unknown_command(e),
         ErrorKind::Extension => e.code() == Some("WRONGTYPE"),
         _ => false,
     }
 }
 
 fn limiter_error(e: redis::RedisError) -> LimiterError {
-    match is_module_refusal(&e) {
-        true => LimiterError::Rejected(e),
-        false => LimiterError::Redis(e),
+    if is_module_refusal(&e) {
+        LimiterError::Rejected(e)
+    } else if is_unknown_command(&e) {
+        LimiterError::ModuleMissing(e)
+    } else {
+        LimiterError::Redis(e)
     }
+}
+
+fn is_unknown_command(e: &redis::RedisError) -> bool {
+    e.kind() == ErrorKind::Server(ServerErrorKind::ResponseError)
+        && e.detail().is_some_and(|detail| detail.starts_with("unknown command"))
 }
 
 /// What a call takes, given back when its reply comes after the gateway gave up on it.

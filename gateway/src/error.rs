@@ -3,6 +3,8 @@
 //! says what to do, never how the gateway is built. The internal cause is logged once, when
 //! the response is made.
 
+use std::fmt::Write;
+
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
@@ -92,38 +94,71 @@ pub enum LimitSize {
 }
 
 impl RefusedLimit {
-    /// `"tokens" of policy "chat" (1000 tokens per 60 seconds)`.
-    fn describe(&self) -> String {
-        let what = match self.size {
+    /// `"tokens" of policy "chat" (1000 tokens per 60 seconds)`, onto `out`. (Names are
+    /// letters, digits, `-`, `_` and `.`, so they are quoted as they are: no escaping.)
+    fn describe(&self, out: &mut String) {
+        self.name_and_policy(out);
+        match self.size {
             LimitSize::Rate { limit, window, .. } => {
-                format!("{} per {}", plural(limit, self.unit_word()), plural(window, "second"))
+                let _ = write!(out, " ({limit} {}{} per {window} second{})", self.unit_word(), s(limit), s(window));
             }
-            LimitSize::Concurrent { max } => format!("{max} in flight at once"),
-        };
-        format!("{:?} of policy {:?} ({what})", self.name, self.policy)
+            LimitSize::Concurrent { max } => {
+                let _ = write!(out, " ({max} in flight at once)");
+            }
+        }
+    }
+
+    /// `"tokens" of policy "chat" holds at most 1000 tokens`: why a request above its burst
+    /// never fits.
+    fn describe_burst(&self, out: &mut String) {
+        match self.size {
+            LimitSize::Rate { burst, .. } => {
+                self.name_and_policy(out);
+                let _ = write!(out, " holds at most {burst} {}{}", self.unit_word(), s(burst));
+            }
+            LimitSize::Concurrent { .. } => self.describe(out),
+        }
+    }
+
+    fn name_and_policy(&self, out: &mut String) {
+        for part in ["\"", &self.name, "\" of policy \"", &self.policy, "\""] {
+            out.push_str(part);
+        }
     }
 
     /// `request` or `token`: one of what the limit counts.
     fn unit_word(&self) -> &'static str {
         self.unit.strip_suffix('s').unwrap_or(self.unit)
     }
+}
 
-    /// `"tokens" of policy "chat" holds at most 1000 tokens`: why a request above its burst
-    /// never fits.
-    fn describe_burst(&self) -> String {
-        match self.size {
-            LimitSize::Rate { burst, .. } => {
-                format!("{:?} of policy {:?} holds at most {}", self.name, self.policy, plural(burst, self.unit_word()))
-            }
-            LimitSize::Concurrent { .. } => self.describe(),
-        }
+/// The plural `s` of `n` things.
+fn s(n: u64) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
     }
 }
 
-/// The limits of a refusal, joined for its message.
-fn describe_all(limits: &[RefusedLimit], describe: fn(&RefusedLimit) -> String) -> String {
-    let described: Vec<String> = limits.iter().map(describe).collect();
-    described.join("; ")
+/// `prefix`, the limits of a refusal (`; `-separated, each as `describe` says), then `suffix`:
+/// a refusal's message, built in one string (it is made for every refused request).
+fn refusal_message(
+    prefix: &str,
+    limits: &[RefusedLimit],
+    describe: fn(&RefusedLimit, &mut String),
+    suffix: std::fmt::Arguments,
+) -> String {
+    let mut out = String::with_capacity(160);
+    out.push_str(prefix);
+    for (i, limit) in limits.iter().enumerate() {
+        if i > 0 {
+            out.push_str("; ");
+        }
+        describe(limit, &mut out);
+    }
+    let _ = out.write_fmt(suffix);
+    out
 }
 
 /// Why a request is refused with `400`.
@@ -174,15 +209,6 @@ impl From<BadIdentity> for ApiError {
     }
 }
 
-/// `1 second`, `2 seconds`.
-fn plural(n: u64, word: &str) -> String {
-    if n == 1 {
-        format!("{n} {word}")
-    } else {
-        format!("{n} {word}s")
-    }
-}
-
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
@@ -203,31 +229,44 @@ impl ApiError {
         match self {
             ApiError::RateLimited { retry_after_secs: Some(secs), limits } => json!({"error": {
                 "type": "rate_limited",
-                "message": format!(
-                    "Rate limit exceeded: {}. Please try again after {}.",
-                    describe_all(limits, RefusedLimit::describe),
-                    plural(*secs, "second")
+                "message": refusal_message(
+                    "Rate limit exceeded: ",
+                    limits,
+                    RefusedLimit::describe,
+                    format_args!(". Please try again after {secs} second{}.", s(*secs)),
                 ),
                 "retry_after_seconds": secs,
                 "limits": limits,
             }}),
             ApiError::RateLimited { retry_after_secs: None, limits } => json!({"error": {
                 "type": "rate_limited",
-                "message": format!(
-                    "This request is larger than its rate limit allows and can never be admitted: {}. Retrying will not help; ask for less.",
-                    describe_all(limits, RefusedLimit::describe_burst)
+                "message": refusal_message(
+                    "This request is larger than its rate limit allows and can never be admitted: ",
+                    limits,
+                    RefusedLimit::describe_burst,
+                    format_args!(". Retrying will not help; ask for less."),
                 ),
                 "limits": limits,
             }}),
             ApiError::ConcurrencyLimited { retry_after_secs: secs, limit } => json!({"error": {
                 "type": "rate_limited",
-                "message": format!("Too many concurrent requests: {}. Please try again after {}.", limit.describe(), plural(*secs, "second")),
+                "message": refusal_message(
+                    "Too many concurrent requests: ",
+                    std::slice::from_ref(limit),
+                    RefusedLimit::describe,
+                    format_args!(". Please try again after {secs} second{}.", s(*secs)),
+                ),
                 "retry_after_seconds": secs,
                 "limits": [limit],
             }}),
             ApiError::UpstreamBusy { retry_after_secs: secs, limit } => json!({"error": {
                 "type": "upstream_busy",
-                "message": format!("The model service is at capacity: {}. Please try again after {}.", limit.describe(), plural(*secs, "second")),
+                "message": refusal_message(
+                    "The model service is at capacity: ",
+                    std::slice::from_ref(limit),
+                    RefusedLimit::describe,
+                    format_args!(". Please try again after {secs} second{}.", s(*secs)),
+                ),
                 "retry_after_seconds": secs,
                 "limits": [limit],
             }}),

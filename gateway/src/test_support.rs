@@ -97,3 +97,10 @@ pub fn dead_upstream() -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     format!("http://{}", listener.local_addr().unwrap())
 }
+
+/// The value of one series in this process's /metrics (0 when absent). Metrics are per
+/// process: each test counts under a policy of its own.
+pub fn series(line_start: &str) -> u64 {
+    let text = crate::metrics::metrics().encode();
+    text.lines().find_map(|l| l.strip_prefix(line_start).and_then(|rest| rest.trim().parse().ok())).unwrap_or(0)
+}

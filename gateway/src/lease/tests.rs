@@ -80,3 +80,56 @@ fn lease_ids_are_unique() {
     assert_ne!(a, b);
     assert!(a.starts_with("gw-") && a.len() <= 256, "{a}");
 }
+
+/// Polls (real time) until `condition`, for at most 2 s.
+async fn eventually(mut condition: impl FnMut() -> bool) -> bool {
+    for _ in 0..200 {
+        if condition() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
+/// Redis unreachable while a request runs: its renewals fail (logged, tried again), so its
+/// lease lapses `lease_ms` after the last one that worked and the slot may go to another
+/// request (the price of an outage, bounded by `lease_ms`); once Redis is back the next
+/// renewal finds the lease ended and the renewals stop, and the request itself goes on.
+#[tokio::test]
+async fn failing_renewals_let_the_lease_lapse_and_one_found_ended_stops_the_renewals() {
+    use crate::limiter::faulty::{Faulty, Op};
+    let limiter = Faulty::new(MemoryLimiter::new());
+    let lease = Lease::acquire(&limiter, Slot::Upstream, ONE).await.unwrap().unwrap();
+    limiter.fail(Op::Renew, true);
+    assert!(eventually(|| limiter.calls(Op::Renew) >= 2).await, "renewals go on after a failure");
+    limiter.inner.advance(Duration::from_millis(301));
+    assert_eq!(limiter.inner.in_flight(&Slot::Upstream), 0, "lapsed: never renewed");
+    let other = Lease::acquire(&limiter, Slot::Upstream, ONE).await.unwrap();
+    assert!(other.is_ok(), "the slot went to another request");
+    limiter.fail(Op::Renew, false);
+    let tried = limiter.calls(Op::Renew);
+    assert!(eventually(|| limiter.calls(Op::Renew) > tried + 1).await, "the other lease renews too");
+    // The first lease's task stopped at its first answer `ended`; only the other's go on.
+    let (before, wait) = (limiter.calls(Op::Renew), Duration::from_millis(350));
+    tokio::time::sleep(wait).await;
+    let renewed = limiter.calls(Op::Renew) - before;
+    assert!((1..=4).contains(&renewed), "one lease renewing every 100 ms for 350 ms (3), not two (6-7): {renewed}");
+    drop(lease);
+    settle().await;
+    assert_eq!(limiter.inner.in_flight(&Slot::Upstream), 1, "releasing the lapsed lease frees nothing of the other's");
+}
+
+/// A release that cannot reach Redis leaves the slot taken until its lease ends by itself.
+#[tokio::test]
+async fn a_failed_release_frees_the_slot_when_lease_ms_has_passed() {
+    use crate::limiter::faulty::{Faulty, Op};
+    let limiter = Faulty::new(MemoryLimiter::new());
+    limiter.fail(Op::Release, true);
+    drop(Lease::acquire(&limiter, Slot::Upstream, ONE).await.unwrap().unwrap());
+    assert!(eventually(|| limiter.calls(Op::Release) == 1).await, "released once, not retried");
+    assert_eq!(limiter.inner.in_flight(&Slot::Upstream), 1);
+    assert!(Lease::acquire(&limiter, Slot::Upstream, ONE).await.unwrap().is_err(), "still held");
+    limiter.inner.advance(Duration::from_millis(301));
+    assert!(Lease::acquire(&limiter, Slot::Upstream, ONE).await.unwrap().is_ok(), "free after lease_ms");
+}

@@ -3,6 +3,8 @@
 //! tests an in-memory stand-in (`memory::MemoryLimiter`).
 
 #[cfg(test)]
+pub mod faulty;
+#[cfg(test)]
 pub mod memory;
 mod metered;
 pub(crate) mod redis;

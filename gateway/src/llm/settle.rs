@@ -300,4 +300,43 @@ mod tests {
         settle_answer_with(&limiter, 84, StatusCode::INTERNAL_SERVER_ERROR, refused).await;
         assert_eq!(limiter.tokens(&chat(), "id", 1), before - 4 - 84);
     }
+
+    /// Redis gone between the check and the end of the answer: the client gets the answer as
+    /// the model sent it, the reservation stands as the charge (a refund is lost, an overage
+    /// is not charged), and the metrics count the reservation as charged.
+    #[tokio::test]
+    async fn a_settlement_that_fails_keeps_the_reservation_and_relays_the_answer() {
+        use crate::limiter::faulty::{Faulty, Op};
+        use crate::test_support::series;
+        let limiter = Faulty::new(MemoryLimiter::new());
+        let mut policy = Policy::simple("settle-fails", &["/"], 10, 60, 10);
+        policy.limits.push(Quota { name: "tokens".into(), unit: Unit::Tokens, limit: 1000, window: 60, burst: 1000 });
+        let policy = Arc::new(policy);
+        let llm = Llm { chars_per_token: 4, default_max_tokens: 10, max_response_bytes: 1024, max_event_bytes: 1024 };
+        for (op, usage) in [(Op::Refund, 30), (Op::Force, 170)] {
+            limiter.fail(op, true);
+            let before = limiter.inner.tokens(&policy, "id", 1);
+            let mut decision = limiter.check(&policy, "id", &[1, 100]).await.unwrap();
+            let settlement = Settlement {
+                limiter: limiter.clone(),
+                policy: policy.clone(),
+                identity_hash: "id".into(),
+                reserved: 100,
+                llm,
+                strip_usage_chunk: false,
+            };
+            let body = format!(r#"{{"usage":{{"total_tokens":{usage}}}}}"#);
+            let answer = Response::builder().body(Body::from(body.clone())).unwrap();
+            let response = settlement.settle(&mut decision, answer).await;
+            assert_eq!(response.status(), StatusCode::OK);
+            let sent = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+            assert_eq!(sent, body.as_bytes(), "{op:?}: relayed whole");
+            assert_eq!(limiter.calls(op), 1, "{op:?}: tried once");
+            assert_eq!(limiter.inner.tokens(&policy, "id", 1), before - 100, "{op:?}: the reservation stands");
+            assert_eq!(decision.limits[1].remaining, before - 100, "{op:?}: the headers say so");
+            limiter.fail(op, false);
+        }
+        assert_eq!(series(r#"gateway_tokens_charged_total{policy="settle-fails",limit="tokens"}"#), 200);
+        assert_eq!(series(r#"gateway_tokens_refunded_total{policy="settle-fails",limit="tokens"}"#), 0);
+    }
 }

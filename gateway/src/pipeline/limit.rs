@@ -396,7 +396,12 @@ mod tests {
         router_with(limiter, &settings_mode(mode), caller, inner)
     }
 
-    fn router_with(limiter: &MemoryLimiter, settings: &Settings, caller: Option<Caller>, inner: StatusCode) -> Router {
+    fn router_with<L: RateLimiter>(
+        limiter: &L,
+        settings: &Settings,
+        caller: Option<Caller>,
+        inner: StatusCode,
+    ) -> Router {
         let give_caller = move |mut request: Request, next: Next| {
             if let Some(caller) = caller.clone() {
                 request.extensions_mut().insert(caller);
@@ -405,7 +410,7 @@ mod tests {
         };
         Router::new()
             .fallback(move || async move { inner })
-            .layer(from_fn_with_state(Arc::new(Limit::new(limiter.clone(), settings)), limit::<MemoryLimiter>))
+            .layer(from_fn_with_state(Arc::new(Limit::new(limiter.clone(), settings)), limit::<L>))
             .layer(from_fn(give_caller))
     }
 
@@ -540,11 +545,7 @@ mod tests {
         Caller { policy: Arc::new(policy), ..caller() }
     }
 
-    /// The value of one series in this process's /metrics.
-    fn series(line_start: &str) -> u64 {
-        let text = metrics().encode();
-        text.lines().find_map(|l| l.strip_prefix(line_start).and_then(|rest| rest.trim().parse().ok())).unwrap_or(0)
-    }
+    use crate::test_support::series;
 
     #[tokio::test]
     async fn a_shadow_policy_counts_what_it_would_refuse_but_forwards_everything_without_headers() {
@@ -619,5 +620,52 @@ mod tests {
         limiter.advance(Duration::from_millis(250));
         assert_eq!(send(&app).await.status(), StatusCode::OK);
         assert_eq!(limiter.checks(), 3);
+    }
+
+    /// A request refused by its lease after its check was charged, whose give-back fails
+    /// (Redis gone between the two): still `429`, the token stays spent (nothing is owed the
+    /// other way), it is counted as limited, and nothing is retried.
+    #[tokio::test]
+    async fn a_give_back_that_fails_after_a_refused_lease_still_answers_429_and_the_token_stays_spent() {
+        use crate::limiter::faulty::{Faulty, Op};
+        let limiter = Faulty::new(MemoryLimiter::new());
+        let mut policy = Policy::simple("refund-fails", &["/"], 10, 60, 10);
+        policy.concurrency = Some(Concurrency { max: 1, lease_ms: 30_000 });
+        let app =
+            router_with(&limiter, &settings_mode(FailureMode::Closed), Some(caller_of(policy.clone())), StatusCode::OK);
+        let held = send(&app).await;
+        assert_eq!(held.status(), StatusCode::OK);
+        limiter.fail(Op::Refund, true);
+        let refused = send(&app).await;
+        assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(json(refused).await["error"]["limits"][0]["name"], "concurrent");
+        assert_eq!(limiter.calls(Op::Refund), 1, "tried once, not retried");
+        assert_eq!(limiter.inner.tokens(&policy, "abc", 0), 8, "both tokens spent: the give-back never arrived");
+        assert_eq!(series(r#"gateway_requests_total{policy="refund-fails",outcome="limited"}"#), 1);
+        drop(held);
+    }
+
+    /// A Redis failure at the check refuses (closed) or forwards (open) without a lease or a
+    /// charge; a failure at the lease after the check gives the check's token back.
+    #[tokio::test]
+    async fn a_lease_that_cannot_be_taken_gives_the_checked_token_back_per_failure_mode() {
+        use crate::limiter::faulty::{Faulty, Op};
+        let limiter = Faulty::new(MemoryLimiter::new());
+        let mut policy = Policy::simple("acquire-fails", &["/"], 10, 60, 10);
+        policy.concurrency = Some(Concurrency { max: 1, lease_ms: 30_000 });
+        limiter.fail(Op::Acquire, true);
+        let closed =
+            router_with(&limiter, &settings_mode(FailureMode::Closed), Some(caller_of(policy.clone())), StatusCode::OK);
+        let refused = send(&closed).await;
+        assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(json(refused).await["error"]["type"], "rate_limiter_unavailable");
+        assert_eq!(limiter.inner.tokens(&policy, "abc", 0), 10, "the check's token was given back");
+        let open =
+            router_with(&limiter, &settings_mode(FailureMode::Open), Some(caller_of(policy.clone())), StatusCode::OK);
+        let forwarded = send(&open).await;
+        assert_eq!(forwarded.status(), StatusCode::OK, "open: forwarded without the lease");
+        assert_eq!(limiter.inner.tokens(&policy, "abc", 0), 9, "and charged its token");
+        assert_eq!(series(r#"gateway_requests_total{policy="acquire-fails",outcome="error"}"#), 1);
+        assert_eq!(series(r#"gateway_requests_total{policy="acquire-fails",outcome="fail_open"}"#), 1);
     }
 }

@@ -217,7 +217,7 @@ mod tests {
     use axum::http::HeaderValue;
 
     #[test]
-    fn lines_read_as_the_issue_asks() {
+    fn each_outcome_reads_as_one_plain_sentence() {
         let ok = Outcome::Ok { remaining: Some(7), reset_secs: Some(42) };
         assert_eq!(describe(3, &ok), "Request 3: OK. You can send 7 more requests in the next 42 seconds.");
         let limited = Outcome::Limited { retry_after_secs: Some(6), why: None };

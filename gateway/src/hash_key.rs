@@ -1,5 +1,6 @@
 //! `gateway hash-key`: the digest under which an API key appears in `[[tier]] keys` (and in
-//! Redis key names): `HMAC-SHA256(secret, key)` as the gateway computes it, 32 hex digits.
+//! Redis key names) as the gateway computes it: the first 16 bytes of
+//! `HMAC-SHA256(secret, "key" || 0x00 || key)`, as 32 hex digits.
 //! The secret is the config file's (`identity.secret` / `identity.secret_env`), else the
 //! environment variable `GATEWAY_KEY_SECRET`.
 
@@ -62,5 +63,22 @@ mod tests {
         assert_eq!(from_arg.len(), 32);
         assert!(run(&HashKeyArgs { config: None, key: None }, &b"\n"[..], env).is_err());
         assert!(run(&HashKeyArgs { config: None, key: Some("k".into()) }, std::io::empty(), |_| None).is_err());
+    }
+}
+
+/// Known answers for `gateway hash-key`, computed outside this code (`HMAC-SHA256(secret,
+/// "key\0" || key)`, its first 16 bytes in hex; see `identity::known_answers`): the digests
+/// operators have pasted into `[[tier]] keys` must keep naming the same keys.
+#[cfg(test)]
+mod known_answers {
+    use super::*;
+
+    #[test]
+    fn hash_key_prints_known_digests() {
+        assert_eq!(digest(b"s3cret", b"k-1"), "5893efb0894b496ac775a2ceafd48fc0");
+        assert_eq!(digest(b"known-answer-secret", b"known-answer-key"), "23a75a9f55bc2c3151ebeb5a22e31c51");
+        let env = |name: &str| (name == "GATEWAY_KEY_SECRET").then(|| "s3cret".to_string());
+        let piped = run(&HashKeyArgs { config: None, key: None }, &b"k-1\r\n"[..], env).unwrap();
+        assert_eq!(piped, "5893efb0894b496ac775a2ceafd48fc0");
     }
 }

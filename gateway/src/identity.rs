@@ -407,3 +407,82 @@ mod tests {
         assert_ne!(a.hash(&Identity::ApiKey(b"1.2.3.4".to_vec())), a.hash(&Identity::Ip("1.2.3.4".parse().unwrap())));
     }
 }
+
+/// Known answers for the identity hash, computed outside this code (Python's `hmac`, checked
+/// with `openssl dgst -sha256 -hmac`): the first 16 bytes, in lowercase hex, of
+/// `HMAC-SHA256(secret, kind || 0 || value)`, where `kind` is `key` or `ip` and `value` the
+/// key's bytes or the address as text, IPv6 cut to its network first. For example:
+///
+/// ```text
+/// python3 -c 'import hmac, hashlib; print(hmac.new(b"secret-a", b"ip\0" + b"2001:db8:1:2::", hashlib.sha256).hexdigest()[:32])'
+/// ```
+///
+/// Every Redis key and every `[[tier]] keys` digest is made of these, and the other tests
+/// only compare the hash with itself: a change would give every caller a fresh bucket (and
+/// every listed key the default tier) on deploy. Never update a vector to make this pass.
+#[cfg(test)]
+mod known_answers {
+    use super::*;
+    use hyper::header::HeaderValue;
+
+    fn hash(secret: &[u8], identity: Identity) -> String {
+        Hasher::new(secret).hash(&identity)
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn api_keys_hash_to_known_digests() {
+        let key = |bytes: &[u8]| Identity::ApiKey(bytes.to_vec());
+        assert_eq!(hash(b"secret-a", key(b"sk-live-123")), "a5b58c4bb2c6d8b0d3eb4261a33f91e6");
+        assert_eq!(hash(b"s3cret", key(b"k-1")), "5893efb0894b496ac775a2ceafd48fc0");
+        assert_eq!(hash(b"known-answer-secret", key(b"known-answer-key")), "23a75a9f55bc2c3151ebeb5a22e31c51");
+        // Bytes as sent, not text: UTF-8 and bytes that are not.
+        assert_eq!(hash(b"secret-a", key(b"\xe2\x82\xac-sk\x80\xff")), "bee91659c57adf68db4cd75bbca318b7");
+        // A key that reads like an address is still a key.
+        assert_eq!(hash(b"secret-a", key(b"1.2.3.4")), "83957e93d2dcf370c38ef4db59a901fa");
+    }
+
+    #[test]
+    fn addresses_hash_to_known_digests() {
+        let addr = |text: &str| Identity::Ip(ip(text));
+        assert_eq!(hash(b"secret-a", addr("198.51.100.7")), "ecc61a56a45d1f126d2a8f859fa6cac4");
+        assert_eq!(hash(b"secret-a", addr("1.2.3.4")), "d173d3fc162b2f9c3d64911121744b12");
+        assert_eq!(hash(b"secret-a", addr("::1")), "853e63bfea473b958240dbfb942650d5");
+        assert_eq!(hash(b"known-answer-secret", addr("127.0.0.1")), "8887eba98fcfcbab1d99b23413b8b892");
+    }
+
+    /// IPv6 callers are hashed by network, written as RFC 5952 text (`2001:db8:1:2::`); an
+    /// IPv4-mapped address as the IPv4 address.
+    #[test]
+    fn ipv6_callers_hash_by_their_network() {
+        let bucketed = |text: &str, prefix: u8| hash(b"secret-a", Identity::Ip(bucket_ip(ip(text), prefix)));
+        assert_eq!(bucketed("2001:db8:1:2:3:4:5:6", 64), "1b7aa97d396ba663e7bb24b32d9d6162");
+        assert_eq!(bucketed("2001:db8:1:2:ffff:ffff:ffff:ffff", 64), "1b7aa97d396ba663e7bb24b32d9d6162");
+        assert_eq!(bucketed("2001:db8:1:2:3:4:5:6", 48), "cb9f3e0eaab38d777477b947d3e20d92");
+        assert_eq!(bucketed("2001:db8:1:2:3:4:5:6", 128), "5d5fc2a98519bf58d86f24cd5c339e55");
+        assert_eq!(bucketed("::ffff:198.51.100.7", 64), "ecc61a56a45d1f126d2a8f859fa6cac4");
+    }
+
+    /// From a request to the hash: the key of `Authorization: Bearer`, else the client named
+    /// by a trusted proxy, cut to its /64.
+    #[test]
+    fn a_request_hashes_to_known_digests() {
+        let secret = b"known-answer-secret";
+        let mut headers = HeaderMap::new();
+        headers.insert("authorization", HeaderValue::from_static("Bearer known-answer-key"));
+        headers.insert("x-forwarded-for", HeaderValue::from_static("2001:db8:1:2:3:4:5:6"));
+        let names = vec!["authorization".to_string()];
+        let trusted: Vec<IpNet> = vec!["127.0.0.1".parse().unwrap()];
+        let peer = SocketAddr::new(ip("127.0.0.1"), 40000);
+        let key = api_key(&headers, &names).unwrap();
+        let caller = identify(key, &headers, peer, &trusted, 64).unwrap();
+        assert_eq!(Hasher::new(secret).hash(&caller), "23a75a9f55bc2c3151ebeb5a22e31c51");
+        let caller = identify(None, &headers, peer, &trusted, 64).unwrap();
+        assert_eq!(Hasher::new(secret).hash(&caller), "7ded974e94c6297264bb21f1fe1d98e3");
+        let caller = identify(None, &HeaderMap::new(), peer, &trusted, 64).unwrap();
+        assert_eq!(Hasher::new(secret).hash(&caller), "8887eba98fcfcbab1d99b23413b8b892");
+    }
+}

@@ -105,7 +105,7 @@ pub async fn serve_gateway(settings: Settings, args: ServeArgs) -> Result<(), St
     Ok(())
 }
 
-/// Below this many bytes the key-hashing secret is easy to guess (see [`warn_if_short`]).
+/// Below this many bytes the key-hashing secret is easy to guess: the gateway warns at start.
 pub const SHORT_SECRET_BYTES: usize = 16;
 
 /// A short secret is accepted (a test or a demo may use one) but said: whoever has a key's

@@ -1,29 +1,60 @@
-//! An in-memory [`RateLimiter`] for unit tests: the same GCRA as the module (in whole
-//! microseconds), on a clock that moves only when the test says so, and a switch that makes
-//! it fail like an unreachable Redis.
+//! An in-memory [`RateLimiter`] for unit tests, built on the module itself: each call sends
+//! the command line [`RedisLimiter`](super::RedisLimiter) sends (`RL.CHECK key limit window
+//! COST cost BURST burst`, `RL.CHECKALL`, `RL.REFUND`, `... FORCE`, `... KEEP keep`, the lease
+//! commands) to the module's own command bodies (`rl::commands`, the code that runs inside
+//! Redis), on a keyspace in memory ([`keyspace`]), and reads the reply with the same decoders
+//! (`rl_protocol`). So its GCRA, refunds, forced charges and leases are the module's, to the
+//! nanosecond: it cannot drift from it. Its clock moves only when the test says so (in
+//! nanoseconds, from 2025-12-01), and a switch makes it fail like an unreachable Redis.
+//!
+//! `equivalence` checks it against the module's pure math (`rl::gcra`, `rl::lease`) over
+//! random operations, which also catches a command line spelled wrong here.
+//!
+//! The module crate is a dev-dependency of the gateway (it declares a global allocator, as
+//! the `gateway` binary does), so this file is compiled only for the unit tests.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+mod keyspace;
+
+#[cfg(test)]
+mod equivalence;
+
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use redis::FromRedisValue;
+use rl::commands;
+use rl::reply::Reply;
 use rl_protocol::{AcquireReply, CheckAllReply, CheckReply, RefundReply};
 
+use self::keyspace::{Keyspace, Line};
 use super::{LimiterError, RateLimiter};
 use crate::config::{Policy, Quota};
 use crate::lease::Slot;
 
-#[derive(Clone, Default)]
+/// Where the clock starts: 2025-12-01T00:00:00Z, in ns since the Unix epoch (a server's clock
+/// reading, so lease deadlines are real millisecond timestamps).
+const START_NANOS: u64 = 1_764_547_200_000_000_000;
+
+#[derive(Clone)]
 pub struct MemoryLimiter(Arc<Mutex<State>>);
 
-#[derive(Default)]
 struct State {
-    /// The theoretical arrival time of each bucket, in µs on the test clock.
-    tats: HashMap<String, u64>,
-    now_us: u64,
+    keyspace: Keyspace,
+    /// The clock, in ns since the Unix epoch.
+    now_nanos: u64,
     down: bool,
     checks: u64,
-    /// Lease sets: lease id -> deadline in µs on the test clock.
-    leases: HashMap<String, HashMap<String, u64>>,
+}
+
+impl Default for MemoryLimiter {
+    fn default() -> Self {
+        MemoryLimiter(Arc::new(Mutex::new(State {
+            keyspace: Keyspace::default(),
+            now_nanos: START_NANOS,
+            down: false,
+            checks: 0,
+        })))
+    }
 }
 
 impl MemoryLimiter {
@@ -31,142 +62,159 @@ impl MemoryLimiter {
         MemoryLimiter::default()
     }
 
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.0.lock().unwrap()
+    }
+
     /// The state, or the error an unreachable Redis gives while the test has it `down`.
-    fn reachable(&self) -> Result<std::sync::MutexGuard<'_, State>, LimiterError> {
-        let state = self.0.lock().unwrap();
+    fn reachable(&self) -> Result<MutexGuard<'_, State>, LimiterError> {
+        let state = self.state();
         if state.down {
             return Err(LimiterError::Timeout(Duration::from_millis(1)));
         }
         Ok(state)
     }
 
-    /// Moves the clock forward.
+    /// Moves the clock forward (to the nanosecond).
     pub fn advance(&self, by: Duration) {
-        self.0.lock().unwrap().now_us += u64::try_from(by.as_micros()).unwrap();
+        let mut state = self.state();
+        state.now_nanos += u64::try_from(by.as_nanos()).unwrap();
     }
 
     /// `true`: every call fails, as if Redis did not answer.
     pub fn set_down(&self, down: bool) {
-        self.0.lock().unwrap().down = down;
+        self.state().down = down;
     }
 
     /// How many checks were made (admitted or not): a request refused earlier made none.
     pub fn checks(&self) -> u64 {
-        self.0.lock().unwrap().checks
+        self.state().checks
     }
 
-    /// Whole tokens in limit `index` of `policy` for `identity_hash` now, taking nothing.
+    /// Whole tokens in limit `index` of `policy` for `identity_hash` now, taking nothing
+    /// (`RL.PEEK`, read as the tests read it from Redis), also while the limiter is down.
     pub fn tokens(&self, policy: &Policy, identity_hash: &str, index: usize) -> u64 {
-        let state = self.0.lock().unwrap();
         let q = &policy.limits[index];
-        decide(q, state.tats.get(&key(policy, q, identity_hash)).copied(), state.now_us, 0).0.remaining
+        let line = Line::new("RL.PEEK").arg(key(policy, q, identity_hash)).arg(q.limit).arg(q.window);
+        let peek: CheckReply = self.state().run(&line.arg("BURST").arg(q.burst)).unwrap();
+        peek.tokens()
     }
 
     /// The identity hashes that own a bucket under `policy`.
     pub fn identities(&self, policy: &str) -> Vec<String> {
-        let state = self.0.lock().unwrap();
+        let state = self.state();
         let infix = format!("}}:{policy}:");
         let mut ids: Vec<String> = state
-            .tats
-            .keys()
+            .keyspace
+            .buckets()
             .filter_map(|k| k.split_once(&infix).map(|(id, _)| id.trim_start_matches('{').to_string()))
             .collect();
         ids.sort();
         ids.dedup();
         ids
     }
-}
 
-impl MemoryLimiter {
     /// Live leases of `slot` now.
     pub fn in_flight(&self, slot: &Slot) -> usize {
-        let state = self.0.lock().unwrap();
-        let now = state.now_us;
-        state.leases.get(&lease_key(slot)).map_or(0, |set| set.values().filter(|&&d| d > now).count())
+        let state = self.state();
+        state.keyspace.live_leases(&lease_key(slot), state.now_nanos / 1_000_000)
+    }
+
+    /// The TAT stored under `key` (a bucket's key without prefix), for the equivalence tests.
+    #[cfg(test)]
+    fn stored(&self, key: &str) -> Option<rl::gcra::Tat> {
+        self.state().keyspace.bucket(key)
+    }
+
+    #[cfg(test)]
+    fn now_nanos(&self) -> u64 {
+        self.state().now_nanos
     }
 }
 
+impl State {
+    /// Runs `line` through the module's command body, as Redis would at `now_nanos`, and
+    /// decodes its reply as the Redis limiter does; the module's refusals are
+    /// [`LimiterError::Rejected`], with the error text Redis would send.
+    fn run<T: FromRedisValue>(&mut self, line: &Line) -> Result<T, LimiterError> {
+        let (store, now) = (&mut self.keyspace, self.now_nanos);
+        let outcome = match line.command() {
+            b"RL.CHECK" => commands::check::run(store, line, now),
+            b"RL.CHECKALL" => commands::checkall::run(store, line, now),
+            b"RL.PEEK" => commands::peek::run(store, line, now),
+            b"RL.REFUND" => commands::refund::run(store, line, now),
+            b"RL.ACQUIRE" => commands::acquire::run(store, line, now),
+            b"RL.RELEASE" => commands::release::run(store, line, now),
+            b"RL.RENEW" => commands::renew::run(store, line, now),
+            other => panic!("the in-memory limiter has no command {}", String::from_utf8_lossy(other)),
+        };
+        match outcome {
+            Ok(reply) => T::from_redis_value(wire(reply)).map_err(LimiterError::Reply),
+            Err(error) => {
+                let sent = redis::parse_redis_value(format!("-{error}\r\n").as_bytes()).unwrap();
+                Err(LimiterError::Rejected(sent.extract_error().unwrap_err()))
+            }
+        }
+    }
+}
+
+/// A reply as Redis sends it (the module's `ffi::write_reply`).
+fn wire(reply: Reply) -> redis::Value {
+    use redis::Value::{Array, Int};
+    let ints = |values: &[i64]| Array(values.iter().map(|&v| Int(v)).collect());
+    match reply {
+        Reply::Check(check) => ints(&check.to_array()),
+        Reply::CheckAll { allowed, retry_after_ms, rows } => Array(vec![
+            Int(i64::from(allowed)),
+            Int(retry_after_ms),
+            Array(rows.iter().map(|row| ints(&row.to_array())).collect()),
+        ]),
+        Reply::Refund { remaining, reset_after_ms } => ints(&[remaining, reset_after_ms]),
+        Reply::Throttle(throttle) => ints(&throttle.to_array()),
+        Reply::Acquire(acquire) => ints(&acquire.to_array()),
+        Reply::Int(value) => Int(value),
+    }
+}
+
+/// The bucket of one limit: the Redis key without its prefix, `{hash}:policy:limit`.
+fn key(policy: &Policy, quota: &Quota, identity_hash: &str) -> String {
+    crate::limiter::redis::key("", policy, quota, identity_hash)
+}
+
+/// The lease set of `slot`, without prefix.
 fn lease_key(slot: &Slot) -> String {
     crate::limiter::redis::lease_key("", slot)
 }
 
-fn ceil_ms(us: u64) -> u64 {
-    us.div_ceil(1000)
-}
-
-/// The GCRA for one bucket at `now`: the decision for `cost` and the new TAT if admitted.
-fn decide(quota: &Quota, tat: Option<u64>, now: u64, cost: u64) -> (CheckReply, Option<u64>) {
-    let interval = quota.window * 1_000_000 / quota.limit;
-    let tolerance = quota.burst * interval;
-    let tat = tat.unwrap_or(now).max(now);
-    let new_tat = tat.saturating_add(cost.saturating_mul(interval));
-    let remaining = |tat: u64| (tolerance.saturating_sub(tat - now)) / interval;
-    if new_tat - now <= tolerance {
-        let reply = CheckReply {
-            allowed: true,
-            remaining: remaining(new_tat),
-            retry_after_ms: Some(0),
-            reset_after_ms: ceil_ms(new_tat - now),
-            burst: quota.burst,
-        };
-        (reply, (cost > 0).then_some(new_tat))
-    } else {
-        let retry = (cost <= quota.burst).then(|| ceil_ms(new_tat - now - tolerance));
-        let reply = CheckReply {
-            allowed: false,
-            remaining: remaining(tat),
-            retry_after_ms: retry,
-            reset_after_ms: ceil_ms(tat - now),
-            burst: quota.burst,
-        };
-        (reply, None)
-    }
-}
-
-/// The bucket of one limit: `{hash}:policy:limit`, like the Redis key without its prefix.
-fn key(policy: &Policy, quota: &Quota, identity_hash: &str) -> String {
-    format!("{{{identity_hash}}}:{}:{}", policy.name, quota.name)
+/// A count as the Redis limiter sends it: at most `i64::MAX`, which the module answers as it
+/// would any larger amount.
+fn amount(tokens: u64) -> u64 {
+    tokens.min(i64::MAX.unsigned_abs())
 }
 
 impl RateLimiter for MemoryLimiter {
     async fn check(&self, policy: &Policy, identity_hash: &str, costs: &[u64]) -> Result<CheckAllReply, LimiterError> {
         let mut state = self.reachable()?;
         state.checks += 1;
-        let now = state.now_us;
-        let decisions: Vec<(String, CheckReply, Option<u64>)> = policy
-            .limits
-            .iter()
-            .enumerate()
-            .map(|(i, q)| {
-                let key = key(policy, q, identity_hash);
-                let (reply, tat) = decide(q, state.tats.get(&key).copied(), now, costs[i]);
-                (key, reply, tat)
-            })
-            .collect();
-        let allowed = decisions.iter().all(|(_, r, _)| r.allowed);
-        let mut retry_after_ms = Some(0);
-        for (key, reply, tat) in &decisions {
-            if allowed {
-                if let Some(tat) = tat {
-                    state.tats.insert(key.clone(), *tat);
+        let keys: Vec<String> = policy.limits.iter().map(|q| key(policy, q, identity_hash)).collect();
+        let cost = |i: usize| amount(costs.get(i).copied().unwrap_or(1));
+        match policy.limits.as_slice() {
+            [q] => {
+                let line = Line::new("RL.CHECK").arg(&keys[0]).arg(q.limit).arg(q.window);
+                let reply: CheckReply = state.run(&line.arg("COST").arg(cost(0)).arg("BURST").arg(q.burst))?;
+                Ok(CheckAllReply { allowed: reply.allowed, retry_after_ms: reply.retry_after_ms, limits: vec![reply] })
+            }
+            limits => {
+                let mut line = Line::new("RL.CHECKALL").arg(keys.len());
+                for key in &keys {
+                    line = line.arg(key);
                 }
-            } else if !reply.allowed {
-                retry_after_ms = match (retry_after_ms, reply.retry_after_ms) {
-                    (Some(a), Some(b)) => Some(a.max(b)),
-                    _ => None,
-                };
+                for (i, q) in limits.iter().enumerate() {
+                    line = line.arg(q.limit).arg(q.window).arg(cost(i)).arg(q.burst);
+                }
+                state.run(&line)
             }
         }
-        // A refusal reports each bucket untouched (an admitted row says what it would leave).
-        let limits = decisions
-            .into_iter()
-            .zip(&policy.limits)
-            .map(|((key, reply, _), q)| match (allowed, reply.allowed) {
-                (false, true) => CheckReply { allowed: true, ..decide(q, state.tats.get(&key).copied(), now, 0).0 },
-                _ => reply,
-            })
-            .collect();
-        Ok(CheckAllReply { allowed, retry_after_ms, limits })
     }
 
     async fn refund(
@@ -174,19 +222,12 @@ impl RateLimiter for MemoryLimiter {
         policy: &Policy,
         identity_hash: &str,
         index: usize,
-        amount: u64,
+        tokens: u64,
     ) -> Result<RefundReply, LimiterError> {
         let mut state = self.reachable()?;
-        let q = &policy.limits[index];
-        let key = key(policy, q, identity_hash);
-        let now = state.now_us;
-        let interval = q.window * 1_000_000 / q.limit;
-        if let Some(tat) = state.tats.get(&key).copied() {
-            let back = tat.saturating_sub(amount * interval).max(now);
-            state.tats.insert(key.clone(), back);
-        }
-        let (peek, _) = decide(q, state.tats.get(&key).copied(), now, 0);
-        Ok(RefundReply { remaining: peek.remaining, reset_after_ms: peek.reset_after_ms })
+        let q = policy.limits.get(index).ok_or(LimiterError::NoSuchLimit(index))?;
+        let line = Line::new("RL.REFUND").arg(key(policy, q, identity_hash)).arg(q.limit).arg(q.window);
+        state.run(&line.arg(amount(tokens)).arg("BURST").arg(q.burst))
     }
 
     async fn force(
@@ -194,73 +235,40 @@ impl RateLimiter for MemoryLimiter {
         policy: &Policy,
         identity_hash: &str,
         index: usize,
-        amount: u64,
+        tokens: u64,
     ) -> Result<CheckReply, LimiterError> {
         let mut state = self.reachable()?;
-        let q = &policy.limits[index];
-        let key = key(policy, q, identity_hash);
-        let now = state.now_us;
-        let interval = q.window * 1_000_000 / q.limit;
-        let tat = state.tats.get(&key).copied().unwrap_or(now).max(now) + amount * interval;
-        state.tats.insert(key, tat);
-        let (peek, _) = decide(q, Some(tat), now, 0);
-        Ok(CheckReply { allowed: true, ..peek })
+        let q = policy.limits.get(index).ok_or(LimiterError::NoSuchLimit(index))?;
+        let line = Line::new("RL.CHECK").arg(key(policy, q, identity_hash)).arg(q.limit).arg(q.window);
+        state.run(&line.arg("COST").arg(amount(tokens)).arg("BURST").arg(q.burst).arg("FORCE"))
     }
 
     async fn check_shared(&self, quota: &Quota, cost: u64, keep: u64) -> Result<CheckReply, LimiterError> {
         let mut state = self.reachable()?;
-        let key = format!("upstream:{}", quota.name);
-        let now = state.now_us;
-        let tat = state.tats.get(&key).copied();
-        // Decided as one of cost + keep, charged cost (the module's KEEP).
-        let (decision, _) = decide(quota, tat, now, cost + keep);
-        if !decision.allowed {
-            return Ok(decision);
-        }
-        let (reply, new_tat) = decide(quota, tat, now, cost);
-        if let Some(new_tat) = new_tat {
-            state.tats.insert(key, new_tat);
-        }
-        Ok(reply)
+        let line = Line::new("RL.CHECK").arg(format!("upstream:{}", quota.name)).arg(quota.limit).arg(quota.window);
+        let line = line.arg("COST").arg(amount(cost)).arg("BURST").arg(quota.burst);
+        state.run(&line.arg("KEEP").arg(amount(keep)))
     }
 
     async fn acquire(&self, slot: &Slot, max: u64, lease_ms: u64, id: &str) -> Result<AcquireReply, LimiterError> {
         let mut state = self.reachable()?;
-        let now = state.now_us;
-        let set = state.leases.entry(lease_key(slot)).or_default();
-        set.retain(|_, &mut deadline| deadline > now);
-        let live = u64::try_from(set.len()).unwrap();
-        if set.contains_key(id) || live < max {
-            set.insert(id.to_string(), now + lease_ms * 1000);
-            let in_flight = u64::try_from(set.len()).unwrap();
-            return Ok(AcquireReply { acquired: true, in_flight, max, retry_after_ms: 0 });
-        }
-        let earliest = set.values().min().copied().unwrap_or(now);
-        Ok(AcquireReply { acquired: false, in_flight: live, max, retry_after_ms: ceil_ms(earliest - now) })
+        state.run(&Line::new("RL.ACQUIRE").arg(lease_key(slot)).arg(max).arg(lease_ms).arg("ID").arg(id))
     }
 
     async fn release(&self, slot: &Slot, id: &str) -> Result<bool, LimiterError> {
         let mut state = self.reachable()?;
-        let now = state.now_us;
-        let set = state.leases.entry(lease_key(slot)).or_default();
-        Ok(set.remove(id).is_some_and(|deadline| deadline > now))
+        state.run::<i64>(&Line::new("RL.RELEASE").arg(lease_key(slot)).arg(id)).map(|n| n == 1)
     }
 
     async fn renew(&self, slot: &Slot, id: &str, lease_ms: u64) -> Result<bool, LimiterError> {
         let mut state = self.reachable()?;
-        let now = state.now_us;
-        let set = state.leases.entry(lease_key(slot)).or_default();
-        match set.get_mut(id) {
-            Some(deadline) if *deadline > now => {
-                *deadline = now + lease_ms * 1000;
-                Ok(true)
-            }
-            _ => Ok(false),
-        }
+        state.run::<i64>(&Line::new("RL.RENEW").arg(lease_key(slot)).arg(id).arg(lease_ms)).map(|n| n == 1)
     }
 
+    /// The Redis limiter's probe: a read-only `RL.PEEK`.
     async fn ready(&self) -> Result<(), LimiterError> {
-        self.reachable().map(drop)
+        let mut state = self.reachable()?;
+        state.run::<CheckReply>(&Line::new("RL.PEEK").arg("__readyz__").arg(1).arg(1)).map(drop)
     }
 }
 
@@ -312,5 +320,70 @@ mod tests {
         let never = limiter.check(&policy, "id", &[11, 0]).await.unwrap();
         assert_eq!(never.retry_after_ms, None);
         assert_eq!(limiter.identities("p"), ["id"]);
+    }
+
+    /// 3 a second is a token every 333 333 333.3 ns: kept to the microsecond (333 333 µs),
+    /// a bucket would admit its next request a third of a microsecond early, and each token
+    /// would come back that much sooner.
+    #[tokio::test]
+    async fn an_interval_of_a_fraction_of_a_microsecond_is_kept_exact() {
+        let policy = Policy::simple("p", &["/"], 3, 1, 1);
+        let limiter = MemoryLimiter::new();
+        assert!(limiter.check(&policy, "id", &[1]).await.unwrap().allowed);
+        limiter.advance(Duration::from_micros(333_333));
+        let early = limiter.check(&policy, "id", &[1]).await.unwrap();
+        assert!(!early.allowed, "{early:?}");
+        assert_eq!(early.retry_after_ms, Some(1), "a third of a µs, rounded up");
+        limiter.advance(Duration::from_nanos(333));
+        assert!(!limiter.check(&policy, "id", &[1]).await.unwrap().allowed, "still a third of a ns short");
+        limiter.advance(Duration::from_nanos(1));
+        assert!(limiter.check(&policy, "id", &[1]).await.unwrap().allowed);
+    }
+
+    /// RL.CHECK ... FORCE owes at most one burst: the TAT never passes now + 2 x tolerance.
+    #[tokio::test]
+    async fn a_forced_charge_owes_at_most_one_burst_and_reports_no_wait() {
+        // 10 per 10 s: a token a second, a bucket of 10 (10 s of tolerance).
+        let policy = Policy::simple("p", &["/"], 10, 10, 10);
+        let limiter = MemoryLimiter::new();
+        let forced = limiter.force(&policy, "id", 0, 100).await.unwrap();
+        let want =
+            CheckReply { allowed: true, remaining: 0, retry_after_ms: Some(0), reset_after_ms: 20_000, burst: 10 };
+        assert_eq!(forced, want, "100 tokens charged as 20: the bucket and one burst of debt");
+        let refused = limiter.check(&policy, "id", &[1]).await.unwrap();
+        assert_eq!(refused.retry_after_ms, Some(11_000), "the debt (10 s), then its own token (1 s)");
+        let again = limiter.force(&policy, "id", 0, u64::MAX).await.unwrap();
+        assert_eq!((again.allowed, again.reset_after_ms), (true, 20_000), "already at the cap: nothing more owed");
+        // A refund of everything there is fills the bucket, and no more.
+        let refunded = limiter.refund(&policy, "id", 0, u64::MAX).await.unwrap();
+        assert_eq!(refunded, RefundReply { remaining: 10, reset_after_ms: 0 });
+        assert_eq!(limiter.tokens(&policy, "id", 0), 10);
+    }
+
+    /// The lease commands' clock is the server's in whole milliseconds; a refusal waits for
+    /// the lease whose end frees a slot, the second one when `max` was lowered to 1 under two.
+    #[tokio::test]
+    async fn leases_are_the_modules() {
+        let limiter = MemoryLimiter::new();
+        let slot = Slot::Upstream;
+        assert!(limiter.acquire(&slot, 2, 100, "a").await.unwrap().acquired);
+        limiter.advance(Duration::from_millis(10));
+        assert!(limiter.acquire(&slot, 2, 100, "b").await.unwrap().acquired);
+        let refused = limiter.acquire(&slot, 1, 100, "c").await.unwrap();
+        assert_eq!(refused, AcquireReply { acquired: false, in_flight: 2, max: 1, retry_after_ms: 100 });
+        limiter.advance(Duration::from_micros(99_999));
+        assert_eq!(limiter.in_flight(&slot), 1, "a ended at 100 ms, b lives until 110 ms");
+        limiter.advance(Duration::from_micros(10_001));
+        assert_eq!(limiter.in_flight(&slot), 0);
+        assert!(!limiter.release(&slot, "b").await.unwrap(), "ended by itself");
+    }
+
+    #[tokio::test]
+    async fn the_modules_refusals_are_rejections_not_outages() {
+        // A limit the module refuses (a tolerance over 100 years) gets its error text.
+        let policy = Policy::simple("p", &["/"], 1, u64::MAX / 4, 1_000_000);
+        let e = MemoryLimiter::new().check(&policy, "id", &[1]).await.unwrap_err();
+        assert!(matches!(e, LimiterError::Rejected(_)) && !e.is_outage(), "{e}");
+        assert!(e.to_string().contains("must not exceed 100 years"), "{e}");
     }
 }

@@ -560,3 +560,32 @@ mod tests {
         assert_eq!(amount(u64::MAX), i64::MAX as u64);
     }
 }
+
+/// Known answers for the Redis key names, the digests in them computed outside this code
+/// (see `identity::known_answers`): renaming a key gives every caller a fresh bucket on deploy.
+/// `tests/keys.rs` finds the same names in a real Redis behind a real gateway.
+#[cfg(test)]
+mod known_answers {
+    use super::*;
+    use crate::identity::{Hasher, Identity};
+
+    #[test]
+    fn key_names_of_each_kind() {
+        let hash = Hasher::new(b"known-answer-secret").hash(&Identity::ApiKey(b"known-answer-key".to_vec()));
+        let mut policy = Policy::simple("chat", &["/v1/chat/completions"], 100, 60, 100);
+        policy.limits.push(Quota { name: "tokens".into(), ..policy.limits[0].clone() });
+        let names: Vec<String> = policy.limits.iter().map(|q| key("rl:", &policy, q, &hash)).collect();
+        assert_eq!(
+            names,
+            [
+                "rl:{23a75a9f55bc2c3151ebeb5a22e31c51}:chat:requests",
+                "rl:{23a75a9f55bc2c3151ebeb5a22e31c51}:chat:tokens"
+            ]
+        );
+        let caller = Slot::Caller { policy: "chat".into(), identity_hash: hash.clone() };
+        assert_eq!(lease_key("rl:", &caller), "rl:{23a75a9f55bc2c3151ebeb5a22e31c51}:chat:concurrent");
+        assert_eq!(lease_key("rl:", &Slot::Upstream), "rl:upstream:concurrent");
+        assert_eq!(lease_key("test:", &Slot::Upstream), "test:upstream:concurrent");
+        assert_eq!(key("", &policy, &policy.limits[0], &hash), "{23a75a9f55bc2c3151ebeb5a22e31c51}:chat:requests");
+    }
+}

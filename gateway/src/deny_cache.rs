@@ -9,7 +9,9 @@
 //! pass: such refusals always go to Redis.
 //!
 //! It can be stricter than Redis, never looser: a refund or an `RL.RESET` made elsewhere (or
-//! another gateway's refund) is not seen until the remembered moment passes. Memory is
+//! another gateway's refund) is not seen until the remembered moment passes. A refusal is
+//! remembered with the limits it was decided under: once a reload (or a caller's new tier)
+//! changes them, it no longer answers, and the next request asks Redis. Memory is
 //! bounded by `max_entries`; when full, expired entries are dropped, and a refusal that still
 //! finds no room is simply not remembered (the next request asks Redis, as without a cache).
 
@@ -43,6 +45,8 @@ struct Inner {
 
 struct Entry {
     policy: String,
+    /// `(limit, window, burst)` of each of the policy's limits when Redis refused.
+    limits: Vec<(u64, u64, u64)>,
     /// Until when every request is refused.
     until: Instant,
     /// When Redis refused, and what it said then.
@@ -63,7 +67,7 @@ impl DenyCache {
         }
         let inner = self.inner.lock().ok()?;
         let entry = inner.by_identity.get(identity_hash)?.iter().find(|e| e.policy == policy.name)?;
-        if now >= entry.until {
+        if now >= entry.until || !same_limits(&entry.limits, policy) {
             return None;
         }
         Some(aged(&entry.decision, now.saturating_duration_since(entry.at)))
@@ -88,6 +92,7 @@ impl DenyCache {
         let Ok(mut inner) = self.inner.lock() else { return };
         let entry = Entry {
             policy: policy.name.clone(),
+            limits: policy.limits.iter().map(|q| (q.limit, q.window, q.burst)).collect(),
             until: now + Duration::from_millis(wait_ms),
             at: now,
             decision: decision.clone(),
@@ -135,6 +140,12 @@ impl Inner {
     }
 }
 
+/// Whether `policy` has the limits a refusal was decided under.
+fn same_limits(limits: &[(u64, u64, u64)], policy: &Policy) -> bool {
+    limits.len() == policy.limits.len()
+        && limits.iter().zip(&policy.limits).all(|(&shape, q)| shape == (q.limit, q.window, q.burst))
+}
+
 /// `decision` as it stands `elapsed` later: every wait and reset shorter by that much.
 fn aged(decision: &CheckAllReply, elapsed: Duration) -> CheckAllReply {
     let ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
@@ -180,6 +191,18 @@ mod tests {
         assert!(cache.refusal(&policy, "a", t0 + Duration::from_millis(1_000)).is_none(), "the moment passed");
         assert!(cache.refusal(&policy, "b", t0).is_none(), "another caller");
         assert!(cache.refusal(&Policy::simple("q", &["/"], 5, 5, 5), "a", t0).is_none(), "another policy");
+    }
+
+    #[test]
+    fn a_refusal_no_longer_answers_once_its_limits_changed() {
+        let (cache, t0) = (cache(10), Instant::now());
+        let free = Policy::simple("p", &["/"], 1, 60, 1);
+        cache.remember(&free, "a", &refused(59_000), t0);
+        assert!(cache.refusal(&free, "a", t0).is_some());
+        // A reload raised the limit (or the caller's key joined a tier with its own limits).
+        let raised = Policy::simple("p", &["/"], 100, 60, 100);
+        assert!(cache.refusal(&raised, "a", t0).is_none(), "Redis decides under the new limits");
+        assert!(cache.refusal(&Policy::simple("p", &["/"], 1, 60, 2), "a", t0).is_none(), "a new burst too");
     }
 
     #[test]

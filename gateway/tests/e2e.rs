@@ -377,11 +377,23 @@ async fn the_client_prints_each_outcome_waits_for_retry_after_and_sums_up() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines[0], "Request 1: OK. You can send 1 more request in the next 1 second.", "{stdout}");
-    assert_eq!(lines[1], "Request 2: OK. You can send 0 more requests in the next 2 seconds.", "{stdout}");
+    // 2 per 2 s: one comes back every second, and "0 left" is not "wait for the whole bucket".
+    assert_eq!(
+        lines[0],
+        "Request 1: OK. 1 more request can be sent now, one more comes back every 1 second, the bucket is full again in 1 second.",
+        "{stdout}"
+    );
+    assert_eq!(
+        lines[1],
+        "Request 2: OK. No more requests left right now: the next one comes back within 1 second, all of them in 2 seconds.",
+        "{stdout}"
+    );
     assert_eq!(lines[2], "Request 3: rate limited. Please try again after 1 second.", "{stdout}");
     assert_eq!(lines[3], "Waiting 1 second as Retry-After asks...", "{stdout}");
-    assert!(lines[4].starts_with("Request 4: OK. You can send 0 more requests in the next "), "{stdout}");
+    assert!(
+        lines[4].starts_with("Request 4: OK. No more requests left right now: the next one comes back within 1 second"),
+        "{stdout}"
+    );
     assert!(
         lines[5].starts_with("Summary: 4 requests in ") && lines[5].ends_with(": 3 OK, 1 rate limited."),
         "{stdout}"
@@ -683,4 +695,22 @@ async fn a_key_secret_under_16_bytes_starts_with_a_warning() {
     assert!(short.logs().contains("bytes=1"), "{}", short.logs());
     let long = start_gateway(&redis, "http://127.0.0.1:1", 5, 60, &[]);
     assert!(!long.logs().contains("key-hashing secret is shorter"), "{}", long.logs());
+}
+
+#[test]
+fn the_client_refuses_a_url_without_http_and_counts_of_zero() {
+    for (args, says) in [
+        (&["--url", "127.0.0.1:8080/v1/predict"][..], "did you mean http://127.0.0.1:8080/v1/predict ?"),
+        (&["--url", "https://127.0.0.1/v1/predict"], "only http:// URLs are supported"),
+        (&["-c", "0"], "0 is not in 1..=1024"),
+        (&["-c", "1025"], "1025 is not in 1..=1024"),
+        (&["-n", "0"], "0 is not in 1.."),
+        (&["--timeout-ms", "0"], "0 is not in 1.."),
+    ] {
+        let out = run_client(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{args:?}: nothing sent");
+    }
 }

@@ -93,17 +93,17 @@ pub const DEFAULT_CHAT_URL: &str = "http://127.0.0.1:8080/v1/chat/completions";
 pub struct ClientArgs {
     /// Endpoint to call [default: http://127.0.0.1:8080/v1/predict, with --chat
     /// http://127.0.0.1:8080/v1/chat/completions].
-    #[arg(long)]
+    #[arg(long, value_parser = parse_url)]
     pub url: Option<Uri>,
     /// Number of requests.
-    #[arg(long, short = 'n', default_value_t = 10)]
+    #[arg(long, short = 'n', default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub count: u64,
     /// Requests per second over all senders (default: as fast as answers come).
     #[arg(long)]
     pub rate: Option<f64>,
-    /// Requests in flight at once.
-    #[arg(long, short = 'c', default_value_t = 1)]
-    pub concurrency: usize,
+    /// Requests in flight at once (1 to 1024).
+    #[arg(long, short = 'c', default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub concurrency: u16,
     /// HTTP method; POST sends {"text": TEXT} as JSON (with --chat, a chat completion).
     #[arg(long, default_value = "POST")]
     pub method: Method,
@@ -133,12 +133,26 @@ pub struct ClientArgs {
     #[arg(long)]
     pub wait: bool,
     /// Timeout per request in ms.
-    #[arg(long, default_value_t = 30_000)]
+    #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout_ms: u64,
     /// After the run, write an SVG chart of the admitted and limited requests per second to
     /// PATH, with the limit (RateLimit-Policy q/w) as a line.
     #[arg(long, value_name = "PATH")]
     pub plot: Option<PathBuf>,
+}
+
+/// `--url`: an absolute `http://` URL. One without a scheme (`127.0.0.1:8080/v1/predict`) is
+/// refused with the URL it probably meant, rather than read as something else.
+fn parse_url(text: &str) -> Result<Uri, String> {
+    if !text.contains("://") {
+        return Err(format!("{text:?} has no scheme; did you mean http://{text} ?"));
+    }
+    let uri: Uri = text.parse().map_err(|e| format!("{text:?} is not a URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("http") if uri.host().is_some() => Ok(uri),
+        Some("http") => Err(format!("{text:?} names no host")),
+        _ => Err(format!("{text:?}: only http:// URLs are supported (put a TLS proxy in front for https)")),
+    }
 }
 
 impl ClientArgs {
@@ -313,7 +327,7 @@ pub async fn run(options: ClientArgs) -> i32 {
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(options.timeout()));
     let client = Client::builder(TokioExecutor::new()).build(connector);
-    let concurrency = options.concurrency.clamp(1, 1024);
+    let concurrency = options.concurrency;
     let now = Instant::now();
     let chat = options.chat;
     let timeline = options.plot.is_some().then(|| Mutex::new(Timeline::default()));

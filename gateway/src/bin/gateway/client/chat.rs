@@ -171,12 +171,15 @@ mod tests {
         let outcome = classify_chat(StatusCode::OK, &h, sse.as_bytes());
         assert_eq!(
             describe(4, &outcome),
-            "Request 4: OK (streamed), 8 tokens used (2 prompt + 6 completion). Left: 195 tokens."
+            "Request 4: OK (streamed), 8 tokens used (2 prompt + 6 completion). Left: 195 tokens. \
+             (Tokens left after the reservation; the next answer shows them settled.)",
+            "a stream's headers leave before its usage is settled: said so"
         );
         let outcome = classify_chat(StatusCode::OK, &h, b"data: [DONE]\n\n");
         assert_eq!(
             describe(5, &outcome),
-            "Request 5: OK (streamed), tokens used unknown (the answer has no usage). Left: 195 tokens."
+            "Request 5: OK (streamed), tokens used unknown (the answer has no usage). Left: 195 tokens. \
+             (Tokens left after the reservation; the next answer shows them settled.)"
         );
     }
 

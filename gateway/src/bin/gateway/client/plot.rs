@@ -270,7 +270,7 @@ fn with_title_and_desc(svg: &str, title: &str, desc: &str) -> String {
 mod tests {
     use super::*;
 
-    const OK: Outcome = Outcome::Ok { remaining: None, reset_secs: None };
+    const OK: Outcome = Outcome::Ok { remaining: None, reset_secs: None, every_ms: None };
     const LIMITED: Outcome = Outcome::Limited { retry_after_secs: Some(1), why: None };
 
     #[test]

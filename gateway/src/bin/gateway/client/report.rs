@@ -41,9 +41,12 @@ pub struct Left {
 /// What happened to one request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
+    /// `remaining` requests now; the bucket full again in `reset_secs`; one request comes back
+    /// every `every_ms` (`w / q` of `RateLimit-Policy`, in ms).
     Ok {
         remaining: Option<u64>,
         reset_secs: Option<u64>,
+        every_ms: Option<u64>,
     },
     /// An admitted chat completion.
     Chat {
@@ -91,6 +94,11 @@ fn describe_chat(usage: Option<&Usage>, left: &Left, streamed: bool) -> String {
         .collect();
     if !budgets.is_empty() {
         line.push_str(&format!(" Left: {}.", budgets.join(", ")));
+        // A streamed answer's headers leave before its usage is known: its tokens left are
+        // what the reservation (prompt + max_tokens) left, settled only when the stream ends.
+        if streamed && left.tokens.is_some() {
+            line.push_str(" (Tokens left after the reservation; the next answer shows them settled.)");
+        }
     }
     line
 }
@@ -98,14 +106,28 @@ fn describe_chat(usage: Option<&Usage>, left: &Left, streamed: bool) -> String {
 /// The line printed for request `n`.
 pub fn describe(n: u64, outcome: &Outcome) -> String {
     match outcome {
-        Outcome::Ok { remaining: Some(r), reset_secs: Some(t) } => format!(
-            "Request {n}: OK. You can send {} more {} in the next {}.",
-            r,
-            if *r == 1 { "request" } else { "requests" },
-            plural(*t, "second")
-        ),
-        Outcome::Ok { remaining: Some(r), reset_secs: None } => {
-            format!("Request {n}: OK. You can send {r} more {}.", if *r == 1 { "request" } else { "requests" })
+        Outcome::Ok { remaining: Some(0), reset_secs, every_ms } => {
+            let mut line = format!("Request {n}: OK. No more requests left right now");
+            if let Some(every) = every_ms {
+                line.push_str(&format!(": the next one comes back within {}", seconds(*every)));
+            }
+            if let Some(t) = reset_secs {
+                line.push_str(&format!(", all of them in {}", plural(*t, "second")));
+            }
+            line.push('.');
+            line
+        }
+        Outcome::Ok { remaining: Some(r), reset_secs, every_ms } => {
+            let mut line =
+                format!("Request {n}: OK. {r} more {} can be sent now", if *r == 1 { "request" } else { "requests" });
+            if let Some(every) = every_ms {
+                line.push_str(&format!(", one more comes back every {}", seconds(*every)));
+            }
+            if let Some(t) = reset_secs {
+                line.push_str(&format!(", the bucket is full again in {}", plural(*t, "second")));
+            }
+            line.push('.');
+            line
         }
         Outcome::Ok { .. } => format!("Request {n}: OK."),
         Outcome::Chat { usage, left, streamed } => {
@@ -126,6 +148,31 @@ pub fn describe(n: u64, outcome: &Outcome) -> String {
         Outcome::Failed { status, message } => format!("Request {n}: failed with HTTP {status}: {message}"),
         Outcome::Unreachable(why) => format!("Request {n}: cannot connect: {why}"),
     }
+}
+
+/// `7.5 seconds`, `1 second`, `0.2 seconds`: `ms` in seconds, to a tenth (rounded up).
+fn seconds(ms: u64) -> String {
+    let tenths = ms.div_ceil(100);
+    match (tenths / 10, tenths % 10) {
+        (1, 0) => "1 second".into(),
+        (whole, 0) => format!("{whole} seconds"),
+        (whole, tenth) => format!("{whole}.{tenth} seconds"),
+    }
+}
+
+/// `w / q` of the first item of a `RateLimit-Policy` header, in ms (`"default";q=10;w=60` ->
+/// 6000): how often one request comes back.
+pub fn parse_policy_interval(value: &str) -> Option<u64> {
+    let first = value.split(',').next()?;
+    let (mut q, mut w) = (None, None);
+    for param in first.split(';').skip(1) {
+        match param.trim().split_once('=') {
+            Some(("q", v)) => q = v.trim().parse::<u64>().ok().filter(|&q| q > 0),
+            Some(("w", v)) => w = v.trim().parse::<u64>().ok(),
+            _ => {}
+        }
+    }
+    w?.checked_mul(1000)?.checked_div(q?)
 }
 
 /// `r` and `t` of the first item of a `RateLimit` header (`"default";r=7;t=42`).
@@ -157,7 +204,8 @@ pub fn classify(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Outcome
             headers.get("ratelimit").and_then(|v| v.to_str().ok()).map(parse_ratelimit).unwrap_or((None, None));
         remaining = remaining.or_else(|| header_u64(headers, "x-ratelimit-remaining"));
         reset_secs = reset_secs.or_else(|| header_u64(headers, "x-ratelimit-reset"));
-        return Outcome::Ok { remaining, reset_secs };
+        let every_ms = headers.get("ratelimit-policy").and_then(|v| v.to_str().ok()).and_then(parse_policy_interval);
+        return Outcome::Ok { remaining, reset_secs, every_ms };
     }
     let message = serde_json::from_slice::<serde_json::Value>(body)
         .ok()
@@ -218,12 +266,30 @@ mod tests {
 
     #[test]
     fn each_outcome_reads_as_one_plain_sentence() {
-        let ok = Outcome::Ok { remaining: Some(7), reset_secs: Some(42) };
-        assert_eq!(describe(3, &ok), "Request 3: OK. You can send 7 more requests in the next 42 seconds.");
+        let ok = Outcome::Ok { remaining: Some(7), reset_secs: Some(42), every_ms: Some(6000) };
+        assert_eq!(
+            describe(3, &ok),
+            "Request 3: OK. 7 more requests can be sent now, one more comes back every 6 seconds, the bucket is full again in 42 seconds."
+        );
+        // The case a user misread: none left, but one back within 7.5 s, not in 20.
+        let empty = Outcome::Ok { remaining: Some(0), reset_secs: Some(20), every_ms: Some(7500) };
+        assert_eq!(
+            describe(2, &empty),
+            "Request 2: OK. No more requests left right now: the next one comes back within 7.5 seconds, all of them in 20 seconds."
+        );
+        let bare = Outcome::Ok { remaining: Some(0), reset_secs: None, every_ms: None };
+        assert_eq!(describe(4, &bare), "Request 4: OK. No more requests left right now.");
+        assert_eq!(parse_policy_interval("\"default\";q=8;w=60, \"x\";q=1;w=1"), Some(7500));
+        assert_eq!(parse_policy_interval("\"p\";q=0;w=60"), None);
+        assert_eq!(seconds(1000), "1 second");
+        assert_eq!(seconds(250), "0.3 seconds");
         let limited = Outcome::Limited { retry_after_secs: Some(6), why: None };
         assert_eq!(describe(11, &limited), "Request 11: rate limited. Please try again after 6 seconds.");
-        let one = Outcome::Ok { remaining: Some(1), reset_secs: Some(1) };
-        assert_eq!(describe(1, &one), "Request 1: OK. You can send 1 more request in the next 1 second.");
+        let one = Outcome::Ok { remaining: Some(1), reset_secs: Some(1), every_ms: None };
+        assert_eq!(
+            describe(1, &one),
+            "Request 1: OK. 1 more request can be sent now, the bucket is full again in 1 second."
+        );
     }
 
     #[test]
@@ -233,9 +299,16 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-ratelimit-remaining", HeaderValue::from_static("4"));
         h.insert("x-ratelimit-reset", HeaderValue::from_static("9"));
-        assert_eq!(classify(StatusCode::OK, &h, b""), Outcome::Ok { remaining: Some(4), reset_secs: Some(9) });
+        assert_eq!(
+            classify(StatusCode::OK, &h, b""),
+            Outcome::Ok { remaining: Some(4), reset_secs: Some(9), every_ms: None }
+        );
         h.insert("ratelimit", HeaderValue::from_static("\"default\";r=3;t=5"));
-        assert_eq!(classify(StatusCode::OK, &h, b""), Outcome::Ok { remaining: Some(3), reset_secs: Some(5) });
+        h.insert("ratelimit-policy", HeaderValue::from_static("\"default\";q=10;w=60"));
+        assert_eq!(
+            classify(StatusCode::OK, &h, b""),
+            Outcome::Ok { remaining: Some(3), reset_secs: Some(5), every_ms: Some(6000) }
+        );
         let body = br#"{"error":{"type":"upstream_unavailable","message":"down"}}"#;
         assert_eq!(
             classify(StatusCode::BAD_GATEWAY, &HeaderMap::new(), body),

@@ -2,12 +2,13 @@
 //! what the gateway answered, in words ([`report`]):
 //!
 //! ```text
-//! Request 3: OK. You can send 7 more requests in the next 42 seconds.
+//! Request 3: OK. 7 more requests can be sent now, one more comes back every 6 seconds, the bucket is full again in 42 seconds.
+//! Request 4: OK. No more requests left right now: the next one comes back within 6 seconds, all of them in 48 seconds.
 //! Request 11: rate limited. Please try again after 6 seconds.
 //! ```
 //!
-//! The numbers come from the `RateLimit` header (else `X-RateLimit-Remaining`/`-Reset`) and
-//! `Retry-After`. With `wait`, a `429` pauses every sender for `Retry-After` seconds before
+//! The numbers come from the `RateLimit` header (else `X-RateLimit-Remaining`/`-Reset`),
+//! `RateLimit-Policy` (`w / q`: how often one request comes back) and `Retry-After`. With `wait`, a `429` pauses every sender for `Retry-After` seconds before
 //! the next request. A connection error stops the run with a clear message and exit code 2.
 //!
 //! With `--chat` it sends OpenAI chat completions instead ([`chat`]) and prints the tokens

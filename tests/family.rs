@@ -249,10 +249,13 @@ fn acl_user_limited_to_the_rate_limit_commands() {
     let mut gateway = redis::Client::open(url).unwrap().get_connection().unwrap();
     assert!(rl_check(&mut gateway, &["rl:user", "5", "10"]).allowed);
     let denied: redis::RedisResult<Option<String>> = redis::cmd("GET").arg("rl:user").query(&mut gateway);
-    assert!(denied.is_err(), "the gateway user can run nothing else");
+    let denied = denied.unwrap_err();
+    assert_eq!(denied.code(), Some("NOPERM"), "the gateway user can run nothing else: {denied}");
     let other_key: redis::RedisResult<CheckReply> =
         redis::cmd("RL.CHECK").arg(&["secret:x", "5", "10"]).query(&mut gateway);
-    assert!(other_key.is_err(), "nor touch keys outside its pattern");
+    let other_key = other_key.unwrap_err();
+    assert_eq!(other_key.code(), Some("NOPERM"), "nor touch keys outside its pattern: {other_key}");
+    assert!(other_key.to_string().contains("key"), "the denial names the key as the reason: {other_key}");
     let categories: Vec<String> = redis::cmd("ACL").arg("CAT").query(&mut admin).unwrap();
     assert_eq!(
         categories.iter().any(|c| c == "ratelimit"),

@@ -130,7 +130,8 @@ fn limit_and_window_flags_make_a_default_policy_without_a_file() {
 #[test]
 fn a_cluster_or_one_server() {
     let both = format!("[redis]\nurl = \"redis://a/\"\ncluster_nodes = [\"redis://b/\"]\n{POLICY}");
-    assert!(settings(&both).is_err());
+    let e = settings(&both).err().unwrap().to_string();
+    assert_eq!(e, "redis: set one of url (one server), cluster_nodes (a Redis Cluster) or sentinels (Redis Sentinel), not several");
     let cluster = format!("[redis]\ncluster_nodes = [\"redis://:pw@b:1/\", \"redis://c:2/\"]\n{POLICY}");
     let s = settings(&cluster).unwrap();
     assert!(matches!(&s.redis.target, RedisTarget::Cluster(nodes) if nodes.len() == 2));
@@ -305,8 +306,14 @@ fn an_llm_policy_counts_tokens() {
     let llm_key_on_plain = format!("{POLICY}chars_per_token = 2\n");
     assert!(settings(&llm_key_on_plain).err().unwrap().to_string().contains("chars_per_token needs kind"));
     let zero = "[[policy]]\nname = \"p\"\nkind = \"openai\"\nlimit = 1\nwindow = 1\nchars_per_token = 0\n";
-    assert!(settings(zero).is_err());
-    assert!(settings("[[policy]]\nname = \"p\"\nkind = \"grpc\"\nlimit = 1\nwindow = 1\n").is_err());
+    assert_eq!(
+        settings(zero).err().unwrap().to_string(),
+        "policy \"p\": chars_per_token, max_response_bytes and max_event_bytes must be at least 1"
+    );
+    let grpc = "[[policy]]\nname = \"p\"\nkind = \"grpc\"\nlimit = 1\nwindow = 1\n";
+    let e = settings(grpc).err().unwrap().to_string();
+    assert!(e.starts_with("TOML parse error at line 3, column 8"), "{e}");
+    assert!(e.contains("unknown variant `grpc`, expected `plain` or `openai`"), "{e}");
 }
 
 #[test]

@@ -1,4 +1,11 @@
 //! A child process that cannot outlive its test: [`ChildGuard`].
+//!
+//! Dropping the guard kills the child, also when the test panics. A test binary that is itself
+//! killed (`SIGKILL`, a CI timeout) drops nothing, so every child also asks the kernel to kill
+//! it when its parent goes (`PR_SET_PDEATHSIG`). The kernel means the parent *thread*: a server
+//! forked from a thread that then ends (a test's, or one of the threads starting a cluster's
+//! nodes) would die with it. So all children are forked by one thread that lives as long as the
+//! test binary ([`spawn_for_life`]).
 
 use std::fs;
 use std::io;
@@ -51,7 +58,7 @@ impl ChildGuard {
     pub fn try_spawn_logging_to(name: &str, mut command: Command, dir: &Path) -> io::Result<ChildGuard> {
         let log = |stream: &str| fs::File::create(dir.join(format!("{name}.{stream}")));
         command.stdin(Stdio::null()).stdout(log("stdout")?).stderr(log("stderr")?);
-        let child = command.spawn()?;
+        let child = spawn_for_life(command)?;
         Ok(ChildGuard { name: name.to_string(), child, log_dir: dir.to_path_buf(), _own_dir: None })
     }
 
@@ -107,6 +114,39 @@ impl ChildGuard {
     }
 }
 
+/// Starts `command` from the spawner thread, with `SIGKILL` as its parent-death signal.
+fn spawn_for_life(mut command: Command) -> io::Result<Child> {
+    use std::os::unix::process::CommandExt;
+    use std::sync::mpsc;
+    use std::sync::{Mutex, OnceLock};
+    type Order = (Command, mpsc::Sender<io::Result<Child>>);
+    static SPAWNER: OnceLock<Mutex<mpsc::Sender<Order>>> = OnceLock::new();
+    // SAFETY: between fork and exec the child only calls prctl, which is async-signal-safe, and
+    // allocates nothing.
+    unsafe {
+        command.pre_exec(|| match libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) {
+            -1 => Err(io::Error::last_os_error()),
+            _ => Ok(()),
+        });
+    }
+    let orders = SPAWNER.get_or_init(|| {
+        let (orders, inbox) = mpsc::channel::<Order>();
+        std::thread::Builder::new()
+            .name("testkit-spawner".into())
+            .spawn(move || {
+                for (mut command, reply) in inbox {
+                    let _ = reply.send(command.spawn());
+                }
+            })
+            .expect("start the testkit spawner thread");
+        Mutex::new(orders)
+    });
+    let (reply, answer) = mpsc::channel();
+    let sent = orders.lock().map_err(|_| io::Error::other("spawner lock poisoned"))?.send((command, reply));
+    sent.map_err(|_| io::Error::other("the testkit spawner thread is gone"))?;
+    answer.recv().map_err(|_| io::Error::other("the testkit spawner thread is gone"))?
+}
+
 impl Drop for ChildGuard {
     fn drop(&mut self) {
         self.kill();
@@ -135,5 +175,47 @@ mod tests {
         drop(sleeper);
         let alive = Command::new("kill").args(["-0", &pid.to_string()]).stderr(Stdio::null()).status().unwrap();
         assert!(!alive.success(), "process {pid} outlived its guard");
+    }
+
+    /// When the test binary itself is killed, its children die with it: run as the parent in
+    /// a second copy of this test binary (which starts a `sleep` and waits), killed here.
+    #[test]
+    fn children_die_with_a_killed_test_binary() {
+        if std::env::var_os("TESTKIT_PARENT_ROLE").is_some() {
+            // Started from a thread that ends at once: the child must outlive that thread.
+            let sleeper = std::thread::spawn(|| {
+                let mut cmd = Command::new("sleep");
+                cmd.arg("60");
+                ChildGuard::spawn("orphan", cmd)
+            })
+            .join()
+            .unwrap();
+            println!("child {}", sleeper.id());
+            std::thread::sleep(Duration::from_secs(60));
+            return;
+        }
+        let mut parent = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "process::tests::children_die_with_a_killed_test_binary", "--nocapture"])
+            .env("TESTKIT_PARENT_ROLE", "1")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = io::BufReader::new(parent.stdout.take().unwrap());
+        let pid = loop {
+            let mut line = String::new();
+            assert!(io::BufRead::read_line(&mut out, &mut line).unwrap() > 0, "the parent ended early");
+            if let Some(pid) = line.trim().strip_prefix("child ") {
+                break pid.to_string();
+            }
+        };
+        let alive = || Command::new("kill").args(["-0", &pid]).stderr(Stdio::null()).status().unwrap().success();
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(alive(), "the child outlives the thread that asked for it");
+        parent.kill().unwrap();
+        parent.wait().unwrap();
+        assert!(
+            wait_until(Instant::now() + Duration::from_secs(5), || !alive()),
+            "process {pid} outlived the killed test binary"
+        );
     }
 }

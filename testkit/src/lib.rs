@@ -115,12 +115,15 @@ pub fn module_path() -> PathBuf {
 static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
 
 /// A loopback port that is free now, and whose cluster-bus twin (`port + 10000`) is free too.
+/// Both lie below Linux's ephemeral range (32768 and up), so no outgoing connection is given
+/// one of them between the check and the server's bind (a server that still loses its port
+/// is started again on another: [`crate::ServerBuilder::start`]).
 pub fn free_port() -> u16 {
-    let start = 20000 + (std::process::id() % 400) as u16 * 25;
+    let start = 10000 + (std::process::id() % 400) as u16 * 25;
     let _ = NEXT_PORT.compare_exchange(0, start, Ordering::SeqCst, Ordering::SeqCst);
     loop {
         let port = NEXT_PORT.fetch_add(1, Ordering::SeqCst);
-        let port = 20000 + (port - 20000) % 10000;
+        let port = 10000 + (port.wrapping_sub(10000)) % 10000;
         let free = |p: u16| TcpListener::bind((Ipv4Addr::LOCALHOST, p)).is_ok();
         if free(port) && free(port + 10000) {
             return port;

@@ -62,8 +62,16 @@ impl ServerBuilder {
             .expect("create a temporary directory for the server");
         let port = free_port();
         let mut server = RedisServer { builder: self, dir, port, child: None };
-        server.spawn();
-        server
+        // The port was free when chosen, but another process may bind it before the server
+        // does: then the server exits at once saying so, and a fresh port is tried.
+        for _ in 0..5 {
+            match server.try_spawn() {
+                Ok(()) => return server,
+                Err(log) if log.contains("Address already in use") => server.port = free_port(),
+                Err(log) => panic!("server exited at start\n{log}"),
+            }
+        }
+        panic!("no free port found for the server\n{}", server.log_tail())
     }
 }
 
@@ -181,7 +189,15 @@ impl RedisServer {
         assert!(shown, "INFO never showed {needle:?}\n{}", self.log_tail());
     }
 
+    /// Starts the server on its port (kept across restarts): panics when it does not come up.
     fn spawn(&mut self) {
+        if let Err(log) = self.try_spawn() {
+            panic!("server exited at start\n{log}");
+        }
+    }
+
+    /// Starts the server; `Err(its log)` when it exited at start.
+    fn try_spawn(&mut self) -> Result<(), String> {
         let dir = self.dir.path();
         let mut cmd = Command::new(&self.builder.binary);
         cmd.arg("--port")
@@ -204,17 +220,19 @@ impl RedisServer {
                 self.builder.binary
             )
         });
-        let port = self.port;
+        let (port, pid) = (self.port, child.id());
         let mut exited = None;
+        // Our server answers: another process answering PING on this port does not count.
         let answered = wait_until(Instant::now() + START_TIMEOUT, || {
             exited = child.exited();
-            exited.is_some() || answers_ping(port)
+            exited.is_some() || answering_pid(port) == Some(pid)
         });
-        self.child = Some(child);
         if let Some(status) = exited {
-            panic!("server exited at start ({status})\n{}", self.log_tail());
+            return Err(format!("({status})\n{}", self.log_tail()));
         }
+        self.child = Some(child);
         assert!(answered, "server did not answer PING in time\n{}", self.log_tail());
+        Ok(())
     }
 }
 
@@ -224,10 +242,35 @@ impl Drop for RedisServer {
     }
 }
 
+/// The `process_id` of the server answering on `port`, if one does.
+fn answering_pid(port: u16) -> Option<u32> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).ok()?;
+    let mut con = client.get_connection_with_timeout(Duration::from_millis(500)).ok()?;
+    let info: String = redis::cmd("INFO").arg("server").query(&mut con).ok()?;
+    info.lines().find_map(|line| line.strip_prefix("process_id:")).and_then(|pid| pid.trim().parse().ok())
+}
+
 fn answers_ping(port: u16) -> bool {
     let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{port}/")) else { return false };
     let Ok(mut con) = client.get_connection_with_timeout(Duration::from_millis(500)) else {
         return false;
     };
     redis::cmd("PING").query::<String>(&mut con).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server counts as started only when the process answering on its port is its own.
+    #[test]
+    fn the_answering_server_is_told_apart_by_its_process_id() {
+        let a = RedisServer::builder().without_module().start();
+        let b = RedisServer::builder().without_module().start();
+        let pid_of = |server: &RedisServer| server.child.as_ref().map(ChildGuard::id);
+        assert_eq!(answering_pid(a.port), pid_of(&a));
+        assert_ne!(answering_pid(a.port), pid_of(&b), "another server on the port is not ours");
+        assert_eq!(answering_pid(crate::free_port()), None, "nobody there");
+        assert!(a.port < 20000 && b.port < 20000, "ports and bus ports below the ephemeral range");
+    }
 }

@@ -173,7 +173,12 @@ async fn a_killed_gateways_upstream_slots_come_back_within_lease_ms_and_renewal_
         })
         .collect();
     let probe = || async { send(Method::GET, &survivor.url("/v1/models"), &[], "").await.unwrap().status };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Both slow requests inside the model: both slots held.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while model_stats(&model).await["in_flight"] != 2 {
+        assert!(Instant::now() < deadline, "the slow requests never reached the model");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_eq!(probe().await, StatusCode::SERVICE_UNAVAILABLE, "both slots held");
     // Past lease_ms the slow requests still hold their slots: they are renewed.
     tokio::time::sleep(Duration::from_millis(1200)).await;

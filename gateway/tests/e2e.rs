@@ -648,7 +648,12 @@ async fn sigterm_lets_an_open_request_finish_then_exits() {
     let open = tokio::spawn(async move {
         send(Method::POST, &url, &[("content-type", "application/json")], r#"{"text":"good"}"#).await
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Terminated once the request is inside the model (not merely sent).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while get(&model.url("/stats")).await.unwrap().json()["in_flight"] != 1 {
+        assert!(Instant::now() < deadline, "the request never reached the model");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     gateway.terminate();
     let answer = open.await.unwrap().unwrap();
     assert_eq!(answer.status, StatusCode::OK, "the open request was cut off: {answer:?}");

@@ -375,7 +375,18 @@ async fn a_client_that_disconnects_mid_stream_keeps_the_reservation() {
         seen.extend_from_slice(&buf[..n]);
     }
     drop(stream); // after the first chunk, long before the usage chunk (40 chunks, 20 ms apart)
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+                  // First the positive event: the gateway saw the stream end and counted the reservation as
+                  // charged. Only then does "nothing was given back" mean something.
+    let labels = [("policy", "chat"), ("limit", "tokens")];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let charged = value(&scrape(&s.gateway).await, "gateway_tokens_charged_total", &labels);
+        if charged == Some(101.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never counted as charged: {charged:?}\n{}", s.gateway.logs());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let mut con = s.redis.client();
     assert_eq!(left(&mut con, "tokens", 1000, 86400), 899, "the reservation of 101 stays\n{}", s.gateway.logs());
 }

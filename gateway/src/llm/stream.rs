@@ -193,6 +193,14 @@ struct Settling<L: RateLimiter> {
     trailers: Option<Frame<Bytes>>,
 }
 
+/// A client that goes away before the end drops the body unfinished: the reservation is kept,
+/// and counted as charged (the metrics would otherwise never see this request's tokens spent).
+impl<L: RateLimiter> Drop for Settling<L> {
+    fn drop(&mut self) {
+        self.broken(&"the client went away before the stream ended");
+    }
+}
+
 impl<L: RateLimiter> Settling<L> {
     /// Reads `frame` into events: the bytes to forward (the usage-only event dropped if asked).
     fn complete_events(&mut self, frame: &[u8]) -> (Vec<u8>, Result<(), EventTooLong>) {

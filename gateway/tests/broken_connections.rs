@@ -1,0 +1,88 @@
+//! Charged at most once when the connection to Redis breaks after a command ran and before its
+//! reply arrived (testkit's proxy in front of one server): RL.CHECK at admission, and the
+//! settlement's RL.REFUND and RL.CHECK ... FORCE. None of them is idempotent, so a client that
+//! sent one again on a new connection would charge (or refund) twice. The gateway resends only
+//! a command that never left; these did.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use hyper::{Method, StatusCode};
+use testkit::{redis, tokens, Proxy};
+
+const BURST: u64 = 3000;
+
+/// The only bucket whose key ends with `suffix`.
+fn bucket(redis: &RedisServer, suffix: &str) -> String {
+    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("*{suffix}")).query(&mut redis.client()).unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    keys.into_iter().next().unwrap()
+}
+
+/// A gateway on one Redis server reached through a proxy, with one LLM policy (the gateway
+/// counts `chars_per_token` characters a token, the demo model 4).
+async fn through_proxy(chars_per_token: u64) -> (RedisServer, Proxy, Proc, Proc, tempfile::TempDir) {
+    let redis = RedisServer::start();
+    let proxy = Proxy::start(free_port(), redis.port());
+    let model = start_model(0);
+    let (dir, path) = config_file(&format!(
+        "[[policy]]\nname = \"chat\"\npaths = [\"/v1/chat\"]\nkind = \"openai\"\nchars_per_token = {chars_per_token}\n\
+         limit = 100\nwindow = 60\n\
+         [[policy.limits]]\nname = \"tokens\"\nunit = \"tokens\"\nlimit = 1\nwindow = 86400\nburst = {BURST}\n"
+    ));
+    let args = ["--config".to_string(), path.display().to_string()];
+    let gateway = start_gateway_args(&proxy.url(), &model.url(""), &args);
+    // The gateway's connection is made (through the proxy) before a command is armed.
+    assert_eq!(get(&gateway.url("/readyz")).await.unwrap().status, StatusCode::OK, "{}", gateway.logs());
+    (redis, proxy, gateway, model, dir)
+}
+
+async fn chat(gateway: &Proc, text: &str, max_tokens: u64) -> Answer {
+    let body =
+        serde_json::json!({"model": "m", "max_tokens": max_tokens, "messages": [{"role": "user", "content": text}]});
+    let headers = [("x-api-key", "once"), ("content-type", "application/json")];
+    send(Method::POST, &gateway.url("/v1/chat/completions"), &headers, body.to_string()).await.unwrap()
+}
+
+#[tokio::test]
+async fn an_admission_whose_reply_is_lost_is_charged_once_and_answered_as_an_outage() {
+    let (redis, proxy, gateway, _model, _dir) = through_proxy(4).await;
+    proxy.cut_after_reply_to("RL.CHECKALL");
+    let answer = chat(&gateway, "abcd", 100).await;
+    assert_eq!(proxy.cuts(), 1, "{}", gateway.logs());
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE, "{answer:?}");
+    let key = bucket(&redis, ":tokens");
+    assert_eq!(tokens(&mut redis.client(), &key, 1, 86400, BURST), BURST - 101, "the reservation, once");
+    assert_eq!(testkit::command_calls(&mut redis.client(), "RL.CHECKALL"), 1, "never sent again");
+}
+
+#[tokio::test]
+async fn a_refund_whose_reply_is_lost_is_applied_once() {
+    let (redis, proxy, gateway, _model, _dir) = through_proxy(4).await;
+    proxy.cut_after_reply_to("RL.REFUND");
+    let answer = chat(&gateway, "abcd", 100).await;
+    assert_eq!(answer.status, StatusCode::OK, "the answer is the client's whatever the settlement did");
+    let used = answer.json()["usage"]["total_tokens"].as_u64().unwrap();
+    assert!(used < 101, "less than reserved: a refund");
+    assert_eq!(proxy.cuts(), 1, "{}", gateway.logs());
+    let key = bucket(&redis, ":tokens");
+    assert_eq!(tokens(&mut redis.client(), &key, 1, 86400, BURST), BURST - used, "refunded once, to the usage");
+    assert_eq!(testkit::command_calls(&mut redis.client(), "RL.REFUND"), 1, "never sent again");
+}
+
+#[tokio::test]
+async fn a_forced_charge_whose_reply_is_lost_is_charged_once() {
+    // 8 characters a token at the gateway: a long prompt is reserved at half what it uses.
+    let (redis, proxy, gateway, _model, _dir) = through_proxy(8).await;
+    proxy.cut_after_reply_to("RL.CHECK");
+    let answer = chat(&gateway, &"many words in this prompt ".repeat(10), 1).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    let used = answer.json()["usage"]["total_tokens"].as_u64().unwrap();
+    assert!(used > 34, "more than reserved (33 + 1): a forced charge of the rest");
+    assert_eq!(proxy.cuts(), 1, "{}", gateway.logs());
+    let key = bucket(&redis, ":tokens");
+    assert_eq!(tokens(&mut redis.client(), &key, 1, 86400, BURST), BURST - used, "the overage charged once");
+    assert_eq!(testkit::command_calls(&mut redis.client(), "RL.CHECK"), 1, "never sent again");
+}

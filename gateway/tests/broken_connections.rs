@@ -25,7 +25,7 @@ fn bucket(redis: &RedisServer, suffix: &str) -> String {
 /// counts `chars_per_token` characters a token, the demo model 4).
 async fn through_proxy(chars_per_token: u64) -> (RedisServer, Proxy, Proc, Proc, tempfile::TempDir) {
     let redis = RedisServer::start();
-    let proxy = Proxy::start(free_port(), redis.port());
+    let proxy = Proxy::start_anywhere(redis.port());
     let model = start_model(0);
     let (dir, path) = config_file(&format!(
         "[[policy]]\nname = \"chat\"\npaths = [\"/v1/chat\"]\nkind = \"openai\"\nchars_per_token = {chars_per_token}\n\

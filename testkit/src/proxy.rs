@@ -56,14 +56,30 @@ impl Shared {
 impl Proxy {
     /// Listens on `127.0.0.1:port` and relays to `127.0.0.1:target`.
     pub fn start(port: u16, target: u16) -> Proxy {
-        let listener =
-            TcpListener::bind((Ipv4Addr::LOCALHOST, port)).unwrap_or_else(|e| panic!("proxy on {port}: {e}"));
+        Self::try_start(port, target).unwrap_or_else(|e| panic!("proxy on {port}: {e}"))
+    }
+
+    /// Listens on a free port and relays to `127.0.0.1:target`, trying another port when the
+    /// one chosen was taken before it could be bound.
+    pub fn start_anywhere(target: u16) -> Proxy {
+        let mut last = None;
+        for _ in 0..5 {
+            match Self::try_start(crate::free_port(), target) {
+                Ok(proxy) => return proxy,
+                Err(e) => last = Some(e),
+            }
+        }
+        panic!("no port for a proxy: {last:?}")
+    }
+
+    fn try_start(port: u16, target: u16) -> std::io::Result<Proxy> {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port))?;
         let shared = Arc::new(Shared { target, ..Shared::default() });
         let accept = {
             let shared = shared.clone();
             std::thread::spawn(move || accept_loop(&listener, &shared))
         };
-        Proxy { port, shared, accept: Some(accept) }
+        Ok(Proxy { port, shared, accept: Some(accept) })
     }
 
     pub fn port(&self) -> u16 {

@@ -5,7 +5,7 @@
 //! it when its parent goes (`PR_SET_PDEATHSIG`). The kernel means the parent *thread*: a server
 //! forked from a thread that then ends (a test's, or one of the threads starting a cluster's
 //! nodes) would die with it. So all children are forked by one thread that lives as long as the
-//! test binary ([`spawn_for_life`]).
+//! test binary (`spawn_for_life`).
 
 use std::fs;
 use std::io;

@@ -86,3 +86,25 @@ async fn a_forced_charge_whose_reply_is_lost_is_charged_once() {
     assert_eq!(tokens(&mut redis.client(), &key, 1, 86400, BURST), BURST - used, "the overage charged once");
     assert_eq!(testkit::command_calls(&mut redis.client(), "RL.CHECK"), 1, "never sent again");
 }
+
+/// The same through Sentinel: the gateway asks the sentinels for the primary, which they know
+/// by the proxy's address. A check whose reply is lost is charged once.
+#[tokio::test]
+async fn through_sentinel_a_check_whose_reply_is_lost_is_charged_once() {
+    let (group, proxy) = testkit::SentinelGroup::start_behind_proxy();
+    let model = start_model(0);
+    let args: Vec<String> = ["--limit", "5", "--window", "60"].iter().map(|s| s.to_string()).collect();
+    let gateway = start_gateway_via_sentinels(&group, &model.url(""), &args);
+    assert_eq!(get(&gateway.url("/readyz")).await.unwrap().status, StatusCode::OK, "{}", gateway.logs());
+    proxy.cut_after_reply_to("RL.CHECK");
+    let answer = predict(&gateway, &[("x-api-key", "sentinel-once")]).await;
+    assert_eq!(proxy.cuts(), 1, "{}", gateway.logs());
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE, "{answer:?}");
+    let primary = group.server(0); // the primary (the sentinels know it by the proxy's port)
+    let key = bucket(primary, ":default:requests");
+    assert_eq!(tokens(&mut primary.client(), &key, 5, 60, 5), 4, "charged once\n{}", gateway.logs());
+    assert_eq!(testkit::command_calls(&mut primary.client(), "RL.CHECK"), 1, "never sent again");
+    // The next request goes through on a new connection.
+    assert_eq!(predict(&gateway, &[("x-api-key", "sentinel-once")]).await.status, StatusCode::OK);
+    assert_eq!(tokens(&mut primary.client(), &key, 5, 60, 5), 3);
+}

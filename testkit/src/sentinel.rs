@@ -16,7 +16,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::{free_port, info_field, redis, server_binary, wait_until, ChildGuard, RedisServer, ServerBuilder};
+use crate::{free_port, info_field, redis, server_binary, wait_until, ChildGuard, Proxy, RedisServer, ServerBuilder};
 
 /// The name the sentinels monitor the primary under.
 pub const MASTER_NAME: &str = "rl-primary";
@@ -68,6 +68,19 @@ impl SentinelGroup {
         let group = SentinelGroup { servers: vec![primary, replica], down: vec![false, false], sentinels };
         group.wait_for_discovery();
         group
+    }
+
+    /// Like [`SentinelGroup::start`], with the sentinels monitoring the primary through a
+    /// [`Proxy`] in front of it: clients that ask the sentinels for the primary reach it through
+    /// the proxy, whose faults they then see (the replica replicates directly).
+    pub fn start_behind_proxy() -> (SentinelGroup, Proxy) {
+        let primary = RedisServer::builder().start();
+        let proxy = Proxy::start_anywhere(primary.port());
+        let replica = RedisServer::builder().start_replica_of(&primary);
+        let sentinels = (0..3).map(|_| Sentinel::start(proxy.port())).collect();
+        let group = SentinelGroup { servers: vec![primary, replica], down: vec![false, false], sentinels };
+        group.wait_for_discovery();
+        (group, proxy)
     }
 
     /// `redis://127.0.0.1:<port>` of every sentinel.

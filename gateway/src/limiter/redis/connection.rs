@@ -12,9 +12,14 @@
 //! **Reconnecting.** [`Managed`] holds one server's connection, makes it on first use, and
 //! drops it after an error that may mean it broke; the next command connects again (one
 //! attempt at a time, shared by every command waiting for it). A command is never sent
-//! twice, except one that provably never left: when the connection had already closed (Redis
-//! restarted while the gateway was idle), the command fails at once, on its first poll, before
-//! it was handed to the connection's writer; it is then sent once on a new connection.
+//! twice, except one that cannot have left: when the connection had already closed (Redis
+//! restarted while the gateway was idle), the command fails at once, on its first poll, and it
+//! is then sent once on a new connection. A failure on the first poll alone does not prove
+//! that: the command is handed to the writer thread, which may send it, see its reply lost
+//! and fail it before the first poll returns (a test that cut the connection after the reply
+//! saw it charged twice). So the command is sent again only when the connection had also been
+//! idle for [`IDLE_BEFORE_RESEND`]: a connection Redis closed while idle, whose writer had long
+//! stopped. A busy connection that breaks fails its commands (`failure_mode` decides).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -102,12 +107,31 @@ struct State {
     failed: Option<(Instant, RedisError)>,
 }
 
+/// How long a connection must have had no reply before a command failing on its first poll
+/// is taken as never sent (see the module's comment).
+pub const IDLE_BEFORE_RESEND: Duration = Duration::from_millis(100);
+
 /// A connection and its number (a late failure on an old connection must not drop a newer one).
 #[derive(Clone)]
 pub struct Link {
     pub id: u64,
     pub conn: MultiplexedConnection,
     made_at: Instant,
+    /// When it last had a reply, in ms after `made_at`.
+    last_reply_ms: Arc<AtomicU64>,
+}
+
+impl Link {
+    /// No reply (nor the connection made) for at least `for_at_least`.
+    fn idle(&self, for_at_least: Duration) -> bool {
+        let last = self.made_at + Duration::from_millis(self.last_reply_ms.load(Ordering::Relaxed));
+        last.elapsed() >= for_at_least
+    }
+
+    fn replied(&self) {
+        let ms = u64::try_from(self.made_at.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_reply_ms.fetch_max(ms, Ordering::Relaxed);
+    }
 }
 
 impl Managed {
@@ -175,7 +199,12 @@ impl Managed {
     }
 
     fn install(&self, state: &mut State, conn: MultiplexedConnection) -> Link {
-        let link = Link { id: self.made.fetch_add(1, Ordering::Relaxed), conn, made_at: Instant::now() };
+        let link = Link {
+            id: self.made.fetch_add(1, Ordering::Relaxed),
+            conn,
+            made_at: Instant::now(),
+            last_reply_ms: Arc::default(),
+        };
         state.link = Some(link.clone());
         tracing::info!(connection = link.id, "connected to {}", self.what);
         link
@@ -229,8 +258,8 @@ impl Managed {
         let first = std::pin::pin!(query(link.conn.clone(), &cmd));
         let (first_poll, result) = FirstPoll { future: first, polled: false }.await;
         let (link, result) = match result {
-            Err(e) if first_poll && e.is_connection_dropped() => {
-                // The connection had closed before the command could be handed to it.
+            Err(e) if first_poll && e.is_connection_dropped() && link.idle(IDLE_BEFORE_RESEND) => {
+                // The connection had closed while idle, before the command was handed to it.
                 self.forget(Some(link.id), &e);
                 let link = self.link().await?;
                 let result = query(link.conn.clone(), &cmd).await;
@@ -238,10 +267,9 @@ impl Managed {
             }
             result => (link, result),
         };
-        if let Err(e) = &result {
-            if connection_may_be_broken(e) {
-                self.forget(Some(link.id), e);
-            }
+        match &result {
+            Err(e) if connection_may_be_broken(e) => self.forget(Some(link.id), e),
+            _ => link.replied(),
         }
         result
     }

@@ -225,7 +225,8 @@ impl RedisServer {
         // Our server answers: another process answering PING on this port does not count.
         let answered = wait_until(Instant::now() + START_TIMEOUT, || {
             exited = child.exited();
-            exited.is_some() || answering_pid(port) == Some(pid)
+            // INFO answers while the dataset loads, PING only once it is loaded.
+            exited.is_some() || (answering_pid(port) == Some(pid) && answers_ping(port))
         });
         if let Some(status) = exited {
             return Err(format!("({status})\n{}", self.log_tail()));

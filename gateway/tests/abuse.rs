@@ -114,6 +114,29 @@ async fn the_first_request_after_redis_restarted_while_the_gateway_was_idle_is_s
     redis.respawn();
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(predict(&gateway, &[("x-api-key", "k")]).await.status, StatusCode::OK, "{}", gateway.logs());
+    // What told it the connection was dead before it sent anything: RESP3, whose client
+    // reports a connection's end (the test's own connection speaks RESP2).
+    let clients: String = testkit::redis::cmd("CLIENT").arg("LIST").query(&mut redis.client()).unwrap();
+    assert_eq!(clients.lines().filter(|c| c.contains(" resp=3")).count(), 1, "{clients}");
+}
+
+/// A server that refuses `HELLO 3` (here renamed away, as on servers without RESP3) gets RESP2
+/// connections, which cannot report their end: after a restart while idle, the first check
+/// fails (it is never sent again: it may have left), and the next goes out on a new connection.
+#[tokio::test]
+async fn without_resp3_the_gateway_speaks_resp2_and_never_resends_after_a_restart() {
+    let mut redis = RedisServer::builder().arg_words("rename-command", &["HELLO", ""]).start();
+    let model = start_model(0);
+    let gateway = start_gateway(&redis, &model.url(""), 100, 60, &[]);
+    assert_eq!(predict(&gateway, &[("x-api-key", "k")]).await.status, StatusCode::OK, "{}", gateway.logs());
+    assert!(gateway.logs().contains("Redis refused HELLO 3 (RESP3): connections speak RESP2"), "{}", gateway.logs());
+    redis.restart();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let first = predict(&gateway, &[("x-api-key", "k")]).await;
+    assert_eq!(first.status, StatusCode::SERVICE_UNAVAILABLE, "{first:?}");
+    assert_eq!(testkit::command_calls(&mut redis.client(), "RL.CHECK"), 0, "not sent again");
+    assert_eq!(predict(&gateway, &[("x-api-key", "k")]).await.status, StatusCode::OK, "{}", gateway.logs());
+    assert_eq!(testkit::command_calls(&mut redis.client(), "RL.CHECK"), 1);
 }
 
 #[tokio::test]

@@ -9,6 +9,8 @@
 mod common;
 
 use common::*;
+use std::time::{Duration, Instant};
+
 use hyper::{Method, StatusCode};
 use testkit::{redis, tokens, Proxy};
 
@@ -107,4 +109,77 @@ async fn through_sentinel_a_check_whose_reply_is_lost_is_charged_once() {
     // The next request goes through on a new connection.
     assert_eq!(predict(&gateway, &[("x-api-key", "sentinel-once")]).await.status, StatusCode::OK);
     assert_eq!(tokens(&mut primary.client(), &key, 5, 60, 5), 3);
+}
+
+/// Threads that keep every core busy until dropped: the gateway's workers and its Redis I/O
+/// thread then get the CPU late and in any order.
+struct BusyCores {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl BusyCores {
+    fn start(per_core: usize) -> BusyCores {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let threads = (0..cores * per_core)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        std::hint::spin_loop();
+                    }
+                })
+            })
+            .collect();
+        BusyCores { stop, threads }
+    }
+}
+
+impl Drop for BusyCores {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The case an earlier gateway got wrong: its connection had been idle (no reply for 100 ms),
+/// and the connection broke just as the admission went out (the proxy closes the gateway's
+/// side as soon as it passed the command on; Redis runs it). That gateway took a command
+/// failing on its first poll for one that never left and sent it again; with every core busy,
+/// the I/O thread could send it, lose the reply and fail it before that first poll returned,
+/// and the reservation was charged twice (5 to 9 times in 90 rounds here). Now a command is
+/// never sent twice: each round is one `503` and one charge. Three gateways (each with its
+/// own Redis and proxy) run their rounds at once, with two spinning threads per core.
+#[tokio::test]
+async fn an_admission_on_an_idle_connection_cut_after_it_ran_is_charged_once_on_a_busy_host() {
+    const ROUNDS: u64 = 30;
+    let setups = [through_proxy(4).await, through_proxy(4).await, through_proxy(4).await];
+    let busy = BusyCores::start(4);
+    let rounds = setups.iter().map(|(redis, proxy, gateway, _model, _dir)| async move {
+        for round in 1..=ROUNDS {
+            // Idle long enough for the old rule to resend.
+            tokio::time::sleep(Duration::from_millis(120)).await;
+            proxy.cut_after_sending("RL.CHECKALL");
+            let answer = chat(gateway, "abcd", 50).await;
+            assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE, "round {round}: {answer:?}");
+            assert_eq!(proxy.cuts() as u64, round, "round {round}\n{}", gateway.logs());
+            // The server runs it even though the client's side was closed first.
+            let mut con = redis.client();
+            let ran = wait_until(Instant::now() + Duration::from_secs(5), || {
+                testkit::command_calls(&mut con, "RL.CHECKALL") >= round
+            });
+            assert!(ran, "round {round}: ran\n{}", gateway.logs());
+            let calls = testkit::command_calls(&mut con, "RL.CHECKALL");
+            assert_eq!(calls, round, "round {round}: sent once\n{}", gateway.logs());
+        }
+    });
+    futures_util::future::join_all(rounds).await;
+    drop(busy);
+    for (redis, _proxy, _gateway, _model, _dir) in &setups {
+        let key = bucket(redis, ":tokens");
+        assert_eq!(tokens(&mut redis.client(), &key, 1, 86400, BURST), BURST - 51 * ROUNDS, "each reservation once");
+    }
 }

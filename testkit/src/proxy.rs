@@ -4,7 +4,7 @@
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, Shutdown, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
@@ -25,8 +25,8 @@ pub struct Proxy {
 struct Shared {
     target: u16,
     stopping: AtomicBool,
-    /// The command the next cut is for, as RESP sends its name (`$8\r\nRL.CHECK\r\n`).
-    armed: Mutex<Option<Vec<u8>>>,
+    /// The command the next cut is for, as RESP sends its name (`$8\r\nRL.CHECK\r\n`), and when.
+    armed: Mutex<Option<(Vec<u8>, Cut)>>,
     cuts: AtomicUsize,
     connections: AtomicUsize,
     /// Every socket the proxy holds, closed when it drops.
@@ -41,16 +41,38 @@ impl Shared {
         }
     }
 
-    /// True (and disarmed) when `chunk` sends the armed command.
-    fn take_cut(&self, chunk: &[u8]) -> bool {
+    /// The armed cut (disarmed now) when `chunk` sends the armed command.
+    fn take_cut(&self, chunk: &[u8]) -> Option<Cut> {
         let mut armed = self.armed.lock().unwrap_or_else(PoisonError::into_inner);
-        let hit =
-            armed.as_ref().is_some_and(|needle| chunk.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle)));
+        let hit = armed
+            .as_ref()
+            .is_some_and(|(needle, _)| chunk.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle)));
         if hit {
-            *armed = None;
+            armed.take().map(|(_, cut)| cut)
+        } else {
+            None
         }
-        hit
     }
+
+    fn arm(&self, command: &str, cut: Cut) {
+        let needle = format!("${}\r\n{command}\r\n", command.len()).into_bytes();
+        *self.armed.lock().unwrap_or_else(PoisonError::into_inner) = Some((needle, cut));
+    }
+}
+
+/// A connection's cut, once its armed command passed: none yet, or which [`Cut`].
+const NO_CUT: u8 = 0;
+const CUT_AFTER_REPLY: u8 = 1;
+const CUT_AFTER_SENDING: u8 = 2;
+
+/// When an armed cut closes the client's side.
+#[derive(Clone, Copy)]
+enum Cut {
+    /// Once the server's reply arrived (thrown away).
+    AfterReply,
+    /// As soon as the command was passed on to the server (which still runs it; its reply is
+    /// thrown away): the client sees its connection end while its command is barely out.
+    AfterSending,
 }
 
 impl Proxy {
@@ -98,8 +120,14 @@ impl Proxy {
     /// command in flight on the connection at that moment (the next bytes from the server are
     /// then that command's reply).
     pub fn cut_after_reply_to(&self, command: &str) {
-        let needle = format!("${}\r\n{command}\r\n", command.len()).into_bytes();
-        *self.shared.armed.lock().unwrap_or_else(PoisonError::into_inner) = Some(needle);
+        self.shared.arm(command, Cut::AfterReply);
+    }
+
+    /// Arms one cut like [`Proxy::cut_after_reply_to`], but the client's side is closed as soon
+    /// as `command` was passed on, without waiting for the server's reply (which is thrown away
+    /// when it comes; the server runs the command all the same). Counted in [`Proxy::cuts`] then.
+    pub fn cut_after_sending(&self, command: &str) {
+        self.shared.arm(command, Cut::AfterSending);
     }
 
     /// How many connections were cut so far.
@@ -142,10 +170,11 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
         shared.keep(&client);
         shared.keep(&server);
         shared.connections.fetch_add(1, Ordering::SeqCst);
-        let cut = Arc::new(AtomicBool::new(false));
+        let cut = Arc::new(AtomicU8::new(NO_CUT));
+        let Ok(client_closer) = client.try_clone() else { continue };
         let upstream = {
             let (shared, cut) = (shared.clone(), cut.clone());
-            std::thread::spawn(move || relay_commands(client_reader, server, &shared, &cut))
+            std::thread::spawn(move || relay_commands(client_reader, server, &client_closer, &shared, &cut))
         };
         let downstream = {
             let shared = shared.clone();
@@ -155,35 +184,60 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
     }
 }
 
-/// Client to server; marks the connection for the cut when the armed command passes.
-fn relay_commands(mut client: TcpStream, mut server: TcpStream, shared: &Shared, cut: &AtomicBool) {
+/// Client to server; marks the connection for the cut when the armed command passes (and
+/// closes the client's side at once for [`Cut::AfterSending`]).
+fn relay_commands(
+    mut client: TcpStream,
+    mut server: TcpStream,
+    client_side: &TcpStream,
+    shared: &Shared,
+    cut: &AtomicU8,
+) {
     let mut buf = [0u8; 16 * 1024];
     loop {
         let n = match client.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        if shared.take_cut(&buf[..n]) {
-            cut.store(true, Ordering::SeqCst);
+        let armed = shared.take_cut(&buf[..n]);
+        match armed {
+            Some(Cut::AfterReply) => cut.store(CUT_AFTER_REPLY, Ordering::SeqCst),
+            Some(Cut::AfterSending) => {
+                // The client's side is closed first: once the command reaches the server its
+                // reply may come back at once, and must not be passed on.
+                cut.store(CUT_AFTER_SENDING, Ordering::SeqCst);
+                shared.cuts.fetch_add(1, Ordering::SeqCst);
+                let _ = client_side.shutdown(Shutdown::Both);
+            }
+            None => {}
         }
         if server.write_all(&buf[..n]).is_err() {
             break;
+        }
+        if let Some(Cut::AfterSending) = armed {
+            // The server reads the command, then the end of the connection.
+            let _ = server.shutdown(Shutdown::Write);
+            return;
         }
     }
     let _ = server.shutdown(Shutdown::Both);
 }
 
 /// Server to client, until the reply that the cut swallows.
-fn relay_replies(mut server: TcpStream, mut client: TcpStream, shared: &Shared, cut: &AtomicBool) {
+fn relay_replies(mut server: TcpStream, mut client: TcpStream, shared: &Shared, cut: &AtomicU8) {
     let mut buf = [0u8; 16 * 1024];
     loop {
         let n = match server.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        if cut.load(Ordering::SeqCst) {
-            shared.cuts.fetch_add(1, Ordering::SeqCst);
-            break;
+        match cut.load(Ordering::SeqCst) {
+            NO_CUT => {}
+            CUT_AFTER_REPLY => {
+                shared.cuts.fetch_add(1, Ordering::SeqCst);
+                break;
+            }
+            _ => continue, // cut after sending: counted then, and the server ends the connection
         }
         if client.write_all(&buf[..n]).is_err() {
             break;
@@ -213,5 +267,24 @@ mod tests {
         let mut again = client.get_connection().unwrap();
         assert_eq!(redis::cmd("INCR").arg("n").query::<i64>(&mut again).unwrap(), 2);
         assert_eq!((proxy.cuts(), proxy.connections()), (1, 2));
+    }
+
+    #[test]
+    fn a_cut_after_sending_closes_the_client_at_once_and_the_server_still_runs_the_command() {
+        let server = RedisServer::builder().without_module().start();
+        let proxy = Proxy::start(free_port(), server.port());
+        let client = redis::Client::open(proxy.url()).unwrap();
+        let mut con = client.get_connection().unwrap();
+        proxy.cut_after_sending("INCR");
+        assert!(redis::cmd("INCR").arg("n").query::<i64>(&mut con).is_err(), "the reply never arrives");
+        assert_eq!(proxy.cuts(), 1);
+        let mut direct = server.client();
+        let ran = (0..200).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            redis::cmd("GET").arg("n").query::<Option<i64>>(&mut direct).unwrap() == Some(1)
+        });
+        assert!(ran, "the server ran it");
+        let mut again = client.get_connection().unwrap();
+        assert_eq!(redis::cmd("INCR").arg("n").query::<i64>(&mut again).unwrap(), 2, "one-shot");
     }
 }

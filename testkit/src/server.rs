@@ -42,6 +42,14 @@ impl ServerBuilder {
         self
     }
 
+    /// Adds a config directive of several words, each passed as it is, e.g.
+    /// `.arg_words("rename-command", &["HELLO", ""])`.
+    pub fn arg_words(mut self, name: &str, words: &[&str]) -> Self {
+        self.args.push(format!("--{name}"));
+        self.args.extend(words.iter().map(|w| w.to_string()));
+        self
+    }
+
     /// Use another server binary than `RL_SERVER_BIN`.
     pub fn binary(mut self, binary: &str) -> Self {
         self.binary = binary.to_string();

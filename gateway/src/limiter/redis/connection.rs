@@ -11,26 +11,26 @@
 //!
 //! **Reconnecting.** [`Managed`] holds one server's connection, makes it on first use, and
 //! drops it after an error that may mean it broke; the next command connects again (one
-//! attempt at a time, shared by every command waiting for it). A command is never sent
-//! twice, except one that cannot have left: when the connection had already closed (Redis
-//! restarted while the gateway was idle), the command fails at once, on its first poll, and it
-//! is then sent once on a new connection. A failure on the first poll alone does not prove
-//! that: the command is handed to the writer thread, which may send it, see its reply lost
-//! and fail it before the first poll returns (a test that cut the connection after the reply
-//! saw it charged twice). So the command is sent again only when the connection had also been
-//! idle for [`IDLE_BEFORE_RESEND`]: a connection Redis closed while idle, whose writer had long
-//! stopped. A busy connection that breaks fails its commands (`failure_mode` decides).
+//! attempt at a time, shared by every command waiting for it). **A command is handed to a
+//! connection once and never sent again**: once handed over, nothing on this side can tell
+//! whether it left (the writer runs on the I/O thread, and may send it, lose its reply and fail
+//! it before the caller even looks), and a resent `RL.CHECK` could charge twice. What makes
+//! this safe after Redis restarted while the gateway was idle is knowing the connection is dead
+//! *before* handing it a command: connections speak RESP3, whose client reports the end of the
+//! connection as soon as the I/O thread reads it ([`Link::closed`]), and a link known closed is
+//! replaced before use. (A server that refuses `HELLO 3` gets RESP2 connections without that
+//! report: there the first command after such a restart fails, as `failure_mode` says.)
 
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 use redis::aio::MultiplexedConnection;
-use redis::{ErrorKind, RedisError, RedisResult, ServerErrorKind};
+use redis::{
+    AsyncConnectionConfig, ErrorKind, ProtocolVersion, PushInfo, PushKind, RedisError, RedisResult, ServerErrorKind,
+};
 
 /// The runtime of the Redis I/O thread (started on first use).
 pub fn io() -> &'static tokio::runtime::Handle {
@@ -74,8 +74,8 @@ pub fn connection_may_be_broken(e: &RedisError) -> bool {
         || e.kind() == ErrorKind::Server(ServerErrorKind::ReadOnly)
 }
 
-/// How to make a connection (to one server, or to whichever Sentinel names).
-pub type Connect = Box<dyn Fn() -> BoxFuture<'static, RedisResult<MultiplexedConnection>> + Send + Sync>;
+/// Where to connect now: one server, or whichever Sentinel names (asked on each call).
+pub type Locate = Box<dyn Fn() -> BoxFuture<'static, RedisResult<redis::Client>> + Send + Sync>;
 
 /// After a failed attempt to connect, commands fail at once for this long instead of each
 /// trying again (a flood of requests during an outage would otherwise be a flood of connects);
@@ -90,7 +90,10 @@ const KEEP_AFTER_TIMEOUT: Duration = Duration::from_secs(1);
 pub struct Managed {
     /// What the connection is to, for the log.
     what: &'static str,
-    connect: Connect,
+    locate: Locate,
+    config: AsyncConnectionConfig,
+    /// Set when the server refused `HELLO 3`: connections then speak RESP2.
+    resp2_only: Arc<AtomicBool>,
     state: Mutex<State>,
     made: AtomicU64,
     /// Bumped by [`Managed::replace`]: an attempt that began before a replacement (it may
@@ -107,38 +110,80 @@ struct State {
     failed: Option<(Instant, RedisError)>,
 }
 
-/// How long a connection must have had no reply before a command failing on its first poll
-/// is taken as never sent (see the module's comment).
-pub const IDLE_BEFORE_RESEND: Duration = Duration::from_millis(100);
-
 /// A connection and its number (a late failure on an old connection must not drop a newer one).
 #[derive(Clone)]
 pub struct Link {
     pub id: u64,
     pub conn: MultiplexedConnection,
     made_at: Instant,
-    /// When it last had a reply, in ms after `made_at`.
-    last_reply_ms: Arc<AtomicU64>,
+    /// Set by the connection's client as soon as it sees the connection end (RESP3 only).
+    closed: Option<Arc<AtomicBool>>,
 }
 
 impl Link {
-    /// No reply (nor the connection made) for at least `for_at_least`.
-    fn idle(&self, for_at_least: Duration) -> bool {
-        let last = self.made_at + Duration::from_millis(self.last_reply_ms.load(Ordering::Relaxed));
-        last.elapsed() >= for_at_least
-    }
-
-    fn replied(&self) {
-        let ms = u64::try_from(self.made_at.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_reply_ms.fetch_max(ms, Ordering::Relaxed);
+    /// Known to have ended: a command handed to it now would fail without being sent.
+    pub fn closed(&self) -> bool {
+        self.closed.as_ref().is_some_and(|closed| closed.load(Ordering::Acquire))
     }
 }
 
+/// The server does not know `HELLO` (the client recognises only the spelling of Redis 5, a
+/// renamed command is answered as Redis 7 spells it).
+fn refuses_resp3(e: &RedisError) -> bool {
+    e.kind() == ErrorKind::RESP3NotSupported
+        || (e.kind() == ErrorKind::Server(ServerErrorKind::ResponseError)
+            && e.detail().is_some_and(|detail| detail.to_ascii_lowercase().starts_with("unknown command 'hello'")))
+}
+
+/// A connection just made, and what reports its end.
+pub struct Dialed {
+    conn: MultiplexedConnection,
+    closed: Option<Arc<AtomicBool>>,
+}
+
+/// Connects to `client`'s server with `config`: over RESP3 with a report of the connection's
+/// end, or over RESP2 without one when `resp2_only` is set, or set now because the server
+/// refused `HELLO 3`. Runs on the I/O thread.
+async fn dial(
+    client: redis::Client,
+    config: AsyncConnectionConfig,
+    resp2_only: Arc<AtomicBool>,
+) -> RedisResult<Dialed> {
+    if !resp2_only.load(Ordering::Relaxed) {
+        let info = client.get_connection_info().clone();
+        let resp3 = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
+        let client = redis::Client::open(info.set_redis_settings(resp3))?;
+        let closed = Arc::new(AtomicBool::new(false));
+        let reported = closed.clone();
+        let watched = config.clone().set_push_sender(move |push: PushInfo| {
+            if push.kind == PushKind::Disconnection {
+                reported.store(true, Ordering::Release);
+            }
+            Ok::<(), std::convert::Infallible>(())
+        });
+        match client.get_multiplexed_async_connection_with_config(&watched).await {
+            Ok(conn) => return Ok(Dialed { conn, closed: Some(closed) }),
+            Err(e) if refuses_resp3(&e) => {
+                tracing::warn!(
+                    "Redis refused HELLO 3 (RESP3): connections speak RESP2, and a connection Redis closed \
+                     while the gateway was idle is noticed only when a command fails on it"
+                );
+                resp2_only.store(true, Ordering::Relaxed);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let conn = client.get_multiplexed_async_connection_with_config(&config).await?;
+    Ok(Dialed { conn, closed: None })
+}
+
 impl Managed {
-    pub fn new(what: &'static str, connect: Connect) -> Arc<Managed> {
+    pub fn new(what: &'static str, locate: Locate, config: AsyncConnectionConfig) -> Arc<Managed> {
         Arc::new(Managed {
             what,
-            connect,
+            locate,
+            config,
+            resp2_only: Arc::default(),
             state: Mutex::new(State::default()),
             made: AtomicU64::new(0),
             replaced: AtomicU64::new(0),
@@ -154,7 +199,11 @@ impl Managed {
         let attempt = {
             let mut state = self.state();
             if let Some(link) = &state.link {
-                return Ok(link.clone());
+                if !link.closed() {
+                    return Ok(link.clone());
+                }
+                tracing::info!(connection = link.id, "the connection to {} was closed; connecting again", self.what);
+                state.link = None;
             }
             if let Some((at, error)) = &state.failed {
                 if at.elapsed() < CONNECT_PAUSE {
@@ -177,8 +226,7 @@ impl Managed {
     /// One attempt to connect, on the I/O thread; its outcome is recorded for every command.
     async fn attempt(self: Arc<Self>) -> RedisResult<Link> {
         let replaced = self.replaced.load(Ordering::Relaxed);
-        let connecting = (self.connect)();
-        let result = on_io(connecting).await;
+        let result = on_io(self.dial_located()).await;
         let mut state = self.state();
         state.attempt = None;
         match result {
@@ -198,24 +246,37 @@ impl Managed {
         }
     }
 
-    fn install(&self, state: &mut State, conn: MultiplexedConnection) -> Link {
+    /// Asks where to connect, and connects there.
+    fn dial_located(&self) -> impl Future<Output = RedisResult<Dialed>> + Send + 'static {
+        let locating = (self.locate)();
+        let (config, resp2_only) = (self.config.clone(), self.resp2_only.clone());
+        async move { dial(locating.await?, config, resp2_only).await }
+    }
+
+    /// Connects to `client`'s server (on the I/O thread) without installing the connection.
+    pub async fn dial_to(&self, client: redis::Client) -> RedisResult<Dialed> {
+        on_io(dial(client, self.config.clone(), self.resp2_only.clone())).await
+    }
+
+    fn install(&self, state: &mut State, dialed: Dialed) -> Link {
         let link = Link {
             id: self.made.fetch_add(1, Ordering::Relaxed),
-            conn,
+            conn: dialed.conn,
             made_at: Instant::now(),
-            last_reply_ms: Arc::default(),
+            closed: dialed.closed,
         };
         state.link = Some(link.clone());
         tracing::info!(connection = link.id, "connected to {}", self.what);
         link
     }
 
-    /// Makes `conn` the connection (one made elsewhere, e.g. to a primary a sentinel announced).
-    pub fn replace(&self, conn: MultiplexedConnection) {
+    /// Makes `dialed` the connection (one made elsewhere, e.g. to a primary a sentinel
+    /// announced, by [`Managed::dial_to`]).
+    pub fn replace(&self, dialed: Dialed) {
         let mut state = self.state();
         self.replaced.fetch_add(1, Ordering::Relaxed);
         state.failed = None;
-        self.install(&mut state, conn);
+        self.install(&mut state, dialed);
     }
 
     /// Drops connection `id` (or whichever there is, for `None`): the next command connects again.
@@ -246,8 +307,8 @@ impl Managed {
         }
     }
 
-    /// Sends `cmd` on `link` and reads its reply (see the module's comment on what is sent
-    /// again); `sent` is set when the command is handed to a connection.
+    /// Sends `cmd` on `link` (once: see the module's comment) and reads its reply; `sent` is
+    /// set when the command is handed to the connection.
     pub async fn send_on(
         self: Arc<Self>,
         link: Link,
@@ -255,60 +316,20 @@ impl Managed {
         sent: Arc<AtomicBool>,
     ) -> RedisResult<redis::Value> {
         sent.store(true, Ordering::Relaxed);
-        let first = std::pin::pin!(query(link.conn.clone(), &cmd));
-        let (first_poll, result) = FirstPoll { future: first, polled: false }.await;
-        let (link, result) = match result {
-            Err(e) if first_poll && e.is_connection_dropped() && link.idle(IDLE_BEFORE_RESEND) => {
-                // The connection had closed while idle, before the command was handed to it.
-                self.forget(Some(link.id), &e);
-                let link = self.link().await?;
-                let result = query(link.conn.clone(), &cmd).await;
-                (link, result)
+        let mut conn = link.conn.clone();
+        let result = cmd.query_async::<redis::Value>(&mut conn).await;
+        if let Err(e) = &result {
+            if connection_may_be_broken(e) {
+                self.forget(Some(link.id), e);
             }
-            result => (link, result),
-        };
-        match &result {
-            Err(e) if connection_may_be_broken(e) => self.forget(Some(link.id), e),
-            _ => link.replied(),
         }
         result
-    }
-}
-
-async fn query(mut conn: MultiplexedConnection, cmd: &redis::Cmd) -> RedisResult<redis::Value> {
-    cmd.query_async::<redis::Value>(&mut conn).await
-}
-
-/// A (pinned) future's output, and whether it came on the first poll.
-struct FirstPoll<'a, F> {
-    future: Pin<&'a mut F>,
-    polled: bool,
-}
-
-impl<F: Future> Future for FirstPoll<'_, F> {
-    type Output = (bool, F::Output);
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let first = !self.polled;
-        self.polled = true;
-        self.future.as_mut().poll(cx).map(|output| (first, output))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test]
-    async fn first_poll_tells_an_immediate_answer_from_a_later_one() {
-        let now = std::pin::pin!(async { 5 });
-        assert_eq!(FirstPoll { future: now, polled: false }.await, (true, 5));
-        let later = std::pin::pin!(async {
-            tokio::task::yield_now().await;
-            6
-        });
-        assert_eq!(FirstPoll { future: later, polled: false }.await, (false, 6));
-    }
 
     #[tokio::test]
     async fn io_runs_on_a_thread_of_its_own() {
@@ -330,6 +351,7 @@ mod tests {
                 }
                 .boxed()
             }),
+            AsyncConnectionConfig::new(),
         );
         let waiting: Vec<_> = (0..5)
             .map(|_| {

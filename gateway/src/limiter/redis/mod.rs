@@ -8,7 +8,7 @@
 //! its first key.
 //!
 //! **No command is ever sent twice** when it may have reached Redis: a retry could charge
-//! twice. (One that provably never left is sent once on a new connection, see [`connection`].)
+//! twice (see [`connection`]).
 //!
 //! **A call the gateway gave up on takes nothing.** A call that gets no answer within
 //! `redis.timeout_ms` fails (the request is answered as `failure_mode` says), but the command
@@ -230,10 +230,8 @@ impl RedisLimiter {
                 .map_err(described)?;
                 Backend::Server(Managed::new(
                     "Redis",
-                    Box::new(move || {
-                        let (client, config) = (client.clone(), connection_config.clone());
-                        async move { client.get_multiplexed_async_connection_with_config(&config).await }.boxed()
-                    }),
+                    Box::new(move || std::future::ready(Ok(client.clone())).boxed()),
+                    connection_config,
                 ))
             }
             RedisTarget::Cluster(nodes) => {

@@ -14,7 +14,7 @@ use futures_util::future::FutureExt;
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 use redis::{AsyncConnectionConfig, IntoConnectionInfo, ProtocolVersion, PushKind, RedisConnectionInfo};
 
-use super::connection::{io, on_io, Managed};
+use super::connection::{io, Managed};
 use super::ClientError;
 use crate::config::{Redacted, RedisUrl, SentinelTarget};
 
@@ -38,20 +38,17 @@ pub fn primary(
     // Held while asking, so that the commands failing at once during a failover ask one
     // after the other (the first that connects serves the rest) instead of all together.
     let sentinel = Arc::new(tokio::sync::Mutex::new(client));
-    let (asking, config) = (sentinel.clone(), connection_config.clone());
+    let asking = sentinel.clone();
     let managed = Managed::new(
         "the primary Sentinel names",
         Box::new(move || {
-            let (sentinel, config) = (asking.clone(), config.clone());
-            async move {
-                // The client checks that the server Sentinel names calls itself a primary (ROLE).
-                let client = sentinel.lock().await.async_get_client().await?;
-                client.get_multiplexed_async_connection_with_config(&config).await
-            }
-            .boxed()
+            let sentinel = asking.clone();
+            // The client checks that the server Sentinel names calls itself a primary (ROLE).
+            async move { sentinel.lock().await.async_get_client().await }.boxed()
         }),
+        connection_config,
     );
-    let switch = Switch { managed: Arc::downgrade(&managed), sentinel, primary_auth, connection_config };
+    let switch = Switch { managed: Arc::downgrade(&managed), sentinel, primary_auth };
     io().spawn(watch_switches(switch, target.sentinels.clone(), target.master.clone(), connect_timeout));
     Ok(managed)
 }
@@ -64,7 +61,6 @@ struct Switch {
     sentinel: Arc<tokio::sync::Mutex<SentinelClient>>,
     /// The primary's AUTH (and database), for a connection to an announced primary.
     primary_auth: RedisConnectionInfo,
-    connection_config: AsyncConnectionConfig,
 }
 
 impl Switch {
@@ -74,11 +70,12 @@ impl Switch {
     async fn switch_to(&self, managed: &Managed, host: &str, port: u16) {
         let _asking = self.sentinel.lock().await;
         let info = (host, port).into_connection_info().map(|info| info.set_redis_settings(self.primary_auth.clone()));
-        let config = self.connection_config.clone();
-        let connecting =
-            async move { redis::Client::open(info?)?.get_multiplexed_async_connection_with_config(&config).await };
-        match on_io(connecting).await {
-            Ok(conn) => managed.replace(conn),
+        let dialed = match info.and_then(redis::Client::open) {
+            Ok(client) => managed.dial_to(client).await,
+            Err(e) => Err(e),
+        };
+        match dialed {
+            Ok(dialed) => managed.replace(dialed),
             Err(e) => managed.forget(None, &format!("cannot connect to the announced primary {host}:{port}: {e}")),
         }
     }

@@ -163,8 +163,12 @@ impl Args for RawArgs {
 
 /// The server clock in nanoseconds, read once per command: the cached command time where the
 /// server has it (Redis 7.2+, Valkey), so every key in one call, `MULTI` or script sees the same
-/// instant; otherwise the millisecond clock (Redis 7.0).
+/// instant; otherwise the millisecond clock (Redis 7.0). A clock frozen by `RL.DEBUG CLOCK`
+/// (only with `debug-commands`) comes first.
 fn now_nanos() -> u64 {
+    if let Some(frozen) = crate::commands::debug::frozen_clock() {
+        return frozen;
+    }
     unsafe {
         if let Some(cached) = raw::RedisModule_CachedMicroseconds {
             return u64::try_from(cached()).unwrap_or(0).saturating_mul(1_000);

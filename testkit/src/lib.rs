@@ -20,6 +20,8 @@
 //!   [`rl_renew`] for concurrency leases. Replies are the typed values of
 //!   [`reply`] (the `rl-protocol` crate): [`CheckReply`], [`CheckAllReply`], [`RefundReply`],
 //!   [`ThrottleReply`], [`AcquireReply`].
+//! - **The Functions library** ([`functions`]): its source (also with a test clock), loading
+//!   it, and running a module command line as `FCALL` or `EVALSHA` ([`functions::command`]).
 //! - **Inspection** ([`inspect`]): what a server holds ([`Stored`], [`stored`], [`snapshot`],
 //!   [`all_keys`]; [`StoredLeases`] for a lease set), what it reports ([`info_field`], [`command_calls`],
 //!   [`repl_offset`], [`redis_version`], [`is_valkey`]), and [`wait_for_replicas`] (`WAIT`).
@@ -54,6 +56,7 @@ pub use rl_protocol::{AcquireReply, CheckAllReply, CheckReply, RefundReply, Thro
 
 pub mod cluster;
 pub mod commands;
+pub mod functions;
 pub mod inspect;
 pub mod process;
 pub mod proxy;

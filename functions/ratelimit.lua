@@ -1,0 +1,976 @@
+#!lua name=ratelimit
+--[[
+The rate limiter's commands as a Redis Functions library, for servers that cannot load the
+module (hosted Redis and Valkey): the same arguments after the key count, the same replies,
+error texts and bounds, and the same stored state, so keys move between the module and this
+library without resetting anyone's limits.
+
+  FUNCTION LOAD REPLACE "$(cat functions/ratelimit.lua)"
+  FCALL rl_check 1 key limit window [COST n] [BURST b] [KEEP k] [FORCE]
+  FCALL rl_checkall numkeys key [key ...] limit window cost burst [keep] [...]
+  FCALL_RO rl_peek 1 key limit window [BURST b]
+  FCALL rl_refund 1 key limit window amount [BURST b]
+  FCALL rl_reset 1 key
+  FCALL cl_throttle 1 key max_burst count_per_period period [quantity]
+  FCALL rl_acquire 1 key max lease_ms ID id
+  FCALL rl_release 1 key id
+  FCALL rl_renew 1 key id lease_ms
+  FCALL_RO rl_version 0
+
+Where Functions are missing (Redis 6.2), the same source runs as a script, with its first
+line (the shebang) blanked: EVALSHA sha numkeys key... <function name> args...
+
+Exactness. Lua numbers are doubles, exact only up to 2^53, while the module's GCRA works in
+units of 1/limit nanosecond (u128). So every time and amount here is a natural number held in
+base-10^7 limbs (`Big`), with the module's exact operations and roundings; only values known
+to stay below 2^53 (milliseconds, lease deadlines, counts) are plain numbers, and every
+number passed to redis.call is formatted here (never by tostring, which prints 1e+15). One
+limit the module does not have: a reply is a Lua number, so a burst above 2^53 (which
+`remaining` and `burst` would carry) is refused with its own error.
+
+The clock is read once per call (TIME), in nanoseconds. Writes are replicated as their
+effects (SET ... PXAT, DEL, ZADD, ZREM, ZREMRANGEBYSCORE, PEXPIREAT): the same commands the
+module replicates.
+]]
+
+local VERSION = '1'
+
+-- Everything is defined on the first call, not while the library loads: Redis 7.0 offers no
+-- `math` or `string` to the code that registers functions. The definitions are kept for
+-- every later call (a script run by EVALSHA builds them per call).
+local function build()
+
+  -- ---------------------------------------------------------------------------------------
+  -- Natural numbers in base-10^7 limbs, least significant first; zero is the empty table.
+  -- Every intermediate value stays below 2^53: limb products are below 10^14.
+
+  local BASE = 10000000
+  local BASE_DIGITS = 7
+  local floor = math.floor
+  local sformat = string.format
+  local ssub = string.sub
+
+  local function trim(a)
+    local n = #a
+    while n > 0 and a[n] == 0 do
+      a[n] = nil
+      n = n - 1
+    end
+    return a
+  end
+
+  -- A plain non-negative integer below 2^53.
+  local function big(x)
+    local a = {}
+    local i = 0
+    while x > 0 do
+      i = i + 1
+      local q = floor(x / BASE)
+      a[i] = x - q * BASE
+      x = q
+    end
+    return a
+  end
+
+  -- A string of decimal digits (already checked).
+  local function parse_big(s)
+    local a = {}
+    local i = 0
+    local stop = #s
+    while stop > 0 do
+      local start = stop - BASE_DIGITS + 1
+      if start < 1 then start = 1 end
+      i = i + 1
+      a[i] = tonumber(ssub(s, start, stop))
+      stop = start - 1
+    end
+    return trim(a)
+  end
+
+  local function big_str(a)
+    local n = #a
+    if n == 0 then return '0' end
+    local parts = { sformat('%d', a[n]) }
+    for i = n - 1, 1, -1 do
+      parts[#parts + 1] = sformat('%07d', a[i])
+    end
+    return table.concat(parts)
+  end
+
+  -- The value as a Lua number (callers know it is below 2^53).
+  local function big_num(a)
+    local x = 0
+    for i = #a, 1, -1 do
+      x = x * BASE + a[i]
+    end
+    return x
+  end
+
+  local function cmp(a, b)
+    local na, nb = #a, #b
+    if na ~= nb then return na < nb and -1 or 1 end
+    for i = na, 1, -1 do
+      local x, y = a[i], b[i]
+      if x ~= y then return x < y and -1 or 1 end
+    end
+    return 0
+  end
+
+  local function add(a, b)
+    local r = {}
+    local carry = 0
+    local n = #a > #b and #a or #b
+    for i = 1, n do
+      local s = (a[i] or 0) + (b[i] or 0) + carry
+      if s >= BASE then
+        r[i] = s - BASE
+        carry = 1
+      else
+        r[i] = s
+        carry = 0
+      end
+    end
+    if carry > 0 then r[n + 1] = carry end
+    return r
+  end
+
+  -- a - b, for a >= b.
+  local function sub(a, b)
+    local r = {}
+    local borrow = 0
+    for i = 1, #a do
+      local s = a[i] - (b[i] or 0) - borrow
+      if s < 0 then
+        r[i] = s + BASE
+        borrow = 1
+      else
+        r[i] = s
+        borrow = 0
+      end
+    end
+    return trim(r)
+  end
+
+  -- max(a - b, 0), as the module's saturating_sub.
+  local function sat_sub(a, b)
+    if cmp(a, b) <= 0 then return {} end
+    return sub(a, b)
+  end
+
+  local function mul(a, b)
+    local na, nb = #a, #b
+    if na == 0 or nb == 0 then return {} end
+    local r = {}
+    for i = 1, na + nb do r[i] = 0 end
+    for i = 1, na do
+      local carry = 0
+      local ai = a[i]
+      for j = 1, nb do
+        local t = r[i + j - 1] + ai * b[j] + carry
+        carry = floor(t / BASE)
+        r[i + j - 1] = t - carry * BASE
+      end
+      local k = i + nb
+      while carry > 0 do
+        local t = r[k] + carry
+        carry = floor(t / BASE)
+        r[k] = t - carry * BASE
+        k = k + 1
+      end
+    end
+    return trim(r)
+  end
+
+  -- a * m for a plain 0 <= m < BASE.
+  local function mul_small(a, m)
+    local r = {}
+    local carry = 0
+    local n = #a
+    for i = 1, n do
+      local t = a[i] * m + carry
+      carry = floor(t / BASE)
+      r[i] = t - carry * BASE
+    end
+    if carry > 0 then r[n + 1] = carry end
+    return trim(r)
+  end
+
+  -- floor(a / b) and a mod b, for b > 0 (Knuth's algorithm D in base 10^7).
+  local function divmod(a, b)
+    local n = #b
+    if cmp(a, b) < 0 then
+      local copy = {}
+      for i = 1, #a do copy[i] = a[i] end
+      return {}, copy
+    end
+    if n == 1 then
+      local d = b[1]
+      local q = {}
+      local r = 0
+      for i = #a, 1, -1 do
+        local cur = r * BASE + a[i]
+        local qi = floor(cur / d)
+        q[i] = qi
+        r = cur - qi * d
+      end
+      return trim(q), (r == 0 and {} or { r })
+    end
+    -- Normalise so that the divisor's top limb is at least BASE / 2.
+    local f = floor(BASE / (b[n] + 1))
+    local u = mul_small(a, f)
+    local v = mul_small(b, f)
+    local m = #a - n
+    for i = #u + 1, #a + 1 do u[i] = 0 end
+    local vtop, vnext = v[n], v[n - 1]
+    local q = {}
+    for j = m, 0, -1 do
+      local num = u[j + n + 1] * BASE + u[j + n]
+      local qhat = floor(num / vtop)
+      local rhat = num - qhat * vtop
+      while qhat >= BASE or qhat * vnext > rhat * BASE + u[j + n - 1] do
+        qhat = qhat - 1
+        rhat = rhat + vtop
+        if rhat >= BASE then break end
+      end
+      local borrow, carry = 0, 0
+      for i = 1, n do
+        local p = qhat * v[i] + carry
+        carry = floor(p / BASE)
+        local t = u[i + j] - (p - carry * BASE) - borrow
+        if t < 0 then
+          u[i + j] = t + BASE
+          borrow = 1
+        else
+          u[i + j] = t
+          borrow = 0
+        end
+      end
+      local top = u[j + n + 1] - carry - borrow
+      if top < 0 then
+        -- qhat was one too large: add the divisor back.
+        qhat = qhat - 1
+        local c = 0
+        for i = 1, n do
+          local s = u[i + j] + v[i] + c
+          if s >= BASE then
+            u[i + j] = s - BASE
+            c = 1
+          else
+            u[i + j] = s
+            c = 0
+          end
+        end
+        top = top + c
+      end
+      u[j + n + 1] = top
+      q[j + 1] = qhat
+    end
+    local rem = {}
+    for i = 1, n do rem[i] = u[i] end
+    local r = divmod(trim(rem), { f })
+    return trim(q), r
+  end
+
+  local function div_ceil(a, b)
+    local q, r = divmod(a, b)
+    if #r > 0 then q = add(q, { 1 }) end
+    return q
+  end
+
+  local ZERO = {}
+  local ONE = { 1 }
+  local NANOS_PER_SECOND = big(1000000000)
+  local NANOS_PER_MILLI = big(1000000)
+  local MAX_TOLERANCE_NANOS = mul(big(100 * 365 * 24 * 3600), NANOS_PER_SECOND)
+  local I64_MAX = '9223372036854775807'
+  local U64_MAX = '18446744073709551615'
+  local BIG_I64_MAX = parse_big(I64_MAX)
+  -- Replies are Lua numbers: a burst must fit one exactly.
+  local MAX_REPLY_INTEGER = 9007199254740992
+  local BIG_MAX_REPLY_INTEGER = big(MAX_REPLY_INTEGER)
+  local MIN_TAT_NANOS = '1000000000000000000'
+
+  -- ---------------------------------------------------------------------------------------
+  -- Errors, word for word the module's.
+
+  local MAX_CHECKALL_KEYS = 64
+  local MAX_LEASES = 10000
+  local MAX_LEASE_MS = 86400000
+  local MAX_ID_BYTES = 256
+  local MAX_ECHOED_BYTES = 128
+  local MARKER = '\0rl-leases'
+
+  local CHECK_USAGE = 'RL.CHECK key limit window [COST cost] [BURST burst] [KEEP keep] [FORCE]'
+  local CHECKALL_USAGE =
+    'RL.CHECKALL numkeys key [key ...] limit window cost burst [keep] [limit window cost burst [keep] ...]'
+  local PEEK_USAGE = 'RL.PEEK key limit window [BURST burst]'
+  local REFUND_USAGE = 'RL.REFUND key limit window amount [BURST burst]'
+  local RESET_USAGE = 'RL.RESET key'
+  local ACQUIRE_USAGE = 'RL.ACQUIRE key max lease_ms ID id'
+  local RELEASE_USAGE = 'RL.RELEASE key id'
+  local RENEW_USAGE = 'RL.RENEW key id lease_ms'
+  local THROTTLE_USAGE = 'CL.THROTTLE key max_burst count_per_period period [quantity]'
+
+  -- A refusal travels as a Lua error holding this table, and becomes the reply at the top.
+  local function fail(message)
+    error({ rl_error = message }, 0)
+  end
+
+  local function arity(usage) fail('ERR wrong number of arguments, usage: ' .. usage) end
+  local function not_positive(name) fail('ERR ' .. name .. ' must be a positive integer') end
+  local function negative(name) fail('ERR ' .. name .. ' must be a non-negative integer') end
+  local function too_large(name) fail('ERR ' .. name .. ' is out of range: at most ' .. I64_MAX) end
+  local function unknown_option(word, usage)
+    local shown = word
+    if #word > MAX_ECHOED_BYTES then shown = ssub(word, 1, MAX_ECHOED_BYTES) .. '...' end
+    fail("ERR unknown option '" .. shown .. "', usage: " .. usage)
+  end
+  local function out_of_range(name, max)
+    fail('ERR ' .. name .. ' must be an integer between 1 and ' .. sformat('%d', max))
+  end
+  local function bad_lease_id()
+    fail('ERR id must be a non-empty string of at most ' .. MAX_ID_BYTES
+      .. ' bytes, other than the reserved \\x00rl-leases')
+  end
+  local WRONGTYPE = 'WRONGTYPE Operation against a key holding the wrong kind of value'
+  local NOT_LIMITER_STATE = 'ERR key holds a string that is not rate-limiter state; it was left unchanged '
+    .. '(delete it or use another key)'
+  local NOT_LEASE_STATE = 'ERR key holds a sorted set that is not lease state; it was left unchanged '
+    .. '(delete it or use another key)'
+  local TOLERANCE_TOO_LARGE = 'ERR burst * window / limit must not exceed 100 years'
+  local STATE_OUT_OF_RANGE = 'ERR stored rate-limiter state is out of range'
+
+  -- ---------------------------------------------------------------------------------------
+  -- Arguments, parsed as the module parses them (src/args.rs), in the same order.
+
+  -- A canonical decimal i64 (as Redis's string2ll): its sign and digits, or nil.
+  local function parse_i64(s)
+    if s == nil then return nil end
+    local negative_sign, digits = false, s
+    if ssub(s, 1, 1) == '-' then
+      negative_sign, digits = true, ssub(s, 2)
+    end
+    local n = #digits
+    if n == 0 or n > 19 or not digits:find('^%d+$') then return nil end
+    if ssub(digits, 1, 1) == '0' and (negative_sign or n > 1) then return nil end
+    if n == 19 then
+      if (not negative_sign and digits > I64_MAX) or (negative_sign and digits > '9223372036854775808') then
+        return nil
+      end
+    end
+    return negative_sign, digits
+  end
+
+  -- A canonical positive decimal too large for an i64.
+  local function is_too_large(s)
+    return s ~= nil and s:find('^[1-9]%d*$') ~= nil
+  end
+
+  -- An integer in 1..i64::MAX, as a Big.
+  local function positive(s, name)
+    local neg, digits = parse_i64(s)
+    if digits == nil then
+      if is_too_large(s) then too_large(name) end
+      not_positive(name)
+    end
+    if neg or digits == '0' then not_positive(name) end
+    return parse_big(digits)
+  end
+
+  -- An integer in 0..i64::MAX, as a Big.
+  local function non_negative(s, name)
+    local neg, digits = parse_i64(s)
+    if digits == nil then
+      if is_too_large(s) then too_large(name) end
+      negative(name)
+    end
+    if neg then negative(name) end
+    return parse_big(digits)
+  end
+
+  -- An integer in 1..max (a plain number).
+  local function bounded(s, name, max)
+    local neg, digits = parse_i64(s)
+    if digits == nil or neg or #digits > 15 then out_of_range(name, max) end
+    local v = tonumber(digits)
+    if v < 1 or v > max then out_of_range(name, max) end
+    return v
+  end
+
+  -- A quota: limit, window (s), burst, and in units of 1/limit ns the emission interval and
+  -- the tolerance.
+  local function quota(limit, window, burst)
+    local interval = mul(window, NANOS_PER_SECOND)
+    local tolerance = mul(interval, burst)
+    if cmp(tolerance, mul(MAX_TOLERANCE_NANOS, limit)) > 0 then fail(TOLERANCE_TOO_LARGE) end
+    return { limit = limit, burst = burst, interval = interval, tolerance = tolerance }
+  end
+
+  local function upper(s) return string.upper(s) end
+
+  -- `[COST n] [BURST b] [KEEP k] [FORCE]` from line[first] on.
+  local function parse_options(line, first, allow_cost, usage)
+    local o = {}
+    local i = first
+    while line[i] ~= nil do
+      local word = upper(line[i])
+      local value = line[i + 1]
+      local step = 2
+      if word == 'COST' and allow_cost then
+        if o.cost then fail('ERR option COST given more than once') end
+        if value == nil then fail('ERR option COST needs a value') end
+        o.cost = non_negative(value, 'cost')
+      elseif word == 'BURST' then
+        if o.burst then fail('ERR option BURST given more than once') end
+        if value == nil then fail('ERR option BURST needs a value') end
+        o.burst = positive(value, 'burst')
+      elseif word == 'KEEP' and allow_cost then
+        if o.keep then fail('ERR option KEEP given more than once') end
+        if value == nil then fail('ERR option KEEP needs a value') end
+        o.keep = non_negative(value, 'keep')
+      elseif word == 'FORCE' and allow_cost then
+        if o.force then fail('ERR option FORCE given more than once') end
+        o.force = true
+        step = 1
+      else
+        unknown_option(line[i], usage)
+      end
+      i = i + step
+    end
+    if o.force and o.keep then fail('ERR KEEP and FORCE cannot be combined') end
+    return o
+  end
+
+  -- `key limit window <fixed> [options]`; line[1] is the command name, line[2] the key.
+  local function parse_keyed_quota(line, fixed, allow_cost, usage)
+    if #line < 4 + fixed then arity(usage) end
+    local limit = positive(line[3], 'limit')
+    local window = positive(line[4], 'window')
+    local o = parse_options(line, 5 + fixed, allow_cost, usage)
+    return quota(limit, window, o.burst or limit), o
+  end
+
+  -- Replies carry `burst` and `remaining` as Lua numbers.
+  local function reply_sized(q)
+    if cmp(q.burst, BIG_MAX_REPLY_INTEGER) > 0 then
+      fail('ERR burst must be at most ' .. sformat('%d', MAX_REPLY_INTEGER)
+        .. ' with the Functions library (its replies are Lua numbers); the module takes up to ' .. I64_MAX)
+    end
+    return q
+  end
+
+  local function lease_id(s)
+    if s == nil or #s == 0 or #s > MAX_ID_BYTES or s == MARKER then bad_lease_id() end
+    return s
+  end
+
+  -- ---------------------------------------------------------------------------------------
+  -- The clock and the stored state (src/state.rs).
+
+  -- Nanoseconds since the epoch: TIME's seconds and microseconds, read once per call.
+  local function now_nanos()
+    local t = redis.call('TIME')
+    return parse_big(t[1] .. sformat('%06d', tonumber(t[2])) .. '000')
+  end
+
+  local function canonical(digits, max_len)
+    local n = #digits
+    return n > 0 and n <= max_len and (n == 1 or ssub(digits, 1, 1) ~= '0')
+  end
+
+  local function fits(digits, max)
+    return #digits < #max or (#digits == #max and digits <= max)
+  end
+
+  -- A stored TAT {nanos = Big, num = Big, den = Big} (num is zero for a whole nanosecond), or
+  -- nil when the string is not limiter state.
+  local function decode(s)
+    local nanos, num, den = s:match('^(%d+)%+(%d+)/(%d+)$')
+    if nanos == nil then
+      nanos = s:match('^(%d+)$')
+      if nanos == nil then return nil end
+    end
+    if not canonical(nanos, 19) or #nanos < 19 or not fits(nanos, I64_MAX) or nanos < MIN_TAT_NANOS then
+      return nil
+    end
+    if num == nil then return { nanos = parse_big(nanos), num = ZERO, den = ONE } end
+    if not canonical(num, 20) or not canonical(den, 20) or not fits(num, U64_MAX) or not fits(den, U64_MAX) then
+      return nil
+    end
+    local n, d = parse_big(num), parse_big(den)
+    if #n == 0 or cmp(n, d) >= 0 then return nil end
+    return { nanos = parse_big(nanos), num = n, den = d }
+  end
+
+  local function encode(tat)
+    if #tat.num == 0 then return big_str(tat.nanos) end
+    return big_str(tat.nanos) .. '+' .. big_str(tat.num) .. '/' .. big_str(tat.den)
+  end
+
+  -- The key's expiry: the first millisecond at or after the TAT.
+  local function expiry_millis(tat)
+    local nanos = tat.nanos
+    if #tat.num > 0 then nanos = add(nanos, ONE) end
+    return div_ceil(nanos, NANOS_PER_MILLI)
+  end
+
+  -- The TAT at `key`, nil for no key; refuses other types and foreign strings.
+  local function read_tat(key)
+    local ok, value = pcall(redis.call, 'GET', key)
+    if not ok then fail(WRONGTYPE) end
+    if not value then return nil end
+    local tat = decode(value)
+    if tat == nil then fail(NOT_LIMITER_STATE) end
+    return tat
+  end
+
+  local function write_tat(key, tat)
+    redis.call('SET', key, encode(tat), 'PXAT', big_str(expiry_millis(tat)))
+  end
+
+  -- ---------------------------------------------------------------------------------------
+  -- GCRA (src/gcra.rs), with every instant as its offset after `now` in units of 1/limit ns
+  -- (an instant at or before now is offset 0, as the module's max(TAT, now)).
+
+  local function offset_of(q, tat, now)
+    if tat == nil then return ZERO end
+    local c = cmp(tat.nanos, now)
+    if c < 0 or (c == 0 and #tat.num == 0) then return ZERO end
+    local fraction
+    if cmp(tat.den, q.limit) == 0 then
+      fraction = tat.num
+    else
+      -- Written under another limit: rounded up, never in the caller's favour.
+      fraction = div_ceil(mul(tat.num, q.limit), tat.den)
+    end
+    return add(mul(sub(tat.nanos, now), q.limit), fraction)
+  end
+
+  -- The storable TAT `ahead` after now.
+  local function tat_at(q, now, ahead)
+    local whole, numerator = divmod(ahead, q.limit)
+    local nanos = add(now, whole)
+    if cmp(nanos, BIG_I64_MAX) > 0 then fail(STATE_OUT_OF_RANGE) end
+    if #numerator == 0 then return { nanos = nanos, num = ZERO, den = ONE } end
+    return { nanos = nanos, num = numerator, den = q.limit }
+  end
+
+  local function millis_ceil(q, scaled)
+    return big_num(div_ceil(scaled, mul(q.limit, NANOS_PER_MILLI)))
+  end
+
+  local function tokens_left(q, offset)
+    local left = divmod(sat_sub(q.tolerance, offset), q.interval)
+    if cmp(left, q.burst) > 0 then left = q.burst end
+    return big_num(left)
+  end
+
+  -- A decision: allowed, remaining, retry (0 now, -1 never, else ms), reset_ms, new TAT or nil.
+  local function decide_keeping(q, stored, now, cost, keep)
+    local d = offset_of(q, stored, now)
+    local needed = add(cost, keep)
+    if cmp(needed, q.burst) > 0 then
+      return { allowed = false, remaining = tokens_left(q, d), retry = -1, reset = millis_ceil(q, d) }
+    end
+    if #needed == 0 then
+      return { allowed = true, remaining = tokens_left(q, d), retry = 0, reset = millis_ceil(q, d) }
+    end
+    local earliest = sat_sub(add(d, mul(q.interval, needed)), q.tolerance)
+    if #earliest > 0 then
+      return { allowed = false, remaining = tokens_left(q, d), retry = millis_ceil(q, earliest), reset = millis_ceil(q, d) }
+    end
+    local new_d = add(d, mul(q.interval, cost))
+    local decision = { allowed = true, remaining = tokens_left(q, new_d), retry = 0, reset = millis_ceil(q, new_d) }
+    if #cost > 0 then decision.tat = tat_at(q, now, new_d) end
+    return decision
+  end
+
+  local function decide(q, stored, now, cost)
+    return decide_keeping(q, stored, now, cost, ZERO)
+  end
+
+  -- FORCE: always admitted; the debt is capped at one full burst beyond the bucket.
+  local function decide_forced(q, stored, now, cost)
+    if #cost == 0 then return decide(q, stored, now, ZERO) end
+    local d = offset_of(q, stored, now)
+    local cap = add(q.tolerance, q.tolerance)
+    local new_d = add(d, mul(q.interval, cost))
+    if cmp(new_d, cap) > 0 then new_d = cap end
+    if cmp(new_d, d) < 0 then new_d = d end
+    local decision = { allowed = true, remaining = tokens_left(q, new_d), retry = 0, reset = millis_ceil(q, new_d) }
+    if cmp(new_d, d) > 0 then decision.tat = tat_at(q, now, new_d) end
+    return decision
+  end
+
+  local function check_row(decision, q)
+    return { decision.allowed and 1 or 0, decision.remaining, decision.retry, decision.reset, big_num(q.burst) }
+  end
+
+  -- ---------------------------------------------------------------------------------------
+  -- The commands. `line` is the module's command line: {name, key..., args...}.
+
+  local function take(key, request, now)
+    local stored = read_tat(key)
+    local decision
+    if request.force then
+      decision = decide_forced(request.quota, stored, now, request.cost)
+    else
+      decision = decide_keeping(request.quota, stored, now, request.cost, request.keep)
+    end
+    if decision.tat then write_tat(key, decision.tat) end
+    return decision
+  end
+
+  local function rl_check(line)
+    local q, o = parse_keyed_quota(line, 0, true, CHECK_USAGE)
+    reply_sized(q)
+    local request = { quota = q, cost = o.cost or ONE, keep = o.keep or ZERO, force = o.force }
+    return check_row(take(line[2], request, now_nanos()), q)
+  end
+
+  local function rl_peek(line)
+    local q = parse_keyed_quota(line, 0, false, PEEK_USAGE)
+    reply_sized(q)
+    local now = now_nanos()
+    return check_row(decide(q, read_tat(line[2]), now, ONE), q)
+  end
+
+  local function rl_refund(line)
+    local q = parse_keyed_quota(line, 1, false, REFUND_USAGE)
+    local amount = non_negative(line[5], 'amount')
+    reply_sized(q)
+    local key = line[2]
+    local now = now_nanos()
+    local stored = read_tat(key)
+    if stored == nil then return { big_num(q.burst), 0 } end
+    local d = offset_of(q, stored, now)
+    if #amount == 0 then return { tokens_left(q, d), millis_ceil(q, d) } end
+    local new_d = sat_sub(d, mul(q.interval, amount))
+    if #new_d == 0 then
+      redis.call('DEL', key)
+    else
+      write_tat(key, tat_at(q, now, new_d))
+    end
+    return { tokens_left(q, new_d), millis_ceil(q, new_d) }
+  end
+
+  local function rl_reset(line)
+    if #line ~= 2 then arity(RESET_USAGE) end
+    local key = line[2]
+    if read_tat(key) == nil then return 0 end
+    redis.call('DEL', key)
+    return 1
+  end
+
+  local function parse_checkall(line)
+    local count = #line
+    if count < 7 then arity(CHECKALL_USAGE) end
+    local key_count = function()
+      fail('ERR numkeys must be between 1 and ' .. MAX_CHECKALL_KEYS
+        .. ' and match the keys and specs given, usage: ' .. CHECKALL_USAGE)
+    end
+    local neg, digits = parse_i64(line[2])
+    if digits == nil or neg or #digits > 3 then key_count() end
+    local numkeys = tonumber(digits)
+    if numkeys < 1 or numkeys > MAX_CHECKALL_KEYS then key_count() end
+    local per_key = floor((count - 2) / numkeys)
+    local width
+    if per_key == 5 then width = 4 elseif per_key == 6 then width = 5 else key_count() end
+    if count ~= 2 + per_key * numkeys then key_count() end
+    for i = 3, 2 + numkeys do
+      for j = i + 1, 2 + numkeys do
+        if line[i] == line[j] then fail('ERR RL.CHECKALL keys must be distinct') end
+      end
+    end
+    local requests = {}
+    for k = 0, numkeys - 1 do
+      local at = 3 + numkeys + width * k
+      local limit = positive(line[at], 'limit')
+      local window = positive(line[at + 1], 'window')
+      local cost = non_negative(line[at + 2], 'cost')
+      local burst = positive(line[at + 3], 'burst')
+      local keep = ZERO
+      if width == 5 then keep = non_negative(line[at + 4], 'keep') end
+      requests[k + 1] = { quota = quota(limit, window, burst), cost = cost, keep = keep }
+    end
+    return numkeys, requests
+  end
+
+  local function rl_checkall(line)
+    local numkeys, requests = parse_checkall(line)
+    for i = 1, numkeys do reply_sized(requests[i].quota) end
+    local now = now_nanos()
+    -- Every key read and decided before any is written: a refusal or an error changes nothing.
+    local stored, decisions = {}, {}
+    local allowed = true
+    for i = 1, numkeys do
+      local r = requests[i]
+      stored[i] = read_tat(line[2 + i])
+      decisions[i] = decide_keeping(r.quota, stored[i], now, r.cost, r.keep)
+      allowed = allowed and decisions[i].allowed
+    end
+    local retry = 0
+    if not allowed then
+      for i = 1, numkeys do
+        local r = decisions[i].retry
+        if r == -1 then
+          retry = -1
+          break
+        end
+        if not decisions[i].allowed and r > retry then retry = r end
+      end
+    end
+    local rows = {}
+    for i = 1, numkeys do
+      local q = requests[i].quota
+      local decision = decisions[i]
+      if allowed then
+        if decision.tat then write_tat(line[2 + i], decision.tat) end
+      elseif decision.allowed then
+        -- Would have admitted, but another limit refused: report the untouched state.
+        decision = decide(q, stored[i], now, ZERO)
+      end
+      rows[i] = check_row(decision, q)
+    end
+    return { allowed and 1 or 0, retry, rows }
+  end
+
+  local function seconds_ceil(ms)
+    return floor((ms + 999) / 1000)
+  end
+
+  local function cl_throttle(line)
+    local count = #line
+    if count < 5 or count > 6 then arity(THROTTLE_USAGE) end
+    local max_burst = non_negative(line[3], 'max_burst')
+    local burst = add(max_burst, ONE)
+    local per_period = positive(line[4], 'count_per_period')
+    local period = positive(line[5], 'period')
+    local cost = ONE
+    if count == 6 then cost = non_negative(line[6], 'quantity') end
+    local q = reply_sized(quota(per_period, period, burst))
+    local decision = take(line[2], { quota = q, cost = cost, keep = ZERO }, now_nanos())
+    local retry_s = -1
+    if decision.retry > 0 then retry_s = seconds_ceil(decision.retry) end
+    return { decision.allowed and 0 or 1, big_num(q.burst), decision.remaining, retry_s, seconds_ceil(decision.reset) }
+  end
+
+  -- ---------------------------------------------------------------------------------------
+  -- Concurrency leases (src/lease.rs, src/ffi/lease.rs): a sorted set of id -> deadline (ms),
+  -- marked as lease state by MARKER scored 0.
+
+  local function ms_str(x) return sformat('%d', x) end
+
+  -- A score that can be a deadline: an integer within 1e12..2^53.
+  local function is_deadline(score)
+    return score ~= nil and score >= 1e12 and score <= MAX_REPLY_INTEGER and score == floor(score)
+  end
+
+  -- The lowest (`first`) or highest lease score, or nil.
+  local function end_lease(key, first)
+    local found
+    if first then
+      found = redis.call('ZRANGEBYSCORE', key, '(0', '+inf', 'WITHSCORES', 'LIMIT', '0', '1')
+    else
+      found = redis.call('ZREVRANGEBYSCORE', key, '+inf', '(0', 'WITHSCORES', 'LIMIT', '0', '1')
+    end
+    if found[2] == nil then return nil end
+    return tonumber(found[2])
+  end
+
+  -- What the set holds at now_ms for `id`: live, expired, held (deadline or nil), last.
+  local function read_leases(key, id, now_ms)
+    local kind = redis.call('TYPE', key).ok
+    if kind == 'none' then return { live = 0, expired = 0, exists = false } end
+    if kind ~= 'zset' then fail(WRONGTYPE) end
+    local marker_score = redis.call('ZSCORE', key, MARKER)
+    if not marker_score or tonumber(marker_score) ~= 0 then fail(NOT_LEASE_STATE) end
+    local length = redis.call('ZCARD', key)
+    local lowest, highest = end_lease(key, true), end_lease(key, false)
+    if length > MAX_LEASES + 1 or redis.call('ZCOUNT', key, '-inf', '0') ~= 1
+      or (lowest ~= nil and not is_deadline(lowest)) or (highest ~= nil and not is_deadline(highest)) then
+      fail(NOT_LEASE_STATE)
+    end
+    local expired = redis.call('ZCOUNT', key, '1', ms_str(now_ms))
+    local held = redis.call('ZSCORE', key, id)
+    return {
+      live = length - 1 - expired,
+      expired = expired,
+      held = held and math.ceil(tonumber(held)) or nil,
+      last = highest and math.ceil(highest) or nil,
+      exists = true,
+    }
+  end
+
+  local function holds(view, now_ms)
+    return view.held ~= nil and view.held > now_ms
+  end
+
+  -- Purge the expired, apply `change` (returns whether it changed the set), then delete the
+  -- set when only the marker is left, or let it expire with its last lease.
+  local function write_leases(key, view, now_ms, change)
+    local purged = view.expired > 0
+    if purged then redis.call('ZREMRANGEBYSCORE', key, '1', ms_str(now_ms)) end
+    if change() or purged then
+      if redis.call('EXISTS', key) == 0 then return end
+      local last = end_lease(key, false)
+      if last == nil then
+        redis.call('DEL', key)
+        return
+      end
+      last = math.ceil(last)
+      if last ~= view.last then redis.call('PEXPIREAT', key, ms_str(last)) end
+    end
+  end
+
+  local function put_lease(key, view, id, deadline)
+    if view.exists then
+      redis.call('ZADD', key, ms_str(deadline), id)
+    else
+      redis.call('ZADD', key, '0', MARKER, ms_str(deadline), id)
+    end
+  end
+
+  local function now_millis()
+    local t = redis.call('TIME')
+    return tonumber(t[1]) * 1000 + floor(tonumber(t[2]) / 1000)
+  end
+
+  local function rl_acquire(line)
+    if #line ~= 6 then arity(ACQUIRE_USAGE) end
+    local max = bounded(line[3], 'max', MAX_LEASES)
+    local lease_ms = bounded(line[4], 'lease_ms', MAX_LEASE_MS)
+    if upper(line[5]) ~= 'ID' then unknown_option(line[5], ACQUIRE_USAGE) end
+    local id = lease_id(line[6])
+    local key = line[2]
+    local now_ms = now_millis()
+    local view = read_leases(key, id, now_ms)
+    local acquired, in_flight, retry = false, view.live, 0
+    if holds(view, now_ms) then
+      acquired = true
+    elseif view.live < max then
+      acquired, in_flight = true, view.live + 1
+    else
+      -- The live lease whose end frees a slot: rank live - max + 1 (max may have been lowered).
+      local rank = view.live - max + 1
+      local found = redis.call('ZRANGEBYSCORE', key, '(' .. ms_str(now_ms), '+inf', 'WITHSCORES', 'LIMIT',
+        ms_str(rank - 1), '1')
+      retry = 1
+      if found[2] ~= nil then
+        retry = math.ceil(tonumber(found[2])) - now_ms
+        if retry < 1 then retry = 1 end
+      end
+    end
+    write_leases(key, view, now_ms, function()
+      if acquired then put_lease(key, view, id, now_ms + lease_ms) end
+      return acquired
+    end)
+    return { acquired and 1 or 0, in_flight, max, retry }
+  end
+
+  local function rl_release(line)
+    if #line ~= 3 then arity(RELEASE_USAGE) end
+    local id = lease_id(line[3])
+    local key = line[2]
+    local now_ms = now_millis()
+    local view = read_leases(key, id, now_ms)
+    local released = holds(view, now_ms)
+    write_leases(key, view, now_ms, function()
+      if released then redis.call('ZREM', key, id) end
+      return released
+    end)
+    return released and 1 or 0
+  end
+
+  local function rl_renew(line)
+    if #line ~= 4 then arity(RENEW_USAGE) end
+    local id = lease_id(line[3])
+    local lease_ms = bounded(line[4], 'lease_ms', MAX_LEASE_MS)
+    local key = line[2]
+    local now_ms = now_millis()
+    local view = read_leases(key, id, now_ms)
+    local renewed = holds(view, now_ms)
+    write_leases(key, view, now_ms, function()
+      if renewed then put_lease(key, view, id, now_ms + lease_ms) end
+      return renewed
+    end)
+    return renewed and 1 or 0
+  end
+
+  -- name -> {the module's command name, handler, keys it takes (nil: any number)}
+  local COMMANDS = {
+    rl_check = { 'RL.CHECK', rl_check, 1 },
+    rl_checkall = { 'RL.CHECKALL', rl_checkall, nil },
+    rl_peek = { 'RL.PEEK', rl_peek, 1 },
+    rl_refund = { 'RL.REFUND', rl_refund, 1 },
+    rl_reset = { 'RL.RESET', rl_reset, 1 },
+    cl_throttle = { 'CL.THROTTLE', cl_throttle, 1 },
+    rl_acquire = { 'RL.ACQUIRE', rl_acquire, 1 },
+    rl_release = { 'RL.RELEASE', rl_release, 1 },
+    rl_renew = { 'RL.RENEW', rl_renew, 1 },
+  }
+
+  return COMMANDS
+end
+
+-- ---------------------------------------------------------------------------------------
+-- Registration: as Functions (FUNCTION LOAD), or run as a script (EVAL/EVALSHA, ARGV[1]
+-- naming the function).
+
+-- The functions registered, and whether each only reads.
+local FUNCTIONS = {
+  { 'rl_check', false },
+  { 'rl_checkall', false },
+  { 'rl_peek', true },
+  { 'rl_refund', false },
+  { 'rl_reset', false },
+  { 'cl_throttle', false },
+  { 'rl_acquire', false },
+  { 'rl_release', false },
+  { 'rl_renew', false },
+}
+
+local commands
+
+-- Runs one command on the module's command line built from KEYS and the arguments.
+local function run(name, keys, args, first_arg)
+  commands = commands or build()
+  local spec = commands[name]
+  if spec == nil then
+    return redis.error_reply("ERR unknown ratelimit function '" .. tostring(name) .. "'")
+  end
+  local line = { spec[1] }
+  local key_count = #keys
+  if spec[3] ~= nil and key_count ~= spec[3] then
+    return redis.error_reply('ERR ' .. name .. ' takes exactly one key (numkeys 1)')
+  end
+  if spec[3] == nil then line[2] = string.format('%d', key_count) end
+  for i = 1, key_count do line[#line + 1] = keys[i] end
+  for i = first_arg, #args do line[#line + 1] = args[i] end
+  local ok, result = pcall(spec[2], line)
+  if ok then return result end
+  if type(result) == 'table' and result.rl_error then return redis.error_reply(result.rl_error) end
+  -- A Redis error from redis.call (OOM, READONLY...) or a bug: passed on as it is.
+  error(result, 0)
+end
+
+if redis.register_function then
+  for i = 1, #FUNCTIONS do
+    local name, read_only = FUNCTIONS[i][1], FUNCTIONS[i][2]
+    local flags = {}
+    if read_only then flags = { 'no-writes' } end
+    redis.register_function({
+      function_name = name,
+      callback = function(keys, args) return run(name, keys, args, 1) end,
+      flags = flags,
+    })
+  end
+  redis.register_function({
+    function_name = 'rl_version',
+    callback = function() return VERSION end,
+    flags = { 'no-writes' },
+  })
+else
+  if ARGV[1] == 'rl_version' then return VERSION end
+  return run(ARGV[1], KEYS, ARGV, 2)
+end

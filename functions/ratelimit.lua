@@ -320,9 +320,58 @@ local function build()
   local function not_positive(name) fail('ERR ' .. name .. ' must be a positive integer') end
   local function negative(name) fail('ERR ' .. name .. ' must be a non-negative integer') end
   local function too_large(name) fail('ERR ' .. name .. ' is out of range: at most ' .. I64_MAX) end
+  -- The bytes as text, each maximal invalid UTF-8 sequence replaced by U+FFFD (what the
+  -- module's String::from_utf8_lossy does).
+  local REPLACEMENT = '\239\191\189'
+  local function lossy(s)
+    local byte = string.byte
+    local out = {}
+    local i, n = 1, #s
+    local function cont(at, low, high)
+      local b = byte(s, at)
+      return b ~= nil and b >= low and b <= high
+    end
+    while i <= n do
+      local b = byte(s, i)
+      local width, low, high = 1, 0x80, 0xBF
+      if b < 0x80 then
+        width = 0
+      elseif b >= 0xC2 and b <= 0xDF then
+        width = 2
+      elseif b >= 0xE0 and b <= 0xEF then
+        width = 3
+        if b == 0xE0 then low = 0xA0 elseif b == 0xED then high = 0x9F end
+      elseif b >= 0xF0 and b <= 0xF4 then
+        width = 4
+        if b == 0xF0 then low = 0x90 elseif b == 0xF4 then high = 0x8F end
+      end
+      if width == 0 then
+        out[#out + 1] = string.char(b)
+        i = i + 1
+      elseif width == 1 then
+        out[#out + 1] = REPLACEMENT
+        i = i + 1
+      else
+        -- How many bytes of the sequence are valid: the first, then its continuations.
+        local good = 1
+        if cont(i + 1, low, high) then
+          good = 2
+          while good < width and cont(i + good, 0x80, 0xBF) do good = good + 1 end
+        end
+        if good == width then
+          out[#out + 1] = ssub(s, i, i + width - 1)
+        else
+          out[#out + 1] = REPLACEMENT
+        end
+        i = i + good
+      end
+    end
+    return table.concat(out)
+  end
+
   local function unknown_option(word, usage)
-    local shown = word
-    if #word > MAX_ECHOED_BYTES then shown = ssub(word, 1, MAX_ECHOED_BYTES) .. '...' end
+    local shown = lossy(ssub(word, 1, MAX_ECHOED_BYTES))
+    if #word > MAX_ECHOED_BYTES then shown = shown .. '...' end
     fail("ERR unknown option '" .. shown .. "', usage: " .. usage)
   end
   local function out_of_range(name, max)

@@ -301,7 +301,7 @@ impl Generator {
     fn bad_line(&mut self) -> (Vec<String>, Vec<Vec<u8>>, bool) {
         let (_, key) = self.rate_key();
         let junk = ["", "-0", "+5", "05", "1.5", "x", "9223372036854775808", "99999999999999999999", "-1", "0"];
-        let line: Vec<String> = match self.rng.below(8) {
+        let line: Vec<String> = match self.rng.below(9) {
             0 => vec!["RL.CHECK".into(), key.clone(), self.rng.pick(&junk).to_string(), "60".into()],
             1 => vec!["RL.CHECK".into(), key.clone(), "5".into(), "60".into(), "SPEED".into(), "2".into()],
             2 => vec!["RL.CHECK".into(), key.clone(), "5".into()],
@@ -309,7 +309,22 @@ impl Generator {
             4 => vec!["RL.REFUND".into(), key.clone(), "5".into(), "60".into(), self.rng.pick(&junk).to_string()],
             5 => vec!["RL.CHECKALL".into(), "2".into(), key.clone(), "5".into(), "60".into(), "1".into()],
             6 => vec!["CL.THROTTLE".into(), key.clone(), self.rng.pick(&junk).to_string(), "1".into(), "1".into()],
-            _ => vec!["RL.RESET".into(), key.clone(), "extra".into()],
+            7 => vec!["RL.RESET".into(), key.clone(), "extra".into()],
+            _ => {
+                // An unknown option of any bytes (echoed as at most 128 bytes of text, each
+                // invalid UTF-8 sequence as U+FFFD).
+                let len = *self.rng.pick(&[1, 2, 3, 5, 127, 128, 129, 300]);
+                let palette: &[u8] = &[b'x', 0x80, 0xBF, 0xC2, 0xE0, 0xED, 0xF0, 0xF4, 0xFF, 0xA0, 0x9F, 0x8F, 0x90];
+                let mut word: Vec<u8> = (0..len).map(|_| *self.rng.pick(palette)).collect();
+                if self.rng.chance(30) {
+                    // A valid multi-byte character across the 128-byte cut.
+                    word = [vec![b'y'; 126], "€".as_bytes().to_vec(), vec![b'z'; 5]].concat();
+                }
+                let mut line = bytes(vec!["RL.CHECK".into(), key.clone(), "5".into(), "60".into()]);
+                line.push(word);
+                line.push(b"1".to_vec());
+                return (vec![key], line, true);
+            }
         };
         (vec![key], bytes(line), true)
     }

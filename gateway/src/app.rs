@@ -63,11 +63,17 @@ async fn metrics_page() -> Response {
 /// Ready when the limiter answers (for Redis: it runs and has the module loaded).
 async fn readyz<L: RateLimiter>(State(limiter): State<Arc<L>>) -> Response {
     match limiter.ready().await {
-        Ok(()) => Json(json!({"status": "ready"})).into_response(),
+        Ok(()) => match limiter.backend() {
+            Some(backend) => Json(json!({"status": "ready", "backend": backend})).into_response(),
+            None => Json(json!({"status": "ready"})).into_response(),
+        },
         Err(e) => {
             warn_every!(error = %e, "not ready");
             let reason = match e {
                 LimiterError::ModuleMissing(_) => "ratelimit module not loaded in redis",
+                LimiterError::LibraryMissing(_) => {
+                    "ratelimit functions library unusable in redis (see the gateway's log)"
+                }
                 _ => "redis unavailable",
             };
             (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "not_ready", "reason": reason}))).into_response()

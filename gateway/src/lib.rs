@@ -32,6 +32,7 @@ pub mod identity;
 pub mod lease;
 pub mod limiter;
 pub mod llm;
+pub mod load_functions;
 pub mod log_limit;
 pub mod metrics;
 pub mod pipeline;

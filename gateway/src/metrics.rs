@@ -86,6 +86,11 @@ struct CommandLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackendLabels {
+    backend: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LateLabels {
     command: &'static str,
     outcome: &'static str,
@@ -123,6 +128,7 @@ pub struct Metrics {
     connections_open: Gauge<i64, std::sync::atomic::AtomicI64>,
     connections_refused: Counter,
     late_replies: Family<LateLabels, Counter>,
+    redis_backend: Family<BackendLabels, Gauge>,
 }
 
 /// The `result` of a limiter call in `gateway_redis_duration_seconds`.
@@ -221,6 +227,13 @@ impl Metrics {
              tokens or a lease, given back), nothing_taken, unknown (no reply within 10 s)",
             late_replies.clone(),
         );
+        let redis_backend = Family::<BackendLabels, Gauge>::default();
+        registry.register(
+            "gateway_redis_backend",
+            "1 for the commands in use (module, functions: the Functions library, scripts: the library \
+             run by EVALSHA), 0 for the others; all 0 until Redis was first reached",
+            redis_backend.clone(),
+        );
         let connections_open = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
         registry.register("gateway_connections_open", "Client connections open now", connections_open.clone());
         let connections_refused = Counter::default();
@@ -229,9 +242,13 @@ impl Metrics {
             "Client connections closed as soon as accepted because max_connections were open",
             connections_refused.clone(),
         );
+        for backend in crate::limiter::redis::dialect::DIALECT_NAMES {
+            drop(redis_backend.get_or_create(&BackendLabels { backend }));
+        }
         Metrics {
             registry,
             late_replies,
+            redis_backend,
             connections_open,
             connections_refused,
             requests,
@@ -344,6 +361,13 @@ impl Metrics {
     }
 
     /// What the late reply of a timed-out `command` said (`given_back`, `nothing_taken`, `unknown`).
+    /// The commands in use are `backend`'s (one of `dialect::DIALECT_NAMES`).
+    pub fn redis_backend(&self, backend: &'static str) {
+        for name in crate::limiter::redis::dialect::DIALECT_NAMES {
+            self.redis_backend.get_or_create(&BackendLabels { backend: name }).set(i64::from(name == backend));
+        }
+    }
+
     pub fn late_reply(&self, command: &'static str, outcome: &'static str) {
         self.late_replies.get_or_create(&LateLabels { command, outcome }).inc();
     }

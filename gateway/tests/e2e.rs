@@ -330,10 +330,10 @@ async fn redis_passwords_are_used_but_never_logged() {
 }
 
 #[tokio::test]
-async fn readyz_needs_the_module() {
+async fn readyz_needs_the_module_when_told_to_use_it() {
     let redis = RedisServer::builder().without_module().start();
     let model = start_model(0);
-    let gateway = start_gateway(&redis, &model.url(""), 5, 60, &[]);
+    let gateway = start_gateway(&redis, &model.url(""), 5, 60, &["--redis-backend", "module"]);
     let ready = get(&gateway.url("/readyz")).await.unwrap();
     assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(ready.json()["status"], "not_ready");

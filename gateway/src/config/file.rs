@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::{ConfigError, FailureMode, PolicyKind, Unit};
+use super::{BackendChoice, ConfigError, FailureMode, PolicyKind, Unit};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -109,6 +109,7 @@ pub struct RedisFile {
     pub connect_timeout_ms: Option<u64>,
     pub key_prefix: Option<String>,
     pub failure_mode: Option<FailureMode>,
+    pub backend: Option<BackendChoice>,
     pub tls_ca_file: Option<PathBuf>,
     pub tls_cert_file: Option<PathBuf>,
     pub tls_key_file: Option<PathBuf>,

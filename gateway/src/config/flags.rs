@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use super::{
-    DEFAULT_CLIENT_BODY_TIMEOUT_MS, DEFAULT_CLIENT_HEADER_TIMEOUT_MS, DEFAULT_CLIENT_WRITE_TIMEOUT_MS,
+    BackendChoice, DEFAULT_CLIENT_BODY_TIMEOUT_MS, DEFAULT_CLIENT_HEADER_TIMEOUT_MS, DEFAULT_CLIENT_WRITE_TIMEOUT_MS,
     DEFAULT_KEY_PREFIX, DEFAULT_LISTEN, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONNECTIONS,
     DEFAULT_REDIS_CONNECT_TIMEOUT_MS, DEFAULT_REDIS_TIMEOUT_MS, DEFAULT_REDIS_URL, DEFAULT_UPSTREAM,
     DEFAULT_UPSTREAM_RESPONSE_TIMEOUT_MS, DEFAULT_UPSTREAM_TIMEOUT_MS, REDIS_URL_ENV,
@@ -93,4 +93,9 @@ pub struct Overrides {
     /// Forward requests unmetered when Redis fails, instead of answering 503 [config: redis.failure_mode = "open"].
     #[arg(long)]
     pub fail_open: bool,
+
+    /// Which commands to use: the module's, the Functions library's, the library as a script, or
+    /// probe in that order [config: redis.backend; default auto].
+    #[arg(long, value_enum)]
+    pub redis_backend: Option<BackendChoice>,
 }

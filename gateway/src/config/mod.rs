@@ -96,6 +96,32 @@ pub enum FailureMode {
     Open,
 }
 
+/// `redis.backend`: which commands the gateway uses (see `limiter::redis::dialect`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendChoice {
+    /// Probe: the module, else the Functions library, else the library as a script.
+    #[default]
+    Auto,
+    /// The module's commands (`RL.CHECK ...`).
+    Module,
+    /// The Functions library (`FCALL rl_check ...`), loaded by the gateway if missing or older.
+    Functions,
+    /// The library as a script (`EVALSHA ...`), for servers without Functions (Redis 6.2).
+    Scripts,
+}
+
+impl BackendChoice {
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendChoice::Auto => "auto",
+            BackendChoice::Module => "module",
+            BackendChoice::Functions => "functions",
+            BackendChoice::Scripts => "scripts",
+        }
+    }
+}
+
 /// One rate-limit policy: the request paths under any of `paths` (see [`crate::routing`]),
 /// and its limits, all checked together in one atomic call (all charged or none).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -309,6 +335,8 @@ pub struct RedisSettings {
     pub key_prefix: String,
     pub failure_mode: FailureMode,
     pub tls: Option<RedisTls>,
+    /// Which commands: the module's, the Functions library's, the script's, or probed.
+    pub backend: BackendChoice,
 }
 
 /// Where the limits live: one server, a Redis Cluster given by seed nodes, or the primary

@@ -192,6 +192,7 @@ fn resolve_redis(
         key_prefix: overrides.key_prefix.clone().or(file.key_prefix).unwrap_or_else(|| DEFAULT_KEY_PREFIX.to_string()),
         failure_mode: if overrides.fail_open { FailureMode::Open } else { file.failure_mode.unwrap_or_default() },
         tls,
+        backend: overrides.redis_backend.or(file.backend).unwrap_or_default(),
     })
 }
 

@@ -79,4 +79,8 @@ impl<L: RateLimiter> RateLimiter for Metered<L> {
     async fn ready(&self) -> Result<(), LimiterError> {
         timed("ready", self.0.ready()).await
     }
+
+    fn backend(&self) -> Option<&'static str> {
+        self.0.backend()
+    }
 }

@@ -81,6 +81,12 @@ pub trait RateLimiter: Clone + Send + Sync + Unpin + 'static {
 
     /// Whether the limiter answers (for `/readyz` and the start-up probe); takes nothing.
     fn ready(&self) -> impl Future<Output = Result<(), LimiterError>> + Send;
+
+    /// Which commands answer (`module`, `functions`, `scripts`), once known; `None` for a
+    /// limiter without a choice.
+    fn backend(&self) -> Option<&'static str> {
+        None
+    }
 }
 
 /// The limiter did not answer in time, or answered something other than a decision.
@@ -91,6 +97,10 @@ pub enum LimiterError {
     /// Redis answered `ERR unknown command`: the ratelimit module is not loaded there. An
     /// outage for the gateway (it cannot limit), but one that restarting Redis will not fix.
     ModuleMissing(::redis::RedisError),
+    /// The Functions library cannot be used or installed (no Functions on this server, or the
+    /// gateway's user may not load it: the text says what an administrator runs). Like
+    /// [`LimiterError::ModuleMissing`], an outage that waiting will not end.
+    LibraryMissing(String),
     /// The module ran and refused the command: its arguments are out of its bounds, or the
     /// key holds something that is not limiter state. Not an outage (Redis answered), so never
     /// a reason to forward a request unmetered; the same command would be refused again.
@@ -107,7 +117,13 @@ impl LimiterError {
     /// wrong shape is a fault of this gateway or of the data, never answered by forwarding
     /// unmetered.
     pub fn is_outage(&self) -> bool {
-        matches!(self, LimiterError::Timeout(_) | LimiterError::Redis(_) | LimiterError::ModuleMissing(_))
+        matches!(
+            self,
+            LimiterError::Timeout(_)
+                | LimiterError::Redis(_)
+                | LimiterError::ModuleMissing(_)
+                | LimiterError::LibraryMissing(_)
+        )
     }
 }
 
@@ -119,6 +135,7 @@ impl fmt::Display for LimiterError {
             LimiterError::ModuleMissing(e) => {
                 write!(f, "redis answers but the ratelimit module is not loaded there (loadmodule librl.so): {e}")
             }
+            LimiterError::LibraryMissing(why) => write!(f, "the ratelimit Functions library cannot be used: {why}"),
             LimiterError::Rejected(e) => write!(f, "the ratelimit module refused the command: {e}"),
             LimiterError::Reply(r) => write!(f, "unexpected reply from the ratelimit module: {r}"),
             LimiterError::NoSuchLimit(i) => write!(f, "the policy has no limit #{i}"),
@@ -129,7 +146,7 @@ impl fmt::Display for LimiterError {
 impl std::error::Error for LimiterError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            LimiterError::Timeout(_) | LimiterError::NoSuchLimit(_) => None,
+            LimiterError::Timeout(_) | LimiterError::NoSuchLimit(_) | LimiterError::LibraryMissing(_) => None,
             LimiterError::Redis(e) | LimiterError::Rejected(e) | LimiterError::ModuleMissing(e) => Some(e),
             LimiterError::Reply(e) => Some(e),
         }

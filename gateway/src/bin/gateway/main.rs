@@ -1,4 +1,4 @@
-//! `gateway serve | model | client | hash-key`: the rate-limiting gateway (the `gateway` library), and
+//! `gateway serve | model | client | hash-key | load-functions`: the rate-limiting gateway (the `gateway` library), and
 //! beside it the demo model API ([`model`]) and the demo client ([`client`]), which share
 //! nothing with the gateway but [`gateway::serve::run`]. `gateway <command> --help` lists
 //! every flag.
@@ -16,6 +16,7 @@ use tracing_subscriber::filter::Targets;
 use client::ClientArgs;
 use gateway::config::{ServeArgs, Settings};
 use gateway::hash_key::HashKeyArgs;
+use gateway::load_functions::LoadFunctionsArgs;
 use gateway::serve;
 use gateway::startup::{serve_gateway, StartError};
 use model::ModelArgs;
@@ -53,6 +54,9 @@ enum Command {
     Client(ClientArgs),
     /// Print the digest of an API key, to list it in a [[tier]] of the config.
     HashKey(HashKeyArgs),
+    /// Load the ratelimit Functions library into Redis (FUNCTION LOAD REPLACE), for an administrator
+    /// when the gateway's own user may not; or print it (--print).
+    LoadFunctions(LoadFunctionsArgs),
 }
 
 fn init_logs(format: LogFormat) {
@@ -87,6 +91,20 @@ fn main() -> ExitCode {
             exit(serve_model(args))
         }
         Command::Client(args) => run_client(args),
+        Command::LoadFunctions(args) => {
+            let done =
+                runtime().map_err(|e| e.to_string()).and_then(|rt| rt.block_on(gateway::load_functions::run(&args)));
+            match done {
+                Ok(lines) => {
+                    lines.iter().for_each(|line| println!("{line}"));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::HashKey(args) => {
             match gateway::hash_key::run(&args, std::io::stdin(), |name| std::env::var(name).ok()) {
                 Ok(digest) => {

@@ -18,25 +18,27 @@
 //! forwarded unmetered) is not charged. Only a reply that never comes (the connection broke,
 //! or Redis stayed away that long) leaves the outcome unknown: the command may have run once.
 
+mod choose;
 mod connection;
+pub mod dialect;
 mod sentinel;
+mod topology;
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::future::{BoxFuture, FutureExt};
-use redis::cluster::{ClusterClient, ClusterClientBuilder};
-use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
-use redis::{AsyncConnectionConfig, ErrorKind, ServerErrorKind};
+use futures_util::future::BoxFuture;
+use redis::{ErrorKind, ServerErrorKind};
 use rl_protocol::{AcquireReply, CheckAllReply, CheckReply, RefundReply};
-use tokio::sync::OnceCell;
 
-use self::connection::{io, on_io, Link, Managed};
+use self::choose::Chosen;
+use self::connection::io;
+use self::dialect::Dialect;
+use self::topology::Topology;
 use super::{LimiterError, RateLimiter};
-use crate::config::{Pem, Policy, Quota, Redacted, RedisSettings, RedisTarget};
+use crate::config::{Policy, Quota, RedisSettings};
 use crate::lease::{Slot, CONCURRENT_NAME};
 use crate::log_limit::{info_every, warn_every};
 use crate::metrics::metrics;
@@ -80,69 +82,7 @@ const COMMAND_QUEUE: usize = 1 << 16;
 /// request goes to the right node.
 pub const CLUSTER_COMMAND_RETRIES: u32 = 0;
 
-#[derive(Clone)]
-enum Backend {
-    /// One server, or the primary Sentinel names.
-    Server(Arc<Managed>),
-    /// Connected on first use (and again after a failed first attempt), so the gateway
-    /// starts while the cluster is still coming up.
-    Cluster(Arc<ClusterBackend>),
-}
-
-struct ClusterBackend {
-    client: ClusterClient,
-    conn: OnceCell<ClusterConnection>,
-}
-
-/// A connection ready for one command.
-enum Ready {
-    Server(Arc<Managed>, Link),
-    Cluster(ClusterConnection),
-}
-
-impl Backend {
-    /// A connection to send on, made now if need be.
-    async fn ready(&self) -> redis::RedisResult<Ready> {
-        match self {
-            Backend::Server(managed) => Ok(Ready::Server(managed.clone(), managed.link().await?)),
-            Backend::Cluster(cluster) => {
-                let client = cluster.client.clone();
-                let conn = cluster.conn.get_or_try_init(|| on_io(async move { client.get_async_connection().await }));
-                Ok(Ready::Cluster(conn.await?.clone()))
-            }
-        }
-    }
-}
-
-impl Ready {
-    /// Sends `cmd` (to the primary owning `key`, on a Cluster: RL.CHECKALL's first argument
-    /// is not a key, and the retry-free client would not follow a `MOVED`) and reads its
-    /// reply. The future owns all it needs, so it can go on after the caller stopped waiting;
-    /// `sent` is set once the command was handed to the connection.
-    fn send(
-        self,
-        cmd: redis::Cmd,
-        key: &str,
-        sent: Arc<AtomicBool>,
-    ) -> BoxFuture<'static, redis::RedisResult<redis::Value>> {
-        match self {
-            Ready::Server(managed, link) => managed.send_on(link, cmd, sent).boxed(),
-            Ready::Cluster(mut conn) => {
-                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::with_key(
-                    key,
-                    SlotAddr::Master,
-                )));
-                async move {
-                    sent.store(true, Ordering::Relaxed);
-                    conn.route_command(cmd, routing).await
-                }
-                .boxed()
-            }
-        }
-    }
-}
-
-/// Whether Redis ran the command and the module refused it: `ERR` about its arguments (out of
+/// Whether Redis ran the command and the module (or the library) refused it: `ERR` about its arguments (out of
 /// the module's bounds) or about the value stored at the key (another type, `WRONGTYPE`, or a
 /// string that is not limiter state). Redis answered, so this is no outage, and the same
 /// command would be refused again. `ERR unknown command` (the module is not loaded) is not
@@ -155,14 +95,25 @@ fn is_module_refusal(e: &redis::RedisError) -> bool {
     }
 }
 
-fn limiter_error(e: redis::RedisError) -> LimiterError {
-    if is_module_refusal(&e) {
-        LimiterError::Rejected(e)
-    } else if is_unknown_command(&e) {
+fn limiter_error(e: redis::RedisError, dialect: &Dialect) -> LimiterError {
+    let missing = is_unknown_command(&e) || dialect::is_missing(&e);
+    if missing && *dialect == Dialect::Module {
         LimiterError::ModuleMissing(e)
+    } else if missing {
+        LimiterError::LibraryMissing(e.to_string())
+    } else if is_module_refusal(&e) {
+        LimiterError::Rejected(e)
     } else {
         LimiterError::Redis(e)
     }
+}
+
+/// Why a command got no reply.
+enum Failed {
+    /// An error reply, or a broken connection.
+    Redis(redis::RedisError),
+    /// No connection, or no reply, within this long.
+    Timeout(Duration),
 }
 
 fn is_unknown_command(e: &redis::RedisError) -> bool {
@@ -192,7 +143,9 @@ fn took_something(reply: &redis::Value) -> bool {
 
 #[derive(Clone)]
 pub struct RedisLimiter {
-    backend: Backend,
+    topology: Topology,
+    /// The commands in use (`redis.backend`), chosen on first use.
+    chosen: Arc<Chosen>,
     /// The longest a call waits for a connection to be made (none is sent meanwhile).
     connect_timeout: Duration,
     /// The longest a call waits for its reply once sent.
@@ -204,57 +157,9 @@ impl RedisLimiter {
     /// Sets up the connection without waiting for Redis: the gateway starts (and `/readyz`
     /// reports not ready) while Redis is still coming up.
     pub fn new(settings: &RedisSettings) -> Result<Self, ClientError> {
-        let certs = settings.tls.as_ref().map(|tls| redis::TlsCertificates {
-            client_tls: tls.client_cert_and_key.clone().map(|(Pem(client_cert), Redacted(Pem(client_key)))| {
-                redis::ClientTlsConfig { client_cert, client_key }
-            }),
-            root_cert: tls.ca.clone().map(|Pem(ca)| ca),
-        });
-        // Replies are waited for by each call (`timeout`), and after it by the late-reply
-        // watch: the connection's own bound is that watch's. The queue of commands waiting
-        // for the connection's writer is long enough never to fill: when it was (the crate's
-        // default is 50), a request finding it full had to wait for its turn on a busy worker
-        // to hand its command over, and under 5,000 connections a third of the checks
-        // timed out before they were even sent.
-        let connection_config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(settings.connect_timeout))
-            .set_response_timeout(Some(LATE_REPLY_WAIT))
-            .set_pipeline_buffer_size(COMMAND_QUEUE);
-        let backend = match &settings.target {
-            RedisTarget::Server(url) => {
-                let described = |source| ClientError { setting: format!("redis.url {url}"), source };
-                let client = match certs {
-                    None => redis::Client::open(url.expose()),
-                    Some(certs) => redis::Client::build_with_tls(url.expose(), certs),
-                }
-                .map_err(described)?;
-                Backend::Server(Managed::new(
-                    "Redis",
-                    Box::new(move || std::future::ready(Ok(client.clone())).boxed()),
-                    connection_config,
-                ))
-            }
-            RedisTarget::Cluster(nodes) => {
-                let mut builder = ClusterClientBuilder::new(nodes.iter().map(|node| node.expose()))
-                    .connection_timeout(settings.connect_timeout)
-                    .response_timeout(LATE_REPLY_WAIT)
-                    .retries(CLUSTER_COMMAND_RETRIES);
-                if settings.target.is_tls() {
-                    builder = builder.tls(redis::TlsMode::Secure);
-                }
-                if let Some(certs) = certs {
-                    builder = builder.certs(certs);
-                }
-                let client =
-                    builder.build().map_err(|source| ClientError { setting: "redis.cluster_nodes".into(), source })?;
-                Backend::Cluster(Arc::new(ClusterBackend { client, conn: OnceCell::new() }))
-            }
-            RedisTarget::Sentinel(target) => {
-                Backend::Server(sentinel::primary(target, connection_config, settings.connect_timeout)?)
-            }
-        };
         Ok(RedisLimiter {
-            backend,
+            topology: Topology::new(settings)?,
+            chosen: Arc::new(Chosen::new(settings.backend)),
             connect_timeout: settings.connect_timeout,
             timeout: settings.timeout,
             prefix: settings.key_prefix.clone(),
@@ -266,39 +171,76 @@ impl RedisLimiter {
         key(&self.prefix, policy, quota, identity_hash)
     }
 
-    /// Runs `cmd` and decodes its answer (an error reply is a Redis error, or a refusal by the
-    /// module; an answer of the wrong shape a [`LimiterError::Reply`]). Waits up to
-    /// `connect_timeout` for a connection, then `timeout` for the reply; a call that times out
-    /// after it was sent is listened to for its late reply, and what it took is given back
-    /// (`undo`).
-    async fn query<T: redis::FromRedisValue>(&self, cmd: redis::Cmd, key: &str) -> Result<T, LimiterError> {
-        self.query_undoable(cmd, key, None::<fn() -> Undo>).await
+    /// Runs the command `build` spells for the commands in use and decodes its answer (an
+    /// error reply is a Redis error, or a refusal by the module or library; an answer of the
+    /// wrong shape a [`LimiterError::Reply`]). Waits up to `connect_timeout` for a
+    /// connection, then `timeout` for the reply; a call that times out after it was sent is
+    /// listened to for its late reply, and what it took is given back (`undo`). A call the
+    /// server could not run because the library is missing there (it restarted empty, its
+    /// script cache was flushed) ran nothing: the library is installed again and the command
+    /// sent once more.
+    async fn query<T: redis::FromRedisValue>(
+        &self,
+        build: impl Fn(&Dialect) -> redis::Cmd,
+        key: &str,
+    ) -> Result<T, LimiterError> {
+        self.query_undoable(build, key, None::<fn() -> Undo>).await
     }
 
     /// [`RedisLimiter::query`] of a command that takes something: `undo` says what, and is
     /// made only when the call times out (the hot path clones no key for it).
     async fn query_undoable<T: redis::FromRedisValue>(
         &self,
-        cmd: redis::Cmd,
+        build: impl Fn(&Dialect) -> redis::Cmd,
         key: &str,
-        undo: Option<impl FnOnce() -> Undo>,
+        undo: Option<impl Fn() -> Undo>,
     ) -> Result<T, LimiterError> {
-        let ready = match tokio::time::timeout(self.connect_timeout, self.backend.ready()).await {
+        let dialect = self.dialect().await?;
+        let value = match self.send(build(&dialect), key, undo.as_ref()).await {
+            Err(Failed::Redis(e)) if *dialect != Dialect::Module && dialect::is_missing(&e) => {
+                let dialect = self.chosen.reinstall(&self.topology, &dialect, self.setup_timeout()).await?;
+                self.send(build(&dialect), key, undo.as_ref()).await
+            }
+            sent => sent,
+        };
+        match value {
+            Ok(value) => T::from_redis_value(value).map_err(LimiterError::Reply),
+            Err(Failed::Redis(e)) => Err(limiter_error(e, &dialect)),
+            Err(Failed::Timeout(limit)) => Err(LimiterError::Timeout(limit)),
+        }
+    }
+
+    /// The commands in use, chosen (and the library installed) now if need be.
+    async fn dialect(&self) -> Result<Arc<Dialect>, LimiterError> {
+        match self.chosen.current() {
+            Some(dialect) => Ok(dialect),
+            None => self.chosen.choose(&self.topology, &self.prefix, self.setup_timeout()).await,
+        }
+    }
+
+    /// The longest choosing the commands and installing the library may take.
+    fn setup_timeout(&self) -> Duration {
+        self.connect_timeout + 4 * self.timeout.max(Duration::from_millis(250))
+    }
+
+    /// Sends `cmd` once: its reply, or why there is none.
+    async fn send(&self, cmd: redis::Cmd, key: &str, undo: Option<&impl Fn() -> Undo>) -> Result<redis::Value, Failed> {
+        let ready = match tokio::time::timeout(self.connect_timeout, self.topology.ready()).await {
             Ok(Ok(ready)) => ready,
-            Ok(Err(e)) => return Err(limiter_error(e)),
-            Err(_) => return Err(LimiterError::Timeout(self.connect_timeout)),
+            Ok(Err(e)) => return Err(Failed::Redis(e)),
+            Err(_) => return Err(Failed::Timeout(self.connect_timeout)),
         };
         let sent = Arc::new(AtomicBool::new(false));
-        let mut call = ready.send_clone(cmd, key, sent.clone());
+        let mut call = ready.send_call(cmd, key, sent.clone());
         match tokio::time::timeout(self.timeout, &mut call.future).await {
-            Ok(Ok(value)) => T::from_redis_value(value).map_err(LimiterError::Reply),
-            Ok(Err(e)) => Err(limiter_error(e)),
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(Failed::Redis(e)),
             Err(_) => {
-                call.ready.timed_out();
+                call.timed_out();
                 if let Some(undo) = undo.filter(|_| sent.load(Ordering::Relaxed)) {
                     self.listen_late(call.future, undo());
                 }
-                Err(LimiterError::Timeout(self.timeout))
+                Err(Failed::Timeout(self.timeout))
             }
         }
     }
@@ -332,13 +274,13 @@ impl RedisLimiter {
         match give_back {
             GiveBack::Tokens(costs) => {
                 for (key, quota, cost) in costs.into_iter().filter(|(_, _, cost)| *cost > 0) {
-                    if let Err(e) = self.query::<RefundReply>(refund_cmd(&key, &quota, cost), &key).await {
+                    if let Err(e) = self.query::<RefundReply>(|d| refund_cmd(d, &key, &quota, cost), &key).await {
                         warn_every!(error = %e, %key, cost, "could not give back what a timed-out check took");
                     }
                 }
             }
             GiveBack::Lease { key, id } => {
-                if let Err(e) = self.query::<i64>(release_cmd(&key, &id), &key).await {
+                if let Err(e) = self.query::<i64>(|d| release_cmd(d, &key, &id), &key).await {
                     warn_every!(error = %e, %key, %id, "could not release the lease a timed-out call took; it ends by itself");
                 }
             }
@@ -346,49 +288,18 @@ impl RedisLimiter {
     }
 }
 
-/// A call under way: its connection, and the future of its reply.
-struct Call {
-    ready: ReadyRef,
-    future: BoxFuture<'static, redis::RedisResult<redis::Value>>,
-}
-
-/// The connection a call went out on, for after it timed out ([`Managed::timed_out`]; a
-/// Cluster manages its own).
-enum ReadyRef {
-    Server(Arc<Managed>, u64),
-    Cluster,
-}
-
-impl ReadyRef {
-    fn timed_out(&self) {
-        if let ReadyRef::Server(managed, id) = self {
-            managed.timed_out(*id);
-        }
-    }
-}
-
-impl Ready {
-    fn send_clone(self, cmd: redis::Cmd, key: &str, sent: Arc<AtomicBool>) -> Call {
-        let ready = match &self {
-            Ready::Server(managed, link) => ReadyRef::Server(managed.clone(), link.id),
-            Ready::Cluster(_) => ReadyRef::Cluster,
-        };
-        Call { ready, future: self.send(cmd, key, sent) }
-    }
-}
-
 /// `RL.REFUND key limit window amount BURST burst`.
-fn refund_cmd(key: &str, q: &Quota, tokens: u64) -> redis::Cmd {
-    let mut cmd = redis::cmd("RL.REFUND");
-    cmd.arg(key).arg(q.limit).arg(q.window).arg(amount(tokens)).arg("BURST").arg(q.burst);
-    cmd
+fn refund_cmd(dialect: &Dialect, key: &str, q: &Quota, tokens: u64) -> redis::Cmd {
+    dialect.command("RL.REFUND", &[key], |cmd| {
+        cmd.arg(q.limit).arg(q.window).arg(amount(tokens)).arg("BURST").arg(q.burst);
+    })
 }
 
 /// `RL.RELEASE key id`.
-fn release_cmd(key: &str, id: &str) -> redis::Cmd {
-    let mut cmd = redis::cmd("RL.RELEASE");
-    cmd.arg(key).arg(id);
-    cmd
+fn release_cmd(dialect: &Dialect, key: &str, id: &str) -> redis::Cmd {
+    dialect.command("RL.RELEASE", &[key], |cmd| {
+        cmd.arg(id);
+    })
 }
 
 /// A count of tokens as the module takes it: an integer up to `i64::MAX`. A larger one (an
@@ -398,6 +309,11 @@ fn release_cmd(key: &str, id: &str) -> redis::Cmd {
 /// refund fills the bucket. Sending it unchanged would get an argument error instead.
 fn amount(tokens: u64) -> u64 {
     tokens.min(i64::MAX.unsigned_abs())
+}
+
+/// The key `/readyz` (and the choice of commands) peeks at: never written.
+pub fn probe_key(prefix: &str) -> String {
+    format!("{prefix}__readyz__")
 }
 
 /// `<prefix>{<identity-hash>}:<policy>:<limit>`, e.g. `rl:{3fa9...}:chat:tokens`.
@@ -434,18 +350,24 @@ impl RateLimiter for RedisLimiter {
         };
         match policy.limits.as_slice() {
             [q] => {
-                let mut cmd = redis::cmd("RL.CHECK");
-                cmd.arg(&first).arg(q.limit).arg(q.window).arg("COST").arg(cost(0)).arg("BURST").arg(q.burst);
-                let reply: CheckReply = self.query_undoable(cmd, &first, Some(undo("check"))).await?;
+                let build = |d: &Dialect| {
+                    d.command("RL.CHECK", &[&first], |cmd| {
+                        cmd.arg(q.limit).arg(q.window).arg("COST").arg(cost(0)).arg("BURST").arg(q.burst);
+                    })
+                };
+                let reply: CheckReply = self.query_undoable(build, &first, Some(undo("check"))).await?;
                 Ok(CheckAllReply { allowed: reply.allowed, retry_after_ms: reply.retry_after_ms, limits: vec![reply] })
             }
             limits => {
-                let mut cmd = redis::cmd("RL.CHECKALL");
-                cmd.arg(keys.len()).arg(&keys);
-                for (i, q) in limits.iter().enumerate() {
-                    cmd.arg(q.limit).arg(q.window).arg(cost(i)).arg(q.burst);
-                }
-                self.query_undoable(cmd, &first, Some(undo("checkall"))).await
+                let names: Vec<&str> = keys.iter().map(String::as_str).collect();
+                let build = |d: &Dialect| {
+                    d.command("RL.CHECKALL", &names, |cmd| {
+                        for (i, q) in limits.iter().enumerate() {
+                            cmd.arg(q.limit).arg(q.window).arg(cost(i)).arg(q.burst);
+                        }
+                    })
+                };
+                self.query_undoable(build, &first, Some(undo("checkall"))).await
             }
         }
     }
@@ -459,7 +381,7 @@ impl RateLimiter for RedisLimiter {
     ) -> Result<RefundReply, LimiterError> {
         let q = policy.limits.get(index).ok_or(LimiterError::NoSuchLimit(index))?;
         let key = self.key(policy, q, identity_hash);
-        self.query(refund_cmd(&key, q, tokens), &key).await
+        self.query(|d| refund_cmd(d, &key, q, tokens), &key).await
     }
 
     async fn force(
@@ -471,48 +393,68 @@ impl RateLimiter for RedisLimiter {
     ) -> Result<CheckReply, LimiterError> {
         let q = policy.limits.get(index).ok_or(LimiterError::NoSuchLimit(index))?;
         let key = self.key(policy, q, identity_hash);
-        let mut cmd = redis::cmd("RL.CHECK");
-        cmd.arg(&key).arg(q.limit).arg(q.window).arg("COST").arg(amount(tokens)).arg("BURST").arg(q.burst).arg("FORCE");
-        self.query(cmd, &key).await
+        let build = |d: &Dialect| {
+            d.command("RL.CHECK", &[&key], |cmd| {
+                cmd.arg(q.limit).arg(q.window).arg("COST").arg(amount(tokens)).arg("BURST").arg(q.burst).arg("FORCE");
+            })
+        };
+        self.query(build, &key).await
     }
 
     async fn check_shared(&self, quota: &Quota, cost: u64, keep: u64) -> Result<CheckReply, LimiterError> {
         let key = format!("{}upstream:{}", self.prefix, quota.name);
-        let mut cmd = redis::cmd("RL.CHECK");
-        cmd.arg(&key).arg(quota.limit).arg(quota.window).arg("COST").arg(amount(cost)).arg("BURST").arg(quota.burst);
-        cmd.arg("KEEP").arg(amount(keep));
+        let build = |d: &Dialect| {
+            d.command("RL.CHECK", &[&key], |cmd| {
+                cmd.arg(quota.limit).arg(quota.window).arg("COST").arg(amount(cost)).arg("BURST").arg(quota.burst);
+                cmd.arg("KEEP").arg(amount(keep));
+            })
+        };
         let undo =
             || Undo { command: "check_shared", give_back: GiveBack::Tokens(vec![(key.clone(), quota.clone(), cost)]) };
-        self.query_undoable(cmd, &key, Some(undo)).await
+        self.query_undoable(build, &key, Some(undo)).await
     }
 
     async fn acquire(&self, slot: &Slot, max: u64, lease_ms: u64, id: &str) -> Result<AcquireReply, LimiterError> {
         let key = lease_key(&self.prefix, slot);
-        let mut cmd = redis::cmd("RL.ACQUIRE");
-        cmd.arg(&key).arg(max).arg(lease_ms).arg("ID").arg(id);
+        let build = |d: &Dialect| {
+            d.command("RL.ACQUIRE", &[&key], |cmd| {
+                cmd.arg(max).arg(lease_ms).arg("ID").arg(id);
+            })
+        };
         let undo = || Undo { command: "acquire", give_back: GiveBack::Lease { key: key.clone(), id: id.to_string() } };
-        self.query_undoable(cmd, &key, Some(undo)).await
+        self.query_undoable(build, &key, Some(undo)).await
     }
 
     async fn release(&self, slot: &Slot, id: &str) -> Result<bool, LimiterError> {
         let key = lease_key(&self.prefix, slot);
-        self.query::<i64>(release_cmd(&key, id), &key).await.map(|n| n == 1)
+        self.query::<i64>(|d| release_cmd(d, &key, id), &key).await.map(|n| n == 1)
     }
 
     async fn renew(&self, slot: &Slot, id: &str, lease_ms: u64) -> Result<bool, LimiterError> {
         let key = lease_key(&self.prefix, slot);
-        let mut cmd = redis::cmd("RL.RENEW");
-        cmd.arg(&key).arg(id).arg(lease_ms);
-        self.query::<i64>(cmd, &key).await.map(|n| n == 1)
+        let build = |d: &Dialect| {
+            d.command("RL.RENEW", &[&key], |cmd| {
+                cmd.arg(id).arg(lease_ms);
+            })
+        };
+        self.query::<i64>(build, &key).await.map(|n| n == 1)
     }
 
-    /// A read-only `RL.PEEK` on a probe key: Redis answers and has the module.
+    /// A read-only `RL.PEEK` on a probe key: Redis answers and has the module (or the
+    /// library, whichever is in use).
     async fn ready(&self) -> Result<(), LimiterError> {
-        let probe = format!("{}__readyz__", self.prefix);
-        let mut cmd = redis::cmd("RL.PEEK");
-        cmd.arg(&probe).arg(1).arg(1);
-        let _: CheckReply = self.query(cmd, &probe).await?;
+        let probe = probe_key(&self.prefix);
+        let build = |d: &Dialect| {
+            d.command("RL.PEEK", &[&probe], |cmd| {
+                cmd.arg(1).arg(1);
+            })
+        };
+        let _: CheckReply = self.query(build, &probe).await?;
         Ok(())
+    }
+
+    fn backend(&self) -> Option<&'static str> {
+        self.chosen.current().map(|dialect| dialect.name())
     }
 }
 

@@ -229,7 +229,7 @@ async fn the_deny_cache_is_stricter_than_redis_after_a_reset_elsewhere_until_ret
     // An operator resets the caller's bucket in Redis: Redis would admit now...
     let mut con = redis.client();
     let keys: Vec<String> = redis::cmd("KEYS").arg("rl:*:default:requests").query(&mut con).unwrap();
-    let _: i64 = redis::cmd("RL.RESET").arg(&keys[0]).query(&mut con).unwrap();
+    testkit::rl_reset(&mut con, &keys[0]);
     // ...but this gateway remembers the refusal until its Retry-After moment.
     assert_eq!(predict(&gateway, &key).await.status, StatusCode::TOO_MANY_REQUESTS);
     let mut admitted = false;

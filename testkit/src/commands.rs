@@ -15,10 +15,21 @@ use redis::{ConnectionLike, FromRedisValue, ToRedisArgs};
 
 use crate::reply::{AcquireReply, CheckAllReply, CheckReply, RefundReply, ThrottleReply};
 
-/// `name args...`, decoded as `T`.
+/// `name args...`, decoded as `T` (as `FCALL` of the library's function where the library
+/// stands in for the module, [`crate::functions::library_instead_of_module`]).
 fn run<T: FromRedisValue>(con: &mut impl ConnectionLike, name: &str, args: impl ToRedisArgs) -> T {
     let mut cmd = redis::cmd(name);
     cmd.arg(args);
+    if crate::functions::library_instead_of_module() {
+        let line: Vec<Vec<u8>> = cmd
+            .args_iter()
+            .map(|arg| match arg {
+                redis::Arg::Simple(bytes) => bytes.to_vec(),
+                _ => Vec::new(),
+            })
+            .collect();
+        cmd = crate::functions::command(&line, crate::functions::Dialect::Functions, "");
+    }
     cmd.query(con).unwrap_or_else(|e| panic!("{}: {e}", describe(&cmd)))
 }
 

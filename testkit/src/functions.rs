@@ -12,6 +12,15 @@ use std::path::PathBuf;
 
 use redis::{ConnectionLike, Value};
 
+/// Whether the tests run with the library in place of the module (`RL_TEST_BACKEND=functions`):
+/// a server the harness would start with the module gets the library instead (loaded with
+/// `FUNCTION LOAD`), and the typed commands ([`crate::commands`]) and [`crate::command_calls`]
+/// of the module's commands call and count its functions. For running the gateway's suites
+/// against a server without the module; the module's own tests never set it.
+pub fn library_instead_of_module() -> bool {
+    std::env::var("RL_TEST_BACKEND").is_ok_and(|backend| backend == "functions")
+}
+
 /// The library's source as the repository holds it.
 pub fn source() -> String {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../functions/ratelimit.lua");

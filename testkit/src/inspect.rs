@@ -118,7 +118,14 @@ pub fn info_field(con: &mut impl ConnectionLike, section: &str, field: &str) -> 
 
 /// How many times the server ran `command` (`calls=` of `INFO commandstats`; 0 when never),
 /// e.g. `command_calls(con, "RL.CHECK")`.
+/// Where the library stands in for the module ([`crate::functions::library_instead_of_module`]),
+/// a module command (`RL.*`, `CL.*`) is counted as all the `FCALL`s (`FCALL_RO`s for
+/// `RL.PEEK`): the server does not count functions apart.
 pub fn command_calls(con: &mut impl ConnectionLike, command: &str) -> u64 {
+    let upper = command.to_ascii_uppercase();
+    if crate::functions::library_instead_of_module() && (upper.starts_with("RL.") || upper.starts_with("CL.")) {
+        return command_calls(con, if upper == "RL.PEEK" { "fcall_ro" } else { "fcall" });
+    }
     let stats = info_field(con, "commandstats", &format!("cmdstat_{command}")).unwrap_or_default();
     let calls = stats.strip_prefix("calls=").and_then(|rest| rest.split(',').next());
     calls.map_or(0, |n| n.parse().unwrap_or_else(|e| panic!("calls of {command} in {stats:?}: {e}")))

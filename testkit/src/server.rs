@@ -217,7 +217,8 @@ impl RedisServer {
             .arg(dir)
             .arg("--logfile")
             .arg(dir.join("server.log"));
-        if self.builder.with_module {
+        let library_instead = self.builder.with_module && crate::functions::library_instead_of_module();
+        if self.builder.with_module && !library_instead {
             cmd.arg("--loadmodule").arg(module_path()).args(&self.builder.module_args);
         }
         cmd.args(&self.builder.args);
@@ -241,6 +242,11 @@ impl RedisServer {
         }
         self.child = Some(child);
         assert!(answered, "server did not answer PING in time\n{}", self.log_tail());
+        // A replica gets the library from its primary.
+        let replica = self.builder.args.iter().any(|arg| arg == "--replicaof" || arg == "--slaveof");
+        if library_instead && !replica {
+            crate::functions::load(&mut self.client(), &crate::functions::source());
+        }
         Ok(())
     }
 }

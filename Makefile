@@ -11,7 +11,7 @@ MODULE := $(TARGET_DIR)/release/librl.so
 VALKEY_DIR := .cache/valkey
 VALKEY := $(VALKEY_DIR)/valkey-server
 
-.PHONY: all deps build module test test-redis test-valkey test-server valkey bench bench-smoke bench-gateway demo lint doc fmt clean
+.PHONY: all deps build module test test-redis test-valkey test-functions test-server valkey bench bench-smoke bench-gateway demo lint doc fmt clean
 
 all: build
 
@@ -30,7 +30,7 @@ valkey: deps
 # The lints and docs first (seconds, and they fail fast), then every test, against Debian's
 # Redis 7.0 and then against Valkey 8.x, plus a smoke run of the benchmarks that proves they
 # execute (no performance assertions in tests).
-test: lint doc module valkey test-redis test-valkey bench-smoke
+test: lint doc module valkey test-redis test-valkey test-functions bench-smoke
 
 # Tests load the release module; the gateway's tests use the debug binary cargo builds for them.
 test-redis: module
@@ -44,6 +44,12 @@ test-redis: module
 test-valkey: module valkey
 	RL_SERVER_BIN=$(abspath $(VALKEY)) $(CARGO) test -p ml-api-rate-limiter --tests
 	RL_SERVER_BIN=$(abspath $(VALKEY)) $(CARGO) test -p gateway --test limits --test llm --test concurrency --test operations --test sentinel
+
+# The gateway's end-to-end suites once more on servers without the module: the gateway finds
+# the module missing, loads the Functions library and limits with it (RL_TEST_BACKEND makes
+# the harness start such servers and check them through the library).
+test-functions: module
+	RL_TEST_BACKEND=functions RL_SERVER_BIN=redis-server $(CARGO) test -p gateway --test limits --test llm --test concurrency --test operations
 
 # Any other server binary: make test-server SERVER=/opt/redis-7.4/bin/redis-server
 test-server: module

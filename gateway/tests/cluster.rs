@@ -54,6 +54,41 @@ async fn a_cluster_shares_every_limit_across_gateways() {
     assert!(nodes_with_keys >= 2, "all keys landed on one node");
 }
 
+/// Without the module on any node, the gateway loads the Functions library on every primary
+/// (`FUNCTION LOAD` to all of them), and the limits hold across gateways on every node.
+#[tokio::test]
+async fn without_the_module_the_library_is_loaded_on_every_primary_and_limits_hold() {
+    let cluster = Cluster::builder().without_module().start();
+    let model = start_model(0);
+    let a = gateway_on(&cluster, &model.url(""));
+    let b = gateway_on(&cluster, &model.url(""));
+    let ready = get(&a.url("/readyz")).await.unwrap();
+    assert_eq!(ready.status, StatusCode::OK, "{}", a.logs());
+    assert_eq!(ready.json()["backend"], "functions");
+    for (index, node) in cluster.nodes().iter().enumerate() {
+        let version: String = redis::cmd("FCALL_RO").arg("rl_version").arg(0).query(&mut node.client()).unwrap();
+        assert_eq!(version, "1", "node {index} has the library");
+    }
+    assert_eq!(get(&b.url("/readyz")).await.unwrap().json()["backend"], "functions");
+    for i in 0..8 {
+        let key = format!("Bearer cluster-fn-key-{i}");
+        let auth = [("authorization", key.as_str())];
+        assert_eq!(predict(&a, &auth).await.status, StatusCode::OK, "{}", a.logs());
+        assert_eq!(predict(&b, &auth).await.status, StatusCode::OK);
+        assert_eq!(predict(&a, &auth).await.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(predict(&b, &auth).await.status, StatusCode::TOO_MANY_REQUESTS);
+    }
+    let mut nodes_with_keys = 0;
+    for (index, node) in cluster.nodes().iter().enumerate() {
+        let keys: Vec<String> = redis::cmd("KEYS").arg("rl:*:default:requests").query(&mut node.client()).unwrap();
+        for key in &keys {
+            assert_eq!(cluster.owner_index(key), index, "{key} is not on its slot's owner");
+        }
+        nodes_with_keys += usize::from(!keys.is_empty());
+    }
+    assert!(nodes_with_keys >= 2, "all keys landed on one node");
+}
+
 /// RL.CHECK is not idempotent: when the connection drops after Redis ran it and before the
 /// reply arrived, a client that retried would run it again and charge the request twice. The
 /// gateway's cluster client does not retry: that request gets the failure-mode answer (503,

@@ -54,6 +54,12 @@ impl ClusterBuilder {
         self
     }
 
+    /// Nodes without the module (for the Functions library).
+    pub fn without_module(mut self) -> Self {
+        self.node = self.node.without_module();
+        self
+    }
+
     /// Adds a config directive to every node, e.g. `.arg("appendonly", "yes")`.
     pub fn arg(mut self, name: &str, value: &str) -> Self {
         self.node = self.node.arg(name, value);

@@ -113,9 +113,18 @@ impl Topology {
                 let mut conn = cluster.connection().await?;
                 let policy = all_must_succeed.then_some(ResponsePolicy::AllSucceeded);
                 let routing = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, policy));
-                on_io(async move { conn.route_command(cmd, routing).await }).await
+                on_io(async move { error_reply_as_error(conn.route_command(cmd, routing).await) }).await
             }
         }
+    }
+}
+
+/// The cluster client hands an error reply back as a value; the one-server client (and every
+/// caller here) takes it as an error.
+fn error_reply_as_error(reply: redis::RedisResult<redis::Value>) -> redis::RedisResult<redis::Value> {
+    match reply {
+        Ok(redis::Value::ServerError(e)) => Err(e.into()),
+        other => other,
     }
 }
 
@@ -153,7 +162,7 @@ impl Ready {
                 )));
                 async move {
                     sent.store(true, Ordering::Relaxed);
-                    conn.route_command(cmd, routing).await
+                    error_reply_as_error(conn.route_command(cmd, routing).await)
                 }
                 .boxed()
             }

@@ -287,7 +287,6 @@ local function build()
   local BIG_I64_MAX = parse_big(I64_MAX)
   -- Replies are Lua numbers: a burst must fit one exactly.
   local MAX_REPLY_INTEGER = 9007199254740992
-  local BIG_MAX_REPLY_INTEGER = big(MAX_REPLY_INTEGER)
   local MIN_TAT_NANOS = '1000000000000000000'
 
   -- ---------------------------------------------------------------------------------------
@@ -415,26 +414,150 @@ local function build()
     return s ~= nil and s:find('^[1-9]%d*$') ~= nil
   end
 
-  -- An integer in 1..i64::MAX, as a Big.
-  local function positive(s, name)
+  -- ---------------------------------------------------------------------------------------
+  -- Two kits of the same natural-number operations: plain Lua numbers (`N`), exact while
+  -- every value stays below 2^53 (any larger result raises INEXACT), and the limbs (`B`),
+  -- exact for every value. A rate-limit command runs with `N` (the common case: no table is
+  -- made for a number) and, when a value would leave that range, again from the start with
+  -- `B` (nothing is written before every decision is made, so the first run left no trace).
+
+  local INEXACT = {}
+  local function inexact() error(INEXACT, 0) end
+  local N_LIMIT = 9007199254740992 -- 2^53: every integer below is a double
+  local fmod = math.fmod
+
+  local N = { ZERO = 0, ONE = 1, NS_PER_S = 1000000000, NS_PER_MS = 1000000, MAX_REPLY = MAX_REPLY_INTEGER }
+  function N.digits(s)
+    if #s > 15 then inexact() end
+    return tonumber(s)
+  end
+  function N.add(a, b)
+    local r = a + b
+    if r >= N_LIMIT then inexact() end
+    return r
+  end
+  function N.sub(a, b) return a - b end
+  function N.sat_sub(a, b)
+    if a > b then return a - b end
+    return 0
+  end
+  function N.mul(a, b)
+    local r = a * b
+    if r >= N_LIMIT then inexact() end
+    return r
+  end
+  function N.cmp(a, b)
+    if a < b then return -1 elseif a > b then return 1 end
+    return 0
+  end
+  -- fmod is exact for doubles, and so is the division of the multiple of b it leaves.
+  function N.divmod(a, b)
+    local r = fmod(a, b)
+    return (a - r) / b, r
+  end
+  function N.div_ceil(a, b)
+    local q, r = N.divmod(a, b)
+    if r > 0 then q = q + 1 end
+    return q
+  end
+  function N.is_zero(a) return a == 0 end
+  function N.num(a) return a end
+  -- Below 2^53, the tolerance is always within 100 years x limit (>= 3.15e18).
+  function N.tolerance_ok() return true end
+  -- TIME as {sec, nsub}: whole seconds and the nanoseconds within the second.
+  function N.clock(t) return { sec = tonumber(t[1]), nsub = tonumber(t[2]) * 1000 } end
+
+  local B = { ZERO = ZERO, ONE = ONE, NS_PER_S = NANOS_PER_SECOND, NS_PER_MS = NANOS_PER_MILLI,
+    MAX_REPLY = big(MAX_REPLY_INTEGER) }
+  B.digits, B.add, B.sub, B.sat_sub, B.mul, B.cmp, B.divmod, B.div_ceil = parse_big, add, sub, sat_sub, mul, cmp,
+    divmod, div_ceil
+  function B.is_zero(a) return #a == 0 end
+  B.num = big_num
+  function B.tolerance_ok(tolerance, limit) return cmp(tolerance, mul(MAX_TOLERANCE_NANOS, limit)) <= 0 end
+  -- TIME in nanoseconds.
+  function B.clock(t) return parse_big(t[1] .. sformat('%06d', tonumber(t[2])) .. '000') end
+
+  -- The offset after now of a stored TAT (0 when it is not after now), in units of 1/limit
+  -- ns; a fraction written under another limit is rounded up, never in the caller's favour.
+  function N.offset(q, tat, now)
+    local sec, nsub = tonumber(ssub(tat.nanos, 1, 10)), tonumber(ssub(tat.nanos, 11))
+    local dsec = sec - now.sec
+    if dsec < 0 or (dsec == 0 and (nsub < now.nsub or (nsub == now.nsub and tat.num == nil))) then return 0 end
+    if dsec > 4000000 then inexact() end
+    local fraction = 0
+    if tat.num ~= nil then
+      if tat.den == q.limit_str then
+        fraction = N.digits(tat.num)
+      else
+        fraction = N.div_ceil(N.mul(N.digits(tat.num), q.limit), N.digits(tat.den))
+      end
+    end
+    return N.add(N.mul(dsec * 1000000000 + (nsub - now.nsub), q.limit), fraction)
+  end
+
+  function B.offset(q, tat, now)
+    local nanos = parse_big(tat.nanos)
+    local c = cmp(nanos, now)
+    if c < 0 or (c == 0 and tat.num == nil) then return ZERO end
+    local fraction = ZERO
+    if tat.num ~= nil then
+      if tat.den == q.limit_str then
+        fraction = parse_big(tat.num)
+      else
+        fraction = div_ceil(mul(parse_big(tat.num), q.limit), parse_big(tat.den))
+      end
+    end
+    return add(mul(sub(nanos, now), q.limit), fraction)
+  end
+
+  -- The state to store for the TAT `ahead` after now: {value, expiry} as the module writes
+  -- them (the expiry: the first millisecond at or after the TAT).
+  function N.tat_at(q, now, ahead)
+    local whole, numerator = N.divmod(ahead, q.limit)
+    local carry, nsub = N.divmod(N.add(now.nsub, whole), 1000000000)
+    local sec = now.sec + carry
+    if sec > 9223372036 or (sec == 9223372036 and nsub > 854775807) then fail(STATE_OUT_OF_RANGE) end
+    local value = sformat('%d%09d', sec, nsub)
+    local extra = 0
+    if numerator > 0 then
+      value = value .. '+' .. sformat('%d', numerator) .. '/' .. q.limit_str
+      extra = 1
+    end
+    return { value = value, expiry = sformat('%d', sec * 1000 + floor((nsub + extra + 999999) / 1000000)) }
+  end
+
+  function B.tat_at(q, now, ahead)
+    local whole, numerator = divmod(ahead, q.limit)
+    local nanos = add(now, whole)
+    if cmp(nanos, BIG_I64_MAX) > 0 then fail(STATE_OUT_OF_RANGE) end
+    local value, last = big_str(nanos), nanos
+    if #numerator > 0 then
+      value = value .. '+' .. big_str(numerator) .. '/' .. q.limit_str
+      last = add(nanos, ONE)
+    end
+    return { value = value, expiry = big_str(div_ceil(last, NANOS_PER_MILLI)) }
+  end
+
+  -- An integer in 1..i64::MAX: its value in kit K, and its digits.
+  local function positive(K, s, name)
     local neg, digits = parse_i64(s)
     if digits == nil then
       if is_too_large(s) then too_large(name) end
       not_positive(name)
     end
     if neg or digits == '0' then not_positive(name) end
-    return parse_big(digits)
+    return K.digits(digits), digits
   end
 
-  -- An integer in 0..i64::MAX, as a Big.
-  local function non_negative(s, name)
+  -- An integer in 0..i64::MAX, in kit K.
+  local function non_negative(K, s, name)
     local neg, digits = parse_i64(s)
     if digits == nil then
       if is_too_large(s) then too_large(name) end
       negative(name)
     end
     if neg then negative(name) end
-    return parse_big(digits)
+    return K.digits(digits)
   end
 
   -- An integer in 1..max (a plain number).
@@ -446,19 +569,20 @@ local function build()
     return v
   end
 
-  -- A quota: limit, window (s), burst, and in units of 1/limit ns the emission interval and
-  -- the tolerance.
-  local function quota(limit, window, burst)
-    local interval = mul(window, NANOS_PER_SECOND)
-    local tolerance = mul(interval, burst)
-    if cmp(tolerance, mul(MAX_TOLERANCE_NANOS, limit)) > 0 then fail(TOLERANCE_TOO_LARGE) end
-    return { limit = limit, burst = burst, interval = interval, tolerance = tolerance }
+  -- A quota in kit K: limit (and its digits), window (s), burst, and in units of 1/limit ns
+  -- the emission interval, the tolerance and one millisecond.
+  local function quota(K, limit, limit_str, window, burst)
+    local interval = K.mul(window, K.NS_PER_S)
+    local tolerance = K.mul(interval, burst)
+    if not K.tolerance_ok(tolerance, limit) then fail(TOLERANCE_TOO_LARGE) end
+    return { limit = limit, limit_str = limit_str, burst = burst, interval = interval, tolerance = tolerance,
+      millisecond = K.mul(limit, K.NS_PER_MS) }
   end
 
   local function upper(s) return string.upper(s) end
 
   -- `[COST n] [BURST b] [KEEP k] [FORCE]` from line[first] on.
-  local function parse_options(line, first, allow_cost, usage)
+  local function parse_options(K, line, first, allow_cost, usage)
     local o = {}
     local i = first
     while line[i] ~= nil do
@@ -468,15 +592,15 @@ local function build()
       if word == 'COST' and allow_cost then
         if o.cost then fail('ERR option COST given more than once') end
         if value == nil then fail('ERR option COST needs a value') end
-        o.cost = non_negative(value, 'cost')
+        o.cost = non_negative(K, value, 'cost')
       elseif word == 'BURST' then
         if o.burst then fail('ERR option BURST given more than once') end
         if value == nil then fail('ERR option BURST needs a value') end
-        o.burst = positive(value, 'burst')
+        o.burst = positive(K, value, 'burst')
       elseif word == 'KEEP' and allow_cost then
         if o.keep then fail('ERR option KEEP given more than once') end
         if value == nil then fail('ERR option KEEP needs a value') end
-        o.keep = non_negative(value, 'keep')
+        o.keep = non_negative(K, value, 'keep')
       elseif word == 'FORCE' and allow_cost then
         if o.force then fail('ERR option FORCE given more than once') end
         o.force = true
@@ -491,17 +615,17 @@ local function build()
   end
 
   -- `key limit window <fixed> [options]`; line[1] is the command name, line[2] the key.
-  local function parse_keyed_quota(line, fixed, allow_cost, usage)
+  local function parse_keyed_quota(K, line, fixed, allow_cost, usage)
     if #line < 4 + fixed then arity(usage) end
-    local limit = positive(line[3], 'limit')
-    local window = positive(line[4], 'window')
-    local o = parse_options(line, 5 + fixed, allow_cost, usage)
-    return quota(limit, window, o.burst or limit), o
+    local limit, limit_str = positive(K, line[3], 'limit')
+    local window = positive(K, line[4], 'window')
+    local o = parse_options(K, line, 5 + fixed, allow_cost, usage)
+    return quota(K, limit, limit_str, window, o.burst or limit), o
   end
 
   -- Replies carry `burst` and `remaining` as Lua numbers.
-  local function reply_sized(q)
-    if cmp(q.burst, BIG_MAX_REPLY_INTEGER) > 0 then
+  local function reply_sized(K, q)
+    if K.cmp(q.burst, K.MAX_REPLY) > 0 then
       fail('ERR burst must be at most ' .. sformat('%d', MAX_REPLY_INTEGER)
         .. ' with the Functions library (its replies are Lua numbers); the module takes up to ' .. I64_MAX)
     end
@@ -514,24 +638,19 @@ local function build()
   end
 
   -- ---------------------------------------------------------------------------------------
-  -- The clock and the stored state (src/state.rs).
-
-  -- Nanoseconds since the epoch: TIME's seconds and microseconds, read once per call.
-  local function now_nanos()
-    local t = redis.call('TIME')
-    return parse_big(t[1] .. sformat('%06d', tonumber(t[2])) .. '000')
-  end
+  -- The stored state (src/state.rs).
 
   local function canonical(digits, max_len)
     local n = #digits
     return n > 0 and n <= max_len and (n == 1 or ssub(digits, 1, 1) ~= '0')
   end
 
-  local function fits(digits, max)
-    return #digits < #max or (#digits == #max and digits <= max)
+  -- Canonical decimals a <= b.
+  local function at_most(a, b)
+    return #a < #b or (#a == #b and a <= b)
   end
 
-  -- A stored TAT {nanos = Big, num = Big, den = Big} (num is zero for a whole nanosecond), or
+  -- A stored TAT as its decimal parts {nanos, num, den} (num nil for a whole nanosecond), or
   -- nil when the string is not limiter state.
   local function decode(s)
     local nanos, num, den = s:match('^(%d+)%+(%d+)/(%d+)$')
@@ -539,28 +658,15 @@ local function build()
       nanos = s:match('^(%d+)$')
       if nanos == nil then return nil end
     end
-    if not canonical(nanos, 19) or #nanos < 19 or not fits(nanos, I64_MAX) or nanos < MIN_TAT_NANOS then
+    if #nanos ~= 19 or not canonical(nanos, 19) or nanos > I64_MAX or nanos < MIN_TAT_NANOS then
       return nil
     end
-    if num == nil then return { nanos = parse_big(nanos), num = ZERO, den = ONE } end
-    if not canonical(num, 20) or not canonical(den, 20) or not fits(num, U64_MAX) or not fits(den, U64_MAX) then
+    if num == nil then return { nanos = nanos } end
+    if not canonical(num, 20) or not canonical(den, 20) or not at_most(num, U64_MAX) or not at_most(den, U64_MAX) then
       return nil
     end
-    local n, d = parse_big(num), parse_big(den)
-    if #n == 0 or cmp(n, d) >= 0 then return nil end
-    return { nanos = parse_big(nanos), num = n, den = d }
-  end
-
-  local function encode(tat)
-    if #tat.num == 0 then return big_str(tat.nanos) end
-    return big_str(tat.nanos) .. '+' .. big_str(tat.num) .. '/' .. big_str(tat.den)
-  end
-
-  -- The key's expiry: the first millisecond at or after the TAT.
-  local function expiry_millis(tat)
-    local nanos = tat.nanos
-    if #tat.num > 0 then nanos = add(nanos, ONE) end
-    return div_ceil(nanos, NANOS_PER_MILLI)
+    if num == '0' or at_most(den, num) then return nil end
+    return { nanos = nanos, num = num, den = den }
   end
 
   -- The TAT at `key`, nil for no key; refuses other types and foreign strings.
@@ -573,134 +679,117 @@ local function build()
     return tat
   end
 
-  local function write_tat(key, tat)
-    redis.call('SET', key, encode(tat), 'PXAT', big_str(expiry_millis(tat)))
+  local function write_tat(key, state)
+    redis.call('SET', key, state.value, 'PXAT', state.expiry)
   end
 
   -- ---------------------------------------------------------------------------------------
-  -- GCRA (src/gcra.rs), with every instant as its offset after `now` in units of 1/limit ns
-  -- (an instant at or before now is offset 0, as the module's max(TAT, now)).
+  -- GCRA (src/gcra.rs) in kit K, with every instant as its offset after now in units of
+  -- 1/limit ns (an instant at or before now is offset 0, as the module's max(TAT, now)).
 
-  local function offset_of(q, tat, now)
-    if tat == nil then return ZERO end
-    local c = cmp(tat.nanos, now)
-    if c < 0 or (c == 0 and #tat.num == 0) then return ZERO end
-    local fraction
-    if cmp(tat.den, q.limit) == 0 then
-      fraction = tat.num
-    else
-      -- Written under another limit: rounded up, never in the caller's favour.
-      fraction = div_ceil(mul(tat.num, q.limit), tat.den)
-    end
-    return add(mul(sub(tat.nanos, now), q.limit), fraction)
+  local function millis_ceil(K, q, scaled)
+    return K.num(K.div_ceil(scaled, q.millisecond))
   end
 
-  -- The storable TAT `ahead` after now.
-  local function tat_at(q, now, ahead)
-    local whole, numerator = divmod(ahead, q.limit)
-    local nanos = add(now, whole)
-    if cmp(nanos, BIG_I64_MAX) > 0 then fail(STATE_OUT_OF_RANGE) end
-    if #numerator == 0 then return { nanos = nanos, num = ZERO, den = ONE } end
-    return { nanos = nanos, num = numerator, den = q.limit }
+  local function tokens_left(K, q, offset)
+    local left = K.divmod(K.sat_sub(q.tolerance, offset), q.interval)
+    if K.cmp(left, q.burst) > 0 then left = q.burst end
+    return K.num(left)
   end
 
-  local function millis_ceil(q, scaled)
-    return big_num(div_ceil(scaled, mul(q.limit, NANOS_PER_MILLI)))
-  end
-
-  local function tokens_left(q, offset)
-    local left = divmod(sat_sub(q.tolerance, offset), q.interval)
-    if cmp(left, q.burst) > 0 then left = q.burst end
-    return big_num(left)
-  end
-
-  -- A decision: allowed, remaining, retry (0 now, -1 never, else ms), reset_ms, new TAT or nil.
-  local function decide_keeping(q, stored, now, cost, keep)
-    local d = offset_of(q, stored, now)
-    local needed = add(cost, keep)
-    if cmp(needed, q.burst) > 0 then
-      return { allowed = false, remaining = tokens_left(q, d), retry = -1, reset = millis_ceil(q, d) }
+  -- A decision: allowed, remaining, retry (0 now, -1 never, else ms), reset (ms), and the
+  -- state to write (nil: nothing).
+  local function decide_keeping(K, q, stored, now, cost, keep)
+    local d = K.ZERO
+    if stored ~= nil then d = K.offset(q, stored, now) end
+    local needed = K.add(cost, keep)
+    if K.cmp(needed, q.burst) > 0 then
+      return { allowed = false, remaining = tokens_left(K, q, d), retry = -1, reset = millis_ceil(K, q, d) }
     end
-    if #needed == 0 then
-      return { allowed = true, remaining = tokens_left(q, d), retry = 0, reset = millis_ceil(q, d) }
+    if K.is_zero(needed) then
+      return { allowed = true, remaining = tokens_left(K, q, d), retry = 0, reset = millis_ceil(K, q, d) }
     end
-    local earliest = sat_sub(add(d, mul(q.interval, needed)), q.tolerance)
-    if #earliest > 0 then
-      return { allowed = false, remaining = tokens_left(q, d), retry = millis_ceil(q, earliest), reset = millis_ceil(q, d) }
+    local earliest = K.sat_sub(K.add(d, K.mul(q.interval, needed)), q.tolerance)
+    if not K.is_zero(earliest) then
+      return { allowed = false, remaining = tokens_left(K, q, d), retry = millis_ceil(K, q, earliest),
+        reset = millis_ceil(K, q, d) }
     end
-    local new_d = add(d, mul(q.interval, cost))
-    local decision = { allowed = true, remaining = tokens_left(q, new_d), retry = 0, reset = millis_ceil(q, new_d) }
-    if #cost > 0 then decision.tat = tat_at(q, now, new_d) end
+    local new_d = K.add(d, K.mul(q.interval, cost))
+    local decision = { allowed = true, remaining = tokens_left(K, q, new_d), retry = 0,
+      reset = millis_ceil(K, q, new_d) }
+    if not K.is_zero(cost) then decision.state = K.tat_at(q, now, new_d) end
     return decision
-  end
-
-  local function decide(q, stored, now, cost)
-    return decide_keeping(q, stored, now, cost, ZERO)
   end
 
   -- FORCE: always admitted; the debt is capped at one full burst beyond the bucket.
-  local function decide_forced(q, stored, now, cost)
-    if #cost == 0 then return decide(q, stored, now, ZERO) end
-    local d = offset_of(q, stored, now)
-    local cap = add(q.tolerance, q.tolerance)
-    local new_d = add(d, mul(q.interval, cost))
-    if cmp(new_d, cap) > 0 then new_d = cap end
-    if cmp(new_d, d) < 0 then new_d = d end
-    local decision = { allowed = true, remaining = tokens_left(q, new_d), retry = 0, reset = millis_ceil(q, new_d) }
-    if cmp(new_d, d) > 0 then decision.tat = tat_at(q, now, new_d) end
+  local function decide_forced(K, q, stored, now, cost)
+    if K.is_zero(cost) then return decide_keeping(K, q, stored, now, K.ZERO, K.ZERO) end
+    local d = K.ZERO
+    if stored ~= nil then d = K.offset(q, stored, now) end
+    local cap = K.add(q.tolerance, q.tolerance)
+    -- A charge beyond the cap is forgiven: its exact size does not matter.
+    local new_d = cap
+    if K.cmp(cost, K.add(K.divmod(cap, q.interval), K.ONE)) <= 0 then
+      new_d = K.add(d, K.mul(q.interval, cost))
+      if K.cmp(new_d, cap) > 0 then new_d = cap end
+    end
+    if K.cmp(new_d, d) < 0 then new_d = d end
+    local decision = { allowed = true, remaining = tokens_left(K, q, new_d), retry = 0,
+      reset = millis_ceil(K, q, new_d) }
+    if K.cmp(new_d, d) > 0 then decision.state = K.tat_at(q, now, new_d) end
     return decision
   end
 
-  local function check_row(decision, q)
-    return { decision.allowed and 1 or 0, decision.remaining, decision.retry, decision.reset, big_num(q.burst) }
+  local function check_row(K, decision, q)
+    return { decision.allowed and 1 or 0, decision.remaining, decision.retry, decision.reset, K.num(q.burst) }
   end
 
   -- ---------------------------------------------------------------------------------------
-  -- The commands. `line` is the module's command line: {name, key..., args...}.
+  -- The rate-limit commands: (kit, the module's command line {name, key..., args...}, TIME).
 
-  local function take(key, request, now)
+  local function take(K, key, request, now)
     local stored = read_tat(key)
     local decision
     if request.force then
-      decision = decide_forced(request.quota, stored, now, request.cost)
+      decision = decide_forced(K, request.quota, stored, now, request.cost)
     else
-      decision = decide_keeping(request.quota, stored, now, request.cost, request.keep)
+      decision = decide_keeping(K, request.quota, stored, now, request.cost, request.keep)
     end
-    if decision.tat then write_tat(key, decision.tat) end
+    if decision.state then write_tat(key, decision.state) end
     return decision
   end
 
-  local function rl_check(line)
-    local q, o = parse_keyed_quota(line, 0, true, CHECK_USAGE)
-    reply_sized(q)
-    local request = { quota = q, cost = o.cost or ONE, keep = o.keep or ZERO, force = o.force }
-    return check_row(take(line[2], request, now_nanos()), q)
+  local function rl_check(K, line, time)
+    local q, o = parse_keyed_quota(K, line, 0, true, CHECK_USAGE)
+    reply_sized(K, q)
+    local request = { quota = q, cost = o.cost or K.ONE, keep = o.keep or K.ZERO, force = o.force }
+    return check_row(K, take(K, line[2], request, K.clock(time)), q)
   end
 
-  local function rl_peek(line)
-    local q = parse_keyed_quota(line, 0, false, PEEK_USAGE)
-    reply_sized(q)
-    local now = now_nanos()
-    return check_row(decide(q, read_tat(line[2]), now, ONE), q)
+  local function rl_peek(K, line, time)
+    local q = parse_keyed_quota(K, line, 0, false, PEEK_USAGE)
+    reply_sized(K, q)
+    return check_row(K, decide_keeping(K, q, read_tat(line[2]), K.clock(time), K.ONE, K.ZERO), q)
   end
 
-  local function rl_refund(line)
-    local q = parse_keyed_quota(line, 1, false, REFUND_USAGE)
-    local amount = non_negative(line[5], 'amount')
-    reply_sized(q)
+  local function rl_refund(K, line, time)
+    local q = parse_keyed_quota(K, line, 1, false, REFUND_USAGE)
+    local amount = non_negative(K, line[5], 'amount')
+    reply_sized(K, q)
     local key = line[2]
-    local now = now_nanos()
+    local now = K.clock(time)
     local stored = read_tat(key)
-    if stored == nil then return { big_num(q.burst), 0 } end
-    local d = offset_of(q, stored, now)
-    if #amount == 0 then return { tokens_left(q, d), millis_ceil(q, d) } end
-    local new_d = sat_sub(d, mul(q.interval, amount))
-    if #new_d == 0 then
-      redis.call('DEL', key)
-    else
-      write_tat(key, tat_at(q, now, new_d))
-    end
-    return { tokens_left(q, new_d), millis_ceil(q, new_d) }
+    if stored == nil then return { K.num(q.burst), 0 } end
+    local d = K.offset(q, stored, now)
+    if K.is_zero(amount) then return { tokens_left(K, q, d), millis_ceil(K, q, d) } end
+    -- Giving back more than the offset empties it: the exact product does not matter.
+    local new_d = K.ZERO
+    if K.cmp(amount, K.divmod(d, q.interval)) <= 0 then new_d = K.sat_sub(d, K.mul(q.interval, amount)) end
+    local state
+    if not K.is_zero(new_d) then state = K.tat_at(q, now, new_d) end
+    local reply = { tokens_left(K, q, new_d), millis_ceil(K, q, new_d) }
+    if state then write_tat(key, state) else redis.call('DEL', key) end
+    return reply
   end
 
   local function rl_reset(line)
@@ -711,7 +800,7 @@ local function build()
     return 1
   end
 
-  local function parse_checkall(line)
+  local function parse_checkall(K, line)
     local count = #line
     if count < 7 then arity(CHECKALL_USAGE) end
     local key_count = function()
@@ -734,28 +823,28 @@ local function build()
     local requests = {}
     for k = 0, numkeys - 1 do
       local at = 3 + numkeys + width * k
-      local limit = positive(line[at], 'limit')
-      local window = positive(line[at + 1], 'window')
-      local cost = non_negative(line[at + 2], 'cost')
-      local burst = positive(line[at + 3], 'burst')
-      local keep = ZERO
-      if width == 5 then keep = non_negative(line[at + 4], 'keep') end
-      requests[k + 1] = { quota = quota(limit, window, burst), cost = cost, keep = keep }
+      local limit, limit_str = positive(K, line[at], 'limit')
+      local window = positive(K, line[at + 1], 'window')
+      local cost = non_negative(K, line[at + 2], 'cost')
+      local burst = positive(K, line[at + 3], 'burst')
+      local keep = K.ZERO
+      if width == 5 then keep = non_negative(K, line[at + 4], 'keep') end
+      requests[k + 1] = { quota = quota(K, limit, limit_str, window, burst), cost = cost, keep = keep }
     end
     return numkeys, requests
   end
 
-  local function rl_checkall(line)
-    local numkeys, requests = parse_checkall(line)
-    for i = 1, numkeys do reply_sized(requests[i].quota) end
-    local now = now_nanos()
+  local function rl_checkall(K, line, time)
+    local numkeys, requests = parse_checkall(K, line)
+    for i = 1, numkeys do reply_sized(K, requests[i].quota) end
+    local now = K.clock(time)
     -- Every key read and decided before any is written: a refusal or an error changes nothing.
     local stored, decisions = {}, {}
     local allowed = true
     for i = 1, numkeys do
       local r = requests[i]
       stored[i] = read_tat(line[2 + i])
-      decisions[i] = decide_keeping(r.quota, stored[i], now, r.cost, r.keep)
+      decisions[i] = decide_keeping(K, r.quota, stored[i], now, r.cost, r.keep)
       allowed = allowed and decisions[i].allowed
     end
     local retry = 0
@@ -773,13 +862,16 @@ local function build()
     for i = 1, numkeys do
       local q = requests[i].quota
       local decision = decisions[i]
-      if allowed then
-        if decision.tat then write_tat(line[2 + i], decision.tat) end
-      elseif decision.allowed then
+      if not allowed and decision.allowed then
         -- Would have admitted, but another limit refused: report the untouched state.
-        decision = decide(q, stored[i], now, ZERO)
+        decision = decide_keeping(K, q, stored[i], now, K.ZERO, K.ZERO)
       end
-      rows[i] = check_row(decision, q)
+      rows[i] = check_row(K, decision, q)
+    end
+    if allowed then
+      for i = 1, numkeys do
+        if decisions[i].state then write_tat(line[2 + i], decisions[i].state) end
+      end
     end
     return { allowed and 1 or 0, retry, rows }
   end
@@ -788,20 +880,20 @@ local function build()
     return floor((ms + 999) / 1000)
   end
 
-  local function cl_throttle(line)
+  local function cl_throttle(K, line, time)
     local count = #line
     if count < 5 or count > 6 then arity(THROTTLE_USAGE) end
-    local max_burst = non_negative(line[3], 'max_burst')
-    local burst = add(max_burst, ONE)
-    local per_period = positive(line[4], 'count_per_period')
-    local period = positive(line[5], 'period')
-    local cost = ONE
-    if count == 6 then cost = non_negative(line[6], 'quantity') end
-    local q = reply_sized(quota(per_period, period, burst))
-    local decision = take(line[2], { quota = q, cost = cost, keep = ZERO }, now_nanos())
+    local max_burst = non_negative(K, line[3], 'max_burst')
+    local burst = K.add(max_burst, K.ONE)
+    local per_period, per_period_str = positive(K, line[4], 'count_per_period')
+    local period = positive(K, line[5], 'period')
+    local cost = K.ONE
+    if count == 6 then cost = non_negative(K, line[6], 'quantity') end
+    local q = reply_sized(K, quota(K, per_period, per_period_str, period, burst))
+    local decision = take(K, line[2], { quota = q, cost = cost, keep = K.ZERO }, K.clock(time))
     local retry_s = -1
     if decision.retry > 0 then retry_s = seconds_ceil(decision.retry) end
-    return { decision.allowed and 0 or 1, big_num(q.burst), decision.remaining, retry_s, seconds_ceil(decision.reset) }
+    return { decision.allowed and 0 or 1, K.num(q.burst), decision.remaining, retry_s, seconds_ceil(decision.reset) }
   end
 
   -- ---------------------------------------------------------------------------------------
@@ -880,19 +972,19 @@ local function build()
     end
   end
 
-  local function now_millis()
-    local t = redis.call('TIME')
-    return tonumber(t[1]) * 1000 + floor(tonumber(t[2]) / 1000)
+  -- TIME in whole milliseconds, the unit of lease deadlines.
+  local function millis(time)
+    return tonumber(time[1]) * 1000 + floor(tonumber(time[2]) / 1000)
   end
 
-  local function rl_acquire(line)
+  local function rl_acquire(line, time)
     if #line ~= 6 then arity(ACQUIRE_USAGE) end
     local max = bounded(line[3], 'max', MAX_LEASES)
     local lease_ms = bounded(line[4], 'lease_ms', MAX_LEASE_MS)
     if upper(line[5]) ~= 'ID' then unknown_option(line[5], ACQUIRE_USAGE) end
     local id = lease_id(line[6])
     local key = line[2]
-    local now_ms = now_millis()
+    local now_ms = millis(time)
     local view = read_leases(key, id, now_ms)
     local acquired, in_flight, retry = false, view.live, 0
     if holds(view, now_ms) then
@@ -917,11 +1009,11 @@ local function build()
     return { acquired and 1 or 0, in_flight, max, retry }
   end
 
-  local function rl_release(line)
+  local function rl_release(line, time)
     if #line ~= 3 then arity(RELEASE_USAGE) end
     local id = lease_id(line[3])
     local key = line[2]
-    local now_ms = now_millis()
+    local now_ms = millis(time)
     local view = read_leases(key, id, now_ms)
     local released = holds(view, now_ms)
     write_leases(key, view, now_ms, function()
@@ -931,12 +1023,12 @@ local function build()
     return released and 1 or 0
   end
 
-  local function rl_renew(line)
+  local function rl_renew(line, time)
     if #line ~= 4 then arity(RENEW_USAGE) end
     local id = lease_id(line[3])
     local lease_ms = bounded(line[4], 'lease_ms', MAX_LEASE_MS)
     local key = line[2]
-    local now_ms = now_millis()
+    local now_ms = millis(time)
     local view = read_leases(key, id, now_ms)
     local renewed = holds(view, now_ms)
     write_leases(key, view, now_ms, function()
@@ -946,14 +1038,24 @@ local function build()
     return renewed and 1 or 0
   end
 
-  -- name -> {the module's command name, handler, keys it takes (nil: any number)}
+  -- A rate-limit command in plain numbers, and again in limbs when a value leaves their range.
+  local function exact(handler)
+    return function(line, time)
+      local ok, result = pcall(handler, N, line, time)
+      if ok then return result end
+      if result == INEXACT then return handler(B, line, time) end
+      error(result, 0)
+    end
+  end
+
+  -- name -> {the module's command name, handler (line, TIME), keys it takes (nil: any number)}
   local COMMANDS = {
-    rl_check = { 'RL.CHECK', rl_check, 1 },
-    rl_checkall = { 'RL.CHECKALL', rl_checkall, nil },
-    rl_peek = { 'RL.PEEK', rl_peek, 1 },
-    rl_refund = { 'RL.REFUND', rl_refund, 1 },
+    rl_check = { 'RL.CHECK', exact(rl_check), 1 },
+    rl_checkall = { 'RL.CHECKALL', exact(rl_checkall), nil },
+    rl_peek = { 'RL.PEEK', exact(rl_peek), 1 },
+    rl_refund = { 'RL.REFUND', exact(rl_refund), 1 },
     rl_reset = { 'RL.RESET', rl_reset, 1 },
-    cl_throttle = { 'CL.THROTTLE', cl_throttle, 1 },
+    cl_throttle = { 'CL.THROTTLE', exact(cl_throttle), 1 },
     rl_acquire = { 'RL.ACQUIRE', rl_acquire, 1 },
     rl_release = { 'RL.RELEASE', rl_release, 1 },
     rl_renew = { 'RL.RENEW', rl_renew, 1 },
@@ -996,7 +1098,9 @@ local function run(name, keys, args, first_arg)
   if spec[3] == nil then line[2] = string.format('%d', key_count) end
   for i = 1, key_count do line[#line + 1] = keys[i] end
   for i = first_arg, #args do line[#line + 1] = args[i] end
-  local ok, result = pcall(spec[2], line)
+  -- The clock, read once per call (seconds and microseconds).
+  local time = redis.call('TIME')
+  local ok, result = pcall(spec[2], line, time)
   if ok then return result end
   if type(result) == 'table' and result.rl_error then return redis.error_reply(result.rl_error) end
   -- A Redis error from redis.call (OOM, READONLY...) or a bug: passed on as it is.

@@ -415,10 +415,24 @@ callgrind_case() { # id keyspace command...
     shift 2
     callgrind_start "$id"
     local -a words
-    read -r -a words <<<"${*//__SHA__/$(cli "$CG_PORT" script load "$(cat "$ROOT/scripts/gcra.lua")")}"
+    local line="$*"
+    case "$line" in
+        *__SHA__*) line="${line//__SHA__/$(cli "$CG_PORT" script load "$(cat "$ROOT/scripts/gcra.lua")")}" ;;
+        *__LIBSHA__*) line="${line//__LIBSHA__/$(cli "$CG_PORT" script load "$(library_script)")}" ;;
+        fcall*) cli "$CG_PORT" -x function load replace <"$ROOT/functions/ratelimit.lua" >/dev/null ;;
+    esac
+    read -r -a words <<<"$line"
+    # Loading a script or the library is not the command measured.
+    callgrind_control -z "$CG_PID" >/dev/null 2>&1 || fail "callgrind/$id: callgrind_control -z failed"
     "$BENCHMARK" -h 127.0.0.1 -p "$CG_PORT" -c 4 -n "$CG_REQUESTS" -P 16 -r "$keyspace" "${words[@]}" >/dev/null 2>&1 ||
         fail "callgrind/$id: redis-benchmark failed"
     callgrind_finish "$id" "$CG_REQUESTS" command
+}
+
+# The Functions library as a script for EVALSHA: its shebang line blanked.
+library_script() {
+    printf '\n'
+    tail -n +2 "$ROOT/functions/ratelimit.lua"
 }
 
 # A lease's whole life: RL.ACQUIRE then RL.RELEASE of the same id, over 1000 keys (redis-benchmark
@@ -466,9 +480,16 @@ if [ "$CALLGRIND" = 1 ]; then
     callgrind_case "RL.ACQUIRE (new ids, ~20 per set)" 1000 rl.acquire lease:__rand_int__ 10000 60000 ID id:__rand_int__
     callgrind_case "RL.ACQUIRE (one id renewed)" 1000 rl.acquire lease:__rand_int__ 10000 60000 ID req
     callgrind_lease_pairs "RL.ACQUIRE + RL.RELEASE (one lease's life)"
+    echo "the Functions library (functions/ratelimit.lua), the same commands:"
+    callgrind_case "FCALL rl_check (admitted, writes)" 1000 fcall rl_check 1 key:__rand_int__ 100 60
+    callgrind_case "EVALSHA library rl_check (admitted)" 1000 evalsha __LIBSHA__ 1 key:__rand_int__ rl_check 100 60
+    callgrind_case "FCALL cl_throttle (admitted, writes)" 1000 fcall cl_throttle 1 key:__rand_int__ 99 100 60
+    callgrind_case "FCALL rl_checkall 2 keys (admitted)" 1000 fcall rl_checkall 2 "{u:__rand_int__}:rpm" "{u:__rand_int__}:tpm" 100 60 1 100 100000 60 500 100000
+    callgrind_case "FCALL rl_acquire (new ids, ~20 per set)" 1000 fcall rl_acquire 1 lease:__rand_int__ 10000 60000 ID id:__rand_int__
     echo "one hot key:"
     callgrind_case "INCR hot" 1 incr hot
     callgrind_case "RL.CHECK hot (limited after 100)" 1 rl.check hot 100 60
+    callgrind_case "FCALL rl_check hot (limited after 100)" 1 fcall rl_check 1 hot 100 60
     echo
     echo "RL.CHECK (admitted, existing keys), inclusive instructions per command:"
     callgrind_breakdown "RL.CHECK (admitted, writes)"

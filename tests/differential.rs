@@ -387,13 +387,20 @@ fn run_differential(mirrors: &mut [Mirror<'_>], dialects: &[Dialect], fixed_role
     }
     let all_keys: Vec<String> = RATE_KEYS.iter().chain(LEASE_KEYS).map(|k| k.to_string()).collect();
     for op in 0..ops {
-        clock_micros += match roles.below(20) {
-            0..=7 => 0,
-            8..=11 => roles.between(1, 1000),
-            12..=15 => roles.between(1000, 1_000_000),
-            16..=18 => roles.between(1_000_000, 3_600_000_000),
+        // Mostly still or small steps, so that buckets stay partly spent (their TAT after
+        // now, where every rounding shows); now and then a long wait.
+        clock_micros += match roles.below(100) {
+            0..=44 => 0,
+            45..=69 => roles.between(1, 1000),
+            70..=84 => roles.between(1000, 1_000_000),
+            85..=94 => roles.between(1_000_000, 60_000_000),
+            95..=98 => roles.between(60_000_000, 3_600_000_000),
             _ => roles.between(3_600_000_000, 10 * 86_400_000_000),
         };
+        if roles.chance(5) {
+            // On a whole millisecond: expiries and waits land exactly on their rounding.
+            clock_micros -= clock_micros % 1000;
+        }
         let (keys, line, is_command) = generator.next();
         let mut assigned: Vec<Dialect> = dialects.to_vec();
         if !fixed_roles {

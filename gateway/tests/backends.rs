@@ -159,3 +159,25 @@ fn load_functions_prints_the_library_it_loads() {
     let refused = std::process::Command::new(BIN).args(["load-functions"]).output().unwrap();
     assert!(!refused.status.success(), "a URL or --print is needed");
 }
+
+/// Redis 6.2 (no Functions; the module needs 7.0): `auto` finds neither the module nor
+/// `FCALL`, and runs the library as a script. The binary is `RL_REDIS62_BIN`, by default
+/// `.cache/redis62/redis-server` (`scripts/fetch-server.sh redis62`, which `make test` runs).
+#[tokio::test]
+async fn on_redis_6_2_auto_runs_the_library_as_a_script() {
+    let redis62 = std::env::var("RL_REDIS62_BIN").unwrap_or_else(|_| {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/redis62/redis-server").display().to_string()
+    });
+    assert!(
+        std::path::Path::new(&redis62).exists(),
+        "no Redis 6.2 at {redis62}: run scripts/fetch-server.sh redis62 (make test does), or set RL_REDIS62_BIN"
+    );
+    let redis = RedisServer::builder().binary(&redis62).without_module().start();
+    let model = start_model(0);
+    let gateway = start_gateway(&redis, &model.url(""), 3, 60, &[]);
+    let ready = get(&gateway.url("/readyz")).await.unwrap();
+    assert_eq!(ready.json()["backend"], "scripts", "{ready:?}\n{}", gateway.logs());
+    limited_after(&gateway, "k", 3).await;
+    let m = scrape(&gateway).await;
+    assert_eq!(value(&m, "gateway_redis_backend", &[("backend", "scripts")]), Some(1.0));
+}

@@ -181,3 +181,35 @@ async fn on_redis_6_2_auto_runs_the_library_as_a_script() {
     let m = scrape(&gateway).await;
     assert_eq!(value(&m, "gateway_redis_backend", &[("backend", "scripts")]), Some(1.0));
 }
+
+/// The ACL the README gives for the library is enough (the gateway loads the library with it
+/// and limits), and a user missing one command the library calls (Redis checks those too) is
+/// told what it needs instead of being answered as if the module refused the command.
+#[tokio::test]
+async fn the_library_acl_is_enough_and_a_missing_command_is_named() {
+    let redis = RedisServer::builder().without_module().start();
+    let mut admin = redis.client();
+    let mut acl = |user: &str, extra: &[&str]| {
+        let mut rules = vec!["SETUSER", user, "on", ">pw", "~rl:*"];
+        rules.extend(gateway::limiter::LIBRARY_ACL.split(' '));
+        rules.extend(extra);
+        let _: () = redis::cmd("ACL").arg(&rules).query(&mut admin).unwrap();
+    };
+    acl("gw", &[]);
+    acl("short", &["-time"]);
+    let model = start_model(0);
+    let url = |user: &str| format!("redis://{user}:pw@127.0.0.1:{}/", redis.port());
+    let args: Vec<String> =
+        ["--limit", "3", "--window", "60", "--redis-backend", "functions"].iter().map(|s| s.to_string()).collect();
+    let gateway = start_gateway_args(&url("gw"), &model.url(""), &args);
+    assert_eq!(get(&gateway.url("/readyz")).await.unwrap().json()["backend"], "functions", "{}", gateway.logs());
+    limited_after(&gateway, "k", 3).await;
+
+    let short = start_gateway_args(&url("short"), &model.url(""), &args);
+    let not_ready = get(&short.url("/readyz")).await.unwrap();
+    assert_eq!(not_ready.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(not_ready.json()["reason"], "ratelimit functions library unusable in redis (see the gateway's log)");
+    assert!(short.logs().contains("may not run a command the library calls"), "{}", short.logs());
+    let refused = predict(&short, &[("x-api-key", "k2")]).await;
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE, "an outage, not a 500: {refused:?}");
+}

@@ -19,6 +19,7 @@ use crate::config::{Policy, Quota};
 use crate::lease::Slot;
 
 pub use self::metered::Metered;
+pub use self::redis::choose::LIBRARY_ACL;
 pub use self::redis::{ClientError, RedisLimiter, CLUSTER_COMMAND_RETRIES};
 
 /// Where the buckets live. The gateway picks one implementation at start and uses it for

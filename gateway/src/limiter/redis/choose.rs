@@ -17,6 +17,13 @@ use crate::config::BackendChoice;
 use crate::limiter::LimiterError;
 use crate::metrics::metrics;
 
+/// What the gateway's Redis user needs to run the library (and, with `+function|load`, to
+/// load it): the calls, and every command the library calls inside them (Redis checks those
+/// against the caller's ACL too). Keys: `~<key_prefix>*`. Scripts (EVALSHA) need `+evalsha
+/// +script|load` instead of the first three.
+pub const LIBRARY_ACL: &str = "+fcall +fcall_ro +function|load +time +get +set +del +exists +type +pexpireat \
+     +zadd +zrem +zscore +zcard +zcount +zrangebyscore +zrevrangebyscore +zremrangebyscore";
+
 /// What an administrator runs when the gateway's user may not load the library.
 pub const LOAD_BY_HAND: &str = "gateway load-functions --redis-url redis://<admin user>:<password>@<host>:<port> \
      (or: redis-cli -x FUNCTION LOAD REPLACE < functions/ratelimit.lua)";

@@ -117,9 +117,11 @@ pub fn is_unknown_command(e: &redis::RedisError) -> bool {
     e.detail().is_some_and(|detail| detail.to_ascii_lowercase().starts_with("unknown command"))
 }
 
-/// The gateway's user may not run a command (`NOPERM`).
+/// The gateway's user may not run a command (`NOPERM`), or one the library calls inside
+/// (`The user executing the script can't run this command or subcommand`).
 pub fn is_refused(e: &redis::RedisError) -> bool {
-    e.code() == Some("NOPERM") || e.detail().is_some_and(|detail| detail.starts_with("NOPERM"))
+    e.code() == Some("NOPERM")
+        || e.detail().is_some_and(|detail| detail.starts_with("NOPERM") || detail.contains("can't run this command"))
 }
 
 #[cfg(test)]
@@ -185,6 +187,9 @@ mod tests {
         assert!(is_unknown_command(&error("-ERR unknown command 'FCALL', with args beginning with: ")));
         assert!(is_unknown_command(&error("-ERR unknown command `FUNCTION`, with args beginning with: ")));
         assert!(is_refused(&error("-NOPERM User gw has no permissions to run the 'function|load' command")));
+        assert!(is_refused(&error(
+            "-ERR The user executing the script can't run this command or subcommand script: rl_peek, on @user_function:1."
+        )));
         assert!(!is_refused(&error("-ERR Function not found")));
     }
 }

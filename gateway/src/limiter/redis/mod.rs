@@ -18,7 +18,7 @@
 //! forwarded unmetered) is not charged. Only a reply that never comes (the connection broke,
 //! or Redis stayed away that long) leaves the outcome unknown: the command may have run once.
 
-mod choose;
+pub mod choose;
 mod connection;
 pub mod dialect;
 mod sentinel;
@@ -101,6 +101,11 @@ fn limiter_error(e: redis::RedisError, dialect: &Dialect) -> LimiterError {
         LimiterError::ModuleMissing(e)
     } else if missing {
         LimiterError::LibraryMissing(e.to_string())
+    } else if *dialect != Dialect::Module && dialect::is_refused(&e) {
+        LimiterError::LibraryMissing(format!(
+            "the gateway's Redis user may not run a command the library calls ({e}); it needs {}",
+            choose::LIBRARY_ACL
+        ))
     } else if is_module_refusal(&e) {
         LimiterError::Rejected(e)
     } else {

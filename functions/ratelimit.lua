@@ -1038,204 +1038,6 @@ local function build()
     return renewed and 1 or 0
   end
 
-  -- ---------------------------------------------------------------------------------------
-  -- The fast path: RL.CHECK, RL.PEEK and CL.THROTTLE as most callers send them (every number
-  -- canonical and below 10^15, every sum and product below 2^53, the key holding a whole
-  -- nanosecond or a fraction written under the same limit), in plain arithmetic with nothing
-  -- made that the reply does not need. It answers nil, having written nothing, for anything
-  -- else (an unusual line, an error to report, a foreign or far-off value, a large number),
-  -- and the command then runs on the general path above, which gives the module's answer for
-  -- every input. Both are held to the module by the differential test.
-
-  -- Every value on this path stays below 2^52, where Lua's `%` (a - floor(a / b) * b) is off
-  -- at most by one b below zero, and an inline fix makes it exact without a function call.
-  local FAST = 4503599627370496
-
-  -- A canonical decimal below 10^15, as a number; else nil.
-  local find = string.find
-  local function small(s)
-    if s == nil then return nil end
-    local n = #s
-    -- (A string of digits that sorts before "1" starts with a zero.)
-    if n == 0 or n > 15 or find(s, '%D') or (n > 1 and s < '1') then return nil end
-    return tonumber(s)
-  end
-
-  -- The decision for `cost` (+ `keep`) tokens, or nil. `force`: RL.CHECK ... FORCE; `write`:
-  -- store the new state (not for RL.PEEK). Returns allowed, remaining, retry, reset.
-  local function fast_decide(key, limit_str, limit, window, burst, cost, keep, force, write, time)
-    local interval = window * 1000000000
-    local tolerance = interval * burst
-    local millisecond = limit * 1000000
-    if tolerance + tolerance >= FAST or millisecond >= FAST then return nil end
-    -- An error (another type) comes back as {err = ...}; indexing a string finds nothing.
-    local value = redis.pcall('GET', key)
-    if value and value.err then return nil end
-    local sec_now, nsub_now = tonumber(time[1]), tonumber(time[2]) * 1000
-    local d = 0
-    if value then
-      -- One match checks the spelling and splits seconds from nanoseconds.
-      local sec_s, nsub_s, num, den, fraction
-      if #value == 19 then
-        sec_s, nsub_s = value:match('^(%d%d%d%d%d%d%d%d%d%d)(%d%d%d%d%d%d%d%d%d)$')
-        fraction = 0
-      else
-        sec_s, nsub_s, num, den = value:match('^(%d%d%d%d%d%d%d%d%d%d)(%d%d%d%d%d%d%d%d%d)%+([1-9]%d*)/(%d+)$')
-        if den ~= limit_str or #num > 15 then return nil end
-        fraction = tonumber(num)
-        if fraction >= limit then return nil end
-      end
-      -- Within 10^18 ns (2001) and i64::MAX.
-      if sec_s == nil or sec_s < '1000000000' or sec_s > '9223372035' then return nil end
-      local dsec = tonumber(sec_s) - sec_now
-      local nsub = tonumber(nsub_s)
-      if dsec > 0 or (dsec == 0 and (nsub > nsub_now or (nsub == nsub_now and fraction > 0))) then
-        if dsec > 4000000 then return nil end
-        d = (dsec * 1000000000 + nsub - nsub_now) * limit + fraction
-        if d >= FAST then return nil end
-      end
-    end
-    local new_d
-    if force then
-      if cost == 0 then
-        new_d = d
-      else
-        local cap = tolerance + tolerance
-        new_d = cap
-        if cost <= cap / interval then
-          new_d = d + interval * cost
-          if new_d >= FAST then return nil end
-          if new_d > cap then new_d = cap end
-        end
-        if new_d < d then new_d = d end
-      end
-    else
-      local needed = cost + keep
-      local refused = needed > burst
-      local retry = -1
-      if not refused and needed > 0 then
-        local earliest = d + interval * needed
-        if earliest >= FAST then return nil end
-        earliest = earliest - tolerance
-        if earliest > 0 then
-          refused = true
-          local r = earliest % millisecond
-          if r < 0 then r = r + millisecond end
-          retry = (earliest - r) / millisecond
-          if r > 0 then retry = retry + 1 end
-        end
-      end
-      if refused or needed == 0 then
-        new_d = d
-      else
-        new_d = d + interval * cost
-      end
-      if refused then
-        local left = 0
-        if d < tolerance then
-          local rest = tolerance - d
-          local r = rest % interval
-          if r < 0 then r = r + interval end
-          left = (rest - r) / interval
-          if left > burst then left = burst end
-        end
-        local r = d % millisecond
-        if r < 0 then r = r + millisecond end
-        local reset = (d - r) / millisecond
-        if r > 0 then reset = reset + 1 end
-        return false, left, retry, reset
-      end
-    end
-    if write and new_d > d then
-      local whole = new_d % limit
-      if whole < 0 then whole = whole + limit end
-      local numerator = whole
-      whole = (new_d - numerator) / limit
-      local total = nsub_now + whole
-      local nsub = total % 1000000000
-      if nsub < 0 then nsub = nsub + 1000000000 end
-      local sec = sec_now + (total - nsub) / 1000000000
-      if sec >= 9223372036 then return nil end
-      local state = sformat('%d%09d', sec, nsub)
-      if numerator > 0 then
-        state = state .. '+' .. sformat('%d', numerator) .. '/' .. limit_str
-        nsub = nsub + 1
-      end
-      local r = nsub % 1000000
-      local ms = sec * 1000 + (nsub - r) / 1000000
-      if r > 0 then ms = ms + 1 end
-      redis.call('SET', key, state, 'PXAT', sformat('%d', ms))
-    end
-    local left = 0
-    if new_d < tolerance then
-      local rest = tolerance - new_d
-      local r = rest % interval
-      if r < 0 then r = r + interval end
-      left = (rest - r) / interval
-      if left > burst then left = burst end
-    end
-    local r = new_d % millisecond
-    if r < 0 then r = r + millisecond end
-    local reset = (new_d - r) / millisecond
-    if r > 0 then reset = reset + 1 end
-    return true, left, 0, reset
-  end
-
-  -- `key limit window [COST n] [BURST b] [KEEP k] [FORCE]` (RL.PEEK: `[BURST b]` only): the
-  -- key, and the arguments after it from args[first] on.
-  local function fast_check(key, args, first, time, peek)
-    local n = #args
-    local limit_str = args[first]
-    local limit, window = small(limit_str), small(args[first + 1])
-    if not limit or limit == 0 or not window or window == 0 then return nil end
-    local cost, burst, keep, force = 1, limit, 0, false
-    local has_cost, has_burst, has_keep = false, false, false
-    local i = first + 2
-    while i <= n do
-      local word = upper(args[i])
-      if word == 'FORCE' and not peek and not force then
-        force = true
-        i = i + 1
-      else
-        local v = small(args[i + 1])
-        if v == nil then return nil end
-        if word == 'COST' and not peek and not has_cost then
-          cost, has_cost = v, true
-        elseif word == 'BURST' and not has_burst and v > 0 then
-          burst, has_burst = v, true
-        elseif word == 'KEEP' and not peek and not has_keep then
-          keep, has_keep = v, true
-        else
-          return nil
-        end
-        i = i + 2
-      end
-    end
-    if force and has_keep then return nil end
-    local allowed, remaining, retry, reset =
-      fast_decide(key, limit_str, limit, window, burst, cost, keep, force, not peek, time)
-    if allowed == nil then return nil end
-    return { allowed and 1 or 0, remaining, retry, reset, burst }
-  end
-
-
-  -- `key max_burst count_per_period period [quantity]`.
-  local function fast_cl_throttle(key, args, first, time, _)
-    local n = #args - first + 1
-    if n < 3 or n > 4 then return nil end
-    local max_burst, count, period = small(args[first]), small(args[first + 1]), small(args[first + 2])
-    local quantity = 1
-    if n == 4 then quantity = small(args[first + 3]) end
-    if not max_burst or not count or count == 0 or not period or period == 0 or not quantity then return nil end
-    local burst = max_burst + 1
-    local allowed, remaining, retry, reset =
-      fast_decide(key, args[first + 1], count, period, burst, quantity, 0, false, true, time)
-    if allowed == nil then return nil end
-    local retry_s = -1
-    if retry > 0 then retry_s = floor((retry + 999) / 1000) end
-    return { allowed and 0 or 1, burst, remaining, retry_s, floor((reset + 999) / 1000) }
-  end
-
   -- A rate-limit command in plain numbers, and again in limbs when a value leaves their range.
   local function exact(handler)
     return function(line, time)
@@ -1246,15 +1048,14 @@ local function build()
     end
   end
 
-  -- name -> {the module's command name, handler (line, TIME), keys it takes (nil: any number),
-  -- the fast path (key, args, first argument, TIME, and the next field) if there is one}
+  -- name -> {the module's command name, handler (line, TIME), keys it takes (nil: any number)}
   local COMMANDS = {
-    rl_check = { 'RL.CHECK', exact(rl_check), 1, fast_check, false },
+    rl_check = { 'RL.CHECK', exact(rl_check), 1 },
     rl_checkall = { 'RL.CHECKALL', exact(rl_checkall), nil },
-    rl_peek = { 'RL.PEEK', exact(rl_peek), 1, fast_check, true },
+    rl_peek = { 'RL.PEEK', exact(rl_peek), 1 },
     rl_refund = { 'RL.REFUND', exact(rl_refund), 1 },
     rl_reset = { 'RL.RESET', rl_reset, 1 },
-    cl_throttle = { 'CL.THROTTLE', exact(cl_throttle), 1, fast_cl_throttle },
+    cl_throttle = { 'CL.THROTTLE', exact(cl_throttle), 1 },
     rl_acquire = { 'RL.ACQUIRE', rl_acquire, 1 },
     rl_release = { 'RL.RELEASE', rl_release, 1 },
     rl_renew = { 'RL.RENEW', rl_renew, 1 },
@@ -1266,6 +1067,222 @@ end
 -- ---------------------------------------------------------------------------------------
 -- Registration: as Functions (FUNCTION LOAD), or run as a script (EVAL/EVALSHA, ARGV[1]
 -- naming the function).
+
+-- ---------------------------------------------------------------------------------------
+-- The fast path: RL.CHECK, RL.PEEK and CL.THROTTLE as most callers send them (every number
+-- canonical and below 10^15, every sum and product below 2^53, the key holding a whole
+-- nanosecond or a fraction written under the same limit), in plain arithmetic with nothing
+-- made that the reply does not need. It answers nil, having written nothing, for anything
+-- else (an unusual line, an error to report, a foreign or far-off value, a large number),
+-- and the command then runs on the general path above, which gives the module's answer for
+-- every input. Both are held to the module by the differential test.
+
+-- It is defined apart from the general path, so that a script (EVALSHA, which runs the whole
+-- source on every call) builds the general path only when the fast one declines.
+--
+-- Every value on this path stays below 2^52, where Lua's `%` (a - floor(a / b) * b) is off
+-- at most by one b below zero, and an inline fix makes it exact without a function call.
+local FAST = 4503599627370496
+
+-- The library functions it uses, set on the first call (Redis 7.0 offers no `string` or
+-- `math` while the library loads).
+local find, ssub, sformat, upper, floor
+
+-- A canonical decimal below 10^15, as a number; else nil.
+local function small(s)
+  if s == nil then return nil end
+  local n = #s
+  -- (A string of digits that sorts before "1" starts with a zero.)
+  if n == 0 or n > 15 or find(s, '%D') or (n > 1 and s < '1') then return nil end
+  return tonumber(s)
+end
+
+-- The decision for `cost` (+ `keep`) tokens, or nil. `force`: RL.CHECK ... FORCE; `write`:
+-- store the new state (not for RL.PEEK). Returns allowed, remaining, retry, reset.
+local function fast_decide(key, limit_str, limit, window, burst, cost, keep, force, write, time)
+  local interval = window * 1000000000
+  local tolerance = interval * burst
+  local millisecond = limit * 1000000
+  if tolerance + tolerance >= FAST or millisecond >= FAST then return nil end
+  -- An error (another type) comes back as {err = ...}; indexing a string finds nothing.
+  local value = redis.pcall('GET', key)
+  if value and value.err then return nil end
+  local sec_now, nsub_now = tonumber(time[1]), tonumber(time[2]) * 1000
+  local d = 0
+  if value then
+    -- One match checks the spelling and splits seconds from nanoseconds.
+    local sec_s, nsub_s, num, den, fraction
+    if #value == 19 then
+      sec_s, nsub_s = value:match('^(%d%d%d%d%d%d%d%d%d%d)(%d%d%d%d%d%d%d%d%d)$')
+      fraction = 0
+    else
+      sec_s, nsub_s, num, den = value:match('^(%d%d%d%d%d%d%d%d%d%d)(%d%d%d%d%d%d%d%d%d)%+([1-9]%d*)/(%d+)$')
+      if den ~= limit_str or #num > 15 then return nil end
+      fraction = tonumber(num)
+      if fraction >= limit then return nil end
+    end
+    -- Within 10^18 ns (2001) and i64::MAX.
+    if sec_s == nil or sec_s < '1000000000' or sec_s > '9223372035' then return nil end
+    local dsec = tonumber(sec_s) - sec_now
+    local nsub = tonumber(nsub_s)
+    if dsec > 0 or (dsec == 0 and (nsub > nsub_now or (nsub == nsub_now and fraction > 0))) then
+      if dsec > 4000000 then return nil end
+      d = (dsec * 1000000000 + nsub - nsub_now) * limit + fraction
+      if d >= FAST then return nil end
+    end
+  end
+  local new_d
+  if force then
+    if cost == 0 then
+      new_d = d
+    else
+      local cap = tolerance + tolerance
+      new_d = cap
+      if cost <= cap / interval then
+        new_d = d + interval * cost
+        if new_d >= FAST then return nil end
+        if new_d > cap then new_d = cap end
+      end
+      if new_d < d then new_d = d end
+    end
+  else
+    local needed = cost + keep
+    local refused = needed > burst
+    local retry = -1
+    if not refused and needed > 0 then
+      local earliest = d + interval * needed
+      if earliest >= FAST then return nil end
+      earliest = earliest - tolerance
+      if earliest > 0 then
+        refused = true
+        local r = earliest % millisecond
+        if r < 0 then r = r + millisecond end
+        retry = (earliest - r) / millisecond
+        if r > 0 then retry = retry + 1 end
+      end
+    end
+    if refused or needed == 0 then
+      new_d = d
+    else
+      new_d = d + interval * cost
+    end
+    if refused then
+      local left = 0
+      if d < tolerance then
+        local rest = tolerance - d
+        local r = rest % interval
+        if r < 0 then r = r + interval end
+        left = (rest - r) / interval
+        if left > burst then left = burst end
+      end
+      local r = d % millisecond
+      if r < 0 then r = r + millisecond end
+      local reset = (d - r) / millisecond
+      if r > 0 then reset = reset + 1 end
+      return false, left, retry, reset
+    end
+  end
+  if write and new_d > d then
+    local whole = new_d % limit
+    if whole < 0 then whole = whole + limit end
+    local numerator = whole
+    whole = (new_d - numerator) / limit
+    local total = nsub_now + whole
+    local nsub = total % 1000000000
+    if nsub < 0 then nsub = nsub + 1000000000 end
+    local sec = sec_now + (total - nsub) / 1000000000
+    if sec >= 9223372036 then return nil end
+    local state = sformat('%d%09d', sec, nsub)
+    if numerator > 0 then
+      state = state .. '+' .. sformat('%d', numerator) .. '/' .. limit_str
+      nsub = nsub + 1
+    end
+    local r = nsub % 1000000
+    local ms = sec * 1000 + (nsub - r) / 1000000
+    if r > 0 then ms = ms + 1 end
+    redis.call('SET', key, state, 'PXAT', sformat('%d', ms))
+  end
+  local left = 0
+  if new_d < tolerance then
+    local rest = tolerance - new_d
+    local r = rest % interval
+    if r < 0 then r = r + interval end
+    left = (rest - r) / interval
+    if left > burst then left = burst end
+  end
+  local r = new_d % millisecond
+  if r < 0 then r = r + millisecond end
+  local reset = (new_d - r) / millisecond
+  if r > 0 then reset = reset + 1 end
+  return true, left, 0, reset
+end
+
+-- `key limit window [COST n] [BURST b] [KEEP k] [FORCE]` (RL.PEEK: `[BURST b]` only): the
+-- key, and the arguments after it from args[first] on.
+local function fast_check(key, args, first, time, peek)
+  local n = #args
+  local limit_str = args[first]
+  local limit, window = small(limit_str), small(args[first + 1])
+  if not limit or limit == 0 or not window or window == 0 then return nil end
+  local cost, burst, keep, force = 1, limit, 0, false
+  local has_cost, has_burst, has_keep = false, false, false
+  local i = first + 2
+  while i <= n do
+    local word = upper(args[i])
+    if word == 'FORCE' and not peek and not force then
+      force = true
+      i = i + 1
+    else
+      local v = small(args[i + 1])
+      if v == nil then return nil end
+      if word == 'COST' and not peek and not has_cost then
+        cost, has_cost = v, true
+      elseif word == 'BURST' and not has_burst and v > 0 then
+        burst, has_burst = v, true
+      elseif word == 'KEEP' and not peek and not has_keep then
+        keep, has_keep = v, true
+      else
+        return nil
+      end
+      i = i + 2
+    end
+  end
+  if force and has_keep then return nil end
+  local allowed, remaining, retry, reset =
+    fast_decide(key, limit_str, limit, window, burst, cost, keep, force, not peek, time)
+  if allowed == nil then return nil end
+  return { allowed and 1 or 0, remaining, retry, reset, burst }
+end
+
+
+-- `key max_burst count_per_period period [quantity]`.
+local function fast_cl_throttle(key, args, first, time, _)
+  local n = #args - first + 1
+  if n < 3 or n > 4 then return nil end
+  local max_burst, count, period = small(args[first]), small(args[first + 1]), small(args[first + 2])
+  local quantity = 1
+  if n == 4 then quantity = small(args[first + 3]) end
+  if not max_burst or not count or count == 0 or not period or period == 0 or not quantity then return nil end
+  local burst = max_burst + 1
+  local allowed, remaining, retry, reset =
+    fast_decide(key, args[first + 1], count, period, burst, quantity, 0, false, true, time)
+  if allowed == nil then return nil end
+  local retry_s = -1
+  if retry > 0 then retry_s = floor((retry + 999) / 1000) end
+  return { allowed and 0 or 1, burst, remaining, retry_s, floor((reset + 999) / 1000) }
+end
+
+-- name -> {the fast path, its last argument}.
+local FAST_PATHS = {
+  rl_check = { fast_check, false },
+  rl_peek = { fast_check, true },
+  cl_throttle = { fast_cl_throttle },
+}
+
+-- The clock, read once per call: TIME's seconds and microseconds.
+local function server_time()
+  return redis.call('TIME')
+end
 
 -- The functions registered, and whether each only reads.
 local FUNCTIONS = {
@@ -1282,35 +1299,45 @@ local FUNCTIONS = {
 
 local commands
 
--- The function `name`: runs its command on the module's command line built from KEYS and its
--- arguments from args[first_arg] on (the fast path first, where it has one).
+-- The function `name`'s command, on the general path: the module's command line built from
+-- KEYS and the arguments from args[first_arg] on, and the clock if already read.
+local function general(name, keys, args, first_arg, time)
+  commands = commands or build()
+  local spec = commands[name]
+  if spec == nil then
+    return redis.error_reply("ERR unknown ratelimit function '" .. tostring(name) .. "'")
+  end
+  local key_count = #keys
+  if spec[3] ~= nil and key_count ~= spec[3] then
+    return redis.error_reply('ERR ' .. name .. ' takes exactly one key (numkeys 1)')
+  end
+  time = time or server_time()
+  local line = { spec[1] }
+  if spec[3] == nil then line[2] = string.format('%d', key_count) end
+  for i = 1, key_count do line[#line + 1] = keys[i] end
+  for i = first_arg, #args do line[#line + 1] = args[i] end
+  local ok, result = pcall(spec[2], line, time)
+  if ok then return result end
+  if type(result) == 'table' and result.rl_error then return redis.error_reply(result.rl_error) end
+  -- A Redis error from redis.call (OOM, READONLY...) or a bug: passed on as it is.
+  error(result, 0)
+end
+
+-- The function `name`: the fast path where it has one and takes the call, else the general one.
 local function runner(name, first_arg)
+  local fast = FAST_PATHS[name]
   return function(keys, args)
-    commands = commands or build()
-    local spec = commands[name]
-    if spec == nil then
-      return redis.error_reply("ERR unknown ratelimit function '" .. tostring(name) .. "'")
-    end
-    local key_count = #keys
-    if spec[3] ~= nil and key_count ~= spec[3] then
-      return redis.error_reply('ERR ' .. name .. ' takes exactly one key (numkeys 1)')
-    end
-    -- The clock, read once per call (seconds and microseconds).
-    local time = redis.call('TIME')
-    if spec[4] then
+    if fast and #keys == 1 then
+      if not sformat then
+        find, ssub, sformat, upper, floor = string.find, string.sub, string.format, string.upper, math.floor
+      end
+      local time = server_time()
       -- Its errors are Redis's own (a write refused), passed on as they are.
-      local reply = spec[4](keys[1], args, first_arg, time, spec[5])
+      local reply = fast[1](keys[1], args, first_arg, time, fast[2])
       if reply ~= nil then return reply end
+      return general(name, keys, args, first_arg, time)
     end
-    local line = { spec[1] }
-    if spec[3] == nil then line[2] = string.format('%d', key_count) end
-    for i = 1, key_count do line[#line + 1] = keys[i] end
-    for i = first_arg, #args do line[#line + 1] = args[i] end
-    local ok, result = pcall(spec[2], line, time)
-    if ok then return result end
-    if type(result) == 'table' and result.rl_error then return redis.error_reply(result.rl_error) end
-    -- A Redis error from redis.call (OOM, READONLY...) or a bug: passed on as it is.
-    error(result, 0)
+    return general(name, keys, args, first_arg, nil)
   end
 end
 

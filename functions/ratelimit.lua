@@ -1088,13 +1088,14 @@ local FAST = 4503599627370496
 -- `math` while the library loads).
 local find, ssub, sformat, upper, floor
 
--- A canonical decimal below 10^15, as a number; else nil.
+-- A canonical decimal below 10^15, as a number; else nil. (Numbers are read by Lua's own
+-- coercion, `s + 0`, where the spelling is already checked: cheaper than a call to tonumber.)
 local function small(s)
   if s == nil then return nil end
   local n = #s
   -- (A string of digits that sorts before "1" starts with a zero.)
   if n == 0 or n > 15 or find(s, '%D') or (n > 1 and s < '1') then return nil end
-  return tonumber(s)
+  return s + 0
 end
 
 -- The decision for `cost` (+ `keep`) tokens, or nil. `force`: RL.CHECK ... FORCE; `write`:
@@ -1107,7 +1108,7 @@ local function fast_decide(key, limit_str, limit, window, burst, cost, keep, for
   -- An error (another type) comes back as {err = ...}; indexing a string finds nothing.
   local value = redis.pcall('GET', key)
   if value and value.err then return nil end
-  local sec_now, nsub_now = tonumber(time[1]), tonumber(time[2]) * 1000
+  local sec_now, nsub_now = time[1] + 0, time[2] * 1000
   local d = 0
   if value then
     -- One match checks the spelling and splits seconds from nanoseconds.
@@ -1118,13 +1119,13 @@ local function fast_decide(key, limit_str, limit, window, burst, cost, keep, for
     else
       sec_s, nsub_s, num, den = value:match('^(%d%d%d%d%d%d%d%d%d%d)(%d%d%d%d%d%d%d%d%d)%+([1-9]%d*)/(%d+)$')
       if den ~= limit_str or #num > 15 then return nil end
-      fraction = tonumber(num)
+      fraction = num + 0
       if fraction >= limit then return nil end
     end
     -- Within 10^18 ns (2001) and i64::MAX.
     if sec_s == nil or sec_s < '1000000000' or sec_s > '9223372035' then return nil end
-    local dsec = tonumber(sec_s) - sec_now
-    local nsub = tonumber(nsub_s)
+    local dsec = sec_s - sec_now
+    local nsub = nsub_s + 0
     if dsec > 0 or (dsec == 0 and (nsub > nsub_now or (nsub == nsub_now and fraction > 0))) then
       if dsec > 4000000 then return nil end
       d = (dsec * 1000000000 + nsub - nsub_now) * limit + fraction

@@ -118,10 +118,15 @@ pub fn is_unknown_command(e: &redis::RedisError) -> bool {
 }
 
 /// The gateway's user may not run a command (`NOPERM`), or one the library calls inside
-/// (`The user executing the script can't run this command or subcommand`).
+/// (Redis: `The user executing the script can't run this command or subcommand`; Valkey:
+/// `ACL failure in script: User gw has no permissions to run the 'time' command`).
 pub fn is_refused(e: &redis::RedisError) -> bool {
     e.code() == Some("NOPERM")
-        || e.detail().is_some_and(|detail| detail.starts_with("NOPERM") || detail.contains("can't run this command"))
+        || e.detail().is_some_and(|detail| {
+            detail.starts_with("NOPERM")
+                || detail.contains("can't run this command")
+                || detail.starts_with("ACL failure in script")
+        })
 }
 
 #[cfg(test)]
@@ -189,6 +194,9 @@ mod tests {
         assert!(is_refused(&error("-NOPERM User gw has no permissions to run the 'function|load' command")));
         assert!(is_refused(&error(
             "-ERR The user executing the script can't run this command or subcommand script: rl_peek, on @user_function:1."
+        )));
+        assert!(is_refused(&error(
+            "-ERR ACL failure in script: User gw has no permissions to run the 'time' command script: rl_peek, on @user_function:1."
         )));
         assert!(!is_refused(&error("-ERR Function not found")));
     }

@@ -436,7 +436,6 @@ local function build()
     if r >= N_LIMIT then inexact() end
     return r
   end
-  function N.sub(a, b) return a - b end
   function N.sat_sub(a, b)
     if a > b then return a - b end
     return 0
@@ -469,8 +468,8 @@ local function build()
 
   local B = { ZERO = ZERO, ONE = ONE, NS_PER_S = NANOS_PER_SECOND, NS_PER_MS = NANOS_PER_MILLI,
     MAX_REPLY = big(MAX_REPLY_INTEGER) }
-  B.digits, B.add, B.sub, B.sat_sub, B.mul, B.cmp, B.divmod, B.div_ceil = parse_big, add, sub, sat_sub, mul, cmp,
-    divmod, div_ceil
+  B.digits, B.add, B.sat_sub, B.mul, B.cmp, B.divmod, B.div_ceil = parse_big, add, sat_sub, mul, cmp, divmod,
+    div_ceil
   function B.is_zero(a) return #a == 0 end
   B.num = big_num
   function B.tolerance_ok(tolerance, limit) return cmp(tolerance, mul(MAX_TOLERANCE_NANOS, limit)) <= 0 end

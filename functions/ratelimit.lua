@@ -369,7 +369,8 @@ local function build()
   end
 
   local function unknown_option(word, usage)
-    local shown = lossy(ssub(word, 1, MAX_ECHOED_BYTES))
+    -- NULs dropped, as the module does: Redis would end the error reply at the first one.
+    local shown = string.gsub(lossy(ssub(word, 1, MAX_ECHOED_BYTES)), '%z', '')
     if #word > MAX_ECHOED_BYTES then shown = shown .. '...' end
     fail("ERR unknown option '" .. shown .. "', usage: " .. usage)
   end
@@ -585,7 +586,9 @@ local function build()
     local o = {}
     local i = first
     while line[i] ~= nil do
-      local word = upper(line[i])
+      -- Every option is at most 5 bytes: a longer word is unknown without upper-casing it
+      -- (a 20 MB word would take longer to upper-case than the whole command should).
+      local word = #line[i] <= 5 and upper(line[i]) or ''
       local value = line[i + 1]
       local step = 2
       if word == 'COST' and allow_cost then
@@ -652,6 +655,9 @@ local function build()
   -- A stored TAT as its decimal parts {nanos, num, den} (num nil for a whole nanosecond), or
   -- nil when the string is not limiter state.
   local function decode(s)
+    -- The longest state is 19 + 1 + 20 + 1 + 20 bytes; a longer string is foreign, known
+    -- without scanning it.
+    if #s > 61 then return nil end
     local nanos, num, den = s:match('^(%d+)%+(%d+)/(%d+)$')
     if nanos == nil then
       nanos = s:match('^(%d+)$')
@@ -980,7 +986,7 @@ local function build()
     if #line ~= 6 then arity(ACQUIRE_USAGE) end
     local max = bounded(line[3], 'max', MAX_LEASES)
     local lease_ms = bounded(line[4], 'lease_ms', MAX_LEASE_MS)
-    if upper(line[5]) ~= 'ID' then unknown_option(line[5], ACQUIRE_USAGE) end
+    if #line[5] ~= 2 or upper(line[5]) ~= 'ID' then unknown_option(line[5], ACQUIRE_USAGE) end
     local id = lease_id(line[6])
     local key = line[2]
     local now_ms = millis(time)
@@ -1115,7 +1121,7 @@ local function fast_decide(key, limit_str, limit, window, burst, cost, keep, for
     if #value == 19 then
       sec_s, nsub_s = value:match('^(%d%d%d%d%d%d%d%d%d%d)(%d%d%d%d%d%d%d%d%d)$')
       fraction = 0
-    else
+    elseif #value <= 61 then
       sec_s, nsub_s, num, den = value:match('^(%d%d%d%d%d%d%d%d%d%d)(%d%d%d%d%d%d%d%d%d)%+([1-9]%d*)/(%d+)$')
       if den ~= limit_str or #num > 15 then return nil end
       fraction = num + 0
@@ -1228,7 +1234,9 @@ local function fast_check(key, args, first, time, peek)
   local has_cost, has_burst, has_keep = false, false, false
   local i = first + 2
   while i <= n do
-    local word = upper(args[i])
+    local word = args[i]
+    if #word > 5 then return nil end
+    word = upper(word)
     if word == 'FORCE' and not peek and not force then
       force = true
       i = i + 1
@@ -1284,20 +1292,31 @@ local function server_time()
   return redis.call('TIME')
 end
 
--- The functions registered, and whether each only reads.
+-- The functions registered, with their flags. As the module's commands: rl_peek only reads;
+-- rl_reset, rl_release and rl_renew run on a server past maxmemory (they free memory, or keep
+-- a holder's slot: a refused renewal would let its lease end and over-admit); the others are
+-- refused there before they start.
 local FUNCTIONS = {
-  { 'rl_check', false },
-  { 'rl_checkall', false },
-  { 'rl_peek', true },
-  { 'rl_refund', false },
-  { 'rl_reset', false },
-  { 'cl_throttle', false },
-  { 'rl_acquire', false },
-  { 'rl_release', false },
-  { 'rl_renew', false },
+  { 'rl_check', {} },
+  { 'rl_checkall', {} },
+  { 'rl_peek', { 'no-writes' } },
+  { 'rl_refund', {} },
+  { 'rl_reset', { 'allow-oom' } },
+  { 'cl_throttle', {} },
+  { 'rl_acquire', {} },
+  { 'rl_release', { 'allow-oom' } },
+  { 'rl_renew', { 'allow-oom' } },
 }
 
 local commands
+
+-- A Redis error raised in a script, without what Redis 6.2 puts around it
+-- (`@user_script: 12: -OOM ...\r\n`).
+local function script_error_text(text)
+  text = string.gsub(text, '^@[%w_]+: ?%d+: ', '')
+  text = string.gsub(text, '^%-', '')
+  return (string.gsub(text, '[\r\n]+$', ''))
+end
 
 -- The function `name`'s command, on the general path: the module's command line built from
 -- KEYS and the arguments from args[first_arg] on, and the clock if already read.
@@ -1343,9 +1362,7 @@ end
 
 if redis.register_function then
   for i = 1, #FUNCTIONS do
-    local name, read_only = FUNCTIONS[i][1], FUNCTIONS[i][2]
-    local flags = {}
-    if read_only then flags = { 'no-writes' } end
+    local name, flags = FUNCTIONS[i][1], FUNCTIONS[i][2]
     redis.register_function({
       function_name = name,
       callback = runner(name, 1),
@@ -1359,5 +1376,16 @@ if redis.register_function then
   })
 else
   if ARGV[1] == 'rl_version' then return VERSION end
-  return runner(ARGV[1], 2)(KEYS, ARGV)
+  -- A script has no flags: Redis refuses its first write past maxmemory (OOM), not the call.
+  -- That error is answered as the module words it, without the script's name and line.
+  local ok, reply = pcall(runner(ARGV[1], 2), KEYS, ARGV)
+  if ok then return reply end
+  -- (Redis 7 raises it as a string, Redis 6.2 as {err = ...}; a Lua error would start with
+  -- the chunk's name, not an upper-case code.)
+  if type(reply) == 'table' then reply = reply.err end
+  if type(reply) == 'string' then
+    local text = script_error_text(reply)
+    if string.find(text, '^%u[%u_]* ') then return redis.error_reply(text) end
+  end
+  error(reply, 0)
 end

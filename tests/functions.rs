@@ -133,3 +133,102 @@ fn refusals_peeks_and_errors_propagate_nothing_and_a_replica_peeks_but_never_tak
     let take = call(&mut r, &["RL.CHECK", "other", "1", "100"]);
     assert!(take.is_err_and(|e| e.code() == Some("READONLY")), "a replica never takes");
 }
+
+/// What the server appends to its AOF while `run` runs.
+fn aof_added(server: &RedisServer, run: impl FnOnce()) -> String {
+    let before = server.aof_files(".incr.aof");
+    run();
+    let after = server.aof_files(".incr.aof");
+    after.strip_prefix(before.as_str()).unwrap_or_else(|| panic!("the AOF grows at its end: {after}")).to_string()
+}
+
+#[test]
+fn a_renewal_to_the_deadline_already_held_writes_the_same_effects_on_module_and_library() {
+    let server = RedisServer::builder()
+        .module_args("debug-commands")
+        .arg("appendonly", "yes")
+        .arg("appendfsync", "always")
+        .start();
+    let mut con = server.client();
+    functions::load(&mut con, &functions::source_with_test_clock());
+    functions::freeze_clock(&mut con, 1_800_000_000_000_000_000);
+    let mut effects = Vec::new();
+    let acquired = Value::Array(vec![Value::Int(1), Value::Int(1), Value::Int(2), Value::Int(0)]);
+    for (dialect, key) in [(Dialect::Module, "m"), (Dialect::Functions, "f")] {
+        let mut run = |words: &[&str]| -> Value { functions::command(&line(words), dialect, "").query(&mut con).unwrap() };
+        assert_eq!(run(&["RL.ACQUIRE", key, "2", "60000", "ID", "a"]), acquired);
+        // The clock stands still: each of these asks for the deadline the lease already has.
+        let added = aof_added(&server, || {
+            assert_eq!(run(&["RL.RENEW", key, "a", "60000"]), Value::Int(1));
+            assert_eq!(run(&["RL.ACQUIRE", key, "2", "60000", "ID", "a"]), acquired);
+        });
+        effects.push(added.replace(&format!("$1\r\n{key}\r\n"), "$1\r\nKEY\r\n"));
+    }
+    assert!(!effects[0].contains("ZADD"), "no ZADD that changes nothing: {:?}", effects[0]);
+    assert_eq!(effects[0], effects[1], "the module and the library append the same effects");
+}
+
+#[test]
+fn past_maxmemory_the_library_refuses_and_runs_the_same_calls_as_the_module() {
+    let server = RedisServer::builder().module_args("debug-commands").arg("maxmemory-policy", "noeviction").start();
+    let mut con = server.client();
+    functions::load(&mut con, &functions::source_with_test_clock());
+    let script = functions::script_source(&functions::source_with_test_clock());
+    let sha: String = redis::cmd("SCRIPT").arg("LOAD").arg(script).query(&mut con).unwrap();
+    functions::freeze_clock(&mut con, 1_800_000_000_000_000_000);
+    let dialects = [(Dialect::Module, "m"), (Dialect::Functions, "f"), (Dialect::Script, "s")];
+    // Each backend's keys: a spent bucket, a bucket with tokens left, a lease set.
+    for (dialect, tag) in dialects {
+        for words in [
+            vec!["RL.CHECK", &format!("{tag}:spent") as &str, "1", "100"],
+            vec!["RL.CHECK", &format!("{tag}:half"), "10", "100", "COST", "5"],
+            vec!["RL.ACQUIRE", &format!("{tag}:leases"), "2", "60000", "ID", "a"],
+        ] {
+            functions::command(&line(&words), dialect, &sha).query::<Value>(&mut con).unwrap();
+        }
+    }
+    let _: () = redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg("1").query(&mut con).unwrap();
+    let oom = "OOM command not allowed when used memory > 'maxmemory'.".to_string();
+    // (line, what the module answers: None for the OOM refusal)
+    let calls: Vec<(Vec<&str>, bool)> = vec![
+        (vec!["RL.CHECK", "{}:new", "5", "10"], false),
+        (vec!["RL.CHECK", "{}:spent", "1", "100"], false),
+        (vec!["RL.CHECK", "{}:half", "10", "100", "COST", "0"], false),
+        (vec!["RL.REFUND", "{}:half", "10", "100", "5"], false),
+        (vec!["RL.CHECKALL", "1", "{}:half", "10", "100", "1", "10"], false),
+        (vec!["CL.THROTTLE", "{}:spent", "0", "1", "100"], false),
+        (vec!["RL.ACQUIRE", "{}:leases", "2", "60000", "ID", "b"], false),
+        (vec!["RL.PEEK", "{}:half", "10", "100"], true),
+        (vec!["RL.RENEW", "{}:leases", "a", "90000"], true),
+        (vec!["RL.RELEASE", "{}:leases", "a"], true),
+        (vec!["RL.RESET", "{}:spent"], true),
+    ];
+    for (words, runs) in &calls {
+        let mut replies = Vec::new();
+        for (dialect, tag) in dialects {
+            let words: Vec<String> = words.iter().map(|w| w.replace("{}", tag)).collect();
+            let words: Vec<&str> = words.iter().map(String::as_str).collect();
+            let cmd = functions::command(&line(&words), dialect, &sha);
+            replies.push(functions::reply(&mut con, &cmd));
+        }
+        let refused = Value::SimpleString(format!("ERROR: {oom}"));
+        if *runs {
+            assert!(!matches!(&replies[0], Value::SimpleString(s) if s.starts_with("ERROR")), "{words:?}: {replies:?}");
+        } else {
+            assert_eq!(replies[0], refused, "{words:?}: the module refuses it");
+        }
+        assert_eq!(replies[1], replies[0], "{words:?}: FCALL answers as the module");
+        // A script has no flags: Redis refuses its first write, so a call that writes nothing
+        // (a refusal, COST 0, a renewal's ZADD aside) is answered; a write gets the module's text.
+        if let Value::SimpleString(s) = &replies[2] {
+            assert!(!s.starts_with("ERROR") || replies[2] == refused, "{words:?}: {replies:?}");
+        }
+    }
+    let mut dump = dump(&mut con);
+    dump.retain(|k, _| !k.starts_with("rl-test-clock"));
+    let of = |tag: &str| -> Vec<_> {
+        dump.iter().filter(|(k, _)| k.starts_with(tag)).map(|(k, v)| (k[1..].to_string(), v.clone())).collect()
+    };
+    assert_eq!(of("f:"), of("m:"), "the library's keys are the module's");
+    assert!(!of("m:").is_empty());
+}

@@ -19,7 +19,7 @@ pub fn run<S: LeaseStore>(store: &mut S, line: &S::Line, now: u64) -> Result<Rep
     };
     let decision = lease::acquire(&view, frees_at, now_ms, max, lease_ms);
     super::write_leases(store, &key, &view, now_ms, |store| match decision.deadline {
-        Some(deadline) => store.put_lease(&key, line, ACQUIRE_ID, deadline).map(|()| true),
+        Some(deadline) => super::put_lease(store, &key, line, ACQUIRE_ID, &view, deadline),
         None => Ok(false),
     })?;
     Ok(Reply::Acquire(AcquireReply::new(&decision, max)))

@@ -78,6 +78,24 @@ fn write_leases<S: LeaseStore>(
     Ok(())
 }
 
+/// Stores `deadline` for the caller's id; `true` (the set changed, or holds it already).
+/// A deadline the id already has is not written again: Redis would propagate that ZADD although
+/// it changes nothing, and the Functions library (whose ZADD then propagates nothing) would
+/// write different effects for the same call.
+fn put_lease<S: LeaseStore>(
+    store: &mut S,
+    key: &S::Key,
+    line: &S::Line,
+    id_at: usize,
+    view: &LeaseView,
+    deadline: u64,
+) -> Result<bool, Error> {
+    if view.held != Some(deadline) {
+        store.put_lease(key, line, id_at, deadline)?;
+    }
+    Ok(true)
+}
+
 /// The server clock in whole milliseconds, the unit of lease deadlines.
 fn millis(now_nanos: u64) -> u64 {
     now_nanos / 1_000_000

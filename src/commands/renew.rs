@@ -15,7 +15,7 @@ pub fn run<S: LeaseStore>(store: &mut S, line: &S::Line, now: u64) -> Result<Rep
     let (key, view) = super::open_leases(store, line, RENEW_ID, now_ms)?;
     let deadline = lease::renew(&view, now_ms, lease_ms);
     super::write_leases(store, &key, &view, now_ms, |store| match deadline {
-        Some(deadline) => store.put_lease(&key, line, RENEW_ID, deadline).map(|()| true),
+        Some(deadline) => super::put_lease(store, &key, line, RENEW_ID, &view, deadline),
         None => Ok(false),
     })?;
     Ok(Reply::Int(i64::from(deadline.is_some())))

@@ -36,6 +36,7 @@ pub mod load_functions;
 pub mod log_limit;
 pub mod metrics;
 pub mod pipeline;
+pub mod rls;
 pub mod routing;
 pub mod serve;
 pub mod startup;

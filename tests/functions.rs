@@ -155,7 +155,8 @@ fn a_renewal_to_the_deadline_already_held_writes_the_same_effects_on_module_and_
     let mut effects = Vec::new();
     let acquired = Value::Array(vec![Value::Int(1), Value::Int(1), Value::Int(2), Value::Int(0)]);
     for (dialect, key) in [(Dialect::Module, "m"), (Dialect::Functions, "f")] {
-        let mut run = |words: &[&str]| -> Value { functions::command(&line(words), dialect, "").query(&mut con).unwrap() };
+        let mut run =
+            |words: &[&str]| -> Value { functions::command(&line(words), dialect, "").query(&mut con).unwrap() };
         assert_eq!(run(&["RL.ACQUIRE", key, "2", "60000", "ID", "a"]), acquired);
         // The clock stands still: each of these asks for the deadline the lease already has.
         let added = aof_added(&server, || {

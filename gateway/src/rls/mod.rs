@@ -4,4 +4,5 @@
 //! the limiter, per descriptor, before any call.
 
 pub mod config;
+pub mod decide;
 pub mod plan;

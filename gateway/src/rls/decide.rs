@@ -1,0 +1,286 @@
+//! The decision on one rate limit request, independent of the transport: the [`Step`]s of its
+//! descriptors run on the limiter, and the statuses Envoy reads back.
+//!
+//! - Every enforced bucket is charged in **one** call (`RL.CHECK`, or `RL.CHECKALL` for
+//!   several): all of them or, when any refuses, none. A bucket of `requests_per_unit: 0`
+//!   refuses the request before anything is charged (the others are only looked at).
+//! - Shadow buckets are charged in a call of their own (never refusing the request), refunds
+//!   (`is_negative_hits`) by `RL.REFUND` each.
+//! - Redis keys are `<prefix>{<domain>}:envoy:<bucket>`: the domain is the Cluster hash tag, so
+//!   all of a request's buckets share a slot and the one call stays all-or-nothing there too.
+//! - `quota_mode` limits are applied as ordinary limits (stricter than the reference, which
+//!   lets a request through unless every quota descriptor refuses).
+
+use std::sync::Arc;
+
+use rl_protocol::CheckAllReply;
+
+use super::config::Unit;
+use super::plan::{Bucket, Step};
+use crate::config::{Policy, Quota};
+use crate::limiter::{LimiterError, RateLimiter};
+
+/// The policy name in the Redis keys of the service's buckets.
+pub const KEY_POLICY: &str = "envoy";
+
+/// `OK` or `OVER_LIMIT`, per descriptor and for the request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Code {
+    Ok,
+    OverLimit,
+}
+
+/// The limit a status reports (`current_limit`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CurrentLimit {
+    pub requests_per_unit: u64,
+    pub unit: Unit,
+    pub name: Option<String>,
+}
+
+/// One descriptor's status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    pub code: Code,
+    pub current_limit: Option<CurrentLimit>,
+    /// Whole tokens left (`u64::MAX` for an unlimited descriptor).
+    pub remaining: u64,
+    /// Until the request would fit when refused, else until the bucket is full again.
+    pub until_reset_ms: u64,
+}
+
+/// The whole answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub overall: Code,
+    pub statuses: Vec<Status>,
+    /// When refused: the longest wait of the refusing buckets (`None`: it can never fit).
+    pub retry_after_ms: Option<u64>,
+}
+
+/// The status of a descriptor without a limit, or unlimited.
+fn open_status(remaining: u64) -> Status {
+    Status { code: Code::Ok, current_limit: None, remaining, until_reset_ms: 0 }
+}
+
+fn current(bucket: &Bucket) -> CurrentLimit {
+    CurrentLimit { requests_per_unit: bucket.requests_per_unit, unit: bucket.unit, name: bucket.limit_name.clone() }
+}
+
+/// A policy whose limits are `buckets`, for the limiter's calls (see the module's comment).
+fn policy_of<'a>(buckets: impl Iterator<Item = &'a Bucket>) -> Policy {
+    let mut policy = Policy::simple(KEY_POLICY, &[], 1, 1, 1);
+    policy.limits = buckets
+        .map(|b| Quota {
+            name: b.name.clone(),
+            unit: crate::config::Unit::Requests,
+            limit: b.requests_per_unit.max(1),
+            window: b.unit.seconds(),
+            burst: b.burst.max(1),
+        })
+        .collect();
+    policy
+}
+
+/// Runs `steps` (one per descriptor of a request of `domain`) on `limiter`.
+pub async fn decide<L: RateLimiter>(limiter: &L, domain: &str, steps: &[Step]) -> Result<Decision, LimiterError> {
+    let mut statuses: Vec<Option<Status>> = vec![None; steps.len()];
+    let banned = steps.iter().any(|s| matches!(s, Step::Banned(_)));
+    let charged: Vec<(usize, &Bucket)> = steps
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| match s {
+            Step::Charge(b) => Some((i, b)),
+            _ => None,
+        })
+        .collect();
+    let mut overall = Code::Ok;
+    let mut retry_after_ms = Some(0);
+    if banned {
+        overall = Code::OverLimit;
+        retry_after_ms = None;
+    }
+    if !charged.is_empty() {
+        let policy = Arc::new(policy_of(charged.iter().map(|(_, b)| *b)));
+        // A banned descriptor refuses the request: the others are looked at, not charged.
+        let costs: Vec<u64> = charged.iter().map(|(_, b)| if banned { 0 } else { b.cost }).collect();
+        let reply = limiter.check(&policy, domain, &costs).await?;
+        if !reply.allowed {
+            overall = Code::OverLimit;
+            retry_after_ms = if banned { None } else { reply.retry_after_ms };
+        }
+        fill(&mut statuses, &charged, &reply, true);
+    }
+    let shadow: Vec<(usize, &Bucket)> = steps
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| match s {
+            Step::Shadow(b) => Some((i, b)),
+            _ => None,
+        })
+        .collect();
+    if !shadow.is_empty() {
+        let policy = policy_of(shadow.iter().map(|(_, b)| *b));
+        let costs: Vec<u64> = shadow.iter().map(|(_, b)| b.cost).collect();
+        let reply = limiter.check(&policy, domain, &costs).await?;
+        fill(&mut statuses, &shadow, &reply, false);
+    }
+    for (i, step) in steps.iter().enumerate() {
+        let status = match step {
+            Step::NoLimit => open_status(0),
+            Step::Unlimited => open_status(u64::MAX),
+            Step::Banned(b) => Status {
+                code: Code::OverLimit,
+                current_limit: Some(current(b)),
+                remaining: 0,
+                until_reset_ms: b.unit.seconds() * 1000,
+            },
+            Step::Refund(b) => {
+                let policy = policy_of(std::iter::once(b));
+                let back = limiter.refund(&policy, domain, 0, b.cost).await?;
+                Status {
+                    code: Code::Ok,
+                    current_limit: Some(current(b)),
+                    remaining: back.remaining,
+                    until_reset_ms: back.reset_after_ms,
+                }
+            }
+            Step::Charge(_) | Step::Shadow(_) => continue,
+        };
+        if let Some(slot) = statuses.get_mut(i) {
+            *slot = Some(status);
+        }
+    }
+    let statuses = statuses.into_iter().map(|s| s.unwrap_or_else(|| open_status(0))).collect();
+    if overall == Code::Ok {
+        retry_after_ms = Some(0);
+    }
+    Ok(Decision { overall, statuses, retry_after_ms })
+}
+
+/// The statuses of `buckets` from the rows of their one call; `enforced`: a refusing row
+/// says `OVER_LIMIT` (a shadow row never does).
+fn fill(statuses: &mut [Option<Status>], buckets: &[(usize, &Bucket)], reply: &CheckAllReply, enforced: bool) {
+    for ((i, bucket), row) in buckets.iter().zip(&reply.limits) {
+        let refused = !row.allowed && enforced;
+        let until_reset_ms =
+            if refused { row.retry_after_ms.unwrap_or(row.reset_after_ms) } else { row.reset_after_ms };
+        if let Some(slot) = statuses.get_mut(*i) {
+            *slot = Some(Status {
+                code: if refused { Code::OverLimit } else { Code::Ok },
+                current_limit: Some(current(bucket)),
+                remaining: row.remaining,
+                until_reset_ms,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::time::Duration;
+
+    use super::*;
+    use crate::limiter::memory::MemoryLimiter;
+    use crate::rls::config::RlsConfig;
+    use crate::rls::plan::{plan, Descriptor};
+
+    const CONFIG: &str = "\
+domain: api
+descriptors:
+  - key: tenant
+    rate_limit: {unit: minute, requests_per_unit: 10}
+  - key: user
+    rate_limit: {unit: minute, requests_per_unit: 2}
+  - key: path
+    rate_limit: {unit: minute, requests_per_unit: 1}
+    shadow_mode: true
+  - key: bot
+    rate_limit: {unit: hour, requests_per_unit: 0}
+  - key: health
+    rate_limit: {unlimited: true}
+";
+
+    fn d(key: &str, value: &str) -> Descriptor {
+        Descriptor { entries: vec![(key.into(), value.into())], ..Descriptor::default() }
+    }
+
+    async fn ask(limiter: &MemoryLimiter, descriptors: &[Descriptor], hits: u32) -> Decision {
+        let config = RlsConfig::parse([("api.yaml", CONFIG)]).unwrap();
+        decide(limiter, "api", &plan(&config, "api", descriptors, hits)).await.unwrap()
+    }
+
+    /// Tokens left in a bucket of the service, taking nothing.
+    async fn left(limiter: &MemoryLimiter, key: &str, value: &str) -> u64 {
+        let mut look = d(key, value);
+        look.hits_addend = Some(0);
+        ask(limiter, &[look], 1).await.statuses[0].remaining
+    }
+
+    #[tokio::test]
+    async fn a_request_refused_by_the_narrow_descriptor_leaves_the_broad_one_uncharged() {
+        let limiter = MemoryLimiter::new();
+        let both = [d("tenant", "t"), d("user", "u")];
+        for left_after in [1, 0] {
+            let decision = ask(&limiter, &both, 1).await;
+            assert_eq!(decision.overall, Code::Ok);
+            assert_eq!(decision.statuses[1].remaining, left_after);
+        }
+        let refused = ask(&limiter, &both, 1).await;
+        assert_eq!(refused.overall, Code::OverLimit);
+        assert_eq!(refused.statuses[0].code, Code::Ok, "the broad one would have admitted");
+        assert_eq!(refused.statuses[1].code, Code::OverLimit);
+        assert_eq!(refused.retry_after_ms, Some(30_000), "2 per minute: a token every 30 s");
+        assert_eq!(refused.statuses[1].until_reset_ms, 30_000);
+        assert_eq!(left(&limiter, "tenant", "t").await, 8, "charged twice, not three times");
+        limiter.advance(Duration::from_secs(30));
+        assert_eq!(ask(&limiter, &both, 1).await.overall, Code::Ok);
+    }
+
+    #[tokio::test]
+    async fn hits_are_the_cost_zero_looks_and_negative_hits_give_back() {
+        let limiter = MemoryLimiter::new();
+        assert_eq!(ask(&limiter, &[d("tenant", "t")], 4).await.statuses[0].remaining, 6);
+        assert_eq!(left(&limiter, "tenant", "t").await, 6);
+        let mut back = d("tenant", "t");
+        back.hits_addend = Some(3);
+        back.negative = true;
+        let decision = ask(&limiter, &[back], 1).await;
+        assert_eq!((decision.overall, decision.statuses[0].remaining), (Code::Ok, 9));
+        let mut over = d("tenant", "t");
+        over.hits_addend = Some(11);
+        let never = ask(&limiter, &[over], 1).await;
+        assert_eq!((never.overall, never.retry_after_ms), (Code::OverLimit, None), "above the burst: never fits");
+        assert_eq!(left(&limiter, "tenant", "t").await, 9);
+    }
+
+    #[tokio::test]
+    async fn shadow_unlimited_banned_and_unknown_descriptors() {
+        let limiter = MemoryLimiter::new();
+        for _ in 0..3 {
+            let decision = ask(&limiter, &[d("path", "/x"), d("health", "h"), d("nothing", "n")], 1).await;
+            assert_eq!(decision.overall, Code::Ok, "a shadow limit never refuses");
+            assert_eq!(decision.statuses[1].remaining, u64::MAX);
+            assert_eq!(decision.statuses[2], open_status(0));
+        }
+        assert_eq!(left(&limiter, "path", "/x").await, 0, "but it is charged");
+        let banned = ask(&limiter, &[d("tenant", "t"), d("bot", "b")], 1).await;
+        assert_eq!((banned.overall, banned.retry_after_ms), (Code::OverLimit, None));
+        assert_eq!(banned.statuses[0].code, Code::Ok);
+        assert_eq!(banned.statuses[1].code, Code::OverLimit);
+        assert_eq!(left(&limiter, "tenant", "t").await, 10, "a banned request costs nothing elsewhere");
+    }
+
+    #[tokio::test]
+    async fn a_limiter_that_does_not_answer_is_an_error_for_the_transport_to_report() {
+        let limiter = MemoryLimiter::new();
+        limiter.set_down(true);
+        let config = RlsConfig::parse([("api.yaml", CONFIG)]).unwrap();
+        let steps = plan(&config, "api", &[d("tenant", "t")], 1);
+        assert!(decide(&limiter, "api", &steps).await.unwrap_err().is_outage());
+        let none = plan(&config, "api", &[d("nothing", "n")], 1);
+        assert_eq!(decide(&limiter, "api", &none).await.unwrap().overall, Code::Ok, "no limit: no call");
+    }
+}

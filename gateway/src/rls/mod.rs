@@ -5,4 +5,5 @@
 
 pub mod config;
 pub mod decide;
+pub mod grpc;
 pub mod plan;

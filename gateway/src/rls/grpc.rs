@@ -1,0 +1,245 @@
+//! `envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit` over gRPC (tonic, with the
+//! protos of the `envoy-types` crate): a request's descriptors through [`plan`] and
+//! [`decide`], and the answer in Envoy's words.
+//!
+//! - Every status carries `current_limit`, `limit_remaining` (at most `u32::MAX`) and
+//!   `duration_until_reset` (refused: until the request would fit; else until the bucket is
+//!   full), from which Envoy writes its `x-ratelimit-*` headers; a refused request also gets
+//!   `retry-after` (whole seconds, rounded up) in `response_headers_to_add`.
+//! - A limiter that cannot be asked is the gRPC status `UNAVAILABLE`: Envoy then admits or
+//!   refuses as its filter's `failure_mode_deny` says. A request without a domain or without
+//!   descriptors is `INVALID_ARGUMENT`, as the reference service answers it.
+
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::config::core::v3::HeaderValue;
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
+    rate_limit::Unit as PbUnit, Code as PbCode, DescriptorStatus, RateLimit as PbRateLimit,
+};
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitService;
+use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
+use envoy_types::pb::google::protobuf::Duration as PbDuration;
+use tonic::{Request, Response, Status as GrpcStatus};
+
+use super::config::{RlsConfig, Unit};
+use super::decide::{decide, Code, Decision, Status};
+use super::plan::{plan, Descriptor};
+use crate::limiter::RateLimiter;
+
+pub use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
+
+/// The service: the configuration and the limiter every call uses.
+pub struct Rls<L> {
+    config: Arc<RlsConfig>,
+    limiter: L,
+}
+
+impl<L: RateLimiter> Rls<L> {
+    pub fn new(config: Arc<RlsConfig>, limiter: L) -> Self {
+        Rls { config, limiter }
+    }
+
+    /// The service as a tonic server, to add to a `tonic::transport::Server`.
+    pub fn into_server(self) -> RateLimitServiceServer<Self> {
+        RateLimitServiceServer::new(self)
+    }
+}
+
+fn unit_from_pb(unit: i32) -> Option<Unit> {
+    Some(match PbUnit::try_from(unit).ok()? {
+        PbUnit::Second => Unit::Second,
+        PbUnit::Minute => Unit::Minute,
+        PbUnit::Hour => Unit::Hour,
+        PbUnit::Day => Unit::Day,
+        PbUnit::Week => Unit::Week,
+        PbUnit::Month => Unit::Month,
+        PbUnit::Year => Unit::Year,
+        PbUnit::Unknown => return None,
+    })
+}
+
+fn unit_to_pb(unit: Unit) -> PbUnit {
+    match unit {
+        Unit::Second => PbUnit::Second,
+        Unit::Minute => PbUnit::Minute,
+        Unit::Hour => PbUnit::Hour,
+        Unit::Day => PbUnit::Day,
+        Unit::Week => PbUnit::Week,
+        Unit::Month => PbUnit::Month,
+        Unit::Year => PbUnit::Year,
+    }
+}
+
+fn descriptor(d: &RateLimitDescriptor) -> Descriptor {
+    Descriptor {
+        entries: d.entries.iter().map(|e| (e.key.clone(), e.value.clone())).collect(),
+        hits_addend: d.hits_addend.as_ref().map(|h| h.value),
+        negative: d.is_negative_hits,
+        limit_override: d
+            .limit
+            .as_ref()
+            .and_then(|l| unit_from_pb(l.unit).map(|unit| (u64::from(l.requests_per_unit), unit))),
+    }
+}
+
+fn code(code: Code) -> i32 {
+    match code {
+        Code::Ok => PbCode::Ok as i32,
+        Code::OverLimit => PbCode::OverLimit as i32,
+    }
+}
+
+fn duration(ms: u64) -> PbDuration {
+    PbDuration {
+        seconds: i64::try_from(ms / 1000).unwrap_or(i64::MAX),
+        nanos: i32::try_from((ms % 1000) * 1_000_000).unwrap_or(0),
+    }
+}
+
+fn status(s: &Status) -> DescriptorStatus {
+    DescriptorStatus {
+        code: code(s.code),
+        current_limit: s.current_limit.as_ref().map(|l| PbRateLimit {
+            name: l.name.clone().unwrap_or_default(),
+            requests_per_unit: u32::try_from(l.requests_per_unit).unwrap_or(u32::MAX),
+            unit: unit_to_pb(l.unit) as i32,
+        }),
+        limit_remaining: u32::try_from(s.remaining).unwrap_or(u32::MAX),
+        duration_until_reset: s.current_limit.as_ref().map(|_| duration(s.until_reset_ms)),
+        ..DescriptorStatus::default()
+    }
+}
+
+/// The answer Envoy reads.
+pub fn response(decision: &Decision) -> RateLimitResponse {
+    let mut response = RateLimitResponse {
+        overall_code: code(decision.overall),
+        statuses: decision.statuses.iter().map(status).collect(),
+        ..RateLimitResponse::default()
+    };
+    if decision.overall == Code::OverLimit {
+        if let Some(ms) = decision.retry_after_ms {
+            response.response_headers_to_add.push(HeaderValue {
+                key: "retry-after".into(),
+                value: ms.div_ceil(1000).max(1).to_string(),
+                ..HeaderValue::default()
+            });
+        }
+    }
+    response
+}
+
+#[tonic::async_trait]
+impl<L: RateLimiter> RateLimitService for Rls<L> {
+    async fn should_rate_limit(
+        &self,
+        request: Request<RateLimitRequest>,
+    ) -> Result<Response<RateLimitResponse>, GrpcStatus> {
+        let request = request.into_inner();
+        if request.domain.is_empty() {
+            return Err(GrpcStatus::invalid_argument("rate limit domain must not be empty"));
+        }
+        if request.descriptors.is_empty() {
+            return Err(GrpcStatus::invalid_argument("rate limit descriptor list must not be empty"));
+        }
+        let descriptors: Vec<Descriptor> = request.descriptors.iter().map(descriptor).collect();
+        let steps = plan(&self.config, &request.domain, &descriptors, request.hits_addend);
+        match decide(&self.limiter, &request.domain, &steps).await {
+            Ok(decision) => Ok(Response::new(response(&decision))),
+            Err(e) if e.is_outage() => Err(GrpcStatus::unavailable(e.to_string())),
+            Err(e) => Err(GrpcStatus::internal(e.to_string())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
+    use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
+    use tokio::net::TcpListener;
+    use tokio_stream::wrappers::TcpListenerStream;
+
+    use super::*;
+    use crate::limiter::memory::MemoryLimiter;
+
+    const CONFIG: &str = "\
+domain: api
+descriptors:
+  - key: tenant
+    rate_limit: {unit: minute, requests_per_unit: 10, name: per-tenant}
+  - key: user
+    rate_limit: {unit: second, requests_per_unit: 1}
+";
+
+    fn d(key: &str, value: &str) -> RateLimitDescriptor {
+        RateLimitDescriptor {
+            entries: vec![Entry { key: key.into(), value: value.into() }],
+            ..RateLimitDescriptor::default()
+        }
+    }
+
+    /// The service on a real gRPC listener, and a client of it.
+    async fn serve(limiter: MemoryLimiter) -> RateLimitServiceClient<tonic::transport::Channel> {
+        let config = Arc::new(RlsConfig::parse([("api.yaml", CONFIG)]).unwrap());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = Rls::new(config, limiter).into_server();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(server)
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        RateLimitServiceClient::connect(format!("http://{addr}")).await.unwrap()
+    }
+
+    fn ask(descriptors: Vec<RateLimitDescriptor>) -> RateLimitRequest {
+        RateLimitRequest { domain: "api".into(), descriptors, hits_addend: 0 }
+    }
+
+    #[tokio::test]
+    async fn should_rate_limit_answers_in_envoys_words_over_grpc() {
+        let limiter = MemoryLimiter::new();
+        let mut client = serve(limiter.clone()).await;
+        let both = || vec![d("tenant", "t"), d("user", "u")];
+        let ok = client.should_rate_limit(ask(both())).await.unwrap().into_inner();
+        assert_eq!(ok.overall_code, PbCode::Ok as i32);
+        let tenant = &ok.statuses[0];
+        let limit = tenant.current_limit.as_ref().unwrap();
+        assert_eq!(
+            (limit.requests_per_unit, limit.unit, limit.name.as_str()),
+            (10, PbUnit::Minute as i32, "per-tenant")
+        );
+        assert_eq!(tenant.limit_remaining, 9);
+        assert_eq!(tenant.duration_until_reset, Some(PbDuration { seconds: 6, nanos: 0 }), "one token back in 6 s");
+        assert!(ok.response_headers_to_add.is_empty());
+
+        let refused = client.should_rate_limit(ask(both())).await.unwrap().into_inner();
+        assert_eq!(refused.overall_code, PbCode::OverLimit as i32);
+        assert_eq!(refused.statuses[0].code, PbCode::Ok as i32);
+        assert_eq!(refused.statuses[1].code, PbCode::OverLimit as i32);
+        assert_eq!(refused.statuses[1].duration_until_reset, Some(PbDuration { seconds: 1, nanos: 0 }));
+        let retry: Vec<_> =
+            refused.response_headers_to_add.iter().map(|h| (h.key.as_str(), h.value.as_str())).collect();
+        assert_eq!(retry, [("retry-after", "1")]);
+        let again = client.should_rate_limit(ask(vec![d("tenant", "t")])).await.unwrap().into_inner();
+        assert_eq!(again.statuses[0].limit_remaining, 8, "the refused request charged the tenant nothing");
+
+        let unknown = client.should_rate_limit(ask(vec![d("other", "x")])).await.unwrap().into_inner();
+        assert_eq!((unknown.overall_code, unknown.statuses[0].current_limit.clone()), (PbCode::Ok as i32, None));
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_limiter_is_unavailable_and_a_bad_request_invalid() {
+        let limiter = MemoryLimiter::new();
+        let mut client = serve(limiter.clone()).await;
+        limiter.set_down(true);
+        let down = client.should_rate_limit(ask(vec![d("tenant", "t")])).await.unwrap_err();
+        assert_eq!(down.code(), tonic::Code::Unavailable, "{down:?}");
+        let no_domain = RateLimitRequest { domain: String::new(), ..ask(vec![d("tenant", "t")]) };
+        assert_eq!(client.should_rate_limit(no_domain).await.unwrap_err().code(), tonic::Code::InvalidArgument);
+        assert_eq!(client.should_rate_limit(ask(vec![])).await.unwrap_err().code(), tonic::Code::InvalidArgument);
+    }
+}

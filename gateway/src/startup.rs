@@ -12,6 +12,7 @@ use std::sync::Arc;
 use crate::app::app_with_routes;
 use crate::config::{ConfigError, ServeArgs, Settings};
 use crate::limiter::{ClientError, RateLimiter, RedisLimiter};
+use crate::rls::grpc::Rls;
 use crate::routing::{LiveRoutes, Routes};
 use crate::serve;
 
@@ -95,13 +96,32 @@ pub async fn serve_gateway(settings: Settings, args: ServeArgs) -> Result<(), St
     });
     let routes = Arc::new(LiveRoutes::new(Routes::from_settings(&settings)));
     spawn_reloader(args, settings.clone(), routes.clone());
+    let limiter_for_envoy = limiter.clone();
     let router = app_with_routes(&settings, limiter, routes);
     let connections = serve::Connections {
         header_timeout: settings.client_header_timeout,
         write_timeout: settings.client_write_timeout,
         max: serve::connections_that_fit(settings.max_connections),
     };
-    serve::run("gateway", settings.listen, router, connections).await?;
+    let http = serve::run("gateway", settings.listen, router, connections);
+    match &settings.envoy {
+        None => http.await?,
+        Some(envoy) => {
+            // Beside the HTTP listener, on the same limiter; both stop on the same signal.
+            let service = Rls::new(envoy.config.clone(), limiter_for_envoy).into_server();
+            tracing::info!(listen = %envoy.listen, config = %envoy.config_path.display(), "Envoy rate limit service (gRPC) listening");
+            let grpc = async {
+                tonic::transport::Server::builder()
+                    .add_service(service)
+                    .serve_with_shutdown(envoy.listen, serve::shutdown_signal())
+                    .await
+                    .map_err(|e| {
+                        std::io::Error::other(format!("the Envoy rate limit service on {}: {e}", envoy.listen))
+                    })
+            };
+            tokio::try_join!(http, grpc)?;
+        }
+    }
     Ok(())
 }
 

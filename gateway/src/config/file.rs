@@ -30,6 +30,18 @@ pub struct FileConfig {
     pub tier_list: Vec<TierFile>,
     #[serde(default)]
     pub deny_cache: DenyCacheFile,
+    #[serde(default)]
+    pub envoy: EnvoyFile,
+}
+
+/// `[envoy]`: the rate limit service for Envoy, on a gRPC listener of its own.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvoyFile {
+    /// The gRPC listener, e.g. `127.0.0.1:8081`; without it, no service.
+    pub listen: Option<String>,
+    /// envoyproxy/ratelimit's YAML configuration: one file, or a directory of them.
+    pub config: Option<String>,
 }
 
 /// `[deny_cache]`: answering a caller Redis just refused locally until its `retry_after`.

@@ -23,6 +23,12 @@ pub struct ServeArgs {
 // Help texts that name a default are built from its constant, so they cannot drift.
 #[derive(clap::Args, Debug, Default, Clone)]
 pub struct Overrides {
+    #[arg(long, help = "Serve Envoy's rate limit service (gRPC) on this address too [config: envoy.listen]")]
+    pub envoy_listen: Option<String>,
+
+    #[arg(long, help = "envoyproxy/ratelimit's YAML config, a file or a directory [config: envoy.config]")]
+    pub envoy_config: Option<String>,
+
     #[arg(long, help = format!("Address to listen on [config: listen; default {DEFAULT_LISTEN}]"))]
     pub listen: Option<String>,
 

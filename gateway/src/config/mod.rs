@@ -296,6 +296,16 @@ pub struct Settings {
     pub policies: Vec<Policy>,
     pub tiers: Tiers,
     pub deny_cache: DenyCacheSettings,
+    /// `[envoy]`: the rate limit service for Envoy, when it has a listener.
+    pub envoy: Option<EnvoySettings>,
+}
+
+/// `[envoy]`, checked: where the gRPC service listens and the configuration it read.
+#[derive(Clone, Debug)]
+pub struct EnvoySettings {
+    pub listen: SocketAddr,
+    pub config_path: std::path::PathBuf,
+    pub config: std::sync::Arc<crate::rls::config::RlsConfig>,
 }
 
 /// `[deny_cache]`: once Redis refused a caller under a policy whose refusing limits all count

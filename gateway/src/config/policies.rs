@@ -19,6 +19,7 @@ pub(super) fn resolve_policies(
     files: Vec<PolicyFile>,
     overrides: &Overrides,
     tier_names: &BTreeSet<String>,
+    envoy_only: bool,
 ) -> Result<Vec<Policy>, ConfigError> {
     let files = if files.is_empty() {
         match (overrides.limit, overrides.window) {
@@ -29,6 +30,8 @@ pub(super) fn resolve_policies(
                 burst: overrides.burst,
                 ..PolicyFile::default()
             }],
+            // A gateway serving only Envoy's rate limit service needs no HTTP policy.
+            (None, None) if envoy_only => return Ok(Vec::new()),
             _ => return Err(ConfigError::NoPolicy),
         }
     } else {

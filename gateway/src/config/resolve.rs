@@ -85,7 +85,8 @@ impl Settings {
         let redis = resolve_redis(file.redis, overrides, &env)?;
         let identity = resolve_identity(file.identity, overrides, &env)?;
         let (tiers, tier_names) = super::tiers::resolve_tiers(file.tiers, file.tier_list)?;
-        let policies = super::policies::resolve_policies(file.policies, overrides, &tier_names)?;
+        let envoy = resolve_envoy(file.envoy, overrides)?;
+        let policies = super::policies::resolve_policies(file.policies, overrides, &tier_names, envoy.is_some())?;
         let max_entries = file.deny_cache.max_entries.unwrap_or(DEFAULT_DENY_CACHE_MAX_ENTRIES);
         let max_entries = match usize::try_from(max_entries) {
             Ok(n) if n > 0 => n,
@@ -105,8 +106,30 @@ impl Settings {
             policies,
             tiers,
             deny_cache,
+            envoy,
         })
     }
+}
+
+/// `[envoy]`: both `listen` and `config`, or neither; the configuration read and checked now.
+fn resolve_envoy(
+    file: super::file::EnvoyFile,
+    overrides: &Overrides,
+) -> Result<Option<super::EnvoySettings>, ConfigError> {
+    let listen = overrides.envoy_listen.clone().or(file.listen);
+    let config = overrides.envoy_config.clone().or(file.config);
+    let (listen_text, config_path) = match (listen, config) {
+        (None, None) => return Ok(None),
+        (Some(listen), Some(config)) => (listen, std::path::PathBuf::from(config)),
+        (Some(_), None) => return Err(ConfigError::invalid("envoy.config", "is needed with envoy.listen")),
+        (None, Some(_)) => return Err(ConfigError::invalid("envoy.listen", "is needed with envoy.config")),
+    };
+    let listen: SocketAddr = listen_text.parse().map_err(|_| {
+        ConfigError::invalid("envoy.listen", format!("{listen_text:?} is not an address such as 127.0.0.1:8081"))
+    })?;
+    let config = crate::rls::config::RlsConfig::load(&config_path)
+        .map_err(|e| ConfigError::invalid("envoy.config", e.to_string()))?;
+    Ok(Some(super::EnvoySettings { listen, config_path, config: std::sync::Arc::new(config) }))
 }
 
 /// `max_concurrent` and `lease_ms` (default [`DEFAULT_LEASE_MS`]) within the module's bounds;

@@ -1,0 +1,111 @@
+//! The Envoy rate limit service of `gateway serve --envoy-listen ... --envoy-config ...`, over
+//! real gRPC, on a real Redis (the module, or the Functions library when the suite runs with
+//! `RL_TEST_BACKEND=functions`), with envoyproxy/ratelimit's own example configuration as it is.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::*;
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
+use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
+
+fn example_config() -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/rls/reference/example.yaml").display().to_string()
+}
+
+/// A gateway serving the rate limit service from the reference example on a free port.
+fn start(redis: &RedisServer) -> (Proc, u16) {
+    let grpc = free_port();
+    let args =
+        vec!["--envoy-listen".to_string(), format!("127.0.0.1:{grpc}"), "--envoy-config".to_string(), example_config()];
+    (start_gateway_args(&redis.url(), "http://127.0.0.1:9", &args), grpc)
+}
+
+fn descriptor(entries: &[(&str, &str)]) -> RateLimitDescriptor {
+    RateLimitDescriptor {
+        entries: entries.iter().map(|(k, v)| Entry { key: k.to_string(), value: v.to_string() }).collect(),
+        ..RateLimitDescriptor::default()
+    }
+}
+
+/// One `ShouldRateLimit` of domain `rl`.
+fn ask(port: u16, descriptors: &[&[(&str, &str)]]) -> Result<RateLimitResponse, tonic::Status> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut client = RateLimitServiceClient::connect(format!("http://127.0.0.1:{port}")).await.unwrap();
+        let request = RateLimitRequest {
+            domain: "rl".into(),
+            descriptors: descriptors.iter().map(|d| descriptor(d)).collect(),
+            hits_addend: 0,
+        };
+        client.should_rate_limit(request).await.map(|r| r.into_inner())
+    })
+}
+
+fn codes(response: &RateLimitResponse) -> (i32, Vec<i32>) {
+    (response.overall_code, response.statuses.iter().map(|s| s.code).collect())
+}
+
+const OK: i32 = Code::Ok as i32;
+const OVER: i32 = Code::OverLimit as i32;
+
+#[test]
+fn two_services_on_one_redis_share_the_reference_examples_limits() {
+    let redis = RedisServer::start();
+    let (_a, port_a) = start(&redis);
+    let (_b, port_b) = start(&redis);
+    // category=account: 4 per minute, whichever service is asked.
+    let account: &[(&str, &str)] = &[("category", "account")];
+    for (i, port) in [port_a, port_b, port_a, port_b].into_iter().enumerate() {
+        let ok = ask(port, &[account]).unwrap();
+        assert_eq!(codes(&ok), (OK, vec![OK]), "request {i}");
+        assert_eq!(ok.statuses[0].limit_remaining, 3 - i as u32);
+        assert_eq!(ok.statuses[0].current_limit.as_ref().unwrap().requests_per_unit, 4);
+    }
+    let refused = ask(port_b, &[account]).unwrap();
+    assert_eq!(codes(&refused), (OVER, vec![OVER]));
+    let reset = refused.statuses[0].duration_until_reset.unwrap();
+    assert!((14..=15).contains(&reset.seconds), "a token every 15 s: {reset:?}");
+    assert_eq!(refused.response_headers_to_add[0].key, "retry-after");
+    // Unlimited, and no limit at all.
+    let open = ask(port_a, &[&[("foo", "x"), ("bay", "1")], &[("nothing", "here")]]).unwrap();
+    assert_eq!(codes(&open), (OK, vec![OK, OK]));
+    assert_eq!(open.statuses[0].limit_remaining, u32::MAX);
+    assert_eq!(open.statuses[1].current_limit, None);
+}
+
+#[test]
+fn a_request_over_the_narrow_descriptor_leaves_the_broad_one_uncharged() {
+    let redis = RedisServer::start();
+    let (_gateway, port) = start(&redis);
+    // foo=x: 2 per minute (the broad one); source_cluster=proxy + destination_cluster=mock: 1.
+    let broad: &[(&str, &str)] = &[("foo", "x")];
+    let narrow: &[(&str, &str)] = &[("source_cluster", "proxy"), ("destination_cluster", "mock")];
+    assert_eq!(codes(&ask(port, &[broad, narrow]).unwrap()), (OK, vec![OK, OK]));
+    for _ in 0..3 {
+        assert_eq!(codes(&ask(port, &[broad, narrow]).unwrap()), (OVER, vec![OK, OVER]));
+    }
+    let alone = ask(port, &[broad]).unwrap();
+    assert_eq!(codes(&alone), (OK, vec![OK]), "the refusals charged foo=x nothing");
+    assert_eq!(alone.statuses[0].limit_remaining, 0);
+    // requests_per_unit 0 (bar=banned): refused, and it charges nothing either.
+    let banned = ask(port, &[&[("foo", "y"), ("bar", "banned")], &[("foo", "y")]]).unwrap();
+    assert_eq!(codes(&banned), (OVER, vec![OVER, OK]));
+    assert_eq!(ask(port, &[&[("foo", "y")]]).unwrap().statuses[0].limit_remaining, 1);
+}
+
+#[test]
+fn redis_down_is_unavailable_for_envoys_failure_mode_deny_to_decide() {
+    let mut redis = RedisServer::start();
+    let (_gateway, port) = start(&redis);
+    assert_eq!(ask(port, &[&[("category", "account")]]).unwrap().overall_code, OK);
+    redis.kill();
+    let down = ask(port, &[&[("category", "account")]]).unwrap_err();
+    assert_eq!(down.code(), tonic::Code::Unavailable, "{down:?}");
+}

@@ -62,9 +62,10 @@ test-valkey91: module servers
 
 # The gateway's end-to-end suites once more on servers without the module: the gateway finds
 # the module missing, loads the Functions library and limits with it (RL_TEST_BACKEND makes
-# the harness start such servers and check them through the library).
+# the harness start such servers and check them through the library), and the Envoy rate
+# limit service on it.
 test-functions: module
-	RL_TEST_BACKEND=functions RL_SERVER_BIN=redis-server $(CARGO) test -p gateway --test limits --test llm --test concurrency --test operations
+	RL_TEST_BACKEND=functions RL_SERVER_BIN=redis-server $(CARGO) test -p gateway --test limits --test llm --test concurrency --test operations --test envoy_rls
 
 # Any other server binary: make test-server SERVER=/opt/redis-7.4/bin/redis-server
 test-server: module

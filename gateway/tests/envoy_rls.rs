@@ -109,3 +109,27 @@ fn redis_down_is_unavailable_for_envoys_failure_mode_deny_to_decide() {
     let down = ask(port, &[&[("category", "account")]]).unwrap_err();
     assert_eq!(down.code(), tonic::Code::Unavailable, "{down:?}");
 }
+
+#[test]
+fn a_forced_overage_goes_into_debt_that_later_requests_wait_off() {
+    let redis = RedisServer::start();
+    let (_gateway, port) = start(&redis);
+    // category=account: 4 a minute. An LLM answer settles 6 more than reserved: charged whatever
+    // is left (the descriptor ends in ml_api_rate_limiter=force), never refused.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let forced = rt.block_on(async {
+        let mut client = RateLimitServiceClient::connect(format!("http://127.0.0.1:{port}")).await.unwrap();
+        let mut overage = descriptor(&[("category", "account"), ("ml_api_rate_limiter", "force")]);
+        overage.hits_addend = Some(envoy_types::pb::google::protobuf::UInt64Value { value: 6 });
+        let request = RateLimitRequest { domain: "rl".into(), descriptors: vec![overage], hits_addend: 0 };
+        client.should_rate_limit(request).await.unwrap().into_inner()
+    });
+    assert_eq!(codes(&forced), (OK, vec![OK]));
+    assert_eq!(forced.statuses[0].limit_remaining, 0);
+    let reset = forced.statuses[0].duration_until_reset.unwrap().seconds;
+    assert!((89..=90).contains(&reset), "4 a minute, 6 charged: 2 tokens of debt, 30 s past a full minute: {reset}");
+    let refused = ask(port, &[&[("category", "account")]]).unwrap();
+    assert_eq!(codes(&refused), (OVER, vec![OVER]));
+    let wait = refused.statuses[0].duration_until_reset.unwrap().seconds;
+    assert!((44..=45).contains(&wait), "the debt and one token: 45 s: {wait}");
+}

@@ -27,12 +27,14 @@
 //!   [`repl_offset`], [`redis_version`], [`is_valkey`]), and [`wait_for_replicas`] (`WAIT`).
 //! - **Processes** ([`process`]): [`ChildGuard`] runs any binary with its output in files and
 //!   kills it on drop; the gateway's tests run the `gateway` binary with it.
+//! - **Envoy** ([`envoy`]): [`Envoy`], a real Envoy 1.40 started from a bootstrap's text
+//!   (its ports moved to free ones by [`envoy::with_ports`]), ready when it says so.
 //! - **Faults** ([`proxy`]): [`Proxy`], a loopback TCP relay that can drop a connection after
 //!   the server ran a command and before the client hears the reply.
 //! - **Waiting** ([`wait`]): [`wait_until`], the one poll loop with a deadline.
 //!
 //! Every process binds 127.0.0.1 only, and every guard ([`RedisServer`], [`Cluster`],
-//! [`SentinelGroup`], [`ChildGuard`], [`Proxy`]) stops what it started when it drops, also
+//! [`SentinelGroup`], [`Envoy`], [`ChildGuard`], [`Proxy`]) stops what it started when it drops, also
 //! when the test panics, so nothing outlives its test. A missing server binary fails loudly
 //! with how to install it; nothing is skipped.
 //!
@@ -40,6 +42,7 @@
 //! - `RL_SERVER_BIN`: the server binary to test against (default `redis-server` on `PATH`).
 //! - `RL_MODULE`: path of the built module (default `$CARGO_TARGET_DIR/release/librl.so`, or
 //!   `<workspace>/target/release/librl.so`).
+//! - `RL_ENVOY_BIN`: the Envoy binary (default `<workspace>/.cache/envoy/envoy`).
 
 // A harness: a server that fails to start or a reply of the wrong shape ends the test that
 // asked for it, so unwrapping (with a message) is how it reports; nothing here runs in Redis.
@@ -56,6 +59,7 @@ pub use rl_protocol::{AcquireReply, CheckAllReply, CheckReply, RefundReply, Thro
 
 pub mod cluster;
 pub mod commands;
+pub mod envoy;
 pub mod functions;
 pub mod inspect;
 pub mod process;
@@ -69,6 +73,7 @@ pub use commands::{
     check, cl_throttle, peek, rl_acquire, rl_check, rl_checkall, rl_peek, rl_refund, rl_release, rl_renew, rl_reset,
     tokens,
 };
+pub use envoy::Envoy;
 pub use inspect::{
     all_keys, command_calls, info_field, is_valkey, redis_version, repl_offset, snapshot, stored, wait_for_replicas,
     Stored, StoredLeases, LEASE_MARKER,

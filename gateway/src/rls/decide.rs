@@ -5,7 +5,8 @@
 //!   several): all of them or, when any refuses, none. A bucket of `requests_per_unit: 0`
 //!   refuses the request before anything is charged (the others are only looked at).
 //! - Shadow buckets are charged in a call of their own (never refusing the request), refunds
-//!   (`is_negative_hits`) by `RL.REFUND` each.
+//!   (`is_negative_hits`) by `RL.REFUND` each, forced charges (an LLM answer's overage) by
+//!   `RL.CHECK ... FORCE` each: neither ever refuses the request.
 //! - Redis keys are `<prefix>{<domain>}:envoy:<bucket>`: the domain is the Cluster hash tag, so
 //!   all of a request's buckets share a slot and the one call stays all-or-nothing there too.
 //! - `quota_mode` limits are applied as ordinary limits (stricter than the reference, which
@@ -140,6 +141,16 @@ pub async fn decide<L: RateLimiter>(limiter: &L, domain: &str, steps: &[Step]) -
                     until_reset_ms: back.reset_after_ms,
                 }
             }
+            Step::Force(b) => {
+                let policy = policy_of(std::iter::once(b));
+                let charged = limiter.force(&policy, domain, 0, b.cost).await?;
+                Status {
+                    code: Code::Ok,
+                    current_limit: Some(current(b)),
+                    remaining: charged.remaining,
+                    until_reset_ms: charged.reset_after_ms,
+                }
+            }
             Step::Charge(_) | Step::Shadow(_) => continue,
         };
         if let Some(slot) = statuses.get_mut(i) {
@@ -249,6 +260,21 @@ descriptors:
         let never = ask(&limiter, &[over], 1).await;
         assert_eq!((never.overall, never.retry_after_ms), (Code::OverLimit, None), "above the burst: never fits");
         assert_eq!(left(&limiter, "tenant", "t").await, 9);
+    }
+
+    #[tokio::test]
+    async fn a_forced_charge_goes_into_debt_and_never_refuses() {
+        let limiter = MemoryLimiter::new();
+        let mut force = Descriptor {
+            entries: vec![("user".into(), "u".into()), ("ml_api_rate_limiter".into(), "force".into())],
+            ..Descriptor::default()
+        };
+        force.hits_addend = Some(3);
+        let decision = ask(&limiter, &[force], 1).await;
+        assert_eq!((decision.overall, decision.statuses[0].remaining), (Code::Ok, 0), "2 per minute, 3 charged");
+        assert_eq!(decision.statuses[0].until_reset_ms, 90_000, "a debt of one token: 30 s more than a full wait");
+        let refused = ask(&limiter, &[d("user", "u")], 1).await;
+        assert_eq!((refused.overall, refused.retry_after_ms), (Code::OverLimit, Some(60_000)));
     }
 
     #[tokio::test]

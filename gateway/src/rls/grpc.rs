@@ -4,7 +4,7 @@
 //!
 //! - Every status carries `current_limit`, `limit_remaining` (at most `u32::MAX`) and
 //!   `duration_until_reset` (refused: until the request would fit; else until the bucket is
-//!   full), from which Envoy writes its `x-ratelimit-*` headers; a refused request also gets
+//!   full; whole seconds rounded up), from which Envoy writes its `x-ratelimit-*` headers; a refused request also gets
 //!   `retry-after` (whole seconds, rounded up) in `response_headers_to_add`.
 //! - A limiter that cannot be asked is the gRPC status `UNAVAILABLE`: Envoy then admits or
 //!   refuses as its filter's `failure_mode_deny` says. A request without a domain or without
@@ -90,11 +90,10 @@ fn code(code: Code) -> i32 {
     }
 }
 
+/// Whole seconds, rounded up: Envoy's `x-ratelimit-reset` shows only the seconds, and a
+/// client that waits what it says must not come back early.
 fn duration(ms: u64) -> PbDuration {
-    PbDuration {
-        seconds: i64::try_from(ms / 1000).unwrap_or(i64::MAX),
-        nanos: i32::try_from((ms % 1000) * 1_000_000).unwrap_or(0),
-    }
+    PbDuration { seconds: i64::try_from(ms.div_ceil(1000)).unwrap_or(i64::MAX), nanos: 0 }
 }
 
 fn status(s: &Status) -> DescriptorStatus {

@@ -4,6 +4,12 @@
 //! service then charges every enforced bucket in one all-or-nothing call, so a request refused
 //! by one descriptor costs nothing on the others (envoyproxy/ratelimit increments each
 //! descriptor's counter whatever the others decide).
+//!
+//! One extension: a descriptor whose last entry is [`FORCE_ENTRY`] (`ml_api_rate_limiter` =
+//! `force`) is charged whatever is left (`RL.CHECK ... FORCE`, a debt bounded at one burst),
+//! with the limit of the entries before it. It settles an LLM answer that used more tokens
+//! than were reserved (`apply_on_stream_done`): refusing that charge would let the overage go
+//! free. The reference service finds no limit for such a descriptor and answers `OK`.
 
 use super::config::{DescriptorLimit, RlsConfig, Unit};
 
@@ -18,6 +24,9 @@ pub struct Descriptor {
     /// A limit sent by Envoy itself (`RateLimitDescriptor.limit`): used instead of the file's.
     pub limit_override: Option<(u64, Unit)>,
 }
+
+/// The last entry that makes a descriptor a forced charge ([`Step::Force`]).
+pub const FORCE_ENTRY: (&str, &str) = ("ml_api_rate_limiter", "force");
 
 /// How one descriptor is treated.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,6 +43,8 @@ pub enum Step {
     Shadow(Bucket),
     /// `is_negative_hits`: `cost` given back (`RL.REFUND`), never refuses.
     Refund(Bucket),
+    /// Ends in [`FORCE_ENTRY`]: `cost` charged whatever is left, never refuses.
+    Force(Bucket),
 }
 
 /// A GCRA bucket: the Redis key's name within the domain, its rate, and the amount.
@@ -56,9 +67,12 @@ pub struct Bucket {
 pub fn plan(config: &RlsConfig, domain: &str, descriptors: &[Descriptor], request_hits: u32) -> Vec<Step> {
     // The request's `hits_addend` (0 in the message means unset: 1).
     let default_hits = u64::from(request_hits.max(1));
+    let forced: Vec<bool> = descriptors.iter().map(is_forced).collect();
     let mut found: Vec<Option<(DescriptorLimit, String)>> = descriptors
         .iter()
-        .map(|d| match d.limit_override {
+        .zip(&forced)
+        .map(|(d, &forced)| (d, if forced { &d.entries[..d.entries.len() - 1] } else { &d.entries[..] }))
+        .map(|(d, entries)| match d.limit_override {
             Some((requests_per_unit, unit)) => Some((
                 DescriptorLimit {
                     path: String::new(),
@@ -73,9 +87,9 @@ pub fn plan(config: &RlsConfig, domain: &str, descriptors: &[Descriptor], reques
                 },
                 // The override's own bucket: the same descriptor under the file's limit is
                 // another rate, and must not share its state.
-                format!("override_{requests_per_unit}_{}:{}", unit.seconds(), bucket_name(&d.entries)),
+                format!("override_{requests_per_unit}_{}:{}", unit.seconds(), bucket_name(entries)),
             )),
-            None => config.lookup(domain, &d.entries).map(|m| (m.limit.clone(), m.bucket)),
+            None => config.lookup(domain, entries).map(|m| (m.limit.clone(), m.bucket)),
         })
         .collect();
     let replaced: Vec<String> = found.iter().flatten().flat_map(|(limit, _)| limit.replaces.iter().cloned()).collect();
@@ -87,7 +101,8 @@ pub fn plan(config: &RlsConfig, domain: &str, descriptors: &[Descriptor], reques
     descriptors
         .iter()
         .zip(found)
-        .map(|(d, found)| {
+        .zip(forced)
+        .map(|((d, found), forced)| {
             let Some((limit, name)) = found else { return Step::NoLimit };
             let Some(unit) = limit.unit else { return Step::Unlimited };
             let bucket = Bucket {
@@ -102,7 +117,10 @@ pub fn plan(config: &RlsConfig, domain: &str, descriptors: &[Descriptor], reques
             if d.negative {
                 Step::Refund(bucket)
             } else if limit.requests_per_unit == 0 {
+                // Nothing is ever admitted there: a forced charge has nothing to settle.
                 Step::Banned(bucket)
+            } else if forced {
+                Step::Force(bucket)
             } else if limit.shadow_mode {
                 Step::Shadow(bucket)
             } else {
@@ -110,6 +128,11 @@ pub fn plan(config: &RlsConfig, domain: &str, descriptors: &[Descriptor], reques
             }
         })
         .collect()
+}
+
+/// Whether `d` ends in [`FORCE_ENTRY`] after at least one entry of its own.
+fn is_forced(d: &Descriptor) -> bool {
+    d.entries.len() > 1 && d.entries.last().is_some_and(|(k, v)| (k.as_str(), v.as_str()) == FORCE_ENTRY)
 }
 
 /// A descriptor's entries as the reference names them: `key_value` joined by `.`.
@@ -157,7 +180,7 @@ descriptors:
 
     fn bucket(step: &Step) -> &Bucket {
         match step {
-            Step::Banned(b) | Step::Charge(b) | Step::Shadow(b) | Step::Refund(b) => b,
+            Step::Banned(b) | Step::Charge(b) | Step::Shadow(b) | Step::Refund(b) | Step::Force(b) => b,
             other => panic!("no bucket: {other:?}"),
         }
     }
@@ -198,6 +221,17 @@ descriptors:
         let steps = plan(&config(), "api", &[look, back], 3);
         assert!(matches!(&steps[0], Step::Charge(b) if b.cost == 0));
         assert!(matches!(&steps[1], Step::Refund(b) if b.cost == 7));
+    }
+
+    #[test]
+    fn a_descriptor_ending_in_the_force_entry_is_charged_in_the_bucket_before_it() {
+        let forced = descriptor(&[("user", "u1"), FORCE_ENTRY]);
+        let mut refund = forced.clone();
+        refund.negative = true;
+        let steps = plan(&config(), "api", &[forced, refund, descriptor(&[FORCE_ENTRY])], 4);
+        assert!(matches!(&steps[0], Step::Force(b) if b.name == "user_u1" && b.cost == 4 && b.burst == 10));
+        assert!(matches!(&steps[1], Step::Refund(b) if b.name == "user_u1"), "a refund stays a refund");
+        assert_eq!(steps[2], Step::NoLimit, "the entry alone names no bucket");
     }
 
     #[test]

@@ -107,6 +107,17 @@ struct SlotLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EnvoyLabels {
+    domain: String,
+    code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EnvoyCodeLabels {
+    code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PolicyLabels {
     policy: String,
 }
@@ -129,7 +140,12 @@ pub struct Metrics {
     connections_refused: Counter,
     late_replies: Family<LateLabels, Counter>,
     redis_backend: Family<BackendLabels, Gauge>,
+    envoy_requests: Family<EnvoyLabels, Counter>,
+    envoy_duration: HistogramFamily<EnvoyCodeLabels>,
 }
+
+/// The `code` of a `ShouldRateLimit` call in `gateway_envoy_requests_total`.
+pub const ENVOY_CODES: [&str; 5] = ["ok", "over_limit", "unavailable", "invalid_argument", "internal"];
 
 /// The `result` of a limiter call in `gateway_redis_duration_seconds`.
 pub const REDIS_RESULTS: [&str; 4] = ["ok", "timeout", "rejected", "error"];
@@ -242,11 +258,27 @@ impl Metrics {
             "Client connections closed as soon as accepted because max_connections were open",
             connections_refused.clone(),
         );
+        let envoy_requests = Family::<EnvoyLabels, Counter>::default();
+        registry.register(
+            "gateway_envoy_requests",
+            "ShouldRateLimit calls of the Envoy rate limit service, by domain (of the configuration, \
+             else \"other\") and code: ok, over_limit, unavailable (the limiter could not be asked: \
+             Envoy's failure_mode_deny decides), invalid_argument, internal",
+            envoy_requests.clone(),
+        );
+        let envoy_duration: HistogramFamily<EnvoyCodeLabels> = Family::new_with_constructor(redis_histogram);
+        registry.register(
+            "gateway_envoy_duration_seconds",
+            "Time of one ShouldRateLimit call, from its message to its answer, by code",
+            envoy_duration.clone(),
+        );
         for backend in crate::limiter::redis::dialect::DIALECT_NAMES {
             drop(redis_backend.get_or_create(&BackendLabels { backend }));
         }
         Metrics {
             registry,
+            envoy_requests,
+            envoy_duration,
             late_replies,
             redis_backend,
             connections_open,
@@ -313,6 +345,20 @@ impl Metrics {
             }
             commands.push(if policy.limits.len() == 1 { "check" } else { "checkall" });
             drop(self.deny_cache_hits.get_or_create(&PolicyLabels { policy: name.clone() }));
+        }
+        if let Some(envoy) = &settings.envoy {
+            commands.extend(["check", "checkall", "refund", "force"]);
+            let policy = crate::rls::decide::KEY_POLICY.to_string();
+            drop(self.deny_cache_hits.get_or_create(&PolicyLabels { policy }));
+            let domains = envoy.config.domains().map(str::to_string).chain(std::iter::once("other".to_string()));
+            for domain in domains {
+                for code in ENVOY_CODES {
+                    drop(self.envoy_requests.get_or_create(&EnvoyLabels { domain: domain.clone(), code }));
+                }
+            }
+            for code in ENVOY_CODES {
+                drop(self.envoy_duration.get_or_create(&EnvoyCodeLabels { code }));
+            }
         }
         commands.sort_unstable();
         commands.dedup();
@@ -415,6 +461,12 @@ impl Metrics {
 
     pub fn connection_refused(&self) {
         self.connections_refused.inc();
+    }
+
+    /// One `ShouldRateLimit` call of the Envoy rate limit service, answered with `code`.
+    pub fn envoy_request(&self, domain: &str, code: &'static str, took: Duration) {
+        self.envoy_requests.get_or_create(&EnvoyLabels { domain: domain.to_string(), code }).inc();
+        self.envoy_duration.get_or_create(&EnvoyCodeLabels { code }).observe(took.as_secs_f64());
     }
 
     pub fn deny_cache_hit(&self, policy: &str) {

@@ -9,8 +9,10 @@ use std::fmt;
 
 use std::sync::Arc;
 
+use crate::admission::Admission;
 use crate::app::app_with_routes;
 use crate::config::{ConfigError, ServeArgs, Settings};
+use crate::limiter::Metered;
 use crate::limiter::{ClientError, RateLimiter, RedisLimiter};
 use crate::rls::grpc::Rls;
 use crate::routing::{LiveRoutes, Routes};
@@ -108,7 +110,9 @@ pub async fn serve_gateway(settings: Settings, args: ServeArgs) -> Result<(), St
         None => http.await?,
         Some(envoy) => {
             // Beside the HTTP listener, on the same limiter; both stop on the same signal.
-            let service = Rls::new(envoy.config.clone(), limiter_for_envoy).into_server();
+            // Every limiter call timed into /metrics, as the HTTP pipeline's are.
+            let admission = Admission::new(Metered(limiter_for_envoy), settings.deny_cache);
+            let service = Rls::new(envoy.config.clone(), admission).into_server();
             tracing::info!(listen = %envoy.listen, config = %envoy.config_path.display(), "Envoy rate limit service (gRPC) listening");
             let grpc = async {
                 tonic::transport::Server::builder()

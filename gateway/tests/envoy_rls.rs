@@ -133,3 +133,31 @@ fn a_forced_overage_goes_into_debt_that_later_requests_wait_off() {
     let wait = refused.statuses[0].duration_until_reset.unwrap().seconds;
     assert!((44..=45).contains(&wait), "the debt and one token: 45 s: {wait}");
 }
+
+#[test]
+fn grpc_calls_are_counted_and_timed_in_metrics_and_repeated_refusals_answered_locally() {
+    let redis = RedisServer::start();
+    let (gateway, port) = start(&redis);
+    let account: &[(&str, &str)] = &[("category", "account")];
+    for _ in 0..4 {
+        assert_eq!(ask(port, &[account]).unwrap().overall_code, OK);
+    }
+    let calls_before = testkit::command_calls(&mut redis.client(), "RL.CHECK");
+    for _ in 0..3 {
+        assert_eq!(ask(port, &[account]).unwrap().overall_code, OVER);
+    }
+    let redis_calls = testkit::command_calls(&mut redis.client(), "RL.CHECK") - calls_before;
+    assert_eq!(redis_calls, 1, "the first refusal asked Redis, the deny cache answered the others");
+    assert!(ask(port, &[]).is_err());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let scrape = rt.block_on(scrape(&gateway));
+    let count = |labels: &[(&str, &str)]| value(&scrape, "gateway_envoy_requests_total", labels);
+    assert_eq!(count(&[("domain", "rl"), ("code", "ok")]), Some(4.0));
+    assert_eq!(count(&[("domain", "rl"), ("code", "over_limit")]), Some(3.0));
+    assert_eq!(count(&[("domain", "rl"), ("code", "invalid_argument")]), Some(1.0));
+    assert_eq!(count(&[("domain", "other"), ("code", "unavailable")]), Some(0.0), "declared at start");
+    assert_eq!(value(&scrape, "gateway_envoy_duration_seconds", &[("code", "ok")]), Some(4.0));
+    assert_eq!(value(&scrape, "gateway_deny_cache_hits_total", &[("policy", "envoy")]), Some(2.0));
+    let timed = value(&scrape, "gateway_redis_duration_seconds", &[("command", "check"), ("result", "ok")]);
+    assert_eq!(timed, Some(5.0), "every limiter call timed");
+}

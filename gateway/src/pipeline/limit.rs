@@ -16,6 +16,10 @@
 //! charged) and answers `429` (the caller's) or `503` (the upstream's) with `Retry-After`;
 //! held leases live in the response body until it ends or is dropped.
 //!
+//! The check itself, its deny cache and the refunds are the transport-neutral part the Envoy
+//! rate limit service shares ([`crate::admission`]); what is HTTP's is here: the body read
+//! for an estimate, the answers and headers, `failure_mode`, shadow policies, the leases.
+//!
 //! Before asking Redis, the local deny cache ([`crate::deny_cache`]): a caller Redis refused
 //! a moment ago (on request limits) gets the same `429` again, aged, without a call. A
 //! shadow policy (`shadow = true`) goes through all of this and counts what it would refuse
@@ -24,7 +28,7 @@
 //! is counted once in `gateway_requests_total` by outcome ([`crate::metrics`]).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
@@ -37,8 +41,8 @@ use super::proxy::read_body;
 use super::Caller;
 use rl_protocol::CheckAllReply;
 
+use crate::admission::Admission;
 use crate::config::{FailureMode, Policy, Settings, Unit};
-use crate::deny_cache::DenyCache;
 use crate::error::ApiError;
 use crate::headers::{openai_headers, rate_limit_headers, retry_after_secs};
 use crate::lease::{
@@ -50,20 +54,19 @@ use crate::log_limit::{error_every, warn_every};
 use crate::metrics::{metrics, Outcome};
 
 pub struct Limit<L> {
-    limiter: L,
+    admission: Admission<L>,
     failure_mode: FailureMode,
     /// For reading an LLM route's body before the check.
     max_body_bytes: u64,
     body_timeout: Duration,
     /// `[upstream] max_concurrent` and `[upstream.capacity]`, asked of every request.
     upstream: UpstreamLimits,
-    deny_cache: DenyCache,
 }
 
 impl<L: RateLimiter> Limit<L> {
     pub fn new(limiter: L, settings: &Settings) -> Self {
         Limit {
-            limiter,
+            admission: Admission::new(limiter, settings.deny_cache),
             failure_mode: settings.redis.failure_mode,
             max_body_bytes: settings.max_body_bytes,
             body_timeout: settings.client_body_timeout,
@@ -71,7 +74,6 @@ impl<L: RateLimiter> Limit<L> {
                 concurrency: settings.upstream.concurrency,
                 capacity: settings.upstream.capacity.clone(),
             },
-            deny_cache: DenyCache::new(settings.deny_cache),
         }
     }
 }
@@ -153,44 +155,30 @@ async fn decide<L: RateLimiter>(limit: &Limit<L>, caller: &Caller, request: Requ
             Unit::Tokens => tokens.map_or(0, |(reserved, _)| reserved),
         })
         .collect();
-    let asked_at = Instant::now();
-    let mut decision = match limit.deny_cache.refusal(policy, &caller.identity_hash, asked_at) {
-        Some(refusal) => {
-            m.deny_cache_hit(&policy.name);
-            refusal
-        }
-        None => match limit.limiter.check(policy, &caller.identity_hash, &costs).await {
-            // The refusal's moment is counted from before the call: never later than Redis's.
-            Ok(decision) => {
-                limit.deny_cache.remember(policy, &caller.identity_hash, &decision, asked_at);
-                decision
-            }
-            // Redis answered: nothing to fail open on (a client must not get past its limits
-            // by making the module refuse the command).
-            Err(e) if !e.is_outage() => {
-                m.request(&policy.name, Outcome::ModuleError);
-                if policy.shadow {
-                    error_every!(error = %e, policy = %policy.name, "the ratelimit module refused the command; shadow policy, forwarding");
-                    return next.run(unmetered(request)).await;
-                }
-                return noted_refused(
-                    ApiError::LimiterRejected { detail: e.to_string() }.into_response(),
-                    "module_error",
-                );
-            }
-            Err(e) if policy.shadow || limit.failure_mode == FailureMode::Open => {
-                m.request(&policy.name, Outcome::FailOpen);
-                warn_every!(error = %e, policy = %policy.name, shadow = policy.shadow, "rate limiter unavailable, forwarding unmetered");
+    let mut decision = match limit.admission.check(policy, &caller.identity_hash, &caller.identity_hash, &costs).await {
+        Ok(decision) => decision,
+        // Redis answered: nothing to fail open on (a client must not get past its limits
+        // by making the module refuse the command).
+        Err(e) if !e.is_outage() => {
+            m.request(&policy.name, Outcome::ModuleError);
+            if policy.shadow {
+                error_every!(error = %e, policy = %policy.name, "the ratelimit module refused the command; shadow policy, forwarding");
                 return next.run(unmetered(request)).await;
             }
-            Err(e) => {
-                m.request(&policy.name, Outcome::Error);
-                return noted_refused(
-                    ApiError::LimiterUnavailable { detail: e.to_string() }.into_response(),
-                    "unavailable",
-                );
-            }
-        },
+            return noted_refused(ApiError::LimiterRejected { detail: e.to_string() }.into_response(), "module_error");
+        }
+        Err(e) if policy.shadow || limit.failure_mode == FailureMode::Open => {
+            m.request(&policy.name, Outcome::FailOpen);
+            warn_every!(error = %e, policy = %policy.name, shadow = policy.shadow, "rate limiter unavailable, forwarding unmetered");
+            return next.run(unmetered(request)).await;
+        }
+        Err(e) => {
+            m.request(&policy.name, Outcome::Error);
+            return noted_refused(
+                ApiError::LimiterUnavailable { detail: e.to_string() }.into_response(),
+                "unavailable",
+            );
+        }
     };
     tracing::debug!(policy = %policy.name, tier = %caller.tier, identity = caller.kind, id = %caller.identity_hash, ?decision, "checked");
     let refused = if policy.shadow { Outcome::ShadowLimited } else { Outcome::Limited };
@@ -223,8 +211,14 @@ async fn decide<L: RateLimiter>(limit: &Limit<L>, caller: &Caller, request: Requ
             m.tokens_reserved(&policy.name, &quota.name, cost);
         }
     }
-    let leases = match take_leases(&limit.limiter, policy, &caller.identity_hash, &limit.upstream, caller.keep_percent)
-        .await
+    let leases = match take_leases(
+        limit.admission.limiter(),
+        policy,
+        &caller.identity_hash,
+        &limit.upstream,
+        caller.keep_percent,
+    )
+    .await
     {
         Ok(leases) => {
             for limit in admitted_by_leases(policy, &limit.upstream) {
@@ -235,7 +229,7 @@ async fn decide<L: RateLimiter>(limit: &Limit<L>, caller: &Caller, request: Requ
         }
         Err(refusal) => match (refusal_answer(policy, &refusal), limit.failure_mode) {
             (Some((error, items)), _) => {
-                give_back(&limit.limiter, policy, &caller.identity_hash, &costs, &mut decision).await;
+                limit.admission.give_back(policy, &caller.identity_hash, &costs, &mut decision).await;
                 m.limit_decision(&policy.name, refused_by(&refusal), refused);
                 m.request(&policy.name, refused);
                 if policy.shadow {
@@ -248,13 +242,13 @@ async fn decide<L: RateLimiter>(limit: &Limit<L>, caller: &Caller, request: Requ
                 return noted_refused(response, refused_by(&refusal));
             }
             (None, _) if !policy.shadow && refusal.is_module_error() => {
-                give_back(&limit.limiter, policy, &caller.identity_hash, &costs, &mut decision).await;
+                limit.admission.give_back(policy, &caller.identity_hash, &costs, &mut decision).await;
                 m.request(&policy.name, Outcome::ModuleError);
                 let answer = ApiError::LimiterRejected { detail: format!("{refusal:?}") }.into_response();
                 return noted_refused(answer, "module_error");
             }
             (None, FailureMode::Closed) if !policy.shadow => {
-                give_back(&limit.limiter, policy, &caller.identity_hash, &costs, &mut decision).await;
+                limit.admission.give_back(policy, &caller.identity_hash, &costs, &mut decision).await;
                 m.request(&policy.name, Outcome::Error);
                 let detail = match refusal {
                     Refusal::Unavailable(e) => e.to_string(),
@@ -276,7 +270,7 @@ async fn decide<L: RateLimiter>(limit: &Limit<L>, caller: &Caller, request: Requ
     let mut response = match (tokens, &policy.llm) {
         (Some((reserved, strip_usage_chunk)), Some(llm)) => {
             let settlement = Settlement {
-                limiter: limit.limiter.clone(),
+                limiter: limit.admission.limiter().clone(),
                 policy: policy.clone(),
                 identity_hash: caller.identity_hash.clone(),
                 reserved,
@@ -322,33 +316,6 @@ fn refused_by(refusal: &Refusal) -> &'static str {
         Refusal::Upstream(_) => "upstream-concurrent",
         Refusal::Capacity { .. } => "upstream-capacity",
         Refusal::Unavailable(_) => "unavailable",
-    }
-}
-
-/// Gives back what a request refused after its check was charged: `costs[i]` on each limit.
-/// Awaited, so the refusal's headers (updated here) show the bucket as it is again.
-async fn give_back<L: RateLimiter>(
-    limiter: &L,
-    policy: &Policy,
-    identity_hash: &str,
-    costs: &[u64],
-    decision: &mut CheckAllReply,
-) {
-    for (i, &cost) in costs.iter().enumerate().filter(|(_, &cost)| cost > 0) {
-        match limiter.refund(policy, identity_hash, i, cost).await {
-            Ok(back) => {
-                if let Some(quota) = policy.limits.get(i).filter(|q| q.unit == Unit::Tokens) {
-                    metrics().tokens_refunded(&policy.name, &quota.name, cost);
-                }
-                if let Some(row) = decision.limits.get_mut(i) {
-                    row.remaining = back.remaining;
-                    row.reset_after_ms = back.reset_after_ms;
-                }
-            }
-            Err(e) => {
-                warn_every!(error = %e, limit = i, cost, "could not give back the tokens of a refused request")
-            }
-        }
     }
 }
 

@@ -232,6 +232,11 @@ impl RlsConfig {
         Ok(config)
     }
 
+    /// The domains the files define.
+    pub fn domains(&self) -> impl Iterator<Item = &str> {
+        self.domains.keys().map(String::as_str)
+    }
+
     pub fn has_domain(&self, domain: &str) -> bool {
         self.domains.contains_key(domain)
     }

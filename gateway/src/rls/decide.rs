@@ -2,7 +2,9 @@
 //! descriptors run on the limiter, and the statuses Envoy reads back.
 //!
 //! - Every enforced bucket is charged in **one** call (`RL.CHECK`, or `RL.CHECKALL` for
-//!   several): all of them or, when any refuses, none. A bucket of `requests_per_unit: 0`
+//!   several): all of them or, when any refuses, none. The call goes through the admission
+//!   part the HTTP step shares ([`crate::admission`]), deny cache included: a request of the
+//!   same buckets Redis refused a moment ago is refused again without a call. A bucket of `requests_per_unit: 0`
 //!   refuses the request before anything is charged (the others are only looked at).
 //! - Shadow buckets are charged in a call of their own (never refusing the request), refunds
 //!   (`is_negative_hits`) by `RL.REFUND` each, forced charges (an LLM answer's overage) by
@@ -16,6 +18,7 @@ use rl_protocol::CheckAllReply;
 
 use super::config::Unit;
 use super::plan::{Bucket, Step};
+use crate::admission::Admission;
 use crate::config::{Policy, Quota};
 use crate::limiter::{LimiterError, RateLimiter};
 
@@ -86,8 +89,24 @@ fn buckets<'a>(steps: &'a [Step], pick: impl Fn(&'a Step) -> Option<&'a Bucket>)
     steps.iter().enumerate().filter_map(|(i, s)| pick(s).map(|b| (i, b))).collect()
 }
 
-/// Runs `steps` (one per descriptor of a request of `domain`) on `limiter`.
-pub async fn decide<L: RateLimiter>(limiter: &L, domain: &str, steps: &[Step]) -> Result<Decision, LimiterError> {
+/// How the deny cache names a request of `buckets` in `domain`: all of a domain's buckets
+/// share one identity (the domain, their hash tag), so the buckets tell requests apart.
+fn cache_name(domain: &str, buckets: &[(usize, &Bucket)]) -> String {
+    let mut name = domain.to_string();
+    for (_, bucket) in buckets {
+        name.push('\0');
+        name.push_str(&bucket.name);
+    }
+    name
+}
+
+/// Runs `steps` (one per descriptor of a request of `domain`) through `admission`.
+pub async fn decide<L: RateLimiter>(
+    admission: &Admission<L>,
+    domain: &str,
+    steps: &[Step],
+) -> Result<Decision, LimiterError> {
+    let limiter = admission.limiter();
     let mut statuses: Vec<Option<Status>> = vec![None; steps.len()];
     let banned = steps.iter().any(|s| matches!(s, Step::Banned(_)));
     let charged = buckets(steps, |s| match s {
@@ -104,7 +123,7 @@ pub async fn decide<L: RateLimiter>(limiter: &L, domain: &str, steps: &[Step]) -
         let policy = policy_of(charged.iter().map(|(_, b)| *b));
         // A banned descriptor refuses the request: the others are looked at, not charged.
         let costs: Vec<u64> = charged.iter().map(|(_, b)| if banned { 0 } else { b.cost }).collect();
-        let reply = limiter.check(&policy, domain, &costs).await?;
+        let reply = admission.check(&policy, domain, &cache_name(domain, &charged), &costs).await?;
         if !reply.allowed {
             overall = Code::OverLimit;
             retry_after_ms = if banned { None } else { reply.retry_after_ms };
@@ -189,6 +208,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::config::DenyCacheSettings;
     use crate::limiter::memory::MemoryLimiter;
     use crate::rls::config::RlsConfig;
     use crate::rls::plan::{plan, Descriptor};
@@ -213,9 +233,15 @@ descriptors:
         Descriptor { entries: vec![(key.into(), value.into())], ..Descriptor::default() }
     }
 
+    /// The deny cache keeps real time and the in-memory limiter a clock of its own (moved by
+    /// `advance`): off, unless a test is about it.
+    fn admission(limiter: &MemoryLimiter, deny_cache: bool) -> Admission<MemoryLimiter> {
+        Admission::new(limiter.clone(), DenyCacheSettings { enabled: deny_cache, max_entries: 100 })
+    }
+
     async fn ask(limiter: &MemoryLimiter, descriptors: &[Descriptor], hits: u32) -> Decision {
         let config = RlsConfig::parse([("api.yaml", CONFIG)]).unwrap();
-        decide(limiter, "api", &plan(&config, "api", descriptors, hits)).await.unwrap()
+        decide(&admission(limiter, false), "api", &plan(&config, "api", descriptors, hits)).await.unwrap()
     }
 
     /// Tokens left in a bucket of the service, taking nothing.
@@ -300,8 +326,38 @@ descriptors:
         limiter.set_down(true);
         let config = RlsConfig::parse([("api.yaml", CONFIG)]).unwrap();
         let steps = plan(&config, "api", &[d("tenant", "t")], 1);
-        assert!(decide(&limiter, "api", &steps).await.unwrap_err().is_outage());
+        assert!(decide(&admission(&limiter, false), "api", &steps).await.unwrap_err().is_outage());
         let none = plan(&config, "api", &[d("nothing", "n")], 1);
-        assert_eq!(decide(&limiter, "api", &none).await.unwrap().overall, Code::Ok, "no limit: no call");
+        assert_eq!(
+            decide(&admission(&limiter, false), "api", &none).await.unwrap().overall,
+            Code::Ok,
+            "no limit: no call"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_deny_cache_answers_the_same_buckets_again_and_only_them() {
+        let limiter = MemoryLimiter::new();
+        let admission = admission(&limiter, true);
+        let config = RlsConfig::parse([("api.yaml", CONFIG)]).unwrap();
+        let run = |descriptors: Vec<Descriptor>| {
+            let steps = plan(&config, "api", &descriptors, 1);
+            let admission = &admission;
+            async move { decide(admission, "api", &steps).await.unwrap() }
+        };
+        for _ in 0..2 {
+            assert_eq!(run(vec![d("user", "u")]).await.overall, Code::Ok);
+        }
+        assert_eq!(run(vec![d("user", "u")]).await.overall, Code::OverLimit);
+        let calls = limiter.checks();
+        assert_eq!(run(vec![d("user", "u")]).await.overall, Code::OverLimit);
+        assert_eq!(limiter.checks(), calls, "refused again without a call");
+        assert_eq!(run(vec![d("user", "v")]).await.overall, Code::Ok, "another user's bucket");
+        let with_tenant = run(vec![d("tenant", "t"), d("user", "u")]).await;
+        assert_eq!(with_tenant.overall, Code::OverLimit);
+        assert!(limiter.checks() > calls, "another set of buckets asks the limiter");
+        let mut look = d("user", "u");
+        look.hits_addend = Some(0);
+        assert_eq!(run(vec![look]).await.overall, Code::Ok, "a look is never answered by the cache");
     }
 }

@@ -25,19 +25,21 @@ use tonic::{Request, Response, Status as GrpcStatus};
 use super::config::{RlsConfig, Unit};
 use super::decide::{decide, Code, Decision, Status};
 use super::plan::{plan, Descriptor};
+use crate::admission::Admission;
 use crate::limiter::RateLimiter;
+use crate::metrics::metrics;
 
 pub use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
 
-/// The service: the configuration and the limiter every call uses.
+/// The service: the configuration and the admission part every call goes through.
 pub struct Rls<L> {
     config: Arc<RlsConfig>,
-    limiter: L,
+    admission: Admission<L>,
 }
 
 impl<L: RateLimiter> Rls<L> {
-    pub fn new(config: Arc<RlsConfig>, limiter: L) -> Self {
-        Rls { config, limiter }
+    pub fn new(config: Arc<RlsConfig>, admission: Admission<L>) -> Self {
+        Rls { config, admission }
     }
 
     /// The service as a tonic server, to add to a `tonic::transport::Server`.
@@ -135,7 +137,26 @@ impl<L: RateLimiter> RateLimitService for Rls<L> {
         &self,
         request: Request<RateLimitRequest>,
     ) -> Result<Response<RateLimitResponse>, GrpcStatus> {
+        let started = std::time::Instant::now();
         let request = request.into_inner();
+        // A domain of the configuration names its series; any other is "other" (a label
+        // value never comes from a request unchecked).
+        let domain = if self.config.has_domain(&request.domain) { request.domain.as_str() } else { "other" };
+        let answer = self.answer(&request).await;
+        let code = match &answer {
+            Ok(response) if response.overall_code == PbCode::OverLimit as i32 => "over_limit",
+            Ok(_) => "ok",
+            Err(status) if status.code() == tonic::Code::Unavailable => "unavailable",
+            Err(status) if status.code() == tonic::Code::InvalidArgument => "invalid_argument",
+            Err(_) => "internal",
+        };
+        metrics().envoy_request(domain, code, started.elapsed());
+        answer.map(Response::new)
+    }
+}
+
+impl<L: RateLimiter> Rls<L> {
+    async fn answer(&self, request: &RateLimitRequest) -> Result<RateLimitResponse, GrpcStatus> {
         if request.domain.is_empty() {
             return Err(GrpcStatus::invalid_argument("rate limit domain must not be empty"));
         }
@@ -144,8 +165,8 @@ impl<L: RateLimiter> RateLimitService for Rls<L> {
         }
         let descriptors: Vec<Descriptor> = request.descriptors.iter().map(descriptor).collect();
         let steps = plan(&self.config, &request.domain, &descriptors, request.hits_addend);
-        match decide(&self.limiter, &request.domain, &steps).await {
-            Ok(decision) => Ok(Response::new(response(&decision))),
+        match decide(&self.admission, &request.domain, &steps).await {
+            Ok(decision) => Ok(response(&decision)),
             Err(e) if e.is_outage() => Err(GrpcStatus::unavailable(e.to_string())),
             Err(e) => Err(GrpcStatus::internal(e.to_string())),
         }
@@ -162,6 +183,7 @@ mod tests {
     use tokio_stream::wrappers::TcpListenerStream;
 
     use super::*;
+    use crate::config::DenyCacheSettings;
     use crate::limiter::memory::MemoryLimiter;
 
     const CONFIG: &str = "\
@@ -185,7 +207,8 @@ descriptors:
         let config = Arc::new(RlsConfig::parse([("api.yaml", CONFIG)]).unwrap());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let server = Rls::new(config, limiter).into_server();
+        let admission = Admission::new(limiter, DenyCacheSettings { enabled: false, max_entries: 1 });
+        let server = Rls::new(config, admission).into_server();
         tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(server)

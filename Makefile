@@ -80,6 +80,7 @@ bench: build
 	bash scripts/bench.sh
 
 bench-gateway: build
+	@bash scripts/fetch-server.sh envoy >/dev/null
 	bash scripts/bench-gateway.sh
 
 demo: build

@@ -17,6 +17,17 @@
 #   g  abusive   one API key far over a small limit (nearly every answer a 429), with the
 #                gateway's local deny cache on (its default) and off ([deny_cache] enabled =
 #                false); "n/a" when this build does not know [deny_cache]
+#   h  envoy     Envoy 1.40 (.cache/envoy/envoy, `make servers`) as reverse proxy, no filter
+#                but the router
+#   i  envoy-1   Envoy with its ratelimit filter asking the gateway's rate limit service
+#                (gateway serve --envoy-listen) one descriptor per request (never refused)
+#   j  envoy-3   the same with three descriptors per request
+# Then, without a proxy, the Redis side of a decision alone (scripts/bench-gateway/
+# redis_pattern.py, 32 connections, one decision in flight on each, all patterns at the same
+# fixed rate): envoyproxy/ratelimit's pattern (a pipelined INCRBY + EXPIRE per descriptor) and
+# ours (one RL.CHECK / RL.CHECKALL), with one and three descriptors: redis-server CPU per
+# decision, the time Redis spent executing the commands (INFO commandstats usec), and commands
+# per decision.
 # Every case runs once per round; odd rounds go a..g, even rounds g..a; the table shows the
 # median over the rounds of req/s, p50 and p99 latency (from wrk's done() hook), the CPU time
 # of the server process(es) under test per request (utime+stime from /proc/<pid>/stat, nginx:
@@ -32,14 +43,17 @@
 # Everything listens on free loopback ports and is stopped on exit. Exits non-zero when a case
 # fails (socket errors, or non-2xx answers where none are expected).
 #
-# Needs: the release build (`make build`), redis-server, redis-cli, wrk, nginx, curl.
+# Needs: the release build (`make build`), redis-server, redis-cli, wrk, nginx, curl, python3,
+# Envoy (`scripts/fetch-server.sh envoy`).
 # Environment:
 #   CARGO_TARGET_DIR   where the build is (default target)
 #   BENCH_ROUNDS       rounds (default 3; --quick 1)
 #   BENCH_DURATION     seconds per run (default 6; --quick 2)
 #   BENCH_CONNECTIONS  wrk connections (default 32)
 #   BENCH_THREADS      wrk threads (default 1)
-#   BENCH_CASES        subset of cases, e.g. "b c d" (default all: a b c d e f g)
+#   BENCH_CASES        subset of cases, e.g. "b c d" (default all: a b c d e f g h i j)
+#   ENVOY_BIN          the Envoy binary (default .cache/envoy/envoy)
+#   BENCH_PATTERN_RATE decisions per second of the Redis-side comparison (default 8000)
 #   BENCH_KEEP=1       keep the work directory (configs, logs) and print its path
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -77,8 +91,10 @@ else
 fi
 CONNS=${BENCH_CONNECTIONS:-32}
 THREADS=${BENCH_THREADS:-1}
-CASES=${BENCH_CASES:-a b c d e f g}
+CASES=${BENCH_CASES:-a b c d e f g h i j}
 NGINX=${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}
+ENVOY=${ENVOY_BIN:-$ROOT/.cache/envoy/envoy}
+PATTERN=$ROOT/scripts/bench-gateway/redis_pattern.py
 
 die() {
   echo "bench-gateway: $*" >&2
@@ -89,9 +105,12 @@ log() { echo "bench-gateway: $*" >&2; }
 for f in "$BIN" "$MODULE" "$LUA" "$NGINX_CONF_IN"; do
   [[ -f $f ]] || die "$f is missing: run \`make build\` (or \`cargo build --release --workspace --lib --bins\`) first"
 done
-for tool in redis-server redis-cli wrk curl awk "$NGINX"; do
-  command -v "$tool" >/dev/null || die "$tool is not installed (apt-get install redis-server redis-tools wrk nginx curl)"
+for tool in redis-server redis-cli wrk curl awk python3 "$NGINX"; do
+  command -v "$tool" >/dev/null || die "$tool is not installed (apt-get install redis-server redis-tools wrk nginx curl python3)"
 done
+if [[ " $CASES " == *" h "* || " $CASES " == *" i "* || " $CASES " == *" j "* ]]; then
+  [[ -x $ENVOY ]] || die "no Envoy at $ENVOY: run \`scripts/fetch-server.sh envoy\` (or set ENVOY_BIN)"
+fi
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/rl-bench-gateway.XXXXXX")
 PIDS=()
@@ -288,6 +307,133 @@ start_gateway() {
   PIDS_OF[$case]=$LAST_PID
 }
 
+# The rate limit service's limits for (i) and (j): three descriptors, none ever refusing.
+cat >"$WORK/ratelimit.yaml" <<'YAML'
+domain: bench
+descriptors:
+  - key: api_key
+    rate_limit: {unit: second, requests_per_unit: 1000000000}
+  - key: route
+    value: predict
+    descriptors:
+      - key: api_key
+        rate_limit: {unit: second, requests_per_unit: 1000000000}
+  - key: everyone
+    value: all
+    rate_limit: {unit: second, requests_per_unit: 1000000000}
+YAML
+
+# envoy_bootstrap PORT ADMIN DESCRIPTORS [RLS_PORT]: an Envoy in front of the model; with 1 or 3
+# descriptors, its ratelimit filter asks the service on RLS_PORT (failure_mode_deny: an error
+# would show as a 500, never as an unlimited pass).
+envoy_bootstrap() {
+  local port=$1 admin=$2 descriptors=$3 rls=${4:-0}
+  cat <<YAML
+admin:
+  address: {socket_address: {address: 127.0.0.1, port_value: $admin}}
+static_resources:
+  listeners:
+    - address: {socket_address: {address: 127.0.0.1, port_value: $port}}
+      filter_chains:
+        - filters:
+            - name: envoy.filters.network.http_connection_manager
+              typed_config:
+                "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+                stat_prefix: ingress
+                http_filters:
+YAML
+  if ((descriptors > 0)); then
+    cat <<YAML
+                  - name: envoy.filters.http.ratelimit
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit
+                      domain: bench
+                      failure_mode_deny: true
+                      timeout: 1s
+                      rate_limit_service:
+                        transport_api_version: V3
+                        grpc_service: {envoy_grpc: {cluster_name: ratelimit}}
+YAML
+  fi
+  cat <<YAML
+                  - name: envoy.filters.http.router
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+                route_config:
+                  virtual_hosts:
+                    - name: model
+                      domains: ["*"]
+                      routes:
+                        - match: {prefix: /}
+                          route:
+                            cluster: model
+YAML
+  if ((descriptors > 0)); then
+    echo "                            rate_limits:"
+    echo "                              - actions: [{request_headers: {header_name: x-api-key, descriptor_key: api_key}}]"
+  fi
+  if ((descriptors > 1)); then
+    echo "                              - actions: [{generic_key: {descriptor_key: route, descriptor_value: predict}}, {request_headers: {header_name: x-api-key, descriptor_key: api_key}}]"
+    echo "                              - actions: [{generic_key: {descriptor_key: everyone, descriptor_value: all}}]"
+  fi
+  cat <<YAML
+  clusters:
+    - name: model
+      type: STATIC
+      connect_timeout: 1s
+      load_assignment:
+        cluster_name: model
+        endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: $MODEL_PORT}}}}]}]
+YAML
+  if ((descriptors > 0)); then
+    cat <<YAML
+    - name: ratelimit
+      type: STATIC
+      connect_timeout: 1s
+      typed_extension_protocol_options:
+        envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+          "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+          explicit_http_config: {http2_protocol_options: {}}
+      load_assignment:
+        cluster_name: ratelimit
+        endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: $rls}}}}]}]
+YAML
+  fi
+}
+
+RLS_PID=""
+RLS_PORT=""
+# start_rls: the gateway serving the rate limit service (its HTTP listener is not used).
+start_rls() {
+  [[ -n $RLS_PID ]] && return 0
+  local gw_port
+  pick_port gw_port
+  pick_port RLS_PORT
+  start rls "$BIN" serve --listen "127.0.0.1:$gw_port" --upstream "http://127.0.0.1:$MODEL_PORT" \
+    --redis-url "redis://127.0.0.1:$REDIS_PORT/" --envoy-listen "127.0.0.1:$RLS_PORT" --envoy-config "$WORK/ratelimit.yaml"
+  RLS_PID=$LAST_PID
+  up rls "$RLS_PID" curl -sf "http://127.0.0.1:$gw_port/healthz" || die "the rate limit service exited at start (see $WORK/rls.log)"
+}
+
+# start_envoy CASE DESCRIPTORS: Envoy for a case, asking the rate limit service when
+# DESCRIPTORS > 0. Its CPU is counted with the service's: what a decision costs outside Redis.
+start_envoy() {
+  local case=$1 descriptors=$2 envoy_port admin_port
+  pick_port envoy_port
+  pick_port admin_port
+  ((descriptors > 0)) && start_rls
+  envoy_bootstrap "$envoy_port" "$admin_port" "$descriptors" "$RLS_PORT" >"$WORK/envoy-$case.yaml"
+  start "envoy-$case" "$ENVOY" -c "$WORK/envoy-$case.yaml" --disable-hot-restart --log-level warning
+  up "envoy-$case" "$LAST_PID" curl -sf "http://127.0.0.1:$admin_port/ready" ||
+    die "Envoy of case $case exited at start (see $WORK/envoy-$case.log)"
+  URL[$case]=http://127.0.0.1:$envoy_port
+  PIDS_OF[$case]=$LAST_PID
+  ((descriptors > 0)) && PIDS_OF[$case]="$LAST_PID $RLS_PID"
+  return 0
+}
+KEY_OF[i]=bench-key-i
+KEY_OF[j]=bench-key-j
+
 RUN=()
 DENY_CACHE=1
 for c in $CASES; do
@@ -309,6 +455,9 @@ for c in $CASES; do
         tail -n 3 "$WORK/gw-g_off.log" >&2
       fi
       ;;
+    h) start_envoy h 0 && RUN+=(h) ;;
+    i) start_envoy i 1 && RUN+=(i) ;;
+    j) start_envoy j 3 && RUN+=(j) ;;
     *) die "unknown case $c in BENCH_CASES" ;;
   esac
 done
@@ -393,6 +542,51 @@ if [[ " ${RUN[*]} " == *" c "* && " ${RUN[*]} " == *" d "* ]]; then
   done
 fi
 
+# The Redis side of a decision alone: the reference service's pattern next to ours, alternating.
+PATTERN_RATE=${BENCH_PATTERN_RATE:-8000}
+# redis_commands: "calls usec" of the commands either pattern sends, since the server started.
+redis_commands() {
+  redis-cli -h 127.0.0.1 -p "$REDIS_PORT" INFO commandstats |
+    awk -F'[:,=]' '{ name = tolower($1) } name ~ /^cmdstat_(incrby|expire|rl[.]check|rl[.]checkall)$/ { n += $3; us += $5 }
+      END { print n + 0, us + 0 }'
+}
+# pattern_run MODE DESCRIPTORS: appends "decisions_per_s redis_cpu_us_per_decision
+# commands_per_decision command_us_per_decision" to results/pattern-MODE-DESCRIPTORS.
+pattern_run() {
+  local mode=$1 descriptors=$2 rd0 rd1 c0 c1 us0 us1 out decisions u0 s0 u1 s1
+  rd0=$(cpu_ticks "$REDIS_PID")
+  read -r c0 us0 <<<"$(redis_commands)"
+  out=$(python3 "$PATTERN" "$REDIS_PORT" "$mode" "$descriptors" "$DURATION" "$PATTERN_RATE" 32 2>&1) ||
+    die "redis_pattern.py $mode $descriptors failed: $out"
+  rd1=$(cpu_ticks "$REDIS_PID")
+  read -r c1 us1 <<<"$(redis_commands)"
+  decisions=$(sed -n 's/^decisions=\([0-9]*\).*/\1/p' <<<"$out")
+  ((${decisions:-0} > 0)) || die "redis_pattern.py $mode $descriptors made no decision: $out"
+  read -r u0 s0 <<<"$rd0"
+  read -r u1 s1 <<<"$rd1"
+  awk -v n="$decisions" -v d="$DURATION" -v cpu=$((u1 + s1 - u0 - s0)) -v tck="$CLK_TCK" -v calls=$((c1 - c0)) \
+    -v us=$((us1 - us0)) \
+    'BEGIN { printf "%.0f %.2f %.2f %.3f\n", n / d, cpu / tck / n * 1e6, calls / n, us / n }' >>"$WORK/results/pattern-$mode-$descriptors"
+}
+PATTERNS=0
+if [[ " $CASES " == *" i "* || " $CASES " == *" j "* ]]; then
+  PATTERNS=1
+  for ((r = 1; r <= ROUNDS; r++)); do
+    order=("reference 1" "module 1" "reference 3" "module 3")
+    ((r % 2 == 0)) && order=("module 3" "reference 3" "module 1" "reference 1")
+    for p in "${order[@]}"; do
+      # shellcheck disable=SC2086
+      pattern_run $p
+      log "pattern round $r/$ROUNDS $p: $(tail -n 1 "$WORK/results/pattern-${p// /-}")"
+    done
+  done
+fi
+# pmedian NAME FIELD: the median over the rounds of one field of a pattern's results.
+pmedian() {
+  awk -v f="$2" '{ print $f }' "$WORK/results/pattern-$1" | sort -g |
+    awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
 # --- report ----------------------------------------------------------------------------------
 
 fmt_ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "-" }'; }
@@ -407,6 +601,9 @@ declare -A LABEL=(
   [f]="(f) gateway, one limit + max_concurrent"
   [g_on]="(g) abusive key, deny cache on"
   [g_off]="(g) abusive key, deny cache off"
+  [h]="(h) Envoy reverse proxy, no limit"
+  [i]="(i) Envoy + this rate limit service, 1 descriptor"
+  [j]="(j) Envoy + this rate limit service, 3 descriptors"
 )
 ((DENY_CACHE)) || LABEL[g_on]="(g) abusive key (no deny cache in this build)"
 NGINX_RPS=$(has b && median b full 1 || echo 0)
@@ -424,7 +621,7 @@ table() {
   echo "| case | req/s | vs nginx | p50 ms | p99 ms | CPU µs/req | of which kernel | redis-server µs/req | RL cmds/req |"
   echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
   local c
-  for c in a b c d e f g_on g_off; do
+  for c in a b c d e f g_on g_off h i j; do
     if has "$c"; then
       printf '| %s | %.0f | %s | %.2f | %.2f | %.1f | %.1f | %.1f | %.3f |\n' "${LABEL[$c]}" "$(median "$c" full 1)" \
         "$(fmt_ratio "$(median "$c" full 1)" "$NGINX_RPS")" "$(median "$c" full 2)" "$(median "$c" full 3)" \
@@ -438,7 +635,26 @@ table() {
   echo "workers for (b), the gateway otherwise) over the run, divided by the requests answered."
   echo "Of which kernel: the stime part. redis-server µs/req: the server's CPU time over the run"
   echo "per request (it shares the cores). RL cmds/req: every module command (RL.*) Redis ran"
-  echo "during the run, per request."
+  echo "during the run, per request. For (h) CPU µs/req is Envoy's; for (i) and (j), Envoy's and"
+  echo "the rate limit service's (the gateway process serving it) together."
+  if ((PATTERNS)); then
+    echo
+    echo "The Redis side of one decision alone (scripts/bench-gateway/redis_pattern.py: 32"
+    echo "connections, one decision in flight on each, $PATTERN_RATE decisions/s for every pattern, the same"
+    echo "client): redis-server's CPU time (utime+stime) per decision, of which executing the commands"
+    echo "(INFO commandstats usec; the rest is reading, parsing, replying and the event loop):"
+    echo
+    echo "| pattern | descriptors | decisions/s | redis-server CPU µs/decision | executing commands µs/decision | Redis commands/decision |"
+    echo "|---|---:|---:|---:|---:|---:|"
+    local p name n label
+    for p in "reference 1" "module 1" "reference 3" "module 3"; do
+      name=${p% *} n=${p#* }
+      label="envoyproxy/ratelimit's (pipelined INCRBY + EXPIRE per descriptor)"
+      [[ $name == module ]] && label="this service's (one RL.CHECK / RL.CHECKALL)"
+      printf '| %s | %s | %.0f | %.2f | %.3f | %.2f |\n' "$label" "$n" "$(pmedian "$name-$n" 1)" "$(pmedian "$name-$n" 2)" \
+        "$(pmedian "$name-$n" 4)" "$(pmedian "$name-$n" 3)"
+    done
+  fi
   if ((PACED)); then
     local c50 c99 d50 d99 crate drate
     c50=$(median c paced 2) c99=$(median c paced 3) d50=$(median d paced 2) d99=$(median d paced 3)
@@ -476,6 +692,27 @@ table() {
       "$(awk -v on="$on" -v off="$off" 'BEGIN { printf "%.1f", (off > 0 ? (1 - on / off) * 100 : 0) }')" ">=" 90 "%"
   elif [[ " $CASES " == *" g "* ]]; then
     echo "- (g) fewer Redis calls with the deny cache: n/a (this build has no [deny_cache])"
+  fi
+  if has i; then
+    # Up to 32 requests are still in flight when wrk stops: Redis saw them, wrk does not count them.
+    target "(i) Redis calls per decision, 1 descriptor (1 + requests in flight at the end)" "$(median i full 5)" "<=" 1.01 ""
+  fi
+  if has j; then
+    target "(j) Redis calls per decision, 3 descriptors (1 + requests in flight at the end)" "$(median j full 5)" "<=" 1.01 ""
+  fi
+  if ((PATTERNS)); then
+    target "Redis CPU per decision, ours / reference, 1 descriptor" \
+      "$(awk -v a="$(pmedian module-1 2)" -v b="$(pmedian reference-1 2)" 'BEGIN { printf "%.2f", a / b }')" "<=" 1 x
+    target "Redis CPU per decision, ours / reference, 3 descriptors" \
+      "$(awk -v a="$(pmedian module-3 2)" -v b="$(pmedian reference-3 2)" 'BEGIN { printf "%.2f", a / b }')" "<=" 0.5 x
+    target "executing the commands, ours / reference, 1 descriptor" \
+      "$(awk -v a="$(pmedian module-1 4)" -v b="$(pmedian reference-1 4)" 'BEGIN { printf "%.2f", a / b }')" "<=" 1 x
+    target "executing the commands, ours / reference, 3 descriptors" \
+      "$(awk -v a="$(pmedian module-3 4)" -v b="$(pmedian reference-3 4)" 'BEGIN { printf "%.2f", a / b }')" "<=" 0.5 x
+  fi
+  if has d && has h; then
+    target "(d) gateway with one limit / (h) Envoy with none, req/s" \
+      "$(awk -v a="$(median d full 1)" -v b="$(median h full 1)" 'BEGIN { printf "%.2f", a / b }')" ">=" 1 x
   fi
   if has a && has b; then
     echo

@@ -161,3 +161,69 @@ fn grpc_calls_are_counted_and_timed_in_metrics_and_repeated_refusals_answered_lo
     let timed = value(&scrape, "gateway_redis_duration_seconds", &[("command", "check"), ("result", "ok")]);
     assert_eq!(timed, Some(5.0), "every limiter call timed");
 }
+
+/// One `ShouldRateLimit` of domain `rl` with descriptors built by the caller.
+fn ask_raw(
+    port: u16,
+    descriptors: Vec<RateLimitDescriptor>,
+    hits_addend: u32,
+) -> Result<RateLimitResponse, tonic::Status> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut client = RateLimitServiceClient::connect(format!("http://127.0.0.1:{port}")).await.unwrap();
+        client
+            .should_rate_limit(RateLimitRequest { domain: "rl".into(), descriptors, hits_addend })
+            .await
+            .map(|r| r.into_inner())
+    })
+}
+
+fn with_hits(entries: &[(&str, &str)], hits: u64, negative: bool) -> RateLimitDescriptor {
+    let mut d = descriptor(entries);
+    d.hits_addend = Some(envoy_types::pb::google::protobuf::UInt64Value { value: hits });
+    d.is_negative_hits = negative;
+    d
+}
+
+#[test]
+fn hostile_requests_get_clear_answers_and_charge_only_what_they_should() {
+    let redis = RedisServer::start();
+    let (_gateway, port) = start(&redis);
+    let account: &[(&str, &str)] = &[("category", "account")];
+    // The same descriptor twice (a virtual host's action and a route's): one bucket, charged
+    // both hits, in one call (Redis refuses a call naming a key twice).
+    let twice = ask_raw(port, vec![descriptor(account), descriptor(account)], 0).unwrap();
+    assert_eq!(codes(&twice), (OK, vec![OK, OK]));
+    assert_eq!(twice.statuses[1].limit_remaining, 2, "4 a minute, 2 taken");
+    // Absurd hits: refused, can never fit, nothing charged, no error.
+    let absurd = ask_raw(port, vec![with_hits(account, u64::MAX, false)], u32::MAX).unwrap();
+    assert_eq!(codes(&absurd), (OVER, vec![OVER]));
+    assert!(absurd.response_headers_to_add.is_empty(), "no retry-after: it can never fit");
+    assert_eq!(ask(port, &[account]).unwrap().statuses[0].limit_remaining, 1, "the absurd request took nothing");
+    // An absurd refund fills the bucket to its burst, no further.
+    let refill = ask_raw(port, vec![with_hits(account, u64::MAX, true)], 0).unwrap();
+    assert_eq!((refill.overall_code, refill.statuses[0].limit_remaining), (OK, 4));
+    // An absurd forced charge: a debt of one burst at most.
+    let forced = ask_raw(
+        port,
+        vec![with_hits(&[("category", "account"), ("ml_api_rate_limiter", "force")], u64::MAX, false)],
+        0,
+    )
+    .unwrap();
+    assert_eq!((forced.overall_code, forced.statuses[0].limit_remaining), (OK, 0));
+    let reset = forced.statuses[0].duration_until_reset.unwrap().seconds;
+    assert!((119..=120).contains(&reset), "one burst of debt: 2 minutes to full: {reset}");
+    // More limited descriptors than one call may charge: a bad request, nothing charged.
+    let many: Vec<RateLimitDescriptor> =
+        (0..65).map(|i| descriptor(&[("foo", "x"), ("baz", &format!("v{i}"))])).collect();
+    let refused = ask_raw(port, many, 0).unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert_eq!(
+        ask(port, &[&[("foo", "x"), ("baz", "v0")]]).unwrap().statuses[0].limit_remaining,
+        0,
+        "1 a second: fresh"
+    );
+    // Unknown domain, empty keys and values, odd bytes: no limit, OK.
+    let odd = ask_raw(port, vec![descriptor(&[("", "")]), descriptor(&[("\u{0}", "\u{fffd}\u{202e}")])], 0).unwrap();
+    assert_eq!(codes(&odd), (OK, vec![OK, OK]));
+}

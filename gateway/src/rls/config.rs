@@ -324,6 +324,13 @@ fn load_descriptors(
                     return Err(err("replaces should not contain name of same descriptor".into()));
                 }
                 let requests_per_unit = u64::from(r.requests_per_unit);
+                // A bucket the module would refuse on every call (a burst above its largest
+                // integer, or one that takes over 100 years to refill) is refused here, at start.
+                if let (false, Some(unit), Some(burst)) = (r.unlimited || requests_per_unit == 0, unit, burst) {
+                    if let Err(why) = rl_protocol::bounds::check_quota(requests_per_unit, unit.seconds(), burst) {
+                        return Err(err(format!("{path}: metadata.ml_api_rate_limiter.burst {burst}: {why}")));
+                    }
+                }
                 Some(DescriptorLimit {
                     path: path.clone(),
                     requests_per_unit,

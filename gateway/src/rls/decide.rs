@@ -84,14 +84,42 @@ fn policy_of<'a>(buckets: impl Iterator<Item = &'a Bucket>) -> Policy {
     policy
 }
 
-/// The buckets of the steps `pick` takes, with the index of their descriptor.
-fn buckets<'a>(steps: &'a [Step], pick: impl Fn(&'a Step) -> Option<&'a Bucket>) -> Vec<(usize, &'a Bucket)> {
-    steps.iter().enumerate().filter_map(|(i, s)| pick(s).map(|b| (i, b))).collect()
+/// The buckets of the steps `pick` takes, each once, with the indexes of their descriptors.
+/// Envoy may send one descriptor twice (a virtual host's action and a route's): its bucket is
+/// charged once with the costs added up (the reference increments its counter twice), since
+/// one call cannot name a key twice.
+fn buckets<'a>(steps: &'a [Step], pick: impl Fn(&'a Step) -> Option<&'a Bucket>) -> Vec<(Vec<usize>, Bucket)> {
+    let mut merged: Vec<(Vec<usize>, Bucket)> = Vec::new();
+    for (i, bucket) in steps.iter().enumerate().filter_map(|(i, s)| pick(s).map(|b| (i, b))) {
+        match merged.iter_mut().find(|(_, b)| b.name == bucket.name) {
+            Some((indexes, b)) => {
+                indexes.push(i);
+                b.cost = b.cost.saturating_add(bucket.cost);
+            }
+            None => merged.push((vec![i], bucket.clone())),
+        }
+    }
+    merged
+}
+
+/// Whether a request enforces more buckets than one call may charge
+/// ([`rl_protocol::bounds::MAX_CHECKALL_KEYS`]): refused as a bad request, never split (which
+/// would lose all-or-nothing).
+pub fn too_many_buckets(steps: &[Step]) -> bool {
+    let charged = buckets(steps, |s| match s {
+        Step::Charge(b) => Some(b),
+        _ => None,
+    });
+    let shadow = buckets(steps, |s| match s {
+        Step::Shadow(b) => Some(b),
+        _ => None,
+    });
+    charged.len().max(shadow.len()) > rl_protocol::bounds::MAX_CHECKALL_KEYS
 }
 
 /// How the deny cache names a request of `buckets` in `domain`: all of a domain's buckets
 /// share one identity (the domain, their hash tag), so the buckets tell requests apart.
-fn cache_name(domain: &str, buckets: &[(usize, &Bucket)]) -> String {
+fn cache_name(domain: &str, buckets: &[(Vec<usize>, Bucket)]) -> String {
     let mut name = domain.to_string();
     for (_, bucket) in buckets {
         name.push('\0');
@@ -120,7 +148,7 @@ pub async fn decide<L: RateLimiter>(
         retry_after_ms = None;
     }
     if !charged.is_empty() {
-        let policy = policy_of(charged.iter().map(|(_, b)| *b));
+        let policy = policy_of(charged.iter().map(|(_, b)| b));
         // A banned descriptor refuses the request: the others are looked at, not charged.
         let costs: Vec<u64> = charged.iter().map(|(_, b)| if banned { 0 } else { b.cost }).collect();
         let reply = admission.check(&policy, domain, &cache_name(domain, &charged), &costs).await?;
@@ -135,7 +163,7 @@ pub async fn decide<L: RateLimiter>(
         _ => None,
     });
     if !shadow.is_empty() {
-        let policy = policy_of(shadow.iter().map(|(_, b)| *b));
+        let policy = policy_of(shadow.iter().map(|(_, b)| b));
         let costs: Vec<u64> = shadow.iter().map(|(_, b)| b.cost).collect();
         let reply = limiter.check(&policy, domain, &costs).await?;
         fill(&mut statuses, &shadow, &reply, false);
@@ -185,18 +213,20 @@ pub async fn decide<L: RateLimiter>(
 
 /// The statuses of `buckets` from the rows of their one call; `enforced`: a refusing row
 /// says `OVER_LIMIT` (a shadow row never does).
-fn fill(statuses: &mut [Option<Status>], buckets: &[(usize, &Bucket)], reply: &CheckAllReply, enforced: bool) {
-    for ((i, bucket), row) in buckets.iter().zip(&reply.limits) {
+fn fill(statuses: &mut [Option<Status>], buckets: &[(Vec<usize>, Bucket)], reply: &CheckAllReply, enforced: bool) {
+    for ((indexes, bucket), row) in buckets.iter().zip(&reply.limits) {
         let refused = !row.allowed && enforced;
         let until_reset_ms =
             if refused { row.retry_after_ms.unwrap_or(row.reset_after_ms) } else { row.reset_after_ms };
-        if let Some(slot) = statuses.get_mut(*i) {
-            *slot = Some(Status {
-                code: if refused { Code::OverLimit } else { Code::Ok },
-                current_limit: Some(current(bucket)),
-                remaining: row.remaining,
-                until_reset_ms,
-            });
+        for i in indexes {
+            if let Some(slot) = statuses.get_mut(*i) {
+                *slot = Some(Status {
+                    code: if refused { Code::OverLimit } else { Code::Ok },
+                    current_limit: Some(current(bucket)),
+                    remaining: row.remaining,
+                    until_reset_ms,
+                });
+            }
         }
     }
 }
@@ -333,6 +363,22 @@ descriptors:
             Code::Ok,
             "no limit: no call"
         );
+    }
+
+    #[tokio::test]
+    async fn a_descriptor_sent_twice_charges_its_bucket_once_with_both_costs() {
+        let limiter = MemoryLimiter::new();
+        let twice = ask(&limiter, &[d("tenant", "t"), d("user", "u"), d("tenant", "t")], 1).await;
+        assert_eq!(twice.overall, Code::Ok);
+        assert_eq!((twice.statuses[0].remaining, twice.statuses[2].remaining), (8, 8), "10 - 2, on both");
+        let shadowed = ask(&limiter, &[d("path", "/x"), d("path", "/x")], 1).await;
+        // 2 asked of a bucket of 1: the shadow limit would refuse (charging nothing), the request passes.
+        assert_eq!((shadowed.overall, shadowed.statuses[1].remaining), (Code::Ok, 1));
+        let config = RlsConfig::parse([("api.yaml", CONFIG)]).unwrap();
+        let many: Vec<Descriptor> = (0..65).map(|i| d("tenant", &i.to_string())).collect();
+        assert!(too_many_buckets(&plan(&config, "api", &many, 1)));
+        let same: Vec<Descriptor> = (0..100).map(|_| d("tenant", "t")).collect();
+        assert!(!too_many_buckets(&plan(&config, "api", &same, 1)), "one bucket, however often");
     }
 
     #[tokio::test]

@@ -8,7 +8,8 @@
 //!   `retry-after` (whole seconds, rounded up) in `response_headers_to_add`.
 //! - A limiter that cannot be asked is the gRPC status `UNAVAILABLE`: Envoy then admits or
 //!   refuses as its filter's `failure_mode_deny` says. A request without a domain or without
-//!   descriptors is `INVALID_ARGUMENT`, as the reference service answers it.
+//!   descriptors is `INVALID_ARGUMENT`, as the reference service answers it, and so is one
+//!   with more limited descriptors than one all-or-nothing call may charge (64).
 
 use std::sync::Arc;
 
@@ -23,7 +24,7 @@ use envoy_types::pb::google::protobuf::Duration as PbDuration;
 use tonic::{Request, Response, Status as GrpcStatus};
 
 use super::config::{RlsConfig, Unit};
-use super::decide::{decide, Code, Decision, Status};
+use super::decide::{decide, too_many_buckets, Code, Decision, Status};
 use super::plan::{plan, Descriptor};
 use crate::admission::Admission;
 use crate::limiter::RateLimiter;
@@ -165,6 +166,12 @@ impl<L: RateLimiter> Rls<L> {
         }
         let descriptors: Vec<Descriptor> = request.descriptors.iter().map(descriptor).collect();
         let steps = plan(&self.config, &request.domain, &descriptors, request.hits_addend);
+        if too_many_buckets(&steps) {
+            return Err(GrpcStatus::invalid_argument(format!(
+                "more than {} limited descriptors in one request",
+                rl_protocol::bounds::MAX_CHECKALL_KEYS
+            )));
+        }
         match decide(&self.admission, &request.domain, &steps).await {
             Ok(decision) => Ok(response(&decision)),
             Err(e) if e.is_outage() => Err(GrpcStatus::unavailable(e.to_string())),

@@ -95,6 +95,18 @@ fn the_burst_extension_lives_in_metadata_and_defaults_to_the_rate() {
     assert!(one(bad).unwrap_err().0.contains("unknown field \"burts\""), "{:?}", one(bad).unwrap_err());
     let zero = bad.replace("burts", "burst").replace("120", "0");
     assert!(one(&zero).unwrap_err().0.contains("positive integer"));
+    // Buckets the module would refuse on every call are refused at load.
+    let huge = zero.replace("burst: 0", "burst: 9223372036854775808");
+    assert!(one(&huge).unwrap_err().0.contains("burst must be"), "{:?}", one(&huge).unwrap_err());
+    let century = zero
+        .replace("unit: minute, requests_per_unit: 60", "unit: year, requests_per_unit: 1")
+        .replace("burst: 0", "burst: 101");
+    let refused = one(&century).unwrap_err().0;
+    assert!(
+        refused.contains("d.user: metadata.ml_api_rate_limiter.burst 101") && refused.contains("100 years"),
+        "{refused}"
+    );
+    assert!(one(&century.replace("burst: 101", "burst: 100")).is_ok(), "a century is the most");
 }
 
 #[test]

@@ -12,7 +12,7 @@
 //! - **Failures** come back as [`LimiterError`]s, split by [`LimiterError::is_outage`]: what an
 //!   outage does is the transport's to say (`failure_mode` for HTTP, Envoy's own
 //!   `failure_mode_deny` for gRPC); a refusal by the module itself is never an outage.
-//! - **Metrics**: every limiter call is timed by [`crate::limiter::metered::Metered`], which
+//! - **Metrics**: every limiter call is timed by [`crate::limiter::Metered`], which
 //!   both front ends wrap their limiter in; deny-cache hits are counted here.
 
 use std::time::Instant;

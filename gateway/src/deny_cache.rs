@@ -11,7 +11,8 @@
 //! their own `hits_addend`: a refusal of 5 says nothing of a request of 1, nor of a look).
 //!
 //! It can be stricter than Redis, never looser: a refund or an `RL.RESET` made elsewhere (or
-//! another gateway's refund) is not seen until the remembered moment passes. A refusal is
+//! another gateway's refund) is not seen until the remembered moment passes; a refund made
+//! through this cache's own service forgets the refusals of its limit ([`DenyCache::forget_limit`]). A refusal is
 //! remembered with the limits it was decided under: once a reload (or a caller's new tier)
 //! changes them, it no longer answers, and the next request asks Redis. Memory is
 //! bounded by `max_entries`; when full, expired entries are dropped, and a refusal that still
@@ -127,8 +128,30 @@ impl DenyCache {
             }
         }
         inner.by_identity.entry(identity_hash.to_string()).or_default().push(entry);
-        inner.entries += 1;
-        metrics().deny_cache_entries(inner.entries);
+        let entries = inner.entries + 1;
+        inner.count(entries);
+    }
+
+    /// Forgets every refusal under the policy named `policy` that involved its limit named
+    /// `limit`: tokens were just given back there (a settled LLM answer), so a request the
+    /// cache would refuse may fit now. Walks the entries: called once per refund, and the
+    /// cache holds only live refusals.
+    pub fn forget_limit(&self, policy: &str, limit: &str) {
+        if !self.enabled {
+            return;
+        }
+        let Ok(mut inner) = self.inner.lock() else { return };
+        let mut forgotten = 0;
+        inner.by_identity.retain(|_, entries| {
+            let before = entries.len();
+            entries.retain(|e| e.policy != policy || !e.limits.iter().any(|(name, ..)| name == limit));
+            forgotten += before - entries.len();
+            !entries.is_empty()
+        });
+        if forgotten > 0 {
+            let entries = inner.entries - forgotten;
+            inner.count(entries);
+        }
     }
 
     /// How many refusals are remembered (expired ones included until a sweep).
@@ -152,8 +175,16 @@ impl Inner {
             entries.retain(|e| e.until > now);
             !entries.is_empty()
         });
-        self.entries = self.by_identity.values().map(Vec::len).sum();
-        metrics().deny_cache_entries(self.entries);
+        let entries = self.by_identity.values().map(Vec::len).sum();
+        self.count(entries);
+    }
+
+    /// Sets the count of entries, and moves the metric (every cache of the process adds its
+    /// own: a gateway serving Envoy has two) by the difference.
+    fn count(&mut self, entries: usize) {
+        let delta = i64::try_from(entries).unwrap_or(i64::MAX) - i64::try_from(self.entries).unwrap_or(i64::MAX);
+        self.entries = entries;
+        metrics().deny_cache_entries_moved(delta);
     }
 }
 

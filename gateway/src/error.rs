@@ -170,6 +170,9 @@ pub enum BadRequest {
     Identity(BadIdentity),
     /// A `Content-Length` that is not a number (hyper refuses most of those itself).
     ContentLength,
+    /// Both `Content-Length` and `Transfer-Encoding` (RFC 9112 section 6.1): the shape of
+    /// request smuggling, where the gateway and the model could read different bodies.
+    LengthAndTransferEncoding,
     /// The connection failed while the body was being read.
     UnreadableBody,
     /// The normalized path does not make a valid upstream URI.
@@ -188,6 +191,9 @@ impl BadRequest {
             BadRequest::NotAPath => "The request target must be a path starting with '/'.",
             BadRequest::Identity(why) => why.message(),
             BadRequest::ContentLength => "Malformed Content-Length header.",
+            BadRequest::LengthAndTransferEncoding => {
+                "A request may not carry both Content-Length and Transfer-Encoding."
+            }
             BadRequest::UnreadableBody => "The request body could not be read.",
             BadRequest::InvalidTarget => "The request target is not a valid path.",
             BadRequest::PathNotUtf8 => "The request path's percent-escapes must decode to UTF-8.",

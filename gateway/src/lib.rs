@@ -27,6 +27,9 @@ pub mod app;
 pub mod config;
 pub mod deny_cache;
 pub mod error;
+/// The fuzz targets' bodies (see `fuzz/`); not part of the gateway's API.
+#[doc(hidden)]
+pub mod fuzz_targets;
 pub mod hash_key;
 pub mod headers;
 pub mod identity;

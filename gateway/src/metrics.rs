@@ -11,7 +11,6 @@
 //! (outcomes, commands, status classes), never from a request, so the number of series is
 //! bounded by the config.
 
-use std::sync::atomic::AtomicU64;
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -135,7 +134,7 @@ pub struct Metrics {
     tokens_refunded: Family<TokenLabels, Counter>,
     leases_in_flight: Family<SlotLabels, Gauge<i64, std::sync::atomic::AtomicI64>>,
     deny_cache_hits: Family<PolicyLabels, Counter>,
-    deny_cache_entries: Gauge<u64, AtomicU64>,
+    deny_cache_entries: Gauge,
     connections_open: Gauge<i64, std::sync::atomic::AtomicI64>,
     connections_refused: Counter,
     late_replies: Family<LateLabels, Counter>,
@@ -230,17 +229,19 @@ impl Metrics {
             "Requests answered 429 by the local deny cache, without a Redis call",
             deny_cache_hits.clone(),
         );
-        let deny_cache_entries = Gauge::<u64, AtomicU64>::default();
+        let deny_cache_entries = Gauge::default();
         registry.register(
             "gateway_deny_cache_entries",
-            "Refusals the local deny cache remembers now",
+            "Refusals the local deny caches hold now (the HTTP pipeline's and the Envoy service's, added up; \
+             expired ones included until a full cache sweeps them)",
             deny_cache_entries.clone(),
         );
         let late_replies = Family::<LateLabels, Counter>::default();
         registry.register(
             "gateway_redis_late_replies",
             "Calls that timed out, by what their reply said when it came later: given_back (it took \
-             tokens or a lease, given back), nothing_taken, unknown (no reply within 10 s)",
+             tokens or a lease, given back), give_back_failed (it took some, and the give-back got no \
+             reply), nothing_taken, unknown (no reply within 10 s)",
             late_replies.clone(),
         );
         let redis_backend = Family::<BackendLabels, Gauge>::default();
@@ -367,7 +368,7 @@ impl Metrics {
                 drop(self.redis_duration.get_or_create(&CommandLabels { command, result }));
             }
             if LATE_COMMANDS.contains(&command) {
-                for outcome in ["given_back", "nothing_taken", "unknown"] {
+                for outcome in ["given_back", "give_back_failed", "nothing_taken", "unknown"] {
                     drop(self.late_replies.get_or_create(&LateLabels { command, outcome }));
                 }
             }
@@ -406,7 +407,8 @@ impl Metrics {
         self.redis_duration.get_or_create(&labels).observe(elapsed.as_secs_f64());
     }
 
-    /// What the late reply of a timed-out `command` said (`given_back`, `nothing_taken`, `unknown`).
+    /// What the late reply of a timed-out `command` said (`given_back`, `give_back_failed`,
+    /// `nothing_taken`, `unknown`).
     /// The commands in use are `backend`'s (one of `dialect::DIALECT_NAMES`).
     pub fn redis_backend(&self, backend: &'static str) {
         for name in crate::limiter::redis::dialect::DIALECT_NAMES {
@@ -473,8 +475,9 @@ impl Metrics {
         self.deny_cache_hits.get_or_create(&PolicyLabels { policy: policy.to_string() }).inc();
     }
 
-    pub fn deny_cache_entries(&self, entries: usize) {
-        self.deny_cache_entries.set(u64::try_from(entries).unwrap_or(u64::MAX));
+    /// A deny cache gained (`delta` > 0) or lost entries.
+    pub fn deny_cache_entries_moved(&self, delta: i64) {
+        self.deny_cache_entries.inc_by(delta);
     }
 }
 
@@ -496,7 +499,7 @@ mod tests {
         m.tokens_refunded("chat", "tokens", 0);
         m.lease_held("caller", 1);
         m.deny_cache_hit("p");
-        m.deny_cache_entries(3);
+        m.deny_cache_entries_moved(3);
         m.connection_opened(2);
         m.connection_opened(-1);
         m.connection_refused();

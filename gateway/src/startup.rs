@@ -115,13 +115,12 @@ pub async fn serve_gateway(settings: Settings, args: ServeArgs) -> Result<(), St
             let service = Rls::new(envoy.config.clone(), admission).into_server();
             tracing::info!(listen = %envoy.listen, config = %envoy.config_path.display(), "Envoy rate limit service (gRPC) listening");
             let grpc = async {
-                tonic::transport::Server::builder()
-                    .add_service(service)
-                    .serve_with_shutdown(envoy.listen, serve::shutdown_signal())
-                    .await
-                    .map_err(|e| {
-                        std::io::Error::other(format!("the Envoy rate limit service on {}: {e}", envoy.listen))
-                    })
+                let listener = tokio::net::TcpListener::bind(envoy.listen).await.map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("the Envoy rate limit service on {}: {e}", envoy.listen))
+                })?;
+                crate::rls::listener::serve(listener, service, connections.max, serve::shutdown_signal()).await.map_err(
+                    |e| std::io::Error::other(format!("the Envoy rate limit service on {}: {e}", envoy.listen)),
+                )
             };
             tokio::try_join!(http, grpc)?;
         }

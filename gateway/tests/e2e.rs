@@ -281,6 +281,9 @@ async fn redis_failure_fails_closed_by_default_and_open_when_configured() {
     // itself and admits requests again within a second: every request until then fails
     // exactly as failure_mode says.
     redis.respawn();
+    if acl_mode() {
+        restricted_url(&redis.url(), "rl:"); // the restarted server has only its default user
+    }
     let back = Instant::now();
     let recovered = loop {
         let answer = predict(&closed, &[]).await;

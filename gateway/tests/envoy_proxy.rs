@@ -33,8 +33,11 @@ fn limits_per_day() -> String {
 
 /// A rate limit service for `limits` (YAML) on `redis`; its gRPC port.
 fn start_service(redis: &RedisServer, limits: &str) -> (Proc, u16, tempfile::TempDir) {
+    start_service_on(redis, limits, free_port())
+}
+
+fn start_service_on(redis: &RedisServer, limits: &str, grpc: u16) -> (Proc, u16, tempfile::TempDir) {
     let (dir, path) = config_file(limits);
-    let grpc = free_port();
     let args = vec![
         "--envoy-listen".to_string(),
         format!("127.0.0.1:{grpc}"),
@@ -165,14 +168,12 @@ async fn an_llm_answer_plain_or_streamed_settles_to_exactly_its_usage() {
         spent += used;
         assert_eq!(tokens_settle_to(&redis, "dave", 1000 - spent), 1000 - spent, "stream {stream}: refunded the rest");
     }
-    // A client that hides max_tokens from the estimate (an escaped key, read by the model's
-    // JSON parser and not by the filter's pattern) is reserved the default 256 and pays the
-    // overage when the answer is done.
-    let words = vec!["word"; 300].join(" ");
-    let (body, _) = chat_body(&words, 1000, false);
-    let hidden = body.replace("\"max_tokens\"", "\"max\\u005ftokens\"");
-    let reserve = (hidden.len() as u64).div_ceil(4) + 256;
-    let answer = call(&envoy, Method::POST, "/v1/chat/completions", "dave", &hidden).await;
+    // A request without max_tokens is reserved the default 256 and pays the overage when the
+    // answer is done.
+    let words = vec!["word"; 400].join(" ");
+    let body = serde_json::json!({"model": "m", "messages": [{"role": "user", "content": words}]}).to_string();
+    let reserve = (body.len() as u64).div_ceil(4) + 256;
+    let answer = call(&envoy, Method::POST, "/v1/chat/completions", "dave", &body).await;
     assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
     let used = usage(&answer);
     assert!(used > reserve, "an overage: {used} > {reserve}");
@@ -183,6 +184,70 @@ async fn an_llm_answer_plain_or_streamed_settles_to_exactly_its_usage() {
     let refused = call(&envoy, Method::POST, "/v1/chat/completions", "dave", &huge).await;
     assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(tokens_settle_to(&redis, "dave", 1000 - spent), 1000 - spent);
+}
+
+#[tokio::test]
+async fn the_estimate_reads_what_the_model_reads_however_it_is_written() {
+    let redis = RedisServer::start();
+    let model = start_model(1);
+    let (_service, grpc, _dir) = start_service(&redis, &limits_per_day());
+    let envoy = start_envoy(&deploy_file("envoy.yaml"), &model, grpc);
+    let messages = r#""messages":[{"role":"user","content":"hi"}]"#;
+    // Each asks for more than the day's 1000 tokens, in a form a pattern could miss; each
+    // would pass (reserving 256) if the filter missed it.
+    let hostile = [
+        ("/v1/chat/completions", format!(r#"{{"model":"m",{messages},"max\u005ftokens":5000}}"#)),
+        ("/v1/chat/completions", format!(r#"{{"model":"m",{messages},"max_tokens" : 2000000000}}"#)),
+        ("/v1/chat/completions", format!(r#"{{"model":"m",{messages},"max_tokens":100,"n":1,"n":20}}"#)),
+        (
+            "/v1/chat/completions",
+            format!(r#"{{"model":"m",{messages},"max_completion_tokens":900,"max_tokens":10,"n":2}}"#),
+        ),
+        ("/v1/chat/completions?api-version=1", format!(r#"{{"model":"m",{messages},"max_tokens":5000}}"#)),
+        ("/v1//chat/completions", format!(r#"{{"model":"m",{messages},"max_tokens":5000}}"#)),
+    ];
+    for (path, body) in &hostile {
+        let answer = call(&envoy, Method::POST, path, "gina", body).await;
+        assert_eq!(answer.status, StatusCode::TOO_MANY_REQUESTS, "{path} {body}: {answer:?}");
+        assert_eq!(answer.header("x-ratelimit-remaining"), "20", "the API key's limit charged nothing: {answer:?}");
+    }
+    assert_eq!(tokens_settle_to(&redis, "gina", 1000), 1000, "refused: nothing charged");
+    // The same requests asking for little pass, and settle to their usage.
+    let small = format!(r#"{{"model":"m",{messages},"max\u005ftokens":5}}"#);
+    let answer = call(&envoy, Method::POST, "/v1/chat/completions?api-version=1", "gina", &small).await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    let used = usage(&answer);
+    assert_eq!(tokens_settle_to(&redis, "gina", 1000 - used), 1000 - used);
+}
+
+#[tokio::test]
+async fn a_request_let_through_without_the_service_is_charged_its_usage_never_refunded() {
+    let redis = RedisServer::start();
+    // Three seconds before the first token: the service comes back while the answer is made.
+    let model = start_model(3000);
+    let limits = limits_per_day();
+    let grpc = free_port();
+    let first = start_service_on(&redis, &limits, grpc);
+    let lenient = deploy_file("envoy.yaml").replace("failure_mode_deny: true", "failure_mode_deny: false");
+    let envoy = std::sync::Arc::new(start_envoy(&lenient, &model, grpc));
+    let (body, _) = chat_body("one two three", 50, true);
+    let paid = call(&envoy, Method::POST, "/v1/chat/completions", "hana", &body).await;
+    assert_eq!(paid.status, StatusCode::OK, "{paid:?}");
+    let mut spent = usage(&paid);
+    assert_eq!(tokens_settle_to(&redis, "hana", 1000 - spent), 1000 - spent);
+    drop(first);
+    let unpaid = tokio::spawn({
+        let (envoy, body) = (envoy.clone(), body.clone());
+        async move { call(&envoy, Method::POST, "/v1/chat/completions", "hana", &body).await }
+    });
+    // Envoy has let the request through (the service is gone) once the model has it.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let _back = start_service_on(&redis, &limits, grpc);
+    let unpaid = unpaid.await.unwrap();
+    assert_eq!(unpaid.status, StatusCode::OK, "{unpaid:?}");
+    spent += usage(&unpaid);
+    // Refunding the unused part of a reservation never made would give tokens back.
+    assert_eq!(tokens_settle_to(&redis, "hana", 1000 - spent), 1000 - spent, "its usage charged, nothing given back");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -227,3 +227,224 @@ fn hostile_requests_get_clear_answers_and_charge_only_what_they_should() {
     let odd = ask_raw(port, vec![descriptor(&[("", "")]), descriptor(&[("\u{0}", "\u{fffd}\u{202e}")])], 0).unwrap();
     assert_eq!(codes(&odd), (OK, vec![OK, OK]));
 }
+
+/// Bytes sent as the request message as they are: a malformed `RateLimitRequest`.
+#[derive(Clone, Default)]
+struct RawCodec;
+
+struct RawEncoder;
+struct ResponseDecoder;
+
+impl tonic::codec::Encoder for RawEncoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(&mut self, item: Vec<u8>, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for ResponseDecoder {
+    type Item = RateLimitResponse;
+    type Error = tonic::Status;
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<RateLimitResponse>, tonic::Status> {
+        use prost::Message;
+        RateLimitResponse::decode(src).map(Some).map_err(|e| tonic::Status::internal(e.to_string()))
+    }
+}
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = RateLimitResponse;
+    type Encoder = RawEncoder;
+    type Decoder = ResponseDecoder;
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+    fn decoder(&mut self) -> ResponseDecoder {
+        ResponseDecoder
+    }
+}
+
+/// The gRPC front under attack: megabyte values, ten thousand descriptors, malformed messages
+/// and two thousand concurrent calls. Each gets a clear status; the Redis keys stay short;
+/// the service's memory stays bounded and it answers normally after.
+#[test]
+fn the_grpc_front_under_attack_answers_clearly_with_bounded_memory() {
+    let redis = RedisServer::start();
+    let (gateway, port) = start(&redis);
+    let before = rss_kib(gateway.id());
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut client = RateLimitServiceClient::new(channel.clone());
+        let request = |descriptors: Vec<RateLimitDescriptor>| RateLimitRequest {
+            domain: "rl".into(),
+            descriptors,
+            hits_addend: 0,
+        };
+        // A megabyte value on a descriptor whose every value has a bucket of its own (`foo`).
+        let huge = "v".repeat(1 << 20);
+        let answer = client.should_rate_limit(request(vec![descriptor(&[("foo", &huge)])])).await.unwrap().into_inner();
+        assert_eq!(codes(&answer), (OK, vec![OK]));
+        // Beyond 4 MiB a message is not read at all.
+        let oversized = "v".repeat(5 << 20);
+        let refused = client.should_rate_limit(request(vec![descriptor(&[("foo", &oversized)])])).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::OutOfRange, "{refused:?}");
+        // Ten thousand descriptors: refused before anything is looked up.
+        let many: Vec<RateLimitDescriptor> = (0..10_000).map(|i| descriptor(&[("foo", &i.to_string())])).collect();
+        let refused = client.should_rate_limit(request(many)).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+        // Bytes that are no RateLimitRequest (a truncated field, a wrong wire type, noise).
+        let path: tonic::codegen::http::uri::PathAndQuery =
+            "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit".parse().unwrap();
+        for raw in [vec![0x0a, 0xff], vec![0x0b, 0x01, 0x02], vec![0xff; 64]] {
+            let mut grpc = tonic::client::Grpc::new(channel.clone());
+            grpc.ready().await.unwrap();
+            let status = grpc.unary(tonic::Request::new(raw), path.clone(), RawCodec).await.unwrap_err();
+            assert!(
+                matches!(status.code(), tonic::Code::Internal | tonic::Code::InvalidArgument),
+                "a clear status for a malformed message: {status:?}"
+            );
+        }
+        // Two thousand concurrent calls on one connection.
+        let calls: Vec<_> = (0..2000)
+            .map(|i| {
+                let mut client = client.clone();
+                let one = request(vec![descriptor(&[("foo", &format!("c{}", i % 50))])]);
+                tokio::spawn(async move { client.should_rate_limit(one).await.map(|r| r.into_inner().overall_code) })
+            })
+            .collect();
+        let mut answered = 0;
+        for call in calls {
+            if let Ok(code) = call.await.unwrap() {
+                assert!(code == OK || code == OVER);
+                answered += 1;
+            }
+        }
+        assert_eq!(answered, 2000, "every call answered");
+    });
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut redis.client()).unwrap();
+    assert!(
+        keys.iter().all(|k| k.len() < 120),
+        "no key carries the megabyte: {:?}",
+        keys.iter().map(String::len).max()
+    );
+    let after = rss_kib(gateway.id());
+    assert!(after < before + 64 * 1024, "memory bounded: {before} KiB before, {after} KiB after");
+    assert_eq!(codes(&ask(port, &[&[("category", "account")]]).unwrap()), (OK, vec![OK]), "still serving");
+    eprintln!("gRPC attack: RSS {before} KiB before, {after} KiB after");
+}
+
+/// Thousands of calls at once on many connections are all answered, each connection told it
+/// may carry at most 1024 calls at once, connections beyond `max_connections` closed at once,
+/// and the memory stays bounded.
+#[test]
+fn thousands_of_streams_on_many_connections_are_answered_within_bounds() {
+    const CONNECTIONS: usize = 16;
+    let redis = RedisServer::start();
+    let grpc = free_port();
+    let args = vec![
+        "--envoy-listen".to_string(),
+        format!("127.0.0.1:{grpc}"),
+        "--envoy-config".to_string(),
+        example_config(),
+        "--max-connections".to_string(),
+        (CONNECTIONS + 1).to_string(),
+    ];
+    let gateway = start_gateway_args(&redis.url(), "http://127.0.0.1:9", &args);
+    let before = rss_kib(gateway.id());
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let (during, refused_quickly) = rt.block_on(async {
+        // What the service announces: the most calls one connection may carry at once.
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", grpc)).await.unwrap();
+        let (h2, connection) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(connection);
+        let mut h2 = h2.ready().await.unwrap();
+        let announced = wait_for_settings(&mut h2).await;
+        assert_eq!(announced, 1024, "SETTINGS_MAX_CONCURRENT_STREAMS");
+
+        // Sixteen connections (with the one above: max_connections is 17), 400 calls at once
+        // on each: 6400 streams in flight.
+        let mut channels = Vec::new();
+        for _ in 0..CONNECTIONS {
+            let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{grpc}"))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+            channels.push(channel);
+        }
+        let calls: Vec<_> = (0..CONNECTIONS * 400)
+            .map(|i| {
+                let mut client = RateLimitServiceClient::new(channels[i % CONNECTIONS].clone());
+                let one = RateLimitRequest {
+                    domain: "rl".into(),
+                    descriptors: vec![descriptor(&[("foo", &format!("s{}", i % 100))])],
+                    hits_addend: 0,
+                };
+                tokio::spawn(async move { client.should_rate_limit(one).await.map(|r| r.into_inner().overall_code) })
+            })
+            .collect();
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let during = rss_kib(gateway.id());
+        let mut answered = 0;
+        for call in calls {
+            let code = call.await.unwrap().unwrap();
+            assert!(code == OK || code == OVER, "{code}");
+            answered += 1;
+        }
+        assert_eq!(answered, CONNECTIONS * 400);
+
+        // One connection more than max_connections: closed at once, the call fails quickly.
+        let started = std::time::Instant::now();
+        let extra = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{grpc}"))
+            .unwrap()
+            .timeout(std::time::Duration::from_secs(5))
+            .connect()
+            .await;
+        let failed = match extra {
+            Err(_) => true,
+            Ok(channel) => RateLimitServiceClient::new(channel)
+                .should_rate_limit(RateLimitRequest {
+                    domain: "rl".into(),
+                    descriptors: vec![descriptor(&[("foo", "extra")])],
+                    hits_addend: 0,
+                })
+                .await
+                .is_err(),
+        };
+        assert!(failed, "a connection beyond max_connections is not served");
+        (during, started.elapsed() < std::time::Duration::from_secs(3))
+    });
+    assert!(refused_quickly, "closed at once, not after a timeout");
+    let after = rss_kib(gateway.id());
+    eprintln!("gRPC streams: RSS {before} KiB before, {during} KiB with 6400 calls in flight, {after} KiB after");
+    assert!(during < before + 128 * 1024, "memory bounded: {before} -> {during} KiB");
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut redis.client()).unwrap();
+    assert!(keys.iter().all(|k| !k.contains("extra")), "the refused connection charged nothing: {keys:?}");
+    // Once connections leave, new ones are served again.
+    let served = wait_until(std::time::Instant::now() + std::time::Duration::from_secs(5), || {
+        ask(grpc, &[&[("category", "account")]]).is_ok()
+    });
+    assert!(served, "{}", gateway.logs());
+    assert!(gateway.logs().contains("max_connections are open"), "{}", gateway.logs());
+}
+
+/// The peer's `SETTINGS_MAX_CONCURRENT_STREAMS` once its SETTINGS frame has arrived (h2 reads
+/// it with the connection's first frames; until then it reports no limit).
+async fn wait_for_settings(h2: &mut h2::client::SendRequest<bytes::Bytes>) -> usize {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let max = h2.current_max_send_streams();
+        if max != usize::MAX || std::time::Instant::now() > deadline {
+            return max;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}

@@ -33,6 +33,11 @@ async fn llm_upstream() -> String {
         let accept_encoding = request.headers().get("accept-encoding").map(|v| v.to_str().unwrap().to_string());
         let endless = request.headers().contains_key("x-test-endless-event");
         let stall = request.headers().contains_key("x-test-stall-after-headers");
+        let forever = request.headers().contains_key("x-test-forever");
+        if request.headers().contains_key("x-test-no-answer") {
+            // Reads nothing, answers nothing, holds the connection.
+            std::future::pending::<()>().await;
+        }
         let body = to_bytes(request.into_body(), usize::MAX).await.unwrap();
         let sent: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
         if stall {
@@ -43,6 +48,12 @@ async fn llm_upstream() -> String {
             };
             let stream = frames::Stalled::new(first);
             return ([("content-type", content_type)], axum::body::Body::new(stream)).into_response();
+        }
+        if forever {
+            // Well-formed events, one every 2 ms, never a last one.
+            let chunk = json!({"choices": [{"delta": {"content": "x".repeat(1000)}}]});
+            let stream = frames::Forever::new(Bytes::from(format!("data: {chunk}\n\n")));
+            return ([("content-type", "text/event-stream")], axum::body::Body::new(stream)).into_response();
         }
         if endless {
             // One event that never ends: 64 KiB frames of data without a blank line.
@@ -103,6 +114,34 @@ mod frames {
 
         fn poll_frame(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
             Poll::Ready(Some(Ok(Frame::data(self.0.clone()))))
+        }
+    }
+
+    /// The same frame every 2 ms, for ever.
+    pub struct Forever {
+        frame: Bytes,
+        sleep: Pin<Box<tokio::time::Sleep>>,
+    }
+
+    impl Forever {
+        pub fn new(frame: Bytes) -> Self {
+            Forever { frame, sleep: Box::pin(tokio::time::sleep(Duration::from_millis(2))) }
+        }
+    }
+
+    impl axum::body::HttpBody for Forever {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            if std::future::Future::poll(self.sleep.as_mut(), cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.sleep = Box::pin(tokio::time::sleep(Duration::from_millis(2)));
+            Poll::Ready(Some(Ok(Frame::data(self.frame.clone()))))
         }
     }
 
@@ -575,4 +614,77 @@ async fn the_model_is_asked_for_an_uncompressed_answer_so_its_usage_can_be_settl
     let answer = send(Method::POST, &url, &headers, body).await.unwrap();
     assert_eq!(answer.json()["accept_encoding"], "identity");
     assert_eq!(answer.header("x-ratelimit-remaining-tokens"), "993", "settled on the usage of 7");
+}
+
+/// Tokens left in each caller's bucket of `limit` tokens a day, and the leases held in each
+/// caller's concurrency set.
+fn buckets_and_leases(con: &mut redis::Connection) -> (Vec<u64>, u64) {
+    let buckets: Vec<String> = redis::cmd("KEYS").arg("*:tokens").query(con).unwrap();
+    let left = buckets.iter().map(|key| tokens(con, key, 1000, 86400, 1000)).collect();
+    let sets: Vec<String> = redis::cmd("KEYS").arg("*:concurrent").query(con).unwrap();
+    let leases = sets.iter().map(|key| redis::cmd("ZCARD").arg(key).query::<u64>(con).unwrap()).sum();
+    (left, leases)
+}
+
+// Multi-threaded: ten streams run through the in-test upstream while the test measures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_streams_forever_or_never_answers_is_cut_at_its_timeouts_and_frees_everything() {
+    let config = format!(
+        "[upstream]\ntimeout_ms = 500\nresponse_timeout_ms = 1500\n{}",
+        CHAT.replace("limit = 3\nwindow = 60\n", "limit = 3\nwindow = 60\nmax_concurrent = 1\n")
+    );
+    let s = setup(&config).await;
+    let pid = s.gateway.id();
+    let before = rss_kib(pid);
+    let url = s.gateway.url("/v1/chat/completions");
+    let streamed = json!({"stream": true, "messages": [{"role": "user", "content": "abcd"}], "max_tokens": 100});
+
+    // Ten callers, each a stream that never ends (~500 KB a second each through the gateway).
+    let started = Instant::now();
+    let streams: Vec<_> = (0..10)
+        .map(|i| {
+            let (url, body) = (url.clone(), streamed.to_string());
+            tokio::spawn(async move {
+                let key = format!("caller-{i}");
+                let headers = [("x-api-key", key.as_str()), ("x-test-forever", "1")];
+                let answer = send(Method::POST, &url, &headers, body).await;
+                (answer, Instant::now())
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let during = rss_kib(pid);
+    for stream in streams {
+        let (answer, ended) = stream.await.unwrap();
+        assert!(answer.is_err(), "the stream is cut, not ended as if complete: {answer:?}");
+        let took = ended - started;
+        assert!(
+            took >= Duration::from_millis(1400) && took < Duration::from_secs(5),
+            "cut at the response timeout: {took:?}"
+        );
+    }
+
+    // One that never answers at all: 504 at upstream.timeout_ms.
+    let asked = Instant::now();
+    let body = json!({"messages": [{"role": "user", "content": "abcd"}], "max_tokens": 100}).to_string();
+    let silent = send(Method::POST, &url, &[("x-api-key", "silent"), ("x-test-no-answer", "1")], body).await.unwrap();
+    assert_eq!(silent.status, StatusCode::GATEWAY_TIMEOUT, "{silent:?}");
+    assert_eq!(silent.json()["error"]["type"], "upstream_timeout");
+    assert!(asked.elapsed() < Duration::from_secs(3), "{:?}", asked.elapsed());
+
+    // Every reservation kept (the model may have worked: 1 + 100 each), no lease left behind.
+    let mut con = s.redis.client();
+    let settled = wait_until(Instant::now() + Duration::from_secs(5), || {
+        let (left, leases) = buckets_and_leases(&mut con);
+        left.len() == 11 && left.iter().all(|&l| l == 899) && leases == 0
+    });
+    assert!(settled, "{:?}\n{}", buckets_and_leases(&mut con), s.gateway.logs());
+    // Each caller's one slot (max_concurrent = 1) is free again: a normal request passes.
+    for key in ["caller-0", "caller-9", "silent"] {
+        assert_eq!(chat(&s.gateway, key, 1, Some(2)).await.status, StatusCode::OK, "{key}");
+    }
+    let after = rss_kib(pid);
+    println!("gateway RSS: {before} KiB before, {during} KiB with ten endless streams, {after} KiB after");
+    assert!(during < before + 64 * 1024, "memory bounded while streaming: {before} -> {during} KiB");
+    assert!(after < before + 64 * 1024, "{before} -> {after} KiB");
 }

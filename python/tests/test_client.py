@@ -1,8 +1,5 @@
 """The client against real servers, one per backend, started by the repository's one harness
-(testkit, `testkit/tests/python_package.rs`), which passes them in `RL_TEST_REDIS_URLS`:
-`module=redis://...` (redis-server with the module), `functions=redis://...` (Redis 7 without
-the module or the library: the client loads the library), `scripts=redis://...` (Redis 6.2:
-no Functions, the library runs as a script).
+(see `conftest.py`).
 """
 
 from __future__ import annotations
@@ -11,7 +8,7 @@ import asyncio
 import os
 import threading
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 import redis
@@ -19,27 +16,12 @@ import redis
 from ml_api_rate_limiter import AsyncRateLimiter, Limit, RateLimiter, ReplyError
 from ml_api_rate_limiter.replies import CheckResult
 
-
-def servers() -> dict[str, str]:
-    text = os.environ.get("RL_TEST_REDIS_URLS", "")
-    found = dict(part.split("=", 1) for part in text.split(",") if part)
-    if not found:
-        raise RuntimeError("RL_TEST_REDIS_URLS is not set: run these tests through `cargo test -p testkit --test python_package`")
-    return found
-
-
-BACKENDS = sorted(servers())
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+from conftest import admin_client, servers
 
 
 @pytest.fixture
-def limiter(backend: str) -> Iterator[RateLimiter]:
-    client = RateLimiter.from_url(servers()[backend])
-    client.redis.flushall()
+def limiter(url: str) -> Iterator[RateLimiter]:
+    client = RateLimiter.from_url(url)
     yield client
     client.close()
 
@@ -61,7 +43,7 @@ def test_limits_are_written_as_python_users_know_them() -> None:
 
 def test_each_server_gets_the_backend_it_can_run(limiter: RateLimiter, backend: str) -> None:
     assert limiter.backend is None
-    limiter.peek("k", "1/second")
+    limiter.peek("rl:k", "1/second")  # under `rl:`, the keys the README's ACL allows
     assert limiter.backend == backend
 
 
@@ -100,7 +82,7 @@ def test_force_goes_into_debt_and_keep_holds_a_reserve(limiter: RateLimiter) -> 
 
 
 def test_throttle_answers_as_redis_cell(limiter: RateLimiter) -> None:
-    r = limiter.throttle("cl:t", 2, 10, 60)
+    r = limiter.throttle("rl:t", 2, 10, 60)  # under `rl:`, the keys the README's ACL allows
     assert (r.limited, r.limit, r.remaining, r.retry_after_secs) == (False, 3, 2, None)
 
 
@@ -116,47 +98,50 @@ def test_concurrency_leases(limiter: RateLimiter) -> None:
     assert limiter.acquire("rl:gpu", 2, 30_000, "c").acquired
 
 
-def module_error(limiter: RateLimiter, call: Any) -> str:
+BadCall = Callable[[RateLimiter, redis.Redis], Any]
+
+
+def module_error(limiter: RateLimiter, admin: redis.Redis, call: BadCall) -> str:
     with pytest.raises(redis.ResponseError) as caught:
-        call(limiter)
+        call(limiter, admin)
     return str(caught.value)
 
 
-BAD_CALLS = {
-    "negative cost": lambda l: l.check("rl:bad", "3/minute", cost=-1),
-    "key of another type": lambda l: (l.redis.lpush("rl:list", "x"), l.check("rl:list", "3/minute")),
-    "foreign string": lambda l: (l.redis.set("rl:text", "hello"), l.check("rl:text", "3/minute")),
-    "lease id too long": lambda l: l.acquire("rl:gpu", 2, 1000, "x" * 300),
-    "lease too long": lambda l: l.acquire("rl:gpu", 2, 86_400_001, "a"),
-    "keys repeated": lambda l: l.check_all([("rl:{x}:a", "1/second", 1), ("rl:{x}:a", "1/second", 1)]),
+# Each a call of the limiter, after the test's own setup (as the default user: `admin`).
+BAD_CALLS: dict[str, BadCall] = {
+    "negative cost": lambda l, a: l.check("rl:bad", "3/minute", cost=-1),
+    "key of another type": lambda l, a: (a.lpush("rl:list", "x"), l.check("rl:list", "3/minute")),
+    "foreign string": lambda l, a: (a.set("rl:text", "hello"), l.check("rl:text", "3/minute")),
+    "lease id too long": lambda l, a: l.acquire("rl:gpu", 2, 1000, "x" * 300),
+    "lease too long": lambda l, a: l.acquire("rl:gpu", 2, 86_400_001, "a"),
+    "keys repeated": lambda l, a: l.check_all([("rl:{x}:a", "1/second", 1), ("rl:{x}:a", "1/second", 1)]),
 }
 
 
 def test_every_backend_refuses_bad_calls_in_the_modules_words() -> None:
     said: dict[str, dict[str, str]] = {}
     for backend, url in servers().items():
-        limiter = RateLimiter.from_url(url)
-        limiter.redis.flushall()
-        said[backend] = {name: module_error(limiter, call) for name, call in BAD_CALLS.items()}
-        assert limiter.redis.get("rl:text") == b"hello", "a refused call changes nothing"
-        limiter.close()
+        with admin_client(backend) as admin:
+            admin.flushall()
+            limiter = RateLimiter.from_url(url)
+            said[backend] = {name: module_error(limiter, admin, call) for name, call in BAD_CALLS.items()}
+            assert admin.get("rl:text") == b"hello", "a refused call changes nothing"
+            limiter.close()
     reference = said.get("module") or next(iter(said.values()))
     for backend, errors in said.items():
         assert errors == reference, backend
 
 
-def test_a_flushed_library_or_script_costs_no_request(limiter: RateLimiter, backend: str) -> None:
+def test_a_flushed_library_or_script_costs_no_request(limiter: RateLimiter, backend: str, admin: redis.Redis) -> None:
     assert limiter.check("rl:s", "5/minute").remaining == 4
     if backend == "functions":
-        limiter.redis.execute_command("FUNCTION", "FLUSH")
+        admin.function_flush()
     elif backend == "scripts":
-        limiter.redis.script_flush()
+        admin.script_flush()
     assert limiter.check("rl:s", "5/minute").remaining == 3, "sent once more after loading: charged once"
 
 
-def test_threads_sharing_a_budget_never_take_more_than_it_holds(backend: str) -> None:
-    url = servers()[backend]
-    RateLimiter.from_url(url).redis.flushall()
+def test_threads_sharing_a_budget_never_take_more_than_it_holds(url: str) -> None:
     admitted = []
     lock = threading.Lock()
 
@@ -174,12 +159,9 @@ def test_threads_sharing_a_budget_never_take_more_than_it_holds(backend: str) ->
     assert sum(admitted) == 50
 
 
-def test_the_asyncio_client_answers_the_same(backend: str) -> None:
-    url = servers()[backend]
-
+def test_the_asyncio_client_answers_the_same(url: str, backend: str) -> None:
     async def run() -> list[Any]:
         limiter = AsyncRateLimiter.from_url(url)
-        await limiter.redis.flushall()
         results: list[Any] = [await limiter.check("rl:a", "3/minute") for _ in range(4)]
         results.append(await limiter.check_all([("rl:{u}:r", "10/minute", 1), ("rl:{u}:t", "100/minute", 60)]))
         results.append(await limiter.refund("rl:a", "3/minute", 1))

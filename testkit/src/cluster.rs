@@ -38,6 +38,8 @@ pub struct ClusterBuilder {
     primaries: usize,
     replicas: usize,
     node: ServerBuilder,
+    /// Where each node runs, in node order (see [`ClusterBuilder::on_nodes`]); else 127.0.0.1.
+    hosts: Vec<crate::Node>,
 }
 
 impl ClusterBuilder {
@@ -60,6 +62,13 @@ impl ClusterBuilder {
         self
     }
 
+    /// Runs node `i` on `hosts[i]` of a [`crate::Network`] (one per node: primaries first,
+    /// then replicas), so that a node can be cut off from the others and from clients.
+    pub fn on_nodes(mut self, hosts: &[crate::Node]) -> Self {
+        self.hosts = hosts.to_vec();
+        self
+    }
+
     /// Adds a config directive to every node, e.g. `.arg("appendonly", "yes")`.
     pub fn arg(mut self, name: &str, value: &str) -> Self {
         self.node = self.node.arg(name, value);
@@ -79,10 +88,15 @@ impl ClusterBuilder {
             .arg("cluster-config-file", "nodes.conf")
             .arg("cluster-node-timeout", "2000");
         // Starting a server is mostly waiting for it to answer: start them side by side.
+        assert!(self.hosts.is_empty() || self.hosts.len() == total, "one host per node: {total}");
+        let hosts = &self.hosts;
         let nodes: Vec<RedisServer> = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..total)
-                .map(|_| {
-                    let node = node.clone();
+                .map(|i| {
+                    let node = match hosts.get(i) {
+                        Some(host) => node.clone().on_node(host),
+                        None => node.clone(),
+                    };
                     scope.spawn(move || node.start())
                 })
                 .collect();
@@ -113,7 +127,7 @@ impl Cluster {
 
     /// Three primaries, no replicas, the module loaded on every node.
     pub fn builder() -> ClusterBuilder {
-        ClusterBuilder { primaries: 3, replicas: 0, node: RedisServer::builder() }
+        ClusterBuilder { primaries: 3, replicas: 0, node: RedisServer::builder(), hosts: Vec::new() }
     }
 
     /// Every node, in the order described on [`Cluster`].
@@ -250,7 +264,8 @@ impl Cluster {
     /// Panics unless `replicas` replicas acknowledged.
     pub fn wait_for_replicas(&self, con: &mut redis::cluster::ClusterConnection, primary: usize, replicas: usize) {
         let port = self.nodes[primary].port();
-        let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host: "127.0.0.1".to_string(), port });
+        let host = self.nodes[primary].host().to_string();
+        let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host, port });
         let acked = con
             .route_command(redis::cmd("WAIT").arg(replicas).arg(10_000), routing)
             .unwrap_or_else(|e| panic!("WAIT on {port}: {e}"));
@@ -269,7 +284,8 @@ impl Cluster {
             assert_eq!(ok, "OK");
         }
         for node in &self.nodes[1..] {
-            let ok: String = query(&self.nodes[0], redis::cmd("CLUSTER").arg("MEET").arg("127.0.0.1").arg(node.port()));
+            let ok: String =
+                query(&self.nodes[0], redis::cmd("CLUSTER").arg("MEET").arg(node.host().to_string()).arg(node.port()));
             assert_eq!(ok, "OK");
         }
         // A replica can only follow a primary it knows.

@@ -31,9 +31,13 @@
 //!   (its ports moved to free ones by [`envoy::with_ports`]), ready when it says so.
 //! - **Faults** ([`proxy`]): [`Proxy`], a loopback TCP relay that can drop a connection after
 //!   the server ran a command and before the client hears the reply.
+//! - **Network faults** ([`netns`]): [`Network`], a private segment of network namespaces
+//!   ([`Node`]s) where servers ([`ServerBuilder::on_node`]) and gateways run as on hosts of
+//!   their own, cut off silently (`nft`), unplugged (link down) or throttled (`tbf`), healed,
+//!   and removed on drop.
 //! - **Waiting** ([`wait`]): [`wait_until`], the one poll loop with a deadline.
 //!
-//! Every process binds 127.0.0.1 only, and every guard ([`RedisServer`], [`Cluster`],
+//! Every process binds 127.0.0.1 only (or its node's address on a private [`Network`]), and every guard ([`RedisServer`], [`Cluster`],
 //! [`SentinelGroup`], [`Envoy`], [`ChildGuard`], [`Proxy`]) stops what it started when it drops, also
 //! when the test panics, so nothing outlives its test. A missing server binary fails loudly
 //! with how to install it; nothing is skipped.
@@ -61,7 +65,9 @@ pub mod cluster;
 pub mod commands;
 pub mod envoy;
 pub mod functions;
+pub mod fuzz;
 pub mod inspect;
+pub mod netns;
 pub mod process;
 pub mod proxy;
 pub mod sentinel;
@@ -78,6 +84,7 @@ pub use inspect::{
     all_keys, command_calls, info_field, is_valkey, redis_version, repl_offset, snapshot, stored, wait_for_replicas,
     Stored, StoredLeases, LEASE_MARKER,
 };
+pub use netns::{Network, Node};
 pub use process::ChildGuard;
 pub use proxy::Proxy;
 pub use sentinel::SentinelGroup;

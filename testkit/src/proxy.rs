@@ -1,12 +1,41 @@
 //! A TCP relay in front of a server that can drop a client's connection at the worst moment:
 //! after the server ran a command, before the client hears the reply. For proving that a
-//! client does not send a command twice when its connection breaks.
+//! client does not send a command twice when its connection breaks. And trouble at the stream
+//! level ([`Chaos`]): latency on every chunk, some connections stalled (silent, open) or
+//! closed, since this kernel has no `netem` qdisc.
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, Shutdown, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Trouble on the relayed streams, from [`Proxy::set_chaos`] on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Chaos {
+    /// Waited before relaying each chunk, each way (a round trip gets twice this).
+    pub latency: Duration,
+    /// One command chunk in this many (0: none) stalls its connection: that chunk and all
+    /// after it, either way, are swallowed, and the connection stays open (as a silent
+    /// partition of that connection looks). A client with one connection sees its connection
+    /// die about every `n` commands, a pool about one connection in `n` per command round.
+    pub stall_one_in: u32,
+    /// One command chunk in this many (0: none) closes its connection, both ways, unsent.
+    pub close_one_in: u32,
+}
+
+/// What [`Chaos`] made of one connection.
+const FATE_NONE: u8 = 0;
+const FATE_STALL: u8 = 1;
+const FATE_CLOSE: u8 = 2;
+
+/// One relayed connection's fate: struck by a command chunk under [`Chaos`], then for good
+/// (a stalled connection stays stalled when the chaos ends: its client must give it up).
+#[derive(Default)]
+struct Fate {
+    fate: AtomicU8,
+}
 
 /// Relays every connection made to `127.0.0.1:port` to `127.0.0.1:target`, byte for byte, until
 /// armed with [`Proxy::cut_after_reply_to`]. Dropping it closes every connection and stops its
@@ -31,6 +60,13 @@ struct Shared {
     connections: AtomicUsize,
     /// Every socket the proxy holds, closed when it drops.
     sockets: Mutex<Vec<TcpStream>>,
+    /// The chaos in force.
+    chaos: Mutex<Chaos>,
+    /// Command chunks drawn so far (each strikes with the chaos's odds, from a fixed
+    /// pseudo-random sequence: the same strikes every run).
+    draws: AtomicU64,
+    stalls: AtomicUsize,
+    closes: AtomicUsize,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -52,6 +88,30 @@ impl Shared {
         } else {
             None
         }
+    }
+
+    /// The latency in force, and this connection's fate; a command chunk (`drawing`) may
+    /// strike it now.
+    fn fate(&self, fate: &Fate, drawing: bool) -> (Duration, u8) {
+        let chaos = *self.chaos.lock().unwrap_or_else(PoisonError::into_inner);
+        if drawing && fate.fate.load(Ordering::SeqCst) == FATE_NONE {
+            // A fixed pseudo-random sequence (SplitMix64 of the draw's number): the same
+            // strikes every run, and no lock-step with a client's pattern of chunks (a plain
+            // `n % 2` would always strike a connection's first command after its handshake).
+            let n = self.draws.fetch_add(1, Ordering::SeqCst) + 1;
+            let roll = crate::fuzz::SplitMix(n).next_u64();
+            let struck = if chaos.stall_one_in > 0 && roll.is_multiple_of(u64::from(chaos.stall_one_in)) {
+                self.stalls.fetch_add(1, Ordering::SeqCst);
+                FATE_STALL
+            } else if chaos.close_one_in > 0 && (roll >> 32).is_multiple_of(u64::from(chaos.close_one_in)) {
+                self.closes.fetch_add(1, Ordering::SeqCst);
+                FATE_CLOSE
+            } else {
+                FATE_NONE
+            };
+            fate.fate.store(struck, Ordering::SeqCst);
+        }
+        (chaos.latency, fate.fate.load(Ordering::SeqCst))
     }
 
     fn arm(&self, command: &str, cut: Cut) {
@@ -130,6 +190,17 @@ impl Proxy {
         self.shared.arm(command, Cut::AfterSending);
     }
 
+    /// Trouble on every connection from now on; `Chaos::default()` ends it (a stalled
+    /// connection stays stalled: its client must give it up, as after a real partition).
+    pub fn set_chaos(&self, chaos: Chaos) {
+        *self.shared.chaos.lock().unwrap_or_else(PoisonError::into_inner) = chaos;
+    }
+
+    /// Connections stalled and closed by [`Chaos`] so far.
+    pub fn chaos_counts(&self) -> (usize, usize) {
+        (self.shared.stalls.load(Ordering::SeqCst), self.shared.closes.load(Ordering::SeqCst))
+    }
+
     /// How many connections were cut so far.
     pub fn cuts(&self) -> usize {
         self.shared.cuts.load(Ordering::SeqCst)
@@ -171,14 +242,15 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
         shared.keep(&server);
         shared.connections.fetch_add(1, Ordering::SeqCst);
         let cut = Arc::new(AtomicU8::new(NO_CUT));
+        let fate = Arc::new(Fate::default());
         let Ok(client_closer) = client.try_clone() else { continue };
         let upstream = {
-            let (shared, cut) = (shared.clone(), cut.clone());
-            std::thread::spawn(move || relay_commands(client_reader, server, &client_closer, &shared, &cut))
+            let (shared, cut, fate) = (shared.clone(), cut.clone(), fate.clone());
+            std::thread::spawn(move || relay_commands(client_reader, server, &client_closer, &shared, &cut, &fate))
         };
         let downstream = {
             let shared = shared.clone();
-            std::thread::spawn(move || relay_replies(server_reader, client, &shared, &cut))
+            std::thread::spawn(move || relay_replies(server_reader, client, &shared, &cut, &fate))
         };
         shared.threads.lock().unwrap_or_else(PoisonError::into_inner).extend([upstream, downstream]);
     }
@@ -192,6 +264,7 @@ fn relay_commands(
     client_side: &TcpStream,
     shared: &Shared,
     cut: &AtomicU8,
+    fate: &Fate,
 ) {
     let mut buf = [0u8; 16 * 1024];
     loop {
@@ -199,6 +272,15 @@ fn relay_commands(
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        match shared.fate(fate, true) {
+            (_, FATE_STALL) => continue, // swallowed: the server never hears it
+            (_, FATE_CLOSE) => {
+                let _ = client_side.shutdown(Shutdown::Both);
+                break;
+            }
+            (latency, _) if !latency.is_zero() => std::thread::sleep(latency),
+            _ => {}
+        }
         let armed = shared.take_cut(&buf[..n]);
         match armed {
             Some(Cut::AfterReply) => cut.store(CUT_AFTER_REPLY, Ordering::SeqCst),
@@ -224,13 +306,19 @@ fn relay_commands(
 }
 
 /// Server to client, until the reply that the cut swallows.
-fn relay_replies(mut server: TcpStream, mut client: TcpStream, shared: &Shared, cut: &AtomicU8) {
+fn relay_replies(mut server: TcpStream, mut client: TcpStream, shared: &Shared, cut: &AtomicU8, fate: &Fate) {
     let mut buf = [0u8; 16 * 1024];
     loop {
         let n = match server.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        match shared.fate(fate, false) {
+            (_, FATE_STALL) => continue,
+            (_, FATE_CLOSE) => break,
+            (latency, _) if !latency.is_zero() => std::thread::sleep(latency),
+            _ => {}
+        }
         match cut.load(Ordering::SeqCst) {
             NO_CUT => {}
             CUT_AFTER_REPLY => {
@@ -267,6 +355,42 @@ mod tests {
         let mut again = client.get_connection().unwrap();
         assert_eq!(redis::cmd("INCR").arg("n").query::<i64>(&mut again).unwrap(), 2);
         assert_eq!((proxy.cuts(), proxy.connections()), (1, 2));
+    }
+
+    #[test]
+    fn chaos_delays_every_chunk_and_stalls_or_closes_its_share_of_connections() {
+        let server = RedisServer::builder().without_module().start();
+        let proxy = Proxy::start(free_port(), server.port());
+        let client = redis::Client::open(proxy.url()).unwrap();
+        proxy.set_chaos(Chaos { latency: Duration::from_millis(50), ..Chaos::default() });
+        let mut con = client.get_connection().unwrap();
+        let started = std::time::Instant::now();
+        let _: String = redis::cmd("PING").query(&mut con).unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(100), "50 ms each way: {:?}", started.elapsed());
+        // Every second command chunk stalls its connection, every third of the others closes
+        // it: of a handful of connections, each sending its handshake and then a PING, some
+        // answer, some stall and some close, in the same shares every run.
+        proxy.set_chaos(Chaos { stall_one_in: 2, close_one_in: 3, ..Chaos::default() });
+        let mut outcomes = Vec::new();
+        for _ in 0..6 {
+            // The client's handshake is the first chunk: the fate may strike there already.
+            let answer = client.get_connection_with_timeout(Duration::from_millis(300)).and_then(|mut con| {
+                con.set_read_timeout(Some(Duration::from_millis(300)))?;
+                redis::cmd("PING").query::<String>(&mut con)
+            });
+            outcomes.push(match answer {
+                Ok(_) => "ok",
+                Err(e) if e.is_timeout() || e.to_string().contains("os error 11") => "stalled",
+                Err(_) => "closed",
+            });
+        }
+        assert!(outcomes.contains(&"stalled") && outcomes.contains(&"closed"), "{outcomes:?}");
+        let (stalls, closes) = proxy.chaos_counts();
+        assert_eq!(outcomes.iter().filter(|o| **o == "stalled").count(), stalls, "{outcomes:?}");
+        assert_eq!(outcomes.iter().filter(|o| **o == "closed").count(), closes, "{outcomes:?}");
+        proxy.set_chaos(Chaos::default());
+        let mut healed = client.get_connection().unwrap();
+        assert_eq!(redis::cmd("PING").query::<String>(&mut healed).unwrap(), "PONG");
     }
 
     #[test]

@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 
 use crate::{free_port, info_field, redis, server_binary, wait_until, ChildGuard, Proxy, RedisServer, ServerBuilder};
 
+const LOCALHOST: std::net::Ipv4Addr = std::net::Ipv4Addr::LOCALHOST;
+
 /// The name the sentinels monitor the primary under.
 pub const MASTER_NAME: &str = "rl-primary";
 
@@ -46,8 +48,10 @@ pub struct SentinelGroup {
     sentinels: Vec<Sentinel>,
 }
 
-/// One `--sentinel` process on 127.0.0.1 in its own directory (it rewrites its config file).
+/// One `--sentinel` process on 127.0.0.1 (or a [`crate::Network`]'s host address) in its own
+/// directory (it rewrites its config file).
 struct Sentinel {
+    host: std::net::Ipv4Addr,
     port: u16,
     dir: tempfile::TempDir,
     _process: ChildGuard,
@@ -64,7 +68,25 @@ impl SentinelGroup {
     pub fn start_with(server: ServerBuilder) -> SentinelGroup {
         let primary = server.clone().start();
         let replica = server.start_replica_of(&primary);
-        let sentinels = (0..3).map(|_| Sentinel::start(primary.port())).collect();
+        let sentinels = (0..3).map(|_| Sentinel::start(LOCALHOST, (LOCALHOST, primary.port()))).collect();
+        let group = SentinelGroup { servers: vec![primary, replica], down: vec![false, false], sentinels };
+        group.wait_for_discovery();
+        group
+    }
+
+    /// Like [`SentinelGroup::start`], with the primary on `primary_node` and the replica on
+    /// `replica_node` of `network`, and the sentinels in the test's own namespace on the
+    /// network's host address: cutting a node off from the others (e.g. the primary from its
+    /// replica and the sentinels) partitions them as hosts would be.
+    pub fn start_on_nodes(
+        network: &crate::Network,
+        primary_node: &crate::Node,
+        replica_node: &crate::Node,
+    ) -> SentinelGroup {
+        let primary = RedisServer::builder().on_node(primary_node).start();
+        let replica = RedisServer::builder().on_node(replica_node).start_replica_of(&primary);
+        let sentinels =
+            (0..3).map(|_| Sentinel::start(network.host_addr(), (primary.host(), primary.port()))).collect();
         let group = SentinelGroup { servers: vec![primary, replica], down: vec![false, false], sentinels };
         group.wait_for_discovery();
         group
@@ -77,15 +99,15 @@ impl SentinelGroup {
         let primary = RedisServer::builder().start();
         let proxy = Proxy::start_anywhere(primary.port());
         let replica = RedisServer::builder().start_replica_of(&primary);
-        let sentinels = (0..3).map(|_| Sentinel::start(proxy.port())).collect();
+        let sentinels = (0..3).map(|_| Sentinel::start(LOCALHOST, (LOCALHOST, proxy.port()))).collect();
         let group = SentinelGroup { servers: vec![primary, replica], down: vec![false, false], sentinels };
         group.wait_for_discovery();
         (group, proxy)
     }
 
-    /// `redis://127.0.0.1:<port>` of every sentinel.
+    /// `redis://<host>:<port>` of every sentinel.
     pub fn sentinel_urls(&self) -> Vec<String> {
-        self.sentinels.iter().map(|s| format!("redis://127.0.0.1:{}", s.port)).collect()
+        self.sentinels.iter().map(|s| format!("redis://{}:{}", s.host, s.port)).collect()
     }
 
     pub fn master_name(&self) -> &str {
@@ -192,12 +214,13 @@ impl SentinelGroup {
 }
 
 impl Sentinel {
-    fn start(primary_port: u16) -> Sentinel {
+    /// A sentinel listening on `host`, monitoring the primary at `primary`.
+    fn start(host: std::net::Ipv4Addr, (primary_host, primary_port): (std::net::Ipv4Addr, u16)) -> Sentinel {
         let dir = tempfile::Builder::new().prefix("rl-test-sentinel-").tempdir().expect("create a sentinel directory");
         let port = free_port();
         let config = format!(
-            "port {port}\nbind 127.0.0.1\ndaemonize no\ndir {dir}\nlogfile {log}\n\
-             sentinel monitor {MASTER_NAME} 127.0.0.1 {primary_port} {QUORUM}\n\
+            "port {port}\nbind {host}\ndaemonize no\ndir {dir}\nlogfile {log}\n\
+             sentinel monitor {MASTER_NAME} {primary_host} {primary_port} {QUORUM}\n\
              sentinel down-after-milliseconds {MASTER_NAME} {DOWN_AFTER_MS}\n\
              sentinel failover-timeout {MASTER_NAME} {FAILOVER_TIMEOUT_MS}\n\
              sentinel parallel-syncs {MASTER_NAME} 1\n",
@@ -215,16 +238,16 @@ impl Sentinel {
         let mut exited = None;
         let answered = wait_until(Instant::now() + DISCOVERY_TIMEOUT, || {
             exited = process.exited();
-            exited.is_some() || ping(port)
+            exited.is_some() || ping(host, port)
         });
-        let sentinel = Sentinel { port, dir, _process: process };
+        let sentinel = Sentinel { host, port, dir, _process: process };
         assert!(exited.is_none(), "sentinel exited at start ({exited:?})\n{}", sentinel.log_tail());
         assert!(answered, "sentinel did not answer PING in time\n{}", sentinel.log_tail());
         sentinel
     }
 
     fn connection(&self) -> Option<redis::Connection> {
-        let client = redis::Client::open(format!("redis://127.0.0.1:{}/", self.port)).ok()?;
+        let client = redis::Client::open(format!("redis://{}:{}/", self.host, self.port)).ok()?;
         client.get_connection_with_timeout(Duration::from_millis(500)).ok()
     }
 
@@ -256,8 +279,8 @@ fn read(path: &Path) -> String {
     fs::read_to_string(path).unwrap_or_default()
 }
 
-fn ping(port: u16) -> bool {
-    let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{port}/")) else { return false };
+fn ping(host: std::net::Ipv4Addr, port: u16) -> bool {
+    let Ok(client) = redis::Client::open(format!("redis://{host}:{port}/")) else { return false };
     let Ok(mut con) = client.get_connection_with_timeout(Duration::from_millis(500)) else { return false };
     redis::cmd("PING").query::<String>(&mut con).is_ok()
 }

@@ -20,6 +20,8 @@ pub struct ServerBuilder {
     with_module: bool,
     module_args: Vec<String>,
     args: Vec<String>,
+    /// The node the server runs on (its namespace and address), else 127.0.0.1.
+    node: Option<crate::Node>,
 }
 
 impl ServerBuilder {
@@ -56,9 +58,16 @@ impl ServerBuilder {
         self
     }
 
+    /// Run on `node` of a [`crate::Network`]: in its namespace, bound to its address (with
+    /// `protected-mode no`, as the default user has no password), reached there.
+    pub fn on_node(mut self, node: &crate::Node) -> Self {
+        self.node = Some(node.clone());
+        self
+    }
+
     /// Start as a replica of `primary` and wait until the replication link is up.
     pub fn start_replica_of(self, primary: &RedisServer) -> RedisServer {
-        let server = self.arg("replicaof", &format!("127.0.0.1 {}", primary.port())).start();
+        let server = self.arg("replicaof", &format!("{} {}", primary.host(), primary.port())).start();
         server.wait_for_info("master_link_status:up");
         server
     }
@@ -98,15 +107,26 @@ impl RedisServer {
     }
 
     pub fn builder() -> ServerBuilder {
-        ServerBuilder { binary: server_binary(), with_module: true, module_args: Vec::new(), args: Vec::new() }
+        ServerBuilder {
+            binary: server_binary(),
+            with_module: true,
+            module_args: Vec::new(),
+            args: Vec::new(),
+            node: None,
+        }
     }
 
     pub fn port(&self) -> u16 {
         self.port
     }
 
+    /// The address the server is reached at: 127.0.0.1, or its node's.
+    pub fn host(&self) -> std::net::Ipv4Addr {
+        self.builder.node.as_ref().map_or(std::net::Ipv4Addr::LOCALHOST, |node| node.addr)
+    }
+
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        format!("redis://{}:{}/", self.host(), self.port)
     }
 
     pub fn dir(&self) -> &Path {
@@ -139,7 +159,7 @@ impl RedisServer {
     /// True while the process runs and answers PING.
     pub fn is_alive(&mut self) -> bool {
         let running = self.child.as_mut().is_some_and(|child| child.exited().is_none());
-        running && answers_ping(self.port)
+        running && answers_ping((self.host(), self.port))
     }
 
     /// Stops the server the way an operator would (`SHUTDOWN`, which writes the RDB when
@@ -207,10 +227,29 @@ impl RedisServer {
     /// Starts the server; `Err(its log)` when it exited at start.
     fn try_spawn(&mut self) -> Result<(), String> {
         let dir = self.dir.path();
-        let mut cmd = Command::new(&self.builder.binary);
+        let host = self.host();
+        let mut cmd = match valgrind_logs() {
+            // `make test-valgrind`: the server under memcheck, each process logging to its own
+            // file in that directory (errors are written as they happen; the server is killed,
+            // so leak summaries are not what this looks at).
+            Some(logs) => {
+                let mut cmd = Command::new("valgrind");
+                cmd.args(["--tool=memcheck", "--track-origins=yes", "--num-callers=30", "--error-limit=no"])
+                    .arg(format!("--log-file={}/server-%p.log", logs.display()))
+                    .arg(&self.builder.binary);
+                cmd
+            }
+            None => match &self.builder.node {
+                Some(node) => node.command(&self.builder.binary),
+                None => Command::new(&self.builder.binary),
+            },
+        };
+        if self.builder.node.is_some() {
+            cmd.args(["--protected-mode", "no"]);
+        }
         cmd.arg("--port")
             .arg(self.port.to_string())
-            .args(["--bind", "127.0.0.1", "--daemonize", "no", "--save", "", "--appendonly", "no"])
+            .args(["--bind", &host.to_string(), "--daemonize", "no", "--save", "", "--appendonly", "no"])
             // Replicas of test servers sync at once instead of after the default 5 s delay.
             .args(["--repl-diskless-sync-delay", "0"])
             .arg("--dir")
@@ -229,10 +268,10 @@ impl RedisServer {
                 self.builder.binary
             )
         });
-        let (port, pid) = (self.port, child.id());
+        let (port, pid) = ((host, self.port), child.id());
         let mut exited = None;
         // Our server answers: another process answering PING on this port does not count.
-        let answered = wait_until(Instant::now() + START_TIMEOUT, || {
+        let answered = wait_until(Instant::now() + start_timeout(), || {
             exited = child.exited();
             // INFO answers while the dataset loads, PING only once it is loaded.
             exited.is_some() || (answering_pid(port) == Some(pid) && answers_ping(port))
@@ -257,16 +296,31 @@ impl Drop for RedisServer {
     }
 }
 
-/// The `process_id` of the server answering on `port`, if one does.
-fn answering_pid(port: u16) -> Option<u32> {
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).ok()?;
+/// `RL_SERVER_VALGRIND`: a directory to run every server under valgrind memcheck, logging
+/// there (`make test-valgrind`).
+fn valgrind_logs() -> Option<std::path::PathBuf> {
+    std::env::var_os("RL_SERVER_VALGRIND").filter(|v| !v.is_empty()).map(std::path::PathBuf::from)
+}
+
+/// How long a server may take to answer its first PING: much longer under valgrind.
+fn start_timeout() -> Duration {
+    if valgrind_logs().is_some() {
+        START_TIMEOUT * 20
+    } else {
+        START_TIMEOUT
+    }
+}
+
+/// The `process_id` of the server answering at `(host, port)`, if one does.
+fn answering_pid((host, port): (std::net::Ipv4Addr, u16)) -> Option<u32> {
+    let client = redis::Client::open(format!("redis://{host}:{port}/")).ok()?;
     let mut con = client.get_connection_with_timeout(Duration::from_millis(500)).ok()?;
     let info: String = redis::cmd("INFO").arg("server").query(&mut con).ok()?;
     info.lines().find_map(|line| line.strip_prefix("process_id:")).and_then(|pid| pid.trim().parse().ok())
 }
 
-fn answers_ping(port: u16) -> bool {
-    let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{port}/")) else { return false };
+fn answers_ping((host, port): (std::net::Ipv4Addr, u16)) -> bool {
+    let Ok(client) = redis::Client::open(format!("redis://{host}:{port}/")) else { return false };
     let Ok(mut con) = client.get_connection_with_timeout(Duration::from_millis(500)) else {
         return false;
     };
@@ -283,9 +337,10 @@ mod tests {
         let a = RedisServer::builder().without_module().start();
         let b = RedisServer::builder().without_module().start();
         let pid_of = |server: &RedisServer| server.child.as_ref().map(ChildGuard::id);
-        assert_eq!(answering_pid(a.port), pid_of(&a));
-        assert_ne!(answering_pid(a.port), pid_of(&b), "another server on the port is not ours");
-        assert_eq!(answering_pid(crate::free_port()), None, "nobody there");
+        let local = |port| (std::net::Ipv4Addr::LOCALHOST, port);
+        assert_eq!(answering_pid(local(a.port)), pid_of(&a));
+        assert_ne!(answering_pid(local(a.port)), pid_of(&b), "another server on the port is not ours");
+        assert_eq!(answering_pid(local(crate::free_port())), None, "nobody there");
         assert!(a.port < 20000 && b.port < 20000, "ports and bus ports below the ephemeral range");
     }
 }

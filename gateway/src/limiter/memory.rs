@@ -43,6 +43,8 @@ struct State {
     /// The clock, in ns since the Unix epoch.
     now_nanos: u64,
     down: bool,
+    /// Calls answered before the limiter goes `down` by itself (`None`: never).
+    down_after: Option<u64>,
     checks: u64,
 }
 
@@ -52,6 +54,7 @@ impl Default for MemoryLimiter {
             keyspace: Keyspace::default(),
             now_nanos: START_NANOS,
             down: false,
+            down_after: None,
             checks: 0,
         })))
     }
@@ -68,7 +71,12 @@ impl MemoryLimiter {
 
     /// The state, or the error an unreachable Redis gives while the test has it `down`.
     fn reachable(&self) -> Result<MutexGuard<'_, State>, LimiterError> {
-        let state = self.state();
+        let mut state = self.state();
+        match state.down_after {
+            Some(0) => state.down = true,
+            Some(n) => state.down_after = Some(n - 1),
+            None => {}
+        }
         if state.down {
             return Err(LimiterError::Timeout(Duration::from_millis(1)));
         }
@@ -84,6 +92,11 @@ impl MemoryLimiter {
     /// `true`: every call fails, as if Redis did not answer.
     pub fn set_down(&self, down: bool) {
         self.state().down = down;
+    }
+
+    /// Answers `calls` more calls, then goes down (a Redis lost in the middle of a request).
+    pub fn set_down_after(&self, calls: u64) {
+        self.state().down_after = Some(calls);
     }
 
     /// How many checks were made (admitted or not): a request refused earlier made none.

@@ -176,6 +176,24 @@ fn keep_event(event: &[u8], usage: &mut Option<u64>, strip: bool, dropped_last: 
     out.extend_from_slice(event);
 }
 
+/// A streamed answer cut into `frames` as the network might, read as the settling body reads
+/// it (events split at blank lines, each held whole up to `max_event_bytes`): the usage it
+/// settles on, and the bytes forwarded. For the fuzz target; no limiter involved.
+#[doc(hidden)]
+pub fn read_stream(frames: &[&[u8]], max_event_bytes: usize, strip: bool) -> (Option<u64>, Vec<u8>) {
+    let mut splitter = EventSplitter::new(max_event_bytes);
+    let (mut usage, mut dropped_last, mut out) = (None, false, Vec::new());
+    for frame in frames {
+        let pushed = splitter.push(frame, |event| keep_event(event, &mut usage, strip, &mut dropped_last, &mut out));
+        if pushed.is_err() {
+            return (usage, out);
+        }
+    }
+    let rest = splitter.rest();
+    keep_event(&rest, &mut usage, strip, &mut dropped_last, &mut out);
+    (usage, out)
+}
+
 struct Settling<L: RateLimiter> {
     inner: Body,
     events: EventSplitter,

@@ -42,6 +42,9 @@ impl Checks {
         if key.is_none() && self.require_api_key {
             return Err(ApiError::Unauthorized);
         }
+        if headers.contains_key(header::CONTENT_LENGTH) && headers.contains_key(header::TRANSFER_ENCODING) {
+            return Err(BadRequest::LengthAndTransferEncoding.into());
+        }
         if declared_length(headers)?.is_some_and(|len| len > self.max_body_bytes) {
             return Err(ApiError::PayloadTooLarge { limit: self.max_body_bytes });
         }
@@ -157,6 +160,14 @@ mod tests {
         assert!(matches!(check(&required, "/", &[]), Err(ApiError::Unauthorized)));
         assert!(check(&required, "/", &[("x-api-key", "k")]).is_ok());
         assert!(check(&checks(""), "/", &[]).is_ok());
+    }
+
+    #[test]
+    fn a_length_with_a_transfer_encoding_is_refused() {
+        let c = checks("");
+        let both = check(&c, "/", &[("host", "x"), ("content-length", "4"), ("transfer-encoding", "chunked")]);
+        assert!(matches!(both, Err(ApiError::BadRequest(BadRequest::LengthAndTransferEncoding))));
+        assert!(check(&c, "/", &[("host", "x"), ("transfer-encoding", "chunked")]).is_ok());
     }
 
     #[test]

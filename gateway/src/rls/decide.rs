@@ -21,6 +21,7 @@ use super::plan::{Bucket, Step};
 use crate::admission::Admission;
 use crate::config::{Policy, Quota};
 use crate::limiter::{LimiterError, RateLimiter};
+use crate::log_limit::warn_every;
 
 /// The policy name in the Redis keys of the service's buckets.
 pub const KEY_POLICY: &str = "envoy";
@@ -58,6 +59,10 @@ pub struct Decision {
     pub statuses: Vec<Status>,
     /// When refused: the longest wait of the refusing buckets (`None`: it can never fit).
     pub retry_after_ms: Option<u64>,
+    /// Per descriptor, the hits this request took from its bucket (0: looked at, refused,
+    /// given back or not limited). Envoy's filters read it back (see [`super::grpc`]) to
+    /// settle against what was charged, not what was asked.
+    pub hits_charged: Vec<u64>,
 }
 
 /// The status of a descriptor without a limit, or unlimited.
@@ -102,21 +107,6 @@ fn buckets<'a>(steps: &'a [Step], pick: impl Fn(&'a Step) -> Option<&'a Bucket>)
     merged
 }
 
-/// Whether a request enforces more buckets than one call may charge
-/// ([`rl_protocol::bounds::MAX_CHECKALL_KEYS`]): refused as a bad request, never split (which
-/// would lose all-or-nothing).
-pub fn too_many_buckets(steps: &[Step]) -> bool {
-    let charged = buckets(steps, |s| match s {
-        Step::Charge(b) => Some(b),
-        _ => None,
-    });
-    let shadow = buckets(steps, |s| match s {
-        Step::Shadow(b) => Some(b),
-        _ => None,
-    });
-    charged.len().max(shadow.len()) > rl_protocol::bounds::MAX_CHECKALL_KEYS
-}
-
 /// How the deny cache names a request of `buckets` in `domain`: all of a domain's buckets
 /// share one identity (the domain, their hash tag), so the buckets tell requests apart.
 fn cache_name(domain: &str, buckets: &[(Vec<usize>, Bucket)]) -> String {
@@ -129,6 +119,12 @@ fn cache_name(domain: &str, buckets: &[(Vec<usize>, Bucket)]) -> String {
 }
 
 /// Runs `steps` (one per descriptor of a request of `domain`) through `admission`.
+///
+/// The enforced call decides; what follows it (shadow buckets, refunds, forced charges) is
+/// best effort once that call has answered: a failure there is logged and leaves the decision
+/// (and the charge already made) as it is, rather than turning an admitted and charged request
+/// into an error Envoy would refuse under `failure_mode_deny`. Without an enforced call, the
+/// first failure is the answer (`UNAVAILABLE`: nothing was decided).
 pub async fn decide<L: RateLimiter>(
     admission: &Admission<L>,
     domain: &str,
@@ -136,6 +132,7 @@ pub async fn decide<L: RateLimiter>(
 ) -> Result<Decision, LimiterError> {
     let limiter = admission.limiter();
     let mut statuses: Vec<Option<Status>> = vec![None; steps.len()];
+    let mut hits_charged = vec![0u64; steps.len()];
     let banned = steps.iter().any(|s| matches!(s, Step::Banned(_)));
     let charged = buckets(steps, |s| match s {
         Step::Charge(b) => Some(b),
@@ -147,17 +144,31 @@ pub async fn decide<L: RateLimiter>(
         overall = Code::OverLimit;
         retry_after_ms = None;
     }
-    if !charged.is_empty() {
+    let decided = !charged.is_empty();
+    if decided {
         let policy = policy_of(charged.iter().map(|(_, b)| b));
         // A banned descriptor refuses the request: the others are looked at, not charged.
         let costs: Vec<u64> = charged.iter().map(|(_, b)| if banned { 0 } else { b.cost }).collect();
         let reply = admission.check(&policy, domain, &cache_name(domain, &charged), &costs).await?;
+        if reply.allowed && !banned {
+            record_charges(&mut hits_charged, steps, &charged);
+        }
         if !reply.allowed {
             overall = Code::OverLimit;
             retry_after_ms = if banned { None } else { reply.retry_after_ms };
         }
         fill(&mut statuses, &charged, &reply, true);
     }
+    // After the decision: failures are logged, the statuses say only what is known.
+    let settle = |result: Result<(), LimiterError>| -> Result<(), LimiterError> {
+        match result {
+            Err(e) if decided => {
+                warn_every!(error = %e, domain, "a shadow, refund or forced charge failed after the decision; the decision stands");
+                Ok(())
+            }
+            other => other,
+        }
+    };
     let shadow = buckets(steps, |s| match s {
         Step::Shadow(b) => Some(b),
         _ => None,
@@ -165,8 +176,16 @@ pub async fn decide<L: RateLimiter>(
     if !shadow.is_empty() {
         let policy = policy_of(shadow.iter().map(|(_, b)| b));
         let costs: Vec<u64> = shadow.iter().map(|(_, b)| b.cost).collect();
-        let reply = limiter.check(&policy, domain, &costs).await?;
-        fill(&mut statuses, &shadow, &reply, false);
+        settle(match limiter.check(&policy, domain, &costs).await {
+            Ok(reply) => {
+                if reply.allowed {
+                    record_charges(&mut hits_charged, steps, &shadow);
+                }
+                fill(&mut statuses, &shadow, &reply, false);
+                Ok(())
+            }
+            Err(e) => Err(e),
+        })?;
     }
     for (i, step) in steps.iter().enumerate() {
         let status = match step {
@@ -180,22 +199,40 @@ pub async fn decide<L: RateLimiter>(
             },
             Step::Refund(b) => {
                 let policy = policy_of(std::iter::once(b));
-                let back = limiter.refund(&policy, domain, 0, b.cost).await?;
-                Status {
-                    code: Code::Ok,
-                    current_limit: Some(current(b)),
-                    remaining: back.remaining,
-                    until_reset_ms: back.reset_after_ms,
+                match limiter.refund(&policy, domain, 0, b.cost).await {
+                    Ok(back) => {
+                        admission.refunded(KEY_POLICY, &b.name);
+                        Status {
+                            code: Code::Ok,
+                            current_limit: Some(current(b)),
+                            remaining: back.remaining,
+                            until_reset_ms: back.reset_after_ms,
+                        }
+                    }
+                    Err(e) => {
+                        settle(Err(e))?;
+                        unknown_status(b)
+                    }
                 }
             }
             Step::Force(b) => {
                 let policy = policy_of(std::iter::once(b));
-                let charged = limiter.force(&policy, domain, 0, b.cost).await?;
-                Status {
-                    code: Code::Ok,
-                    current_limit: Some(current(b)),
-                    remaining: charged.remaining,
-                    until_reset_ms: charged.reset_after_ms,
+                match limiter.force(&policy, domain, 0, b.cost).await {
+                    Ok(forced) => {
+                        if let Some(slot) = hits_charged.get_mut(i) {
+                            *slot = b.cost;
+                        }
+                        Status {
+                            code: Code::Ok,
+                            current_limit: Some(current(b)),
+                            remaining: forced.remaining,
+                            until_reset_ms: forced.reset_after_ms,
+                        }
+                    }
+                    Err(e) => {
+                        settle(Err(e))?;
+                        unknown_status(b)
+                    }
                 }
             }
             Step::Charge(_) | Step::Shadow(_) => continue,
@@ -208,7 +245,22 @@ pub async fn decide<L: RateLimiter>(
     if overall == Code::Ok {
         retry_after_ms = Some(0);
     }
-    Ok(Decision { overall, statuses, retry_after_ms })
+    Ok(Decision { overall, statuses, retry_after_ms, hits_charged })
+}
+
+/// The status of a bucket whose call failed after the decision: `OK`, nothing known left.
+fn unknown_status(bucket: &Bucket) -> Status {
+    Status { code: Code::Ok, current_limit: Some(current(bucket)), remaining: 0, until_reset_ms: 0 }
+}
+
+/// Notes, for every descriptor of `buckets`, its own cost as charged (a bucket named by
+/// several descriptors was charged their sum, once).
+fn record_charges(hits_charged: &mut [u64], steps: &[Step], buckets: &[(Vec<usize>, Bucket)]) {
+    for &i in buckets.iter().flat_map(|(indexes, _)| indexes) {
+        if let (Some(slot), Some(Step::Charge(b) | Step::Shadow(b))) = (hits_charged.get_mut(i), steps.get(i)) {
+            *slot = b.cost;
+        }
+    }
 }
 
 /// The statuses of `buckets` from the rows of their one call; `enforced`: a refusing row
@@ -374,11 +426,54 @@ descriptors:
         let shadowed = ask(&limiter, &[d("path", "/x"), d("path", "/x")], 1).await;
         // 2 asked of a bucket of 1: the shadow limit would refuse (charging nothing), the request passes.
         assert_eq!((shadowed.overall, shadowed.statuses[1].remaining), (Code::Ok, 1));
+    }
+
+    #[tokio::test]
+    async fn each_descriptor_reports_the_hits_it_was_really_charged() {
+        let limiter = MemoryLimiter::new();
+        let mut look = d("tenant", "t");
+        look.hits_addend = Some(0);
+        let mut back = d("user", "v");
+        back.negative = true;
+        let force = Descriptor {
+            entries: vec![("user".into(), "w".into()), ("ml_api_rate_limiter".into(), "force".into())],
+            hits_addend: Some(5),
+            ..Descriptor::default()
+        };
+        let mut three = d("tenant", "t");
+        three.hits_addend = Some(3);
+        let asked = [three, d("user", "u"), look, d("nothing", "n"), back, force, d("path", "/p"), d("tenant", "t")];
+        let admitted = ask(&limiter, &asked, 1).await;
+        assert_eq!(admitted.overall, Code::Ok);
+        assert_eq!(admitted.hits_charged, [3, 1, 0, 0, 0, 5, 1, 1], "own shares of a bucket named twice");
+        assert_eq!(left(&limiter, "tenant", "t").await, 6);
+        ask(&limiter, &[d("user", "u")], 1).await;
+        let refused = ask(&limiter, &[d("tenant", "t"), d("user", "u"), d("path", "/p")], 1).await;
+        assert_eq!(refused.overall, Code::OverLimit);
+        assert_eq!(refused.hits_charged, [0, 0, 0], "refused: nothing, and the shadow bucket was empty");
+        let banned = ask(&limiter, &[d("tenant", "t"), d("bot", "b")], 1).await;
+        assert_eq!(banned.hits_charged, [0, 0]);
+    }
+
+    #[tokio::test]
+    async fn a_call_failing_after_the_decision_leaves_the_decision_and_its_charge() {
+        let limiter = MemoryLimiter::new();
+        let mut back = d("user", "u");
+        back.negative = true;
         let config = RlsConfig::parse([("api.yaml", CONFIG)]).unwrap();
-        let many: Vec<Descriptor> = (0..65).map(|i| d("tenant", &i.to_string())).collect();
-        assert!(too_many_buckets(&plan(&config, "api", &many, 1)));
-        let same: Vec<Descriptor> = (0..100).map(|_| d("tenant", "t")).collect();
-        assert!(!too_many_buckets(&plan(&config, "api", &same, 1)), "one bucket, however often");
+        let steps = plan(&config, "api", &[d("tenant", "t"), back.clone(), d("path", "/p")], 1);
+        limiter.set_down_after(1);
+        let decision = decide(&admission(&limiter, false), "api", &steps).await.unwrap();
+        assert_eq!((decision.overall, decision.statuses[0].remaining), (Code::Ok, 9), "admitted and charged");
+        assert_eq!(decision.hits_charged, [1, 0, 0], "the shadow charge failed: not reported");
+        assert_eq!(decision.statuses[1].code, Code::Ok);
+        let Step::Charge(tenant) = &steps[0] else { panic!("{:?}", steps[0]) };
+        assert_eq!(limiter.tokens(&policy_of(std::iter::once(tenant)), "api", 0), 9, "the charge stays");
+        let alone = plan(&config, "api", &[back], 1);
+        assert!(
+            decide(&admission(&limiter, false), "api", &alone).await.unwrap_err().is_outage(),
+            "nothing decided: the failure is the answer"
+        );
     }
 
     #[tokio::test]
@@ -405,5 +500,12 @@ descriptors:
         let mut look = d("user", "u");
         look.hits_addend = Some(0);
         assert_eq!(run(vec![look]).await.overall, Code::Ok, "a look is never answered by the cache");
+        // A refund of the bucket (a settled LLM answer) makes the remembered refusal void.
+        let mut back = d("user", "u");
+        back.negative = true;
+        assert_eq!(run(vec![back]).await.overall, Code::Ok);
+        let calls = limiter.checks();
+        assert_eq!(run(vec![d("user", "u")]).await.overall, Code::Ok, "the refunded token admits");
+        assert_eq!(limiter.checks(), calls + 1, "asked Redis again");
     }
 }

@@ -20,12 +20,12 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
 };
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitService;
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
-use envoy_types::pb::google::protobuf::Duration as PbDuration;
+use envoy_types::pb::google::protobuf::{value::Kind, Duration as PbDuration, ListValue, Struct, Value};
 use tonic::{Request, Response, Status as GrpcStatus};
 
 use super::config::{RlsConfig, Unit};
-use super::decide::{decide, too_many_buckets, Code, Decision, Status};
-use super::plan::{plan, Descriptor};
+use super::decide::{decide, Code, Decision, Status};
+use super::plan::{plan, Descriptor, MAX_DESCRIPTORS, MAX_ENTRIES};
 use crate::admission::Admission;
 use crate::limiter::RateLimiter;
 use crate::metrics::metrics;
@@ -35,12 +35,12 @@ pub use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_serve
 /// The service: the configuration and the admission part every call goes through.
 pub struct Rls<L> {
     config: Arc<RlsConfig>,
-    admission: Admission<L>,
+    admission: Arc<Admission<L>>,
 }
 
 impl<L: RateLimiter> Rls<L> {
     pub fn new(config: Arc<RlsConfig>, admission: Admission<L>) -> Self {
-        Rls { config, admission }
+        Rls { config, admission: Arc::new(admission) }
     }
 
     /// The service as a tonic server, to add to a `tonic::transport::Server`.
@@ -113,11 +113,32 @@ fn status(s: &Status) -> DescriptorStatus {
     }
 }
 
+/// Where the answer's dynamic metadata puts what the service adds for Envoy's filters (Envoy
+/// files it under `envoy.filters.http.ratelimit`).
+pub const METADATA_NAMESPACE: &str = "ml_api_rate_limiter";
+
+/// The field of [`METADATA_NAMESPACE`] with the hits each descriptor was charged, in the
+/// request's order: a filter settling an LLM answer gives back or adds to what was really
+/// charged (nothing, when the service was not reached and Envoy let the request through).
+pub const HITS_CHARGED: &str = "hits_charged";
+
+fn number(n: u64) -> Value {
+    // Hits are at most 1e9 (Envoy's bound on hits_addend) plus summed duplicates: exact in an f64.
+    Value { kind: Some(Kind::NumberValue(n as f64)) }
+}
+
+fn metadata(decision: &Decision) -> Struct {
+    let charged = ListValue { values: decision.hits_charged.iter().map(|&n| number(n)).collect() };
+    let ours = Struct { fields: [(HITS_CHARGED.to_string(), Value { kind: Some(Kind::ListValue(charged)) })].into() };
+    Struct { fields: [(METADATA_NAMESPACE.to_string(), Value { kind: Some(Kind::StructValue(ours)) })].into() }
+}
+
 /// The answer Envoy reads.
 pub fn response(decision: &Decision) -> RateLimitResponse {
     let mut response = RateLimitResponse {
         overall_code: code(decision.overall),
         statuses: decision.statuses.iter().map(status).collect(),
+        dynamic_metadata: Some(metadata(decision)),
         ..RateLimitResponse::default()
     };
     if decision.overall == Code::OverLimit {
@@ -164,18 +185,27 @@ impl<L: RateLimiter> Rls<L> {
         if request.descriptors.is_empty() {
             return Err(GrpcStatus::invalid_argument("rate limit descriptor list must not be empty"));
         }
-        let descriptors: Vec<Descriptor> = request.descriptors.iter().map(descriptor).collect();
-        let steps = plan(&self.config, &request.domain, &descriptors, request.hits_addend);
-        if too_many_buckets(&steps) {
+        // Bounded before anything is planned: the work per request stays small whatever is sent.
+        if request.descriptors.len() > MAX_DESCRIPTORS {
             return Err(GrpcStatus::invalid_argument(format!(
-                "more than {} limited descriptors in one request",
-                rl_protocol::bounds::MAX_CHECKALL_KEYS
+                "more than {MAX_DESCRIPTORS} descriptors in one request"
             )));
         }
-        match decide(&self.admission, &request.domain, &steps).await {
-            Ok(decision) => Ok(response(&decision)),
-            Err(e) if e.is_outage() => Err(GrpcStatus::unavailable(e.to_string())),
-            Err(e) => Err(GrpcStatus::internal(e.to_string())),
+        if request.descriptors.iter().any(|d| d.entries.len() > MAX_ENTRIES) {
+            return Err(GrpcStatus::invalid_argument(format!("a descriptor with more than {MAX_ENTRIES} entries")));
+        }
+        let descriptors: Vec<Descriptor> = request.descriptors.iter().map(descriptor).collect();
+        let steps = plan(&self.config, &request.domain, &descriptors, request.hits_addend);
+        // Decided in a task of its own: when Envoy gives up waiting (its `timeout`) and drops
+        // this call, the decision still runs to its end, so a charge made is never left
+        // without the shadow buckets, refunds and forced charges of the same request.
+        let (admission, domain) = (self.admission.clone(), request.domain.clone());
+        let decided = tokio::spawn(async move { decide(&admission, &domain, &steps).await });
+        match decided.await {
+            Ok(Ok(decision)) => Ok(response(&decision)),
+            Ok(Err(e)) if e.is_outage() => Err(GrpcStatus::unavailable(e.to_string())),
+            Ok(Err(e)) => Err(GrpcStatus::internal(e.to_string())),
+            Err(e) => Err(GrpcStatus::internal(format!("the decision did not finish: {e}"))),
         }
     }
 }
@@ -270,5 +300,30 @@ descriptors:
         let no_domain = RateLimitRequest { domain: String::new(), ..ask(vec![d("tenant", "t")]) };
         assert_eq!(client.should_rate_limit(no_domain).await.unwrap_err().code(), tonic::Code::InvalidArgument);
         assert_eq!(client.should_rate_limit(ask(vec![])).await.unwrap_err().code(), tonic::Code::InvalidArgument);
+        limiter.set_down(false);
+        let many = (0..=MAX_DESCRIPTORS).map(|i| d("tenant", &i.to_string())).collect();
+        let too_many = client.should_rate_limit(ask(many)).await.unwrap_err();
+        assert_eq!(too_many.code(), tonic::Code::InvalidArgument, "{too_many:?}");
+        let mut long = d("tenant", "t");
+        long.entries = (0..=MAX_ENTRIES).map(|i| Entry { key: format!("k{i}"), value: "v".into() }).collect();
+        assert_eq!(client.should_rate_limit(ask(vec![long])).await.unwrap_err().code(), tonic::Code::InvalidArgument);
+        let most = (0..MAX_DESCRIPTORS).map(|i| d("tenant", &i.to_string())).collect();
+        let fits = client.should_rate_limit(ask(most)).await.unwrap().into_inner();
+        assert_eq!(fits.overall_code, PbCode::Ok as i32, "{MAX_DESCRIPTORS} buckets: one call");
+        assert_eq!(limiter.checks(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_hits_charged_per_descriptor_come_back_as_dynamic_metadata() {
+        let limiter = MemoryLimiter::new();
+        let mut client = serve(limiter).await;
+        let mut tokens = d("tenant", "t");
+        tokens.hits_addend = Some(envoy_types::pb::google::protobuf::UInt64Value { value: 4 });
+        let answer = client.should_rate_limit(ask(vec![d("other", "x"), tokens])).await.unwrap().into_inner();
+        let metadata = answer.dynamic_metadata.unwrap();
+        let Some(Kind::StructValue(ours)) = &metadata.fields[METADATA_NAMESPACE].kind else { panic!("{metadata:?}") };
+        let Some(Kind::ListValue(charged)) = &ours.fields[HITS_CHARGED].kind else { panic!("{ours:?}") };
+        let charged: Vec<_> = charged.values.iter().map(|v| v.kind.clone()).collect();
+        assert_eq!(charged, [Some(Kind::NumberValue(0.0)), Some(Kind::NumberValue(4.0))]);
     }
 }

@@ -6,4 +6,5 @@
 pub mod config;
 pub mod decide;
 pub mod grpc;
+pub mod listener;
 pub mod plan;

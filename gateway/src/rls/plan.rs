@@ -25,6 +25,17 @@ pub struct Descriptor {
     pub limit_override: Option<(u64, Unit)>,
 }
 
+/// The most descriptors one request may carry: all of them may be limited, and one
+/// all-or-nothing call charges at most [`rl_protocol::bounds::MAX_CHECKALL_KEYS`] buckets
+/// (a larger request is refused as a bad one, never split, which would lose all-or-nothing).
+pub const MAX_DESCRIPTORS: usize = rl_protocol::bounds::MAX_CHECKALL_KEYS;
+
+/// The most entries one descriptor may carry (Envoy's actions make a handful).
+pub const MAX_ENTRIES: usize = 64;
+
+/// A bucket name longer than this many bytes is stored by its digest ([`stored_name`]).
+pub const MAX_BUCKET_NAME: usize = 200;
+
 /// The last entry that makes a descriptor a forced charge ([`Step::Force`]).
 pub const FORCE_ENTRY: (&str, &str) = ("ml_api_rate_limiter", "force");
 
@@ -73,6 +84,8 @@ pub fn plan(config: &RlsConfig, domain: &str, descriptors: &[Descriptor], reques
         .zip(&forced)
         .map(|(d, &forced)| (d, if forced { &d.entries[..d.entries.len() - 1] } else { &d.entries[..] }))
         .map(|(d, entries)| match d.limit_override {
+            // As the reference: an unknown domain has no limits, Envoy's own included.
+            Some(_) if !config.has_domain(domain) => None,
             Some((requests_per_unit, unit)) => Some((
                 DescriptorLimit {
                     path: String::new(),
@@ -87,9 +100,9 @@ pub fn plan(config: &RlsConfig, domain: &str, descriptors: &[Descriptor], reques
                 },
                 // The override's own bucket: the same descriptor under the file's limit is
                 // another rate, and must not share its state.
-                format!("override_{requests_per_unit}_{}:{}", unit.seconds(), bucket_name(entries)),
+                stored_name(format!("override_{requests_per_unit}_{}:{}", unit.seconds(), bucket_name(entries))),
             )),
-            None => config.lookup(domain, entries).map(|m| (m.limit.clone(), m.bucket)),
+            None => config.lookup(domain, entries).map(|m| (m.limit.clone(), stored_name(m.bucket))),
         })
         .collect();
     let replaced: Vec<String> = found.iter().flatten().flat_map(|(limit, _)| limit.replaces.iter().cloned()).collect();
@@ -133,6 +146,23 @@ pub fn plan(config: &RlsConfig, domain: &str, descriptors: &[Descriptor], reques
 /// Whether `d` ends in [`FORCE_ENTRY`] after at least one entry of its own.
 fn is_forced(d: &Descriptor) -> bool {
     d.entries.len() > 1 && d.entries.last().is_some_and(|(k, v)| (k.as_str(), v.as_str()) == FORCE_ENTRY)
+}
+
+/// The name a bucket is stored under: `name` itself, or for a long one (a header's value can
+/// be tens of kilobytes, and becomes a Redis key and a deny cache entry) `#` and its SHA-256
+/// in hex. A name that starts with `#` is hashed too, so a digest only ever comes from
+/// hashing: two different names never share a bucket.
+pub fn stored_name(name: String) -> String {
+    if name.len() <= MAX_BUCKET_NAME && !name.starts_with('#') {
+        return name;
+    }
+    let digest = ring::digest::digest(&ring::digest::SHA256, name.as_bytes());
+    let mut hashed = String::with_capacity(65);
+    hashed.push('#');
+    for byte in digest.as_ref() {
+        hashed.push_str(&format!("{byte:02x}"));
+    }
+    hashed
 }
 
 /// A descriptor's entries as the reference names them: `key_value` joined by `.`.
@@ -251,5 +281,24 @@ descriptors:
         let b = bucket(&steps[0]);
         assert_eq!((b.requests_per_unit, b.unit, b.burst), (7, Unit::Minute, 7));
         assert_eq!(b.name, "override_7_60:user_u1");
+        let mut elsewhere = descriptor(&[("user", "u1")]);
+        elsewhere.limit_override = Some((7, Unit::Minute));
+        assert_eq!(plan(&config(), "unknown-domain", &[elsewhere], 1), [Step::NoLimit], "not in an unknown domain");
+    }
+
+    #[test]
+    fn a_long_bucket_name_is_stored_by_its_digest_and_never_collides_with_a_short_one() {
+        let long = "x".repeat(MAX_BUCKET_NAME);
+        let steps = plan(&config(), "api", &[descriptor(&[("user", &long)])], 1);
+        let name = &bucket(&steps[0]).name;
+        assert_eq!(name.len(), 65, "{name}");
+        assert!(name.starts_with('#') && name[1..].chars().all(|c| c.is_ascii_hexdigit()));
+        let other = plan(&config(), "api", &[descriptor(&[("user", &format!("{long}y"))])], 1);
+        assert_ne!(&bucket(&other[0]).name, name);
+        // A short name that looks like a digest is hashed as well.
+        let forged = stored_name(name.clone());
+        assert!(forged.starts_with('#') && &forged != name);
+        assert_eq!(stored_name("user_u1".into()), "user_u1");
+        assert_eq!(stored_name("x".repeat(MAX_BUCKET_NAME)), "x".repeat(MAX_BUCKET_NAME));
     }
 }

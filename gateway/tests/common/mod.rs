@@ -33,6 +33,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// process itself ([`ChildGuard`]: `logs`, `terminate`, `wait_exit`) is reached through it.
 pub struct Proc {
     pub port: u16,
+    /// Where it listens: 127.0.0.1, or its node's address on a testkit `Network`.
+    pub host: Ipv4Addr,
     process: ChildGuard,
 }
 
@@ -41,25 +43,25 @@ impl Proc {
     pub fn spawn(name: &str, port: u16, args: &[String], env: &[(&str, &str)]) -> Proc {
         let mut cmd = Command::new(BIN);
         cmd.args(args).env_remove("GATEWAY_KEY_SECRET").envs(env.iter().copied());
-        Proc { port, process: ChildGuard::spawn(name, cmd) }
+        Proc { port, host: Ipv4Addr::LOCALHOST, process: ChildGuard::spawn(name, cmd) }
     }
 
     /// Runs `command` (which must start the `gateway` binary listening on `port`); killed on drop.
     pub fn from_command(name: &str, port: u16, command: Command) -> Proc {
-        Proc { port, process: ChildGuard::spawn(name, command) }
+        Proc { port, host: Ipv4Addr::LOCALHOST, process: ChildGuard::spawn(name, command) }
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{}", self.port, path)
+        format!("http://{}:{}{}", self.host, self.port, path)
     }
 
     /// Polls `/healthz` until it answers 200; panics with the logs if the process exits first.
     pub fn wait_healthy(&mut self) {
-        let port = self.port;
+        let (host, port) = (self.host, self.port);
         let mut exited = None;
         let healthy = wait_until(Instant::now() + START_TIMEOUT, || {
             exited = self.process.exited();
-            exited.is_some() || http_status(port, "/healthz") == Some(200)
+            exited.is_some() || http_status_at(host, port, "/healthz") == Some(200)
         });
         if let Some(status) = exited {
             panic!("{} exited at start ({status})\n{}", self.name(), self.logs());
@@ -85,22 +87,30 @@ impl DerefMut for Proc {
 /// The status code of `GET path` on a loopback port, or `None` when nothing answers there
 /// (a blocking probe, for waiting on a process that is starting).
 pub fn http_status(port: u16, path: &str) -> Option<u16> {
-    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
-    let answer = try_raw_answer(port, request.as_bytes(), Duration::from_secs(5)).ok()?;
+    http_status_at(Ipv4Addr::LOCALHOST, port, path)
+}
+
+/// [`http_status`] at another address than 127.0.0.1.
+pub fn http_status_at(host: Ipv4Addr, port: u16, path: &str) -> Option<u16> {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    let answer = try_raw_answer_at(host, port, request.as_bytes(), Duration::from_secs(5)).ok()?;
     answer.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
 }
 
 /// The demo model on a free port.
 pub fn start_model(latency_ms: u64) -> Proc {
+    start_model_with(Ipv4Addr::LOCALHOST, &["--latency-ms".into(), latency_ms.to_string()])
+}
+
+/// The demo model on a free port of `host` (e.g. a testkit `Network`'s host address, which
+/// gateways in its nodes reach), with `args` (`--latency-ms`, `--token-latency-ms`).
+pub fn start_model_with(host: Ipv4Addr, args: &[String]) -> Proc {
     let port = free_port();
-    let args = vec![
-        "model".into(),
-        "--listen".into(),
-        format!("127.0.0.1:{port}"),
-        "--latency-ms".into(),
-        latency_ms.to_string(),
-    ];
-    let mut model = Proc::spawn("model", port, &args, &[]);
+    let mut all = vec!["model".into(), "--listen".into(), format!("{host}:{port}")];
+    all.extend(args.iter().cloned());
+    let mut cmd = Command::new(BIN);
+    cmd.args(&all);
+    let mut model = Proc { port, host, process: ChildGuard::spawn("model", cmd) };
     model.wait_healthy();
     model
 }
@@ -112,11 +122,42 @@ pub fn start_gateway(redis: &RedisServer, upstream: &str, limit: u64, window: u6
     start_gateway_args(&redis.url(), upstream, &args)
 }
 
-/// `gateway serve` on the one server at `redis_url`, with `args`.
+/// `gateway serve` on the one server at `redis_url`, with `args`. With `RL_TEST_ACL=1` (`make
+/// test-acl`) the gateway connects as a user restricted to the README's ACL (see
+/// [`restricted_url`]); the test's own connections stay the administrator's.
 pub fn start_gateway_args(redis_url: &str, upstream: &str, args: &[String]) -> Proc {
-    let mut all: Vec<String> = vec!["--redis-url".into(), redis_url.into()];
+    let redis_url = match acl_mode() {
+        true => {
+            let prefix = args.iter().position(|a| a == "--key-prefix").and_then(|i| args.get(i + 1));
+            restricted_url(redis_url, prefix.map_or("rl:", String::as_str))
+        }
+        false => redis_url.to_string(),
+    };
+    let mut all: Vec<String> = vec!["--redis-url".into(), redis_url];
     all.extend(args.iter().cloned());
     start_serve("gateway", upstream, &all)
+}
+
+/// `gateway serve` inside `node` of a testkit `Network`, listening on the node's address, on
+/// the one server at `redis_url`, with `args`, once it answers `/healthz`.
+pub fn start_gateway_on(node: &testkit::Node, redis_url: &str, upstream: &str, args: &[String]) -> Proc {
+    let mut all: Vec<String> = vec!["--redis-url".into(), redis_url.into()];
+    all.extend(args.iter().cloned());
+    start_serve_on(node, upstream, &all)
+}
+
+/// `gateway serve` inside `node`, listening on the node's address, with `args` (which name
+/// the Redis server or the sentinels), once it answers `/healthz`.
+pub fn start_serve_on(node: &testkit::Node, upstream: &str, args: &[String]) -> Proc {
+    let port = free_port();
+    let mut all: Vec<String> =
+        vec!["serve".into(), "--listen".into(), format!("{}:{port}", node.addr), "--upstream".into(), upstream.into()];
+    all.extend(args.iter().cloned());
+    let mut cmd = node.command(BIN);
+    cmd.args(&all).env_remove("GATEWAY_KEY_SECRET").envs(serve_env());
+    let mut gateway = Proc { port, host: node.addr, process: ChildGuard::spawn(&node.name, cmd) };
+    gateway.wait_healthy();
+    gateway
 }
 
 /// `gateway serve --listen <free port> --upstream <upstream> args...` with the test secret,
@@ -226,7 +267,11 @@ pub fn raw_answer(port: u16, request: &[u8], wait: Duration) -> String {
 }
 
 fn try_raw_answer(port: u16, request: &[u8], wait: Duration) -> std::io::Result<String> {
-    let mut stream = TcpStream::connect_timeout(&(Ipv4Addr::LOCALHOST, port).into(), Duration::from_secs(1))?;
+    try_raw_answer_at(Ipv4Addr::LOCALHOST, port, request, wait)
+}
+
+fn try_raw_answer_at(host: Ipv4Addr, port: u16, request: &[u8], wait: Duration) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect_timeout(&(host, port).into(), Duration::from_secs(1))?;
     stream.set_read_timeout(Some(wait))?;
     stream.write_all(request)?;
     let mut answer = Vec::new();
@@ -287,4 +332,72 @@ pub fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64
         Value::Histogram(buckets) => buckets.iter().map(|b| b.count).fold(0.0, f64::max),
         Value::Summary(_) => panic!("no summaries are exported"),
     })
+}
+
+/// The README's ACL for the module: its nine commands (keys `~rl:*` beside them).
+pub const MODULE_ACL: &str =
+    "+rl.check +rl.checkall +rl.peek +rl.refund +rl.reset +cl.throttle +rl.acquire +rl.release +rl.renew";
+
+/// Whether this run gives the gateway (and the Python client) a restricted Redis user:
+/// `RL_TEST_ACL=1`, set by `make test-acl`.
+pub fn acl_mode() -> bool {
+    std::env::var("RL_TEST_ACL").is_ok_and(|v| v == "1")
+}
+
+/// The README's rules for the backend a server offers: the module's commands where it is
+/// loaded, else the library's calls and what they call (with `+evalsha +script|load` in place
+/// of `FUNCTION`'s where the server has no Functions: the library as a script).
+pub fn readme_acl(admin: &mut testkit::redis::Connection) -> String {
+    let mut has = |command: &str| {
+        let info: testkit::redis::Value = testkit::redis::cmd("COMMAND").arg("INFO").arg(command).query(admin).unwrap();
+        matches!(info, testkit::redis::Value::Array(ref entries) if !matches!(entries.first(), Some(testkit::redis::Value::Nil) | None))
+    };
+    if has("rl.check") {
+        MODULE_ACL.to_string()
+    } else if has("fcall") {
+        gateway::limiter::LIBRARY_ACL.to_string()
+    } else {
+        gateway::limiter::LIBRARY_ACL.replace("+fcall +fcall_ro +function|load", "+evalsha +script|load")
+    }
+}
+
+/// Makes the user `limiter` (password `pw`) on the server at `admin_url` (`redis://host:port/...`,
+/// the default user) with exactly the README's ACL for that server's backend on the keys
+/// `~<key_prefix>*`, and returns the same URL as that user. A URL that already names a user
+/// or password (a test of credentials), or where nothing answers yet (a test of Redis being
+/// down), is returned as it is. A server restarted empty has lost the user: a test that
+/// restarts one calls this again.
+pub fn restricted_url(admin_url: &str, key_prefix: &str) -> String {
+    let Some(rest) = admin_url.strip_prefix("redis://").filter(|rest| !rest.contains('@')) else {
+        return admin_url.to_string();
+    };
+    let Ok(mut admin) = testkit::redis::Client::open(admin_url).unwrap().get_connection() else {
+        return admin_url.to_string();
+    };
+    let rules = readme_acl(&mut admin);
+    let keys = format!("~{key_prefix}*");
+    let mut acl: Vec<&str> = vec!["SETUSER", "limiter", "reset", "on", ">pw", &keys];
+    acl.extend(rules.split(' '));
+    let _: () = testkit::redis::cmd("ACL").arg(&acl).query(&mut admin).unwrap();
+    format!("redis://limiter:pw@{rest}")
+}
+
+/// The resident memory of process `pid`, in KiB (`VmRSS` in `/proc/<pid>/status`).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// `usage.total_tokens` of a streamed (SSE) answer's last data event, its usage chunk.
+pub fn stream_usage(body: &[u8]) -> u64 {
+    let text = String::from_utf8_lossy(body);
+    let chunk = text
+        .split("\n\n")
+        .filter_map(|event| event.strip_prefix("data: "))
+        .filter(|data| *data != "[DONE]")
+        .last()
+        .unwrap_or_else(|| panic!("no events: {text}"));
+    let json: serde_json::Value = serde_json::from_str(chunk).unwrap();
+    json["usage"]["total_tokens"].as_u64().unwrap_or_else(|| panic!("no usage: {text}"))
 }

@@ -12,21 +12,42 @@ arguments, same replies, same stored state.
         print(f"retry in {result.retry_after_ms} ms")
 """
 
+from .admission import Admission, Admitted, AsyncAdmission
 from .aio import AsyncRateLimiter
 from .client import BackendUnavailable, RateLimiter
+from .leases import AsyncLease, Lease
 from .limits import Limit
+from .llm import AsyncReservation, AsyncTokenBudget, Reservation, TokenBudget, estimate_tokens, usage_of
+from .policy import Answer, LimiterUnavailable, Policy, Quota, RateLimitExceeded, RequestRefused
 from .replies import AcquireResult, CheckAllResult, CheckResult, RefundResult, ReplyError, ThrottleResult
 
 __all__ = [
     "AcquireResult",
+    "Admission",
+    "Admitted",
+    "Answer",
+    "AsyncAdmission",
+    "AsyncLease",
     "AsyncRateLimiter",
+    "AsyncReservation",
+    "AsyncTokenBudget",
     "BackendUnavailable",
     "CheckAllResult",
     "CheckResult",
+    "Lease",
     "Limit",
+    "LimiterUnavailable",
+    "Policy",
+    "Quota",
+    "RateLimitExceeded",
     "RateLimiter",
     "RefundResult",
     "ReplyError",
+    "RequestRefused",
+    "Reservation",
     "ThrottleResult",
+    "TokenBudget",
+    "estimate_tokens",
+    "usage_of",
 ]
 __version__ = "0.1.0"

@@ -9,17 +9,17 @@ check could charge twice. A client you pass in keeps its own settings: turn its 
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional, Sequence
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
+from . import commands, connect
 from .commands import (
     BACKENDS,
     Call,
-    check_args,
-    checkall_args,
+    LimitLike,
+    R,
+    is_demoted_primary,
     is_missing_library,
     is_refused,
     is_unknown_command,
@@ -27,18 +27,7 @@ from .commands import (
     library_version,
     script_source,
 )
-from .limits import Limit, as_limit
-from .replies import (
-    AcquireResult,
-    CheckAllResult,
-    CheckResult,
-    RefundResult,
-    ThrottleResult,
-    decode_count,
-    decode_flag,
-)
-
-LimitLike = Union[Limit, str]
+from .replies import AcquireResult, CheckAllResult, CheckResult, RefundResult, ThrottleResult
 
 #: The key ``auto`` peeks at to find the module (never written).
 PROBE_KEY = "rl:__probe__"
@@ -47,9 +36,6 @@ PROBE_KEY = "rl:__probe__"
 class BackendUnavailable(RuntimeError):
     """Neither the module, nor the Functions library, nor scripts can be used on this server."""
 
-
-def _no_retries() -> Retry:
-    return Retry(NoBackoff(), 0)
 
 
 class RateLimiter:
@@ -72,16 +58,11 @@ class RateLimiter:
 
     @classmethod
     def from_url(cls, url: str, backend: str = "auto", timeout: float = 0.5, **kwargs: Any) -> RateLimiter:
-        """A client for ``redis://``, ``rediss://`` or ``unix://`` URLs; ``redis+cluster://``
-        (any node of a Redis Cluster). ``timeout`` bounds every call (connect, send, answer)."""
-        options: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout, "retry": _no_retries()}
-        options.update(kwargs)
-        if url.startswith("redis+cluster://") or url.startswith("rediss+cluster://"):
-            plain = url.replace("+cluster", "", 1)
-            options.pop("retry", None)
-            client: Any = redis.RedisCluster.from_url(plain, **options)
-        else:
-            client = redis.Redis.from_url(url, **options)
+        """A client for ``redis://``, ``rediss://``, ``unix://``, ``redis+cluster://`` (any node
+        of a Cluster) or ``redis+sentinel://host:26379,host2:26379/service`` URLs (see
+        :mod:`ml_api_rate_limiter.connect`). ``timeout`` bounds every call (connect, send,
+        answer)."""
+        client = connect.sync_client(url, timeout, **kwargs)
         return cls(client, backend=backend)
 
     # --- which commands answer -------------------------------------------------------------
@@ -97,7 +78,7 @@ class RateLimiter:
                 self.redis.execute_command("RL.PEEK", self._probe_key, 1, 1)
                 self._backend = "module"
                 return "module"
-            except redis.ResponseError as e:
+            except redis.RedisError as e:
                 if self._choice == "module" or not is_unknown_command(e):
                     raise
         if self._choice in ("auto", "functions"):
@@ -135,20 +116,27 @@ class RateLimiter:
         sha = self.redis.script_load(script_source(self._source))
         self._sha = sha.decode() if isinstance(sha, bytes) else str(sha)
 
-    def _run(self, call: Call) -> Any:
+    def _run(self, call: Call[R]) -> R:
         backend = self._backend or self._choose()
-        try:
-            return self.redis.execute_command(*call.line(backend, self._sha))
-        except redis.ResponseError as e:
-            # Nothing ran: the script was flushed (a failover, SCRIPT FLUSH) or the library
-            # is gone (FUNCTION FLUSH, a new primary without it). Load it and send once more.
-            if backend == "module" or not is_missing_library(e):
-                raise
-            if backend == "scripts":
-                self._load_script()
-            else:
-                self._install_functions(force=True)
-            return self.redis.execute_command(*call.line(backend, self._sha))
+        # At most one resend for each reason, each safe because the command did not run: the
+        # primary was demoted (a failover; the Sentinel-managed client finds the new one), or
+        # the library is missing (a script flushed, a new primary without it: loaded again).
+        resent: set[str] = set()
+        while True:
+            try:
+                return call.decode(self.redis.execute_command(*call.line(backend, self._sha)))
+            except redis.ConnectionError as e:
+                if not is_demoted_primary(e) or "demoted" in resent:
+                    raise
+                resent.add("demoted")
+            except redis.ResponseError as e:
+                if backend == "module" or not is_missing_library(e) or "missing" in resent:
+                    raise
+                resent.add("missing")
+                if backend == "scripts":
+                    self._load_script()
+                else:
+                    self._install_functions(force=True)
 
     # --- the commands ----------------------------------------------------------------------
 
@@ -157,48 +145,42 @@ class RateLimiter:
     ) -> CheckResult:
         """``RL.CHECK``: takes ``cost`` tokens if they are there (``force``: whatever is left,
         a debt bounded at one burst; ``keep``: only if ``keep`` tokens remain after)."""
-        q = as_limit(limit)
-        args = check_args(q.limit, q.window, cost, q.burst, keep, force)
-        return CheckResult.decode(self._run(Call("RL.CHECK", (key,), args)))
+        return self._run(commands.check(key, limit, cost, keep, force))
 
     def check_all(self, checks: Sequence[tuple[str, LimitLike, int]]) -> CheckAllResult:
         """``RL.CHECKALL``: ``(key, limit, cost)`` for each limit, all charged or none. On a
         Cluster the keys must share a hash slot (``rl:{user42}:rpm``, ``rl:{user42}:tpm``)."""
-        specs = [(q.limit, q.window, cost, q.burst) for q, cost in ((as_limit(l), c) for _, l, c in checks)]
-        keys = tuple(key for key, _, _ in checks)
-        return CheckAllResult.decode(self._run(Call("RL.CHECKALL", keys, checkall_args(specs))))
+        return self._run(commands.check_all(checks))
 
     def peek(self, key: str, limit: LimitLike) -> CheckResult:
         """``RL.PEEK``: what a request of cost 1 would get, taking nothing."""
-        q = as_limit(limit)
-        return CheckResult.decode(self._run(Call("RL.PEEK", (key,), (q.limit, q.window, "BURST", q.burst))), "RL.PEEK")
+        return self._run(commands.peek(key, limit))
 
     def refund(self, key: str, limit: LimitLike, amount: int) -> RefundResult:
         """``RL.REFUND``: gives ``amount`` tokens back, never above the burst."""
-        q = as_limit(limit)
-        return RefundResult.decode(self._run(Call("RL.REFUND", (key,), (q.limit, q.window, amount, "BURST", q.burst))))
+        return self._run(commands.refund(key, limit, amount))
 
     def reset(self, key: str) -> bool:
         """``RL.RESET``: forgets the bucket (it is full again); ``True`` if a key was removed."""
-        return decode_count("RL.RESET", self._run(Call("RL.RESET", (key,), ()))) > 0
+        return self._run(commands.reset(key))
 
-    def throttle(self, key: str, max_burst: int, count_per_period: int, period: int, quantity: int = 1) -> ThrottleResult:
+    def throttle(
+        self, key: str, max_burst: int, count_per_period: int, period: int, quantity: int = 1
+    ) -> ThrottleResult:
         """``CL.THROTTLE``: redis-cell's command and reply."""
-        args = (max_burst, count_per_period, period, quantity)
-        return ThrottleResult.decode(self._run(Call("CL.THROTTLE", (key,), args)))
+        return self._run(commands.throttle(key, max_burst, count_per_period, period, quantity))
 
     def acquire(self, key: str, max_in_flight: int, lease_ms: int, lease_id: str) -> AcquireResult:
         """``RL.ACQUIRE``: one of ``max_in_flight`` slots for ``lease_id`` for ``lease_ms``."""
-        args = (max_in_flight, lease_ms, "ID", lease_id)
-        return AcquireResult.decode(self._run(Call("RL.ACQUIRE", (key,), args)))
+        return self._run(commands.acquire(key, max_in_flight, lease_ms, lease_id))
 
     def release(self, key: str, lease_id: str) -> bool:
         """``RL.RELEASE``: ``True`` if the lease was live."""
-        return decode_flag("RL.RELEASE", self._run(Call("RL.RELEASE", (key,), (lease_id,))))
+        return self._run(commands.release(key, lease_id))
 
     def renew(self, key: str, lease_id: str, lease_ms: int) -> bool:
         """``RL.RENEW``: the live lease now ends ``lease_ms`` from now; ``False`` if it had ended."""
-        return decode_flag("RL.RENEW", self._run(Call("RL.RENEW", (key,), (lease_id, lease_ms))))
+        return self._run(commands.renew(key, lease_id, lease_ms))
 
     def close(self) -> None:
         self.redis.close()

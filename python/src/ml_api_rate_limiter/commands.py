@@ -20,9 +20,22 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from importlib import resources
-from typing import Sequence, Union
+from typing import Any, Callable, Generic, Optional, Sequence, TypeVar, Union
+
+from .limits import Limit, as_limit
+from .replies import (
+    AcquireResult,
+    CheckAllResult,
+    CheckResult,
+    RefundResult,
+    ThrottleResult,
+    decode_count,
+    decode_flag,
+)
 
 Arg = Union[str, int, bytes]
+LimitLike = Union[Limit, str]
+R = TypeVar("R")
 
 #: The module command each library function stands for.
 FUNCTIONS = {
@@ -60,12 +73,14 @@ def script_source(source: str) -> str:
 
 
 @dataclass(frozen=True)
-class Call:
-    """One module command: its name, its keys and the arguments after them."""
+class Call(Generic[R]):
+    """One module command: its name, its keys, the arguments after them, and how its reply
+    is read."""
 
     name: str
     keys: tuple[str, ...]
     args: tuple[Arg, ...]
+    decode: Callable[[Any], R]
 
     def line(self, backend: str, sha: str = "") -> list[Arg]:
         """The words sent for this call on ``backend`` (``module``, ``functions``, ``scripts``)."""
@@ -79,13 +94,68 @@ class Call:
         return ["EVALSHA", sha, len(self.keys), *self.keys, function, *self.args]
 
 
+# --- every command's call, built once for the sync and the asyncio clients -------------------
+
+
+def check(key: str, limit: LimitLike, cost: int, keep: Optional[int], force: bool) -> Call[CheckResult]:
+    q = as_limit(limit)
+    args: list[Arg] = [q.limit, q.window, "COST", cost, "BURST", q.burst]
+    if keep is not None:
+        args += ["KEEP", keep]
+    if force:
+        args.append("FORCE")
+    return Call("RL.CHECK", (key,), tuple(args), CheckResult.decode)
+
+
+def check_all(checks: Sequence[tuple[str, LimitLike, int]]) -> Call[CheckAllResult]:
+    args: list[Arg] = []
+    for _, limit, cost in checks:
+        q = as_limit(limit)
+        args += [q.limit, q.window, cost, q.burst]
+    return Call("RL.CHECKALL", tuple(key for key, _, _ in checks), tuple(args), CheckAllResult.decode)
+
+
+def peek(key: str, limit: LimitLike) -> Call[CheckResult]:
+    q = as_limit(limit)
+    return Call("RL.PEEK", (key,), (q.limit, q.window, "BURST", q.burst), lambda v: CheckResult.decode(v, "RL.PEEK"))
+
+
+def refund(key: str, limit: LimitLike, amount: int) -> Call[RefundResult]:
+    q = as_limit(limit)
+    return Call("RL.REFUND", (key,), (q.limit, q.window, amount, "BURST", q.burst), RefundResult.decode)
+
+
+def reset(key: str) -> Call[bool]:
+    return Call("RL.RESET", (key,), (), lambda v: decode_count("RL.RESET", v) > 0)
+
+
+def throttle(key: str, max_burst: int, count_per_period: int, period: int, quantity: int) -> Call[ThrottleResult]:
+    return Call("CL.THROTTLE", (key,), (max_burst, count_per_period, period, quantity), ThrottleResult.decode)
+
+
+def acquire(key: str, max_in_flight: int, lease_ms: int, lease_id: str) -> Call[AcquireResult]:
+    return Call("RL.ACQUIRE", (key,), (max_in_flight, lease_ms, "ID", lease_id), AcquireResult.decode)
+
+
+def release(key: str, lease_id: str) -> Call[bool]:
+    return Call("RL.RELEASE", (key,), (lease_id,), lambda v: decode_flag("RL.RELEASE", v))
+
+
+def renew(key: str, lease_id: str, lease_ms: int) -> Call[bool]:
+    return Call("RL.RENEW", (key,), (lease_id, lease_ms), lambda v: decode_flag("RL.RENEW", v))
+
+
 # redis-py drops the "ERR " of an error reply and raises NOSCRIPT and NOPERM as classes of
 # their own; these read both spellings.
 
 
 def is_unknown_command(error: BaseException) -> bool:
-    """The server does not know the command (the module or Functions missing)."""
-    return str(error).lower().removeprefix("err ").startswith("unknown command")
+    """The server does not know the command (the module or Functions missing); on a Cluster,
+    redis-py says so itself, finding no key positions for it in ``COMMAND``."""
+    text = str(error)
+    return text.lower().removeprefix("err ").startswith("unknown command") or text.endswith(
+        "command doesn't exist in Redis commands"
+    )
 
 
 def is_missing_library(error: BaseException) -> bool:
@@ -105,14 +175,11 @@ def is_refused(error: BaseException) -> bool:
     )
 
 
-def check_args(limit: int, window: int, cost: int, burst: int, keep: int | None, force: bool) -> tuple[Arg, ...]:
-    args: list[Arg] = [limit, window, "COST", cost, "BURST", burst]
-    if keep is not None:
-        args += ["KEEP", keep]
-    if force:
-        args.append("FORCE")
-    return tuple(args)
+#: redis-py's words for a Sentinel-managed connection that found its primary demoted to a
+#: replica (a ``READONLY`` reply, or the unblocking at a coordinated failover): the command
+#: did not run, so it is safe to send once more, to the new primary.
+DEMOTED_PRIMARY = "The previous master is now a slave"
 
 
-def checkall_args(specs: Sequence[tuple[int, int, int, int]]) -> tuple[Arg, ...]:
-    return tuple(word for spec in specs for word in spec)
+def is_demoted_primary(error: BaseException) -> bool:
+    return str(error) == DEMOTED_PRIMARY

@@ -121,6 +121,15 @@ enum Failed {
     Timeout(Duration),
 }
 
+impl fmt::Display for Failed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failed::Redis(e) => write!(f, "{e}"),
+            Failed::Timeout(limit) => write!(f, "no connection or no reply within {} ms", limit.as_millis()),
+        }
+    }
+}
+
 fn is_unknown_command(e: &redis::RedisError) -> bool {
     e.kind() == ErrorKind::Server(ServerErrorKind::ResponseError)
         && e.detail().is_some_and(|detail| detail.starts_with("unknown command"))
@@ -262,10 +271,10 @@ impl RedisLimiter {
         let this = self.clone();
         io().spawn(async move {
             let outcome = match tokio::time::timeout(LATE_REPLY_WAIT, call).await {
-                Ok(Ok(reply)) if took_something(&reply) => {
-                    this.give_back(undo.give_back).await;
-                    "given_back"
-                }
+                Ok(Ok(reply)) if took_something(&reply) => match this.give_back(undo.give_back).await {
+                    true => "given_back",
+                    false => "give_back_failed",
+                },
                 Ok(Ok(_)) => "nothing_taken",
                 Ok(Err(_)) | Err(_) => "unknown",
             };
@@ -275,23 +284,84 @@ impl RedisLimiter {
         });
     }
 
-    async fn give_back(&self, give_back: GiveBack) {
+    /// Gives back what a timed-out call took; whether all of it surely was. Nobody waits on
+    /// this, and the link that was too slow for the call is likely slow still, so each give-back
+    /// has up to [`LATE_REPLY_WAIT`]: to find a connection (trying again while it cannot, since
+    /// nothing was sent then) and for its reply. It is sent once, like every command: one whose
+    /// reply never comes leaves the charge unknown (counted `give_back_failed`), never given
+    /// back twice.
+    async fn give_back(&self, give_back: GiveBack) -> bool {
+        let dialect = match self.dialect().await {
+            Ok(dialect) => dialect,
+            Err(e) => {
+                warn_every!(error = %e, "could not give back what a timed-out call took");
+                return false;
+            }
+        };
         match give_back {
             GiveBack::Tokens(costs) => {
+                let mut all = true;
                 for (key, quota, cost) in costs.into_iter().filter(|(_, _, cost)| *cost > 0) {
-                    if let Err(e) = self.query::<RefundReply>(|d| refund_cmd(d, &key, &quota, cost), &key).await {
+                    let refund = refund_cmd(&dialect, &key, &quota, cost);
+                    let given = self.send_patiently(refund, &key, LATE_REPLY_WAIT).await;
+                    if let Err(e) = given.and_then(|value| {
+                        <RefundReply as redis::FromRedisValue>::from_redis_value(value)
+                            .map(drop)
+                            .map_err(|e| Failed::Redis(e.into()))
+                    }) {
                         warn_every!(error = %e, %key, cost, "could not give back what a timed-out check took");
+                        all = false;
                     }
                 }
+                all
             }
             GiveBack::Lease { key, id } => {
-                if let Err(e) = self.query::<i64>(|d| release_cmd(d, &key, &id), &key).await {
-                    warn_every!(error = %e, %key, %id, "could not release the lease a timed-out call took; it ends by itself");
+                match self.send_patiently(release_cmd(&dialect, &key, &id), &key, LATE_REPLY_WAIT).await {
+                    Ok(_) => true,
+                    Err(e) => {
+                        warn_every!(error = %e, %key, %id, "could not release the lease a timed-out call took; it ends by itself");
+                        false
+                    }
                 }
             }
         }
     }
+
+    /// Sends `cmd` once, as soon as there is a connection for it, and waits for its reply,
+    /// all within `patience`. While no connection can be had (or the command failed before it
+    /// was handed to one), nothing was sent, so it tries again every [`PATIENT_RETRY`].
+    async fn send_patiently(&self, cmd: redis::Cmd, key: &str, patience: Duration) -> Result<redis::Value, Failed> {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let not_sent = match tokio::time::timeout(left.min(self.connect_timeout), self.topology.ready()).await {
+                Ok(Ok(ready)) => {
+                    let sent = Arc::new(AtomicBool::new(false));
+                    let mut call = ready.send_call(cmd.clone(), key, sent.clone());
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    match tokio::time::timeout(left, &mut call.future).await {
+                        Ok(Ok(value)) => return Ok(value),
+                        Ok(Err(e)) if !sent.load(Ordering::Relaxed) => Failed::Redis(e),
+                        Ok(Err(e)) => return Err(Failed::Redis(e)),
+                        Err(_) => {
+                            call.timed_out();
+                            return Err(Failed::Timeout(patience));
+                        }
+                    }
+                }
+                Ok(Err(e)) => Failed::Redis(e),
+                Err(_) => Failed::Timeout(self.connect_timeout),
+            };
+            if tokio::time::Instant::now() + PATIENT_RETRY >= deadline {
+                return Err(not_sent);
+            }
+            tokio::time::sleep(PATIENT_RETRY).await;
+        }
+    }
 }
+
+/// How often [`RedisLimiter::send_patiently`] tries again to find a connection.
+const PATIENT_RETRY: Duration = Duration::from_millis(100);
 
 /// `RL.REFUND key limit window amount BURST burst`.
 fn refund_cmd(dialect: &Dialect, key: &str, q: &Quota, tokens: u64) -> redis::Cmd {

@@ -20,6 +20,8 @@ from typing import Iterator
 import pytest
 import redis
 
+from ml_api_rate_limiter import RateLimiter
+
 
 def urls_of(variable: str) -> dict[str, str]:
     """`RL_TEST_REDIS_URLS` / `RL_TEST_ADMIN_URLS`: `module=url,functions=url,scripts=url`."""
@@ -88,6 +90,14 @@ def url(backend: str, admin: redis.Redis) -> str:
     """The backend's server for the clients under test, emptied first (by `admin`)."""
     admin.flushall()
     return servers()[backend]
+
+
+@pytest.fixture
+def limiter(url: str) -> Iterator[RateLimiter]:
+    """A sync client of the backend's server, closed after the test."""
+    client = RateLimiter.from_url(url)
+    yield client
+    client.close()
 
 
 def closed_port_url() -> str:

@@ -8,7 +8,7 @@ import asyncio
 import os
 import threading
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import pytest
 import redis
@@ -17,13 +17,6 @@ from ml_api_rate_limiter import AsyncRateLimiter, Limit, RateLimiter, ReplyError
 from ml_api_rate_limiter.replies import CheckResult
 
 from conftest import admin_client, servers
-
-
-@pytest.fixture
-def limiter(url: str) -> Iterator[RateLimiter]:
-    client = RateLimiter.from_url(url)
-    yield client
-    client.close()
 
 
 def test_limits_are_written_as_python_users_know_them() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -45,13 +45,6 @@ def make_app(limiter: RateLimiter, **options: Any) -> tuple[Flask, FlaskRateLimi
         return {"data": []}
 
     return app, rl
-
-
-@pytest.fixture
-def limiter(url: str) -> Iterator[RateLimiter]:
-    client = RateLimiter.from_url(url)
-    yield client
-    client.close()
 
 
 def test_a_decorated_view_answers_with_the_headers_and_refuses_with_429(limiter: RateLimiter) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import io
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -29,13 +29,6 @@ from ml_api_rate_limiter.flask import FlaskRateLimiter
 from conftest import topology
 
 POLICY = Policy("chat", requests="100/minute", tokens="1000/day")
-
-
-@pytest.fixture
-def limiter(url: str) -> Iterator[RateLimiter]:
-    client = RateLimiter.from_url(url)
-    yield client
-    client.close()
 
 
 def slot_is_free(limiter: RateLimiter, key: str) -> bool:

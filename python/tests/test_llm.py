@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from typing import Any, Iterator
+from typing import Any
 
 import openai
 import pytest
@@ -28,13 +28,6 @@ from ml_api_rate_limiter import (
 from conftest import closed_port_url, model_url
 
 POLICY = Policy("chat", requests="100/minute", tokens="1000/day")
-
-
-@pytest.fixture
-def limiter(url: str) -> Iterator[RateLimiter]:
-    client = RateLimiter.from_url(url)
-    yield client
-    client.close()
 
 
 def tokens_left(limiter: RateLimiter, who: str) -> int:

@@ -18,9 +18,10 @@ rm -rf "$LOGS" && mkdir -p "$LOGS"
 ARGS=("$@")
 [ ${#ARGS[@]} -eq 0 ] && ARGS=(--tests)
 started=$(date +%s)
-# The differential test's 100,000 random operations on three backends take over an hour under
-# memcheck (the Lua of FCALL and EVALSHA is what is slow there); 10,000 still send each command
-# hundreds of times, and the whole suite stays near half an hour. RL_DIFF_OPS overrides.
+# The differential test's 100,000 random operations on three backends had not finished after
+# 53 minutes under memcheck on a busy machine (the Lua of FCALL and EVALSHA is what is slow
+# there); 10,000 take about 4 minutes and still send each command hundreds of times.
+# RL_DIFF_OPS overrides.
 export RL_DIFF_OPS=${RL_DIFF_OPS:-10000}
 RL_SERVER_VALGRIND=$LOGS cargo test --no-fail-fast -p ml-api-rate-limiter "${ARGS[@]}" -- --test-threads=2 > "$LOGS/cargo-test.log" 2>&1
 status=$?

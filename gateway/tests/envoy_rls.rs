@@ -19,12 +19,20 @@ fn example_config() -> String {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/rls/reference/example.yaml").display().to_string()
 }
 
-/// A gateway serving the rate limit service from the reference example on a free port.
+/// A gateway serving the rate limit service from the reference example on a free port, once
+/// that port takes connections: a healthy HTTP listener says nothing of the gRPC one (a CI run
+/// was once refused there on its first calls), and a gateway that exited shows its logs.
 fn start(redis: &RedisServer) -> (Proc, u16) {
     let grpc = free_port();
     let args =
         vec!["--envoy-listen".to_string(), format!("127.0.0.1:{grpc}"), "--envoy-config".to_string(), example_config()];
-    (start_gateway_args(&redis.url(), "http://127.0.0.1:9", &args), grpc)
+    let gateway = start_gateway_args(&redis.url(), "http://127.0.0.1:9", &args);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", grpc)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "the gRPC listener never took a connection\n{}", gateway.logs());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    (gateway, grpc)
 }
 
 fn descriptor(entries: &[(&str, &str)]) -> RateLimitDescriptor {
